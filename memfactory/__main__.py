@@ -1,0 +1,5 @@
+import sys
+
+from memfactory.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI sub-commands, one file each; each defines register(subparsers)."""

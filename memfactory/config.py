@@ -1,0 +1,276 @@
+"""A preset: the whole description of an agent, its model, data, rewards and training recipe.
+
+Presets are data, never code: YAML is read with ``yaml.safe_load`` only. Validation happens in
+two passes — pydantic checks the shape, then every registry name (agent, module types, env type,
+reward names, backend) is looked up and its own options are checked against the schema that
+component registered. Every problem is reported with its field path, and a misspelt name with
+the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from memfactory.errors import ConfigError
+from memfactory.registry import REGISTRY, unknown_name_message
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(BaseModel):
+    """``{type: <registry name>, ...options}``; the options are checked against that type's schema."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Registry name of the component")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(Strict):
+    backend: str = Field("hf", description="Registry name of the generation backend (hf, openai, vllm)")
+    path: str = Field(
+        "tiny://qwen3-mini",
+        description="Local folder, hub id, tiny://qwen3-mini, or smollm2-135m-instruct; the served model name for openai",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype")
+    attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto picks flash_attention_2 when installed on CUDA, else sdpa"
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored)")
+    checkpoint: str | None = Field(None, description="A run's checkpoint folder to load instead of the base weights")
+    enable_thinking: bool = Field(False, description="Qwen3-style thinking in the chat template")
+    seed: int = Field(0, description="Seed for tiny:// model construction")
+
+
+class EnvConfig(ComponentSpec):
+    """``type`` names an environment; ``data`` and ``eval`` say where samples come from."""
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters",
+    )
+
+
+class TrainerConfig(Strict):
+    algo: Literal["grpo"] = "grpo"
+    steps: int = Field(60, ge=1, description="Optimizer steps (not questions)")
+    group_size: int = Field(8, ge=1, description="Rollouts per prompt (GRPO group)")
+    batch_size: int = Field(4, ge=1, description="Prompts per step")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Schedule after warm-up")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the frozen reference (0 = no reference model)")
+    epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); defaults to epsilon")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("grpo", description="Loss normalisation as in TRL")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group std (off = Dr. GRPO / MemAgent)")
+    num_iterations: int = Field(1, ge=1, description="Policy updates per rollout batch")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass")
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0, description="Rollout sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1, description="Cap on each model call's response")
+    credit: Literal["all_calls", "final_only"] = Field(
+        "all_calls", description="Which calls of a trajectory get its advantage"
+    )
+    skip_equal_groups: bool = Field(True, description="Drop groups whose rewards are all equal (no signal)")
+    sft_warmup_steps: int = Field(0, ge=0, description="Supervised steps on gold answers before GRPO")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
+    save_every: int = Field(20, ge=1, description="Checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    sample_every: int = Field(5, ge=1, description="Write whole trajectories to samples.jsonl every N steps")
+    seed: int = 0
+
+
+class LoggingConfig(Strict):
+    swanlab: Literal["local", "offline", "cloud", "disabled"] = Field(
+        "offline", description="SwanLab mode; offline and local never ask for a login"
+    )
+    runs_dir: str = Field("runs", description="Folder that holds one sub-folder per run")
+    runs_db: str = Field("runs/memfactory.db", description="SQLite runs database")
+    project: str = "memfactory"
+
+
+class Preset(Strict):
+    name: str = Field(description="Preset name")
+    description: str = ""
+    agent: str = Field(description="Registry name of the agent")
+    modules: dict[str, ComponentSpec] = Field(default_factory=dict, description="Module slot -> module spec")
+    agent_options: dict[str, Any] = Field(default_factory=dict, description="Options for the agent itself")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    env: EnvConfig
+    rewards: dict[str, float] = Field(default_factory=lambda: {"sub_em": 1.0}, description="Reward name -> weight")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def component_options(self, spec: ComponentSpec, kind: str) -> BaseModel:
+        """The spec's options parsed with the schema its registry entry declared."""
+        return REGISTRY.get(kind, spec.type).config.model_validate(spec.options)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _pydantic_problems(error: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+            hint = _closest_key(error, item)
+            if hint:
+                message += f"; did you mean {hint!r}?"
+        problems.append((path, message))
+    return problems
+
+
+def _closest_key(error: ValidationError, item: dict[str, Any]) -> str | None:
+    """For an unknown key, the closest field name of the model it sits in."""
+    model = _model_at(Preset, [p for p in item["loc"][:-1]]) if error.title == "Preset" else None
+    if model is None:
+        return None
+    close = difflib.get_close_matches(str(item["loc"][-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+
+    def check(kind: str, name: str, where: str) -> Any:
+        names = REGISTRY.names(kind)
+        if name not in names:
+            problems.append((where, unknown_name_message(kind, name, names)))
+            return None
+        return REGISTRY.get(kind, name)
+
+    def check_options(entry: Any, options: dict[str, Any], where: str) -> None:
+        try:
+            entry.config.model_validate(options)
+        except ValidationError as exc:
+            for path, message in _pydantic_problems(exc, where):
+                if message == "unknown key":
+                    key = path.rsplit(".", 1)[-1]
+                    close = difflib.get_close_matches(key, list(entry.config.model_fields), n=1, cutoff=0.6)
+                    if close:
+                        message += f"; did you mean {close[0]!r}?"
+                problems.append((path, message))
+
+    agent = check("agent", preset.agent, "agent")
+    if agent is not None:
+        check_options(agent, preset.agent_options, "agent_options")
+        slots: dict[str, list[str]] = agent.meta.get("slots", {})
+        for slot in slots:
+            if slot not in preset.modules:
+                problems.append((f"modules.{slot}", f"agent {preset.agent!r} needs a module in slot {slot!r}"))
+        for slot in preset.modules:
+            if slots and slot not in slots:
+                problems.append((f"modules.{slot}", f"agent {preset.agent!r} has no slot {slot!r}; slots: {', '.join(slots)}"))
+    for slot, spec in preset.modules.items():
+        entry = check("module", spec.type, f"modules.{slot}.type")
+        if entry is not None:
+            check_options(entry, spec.options, f"modules.{slot}")
+            allowed = (agent.meta.get("slots", {}) if agent else {}).get(slot)
+            if allowed and spec.type not in allowed:
+                problems.append((f"modules.{slot}.type", f"slot {slot!r} takes {', '.join(allowed)}, not {spec.type!r}"))
+    env = check("env", preset.env.type, "env.type")
+    if env is not None:
+        check_options(env, preset.env.options, "env")
+    check("backend", preset.model.backend, "model.backend")
+    for reward in preset.rewards:
+        check("reward", reward, f"rewards.{reward}")
+    return problems
+
+
+def parse_preset(data: Any, source: str = "<preset>") -> Preset:
+    """Validate a preset dict; raise ConfigError listing every problem with its path."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    try:
+        preset = Preset.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_problems(exc)) from None
+    problems = _registry_problems(preset)
+    if problems:
+        raise ConfigError(source, problems)
+    return preset
+
+
+def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
+    """Read a YAML preset (safe loader only), apply ``key.path=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [("", "file not found")])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), [(where, f"malformed YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text: {exc}")]) from None
+    for override in overrides or []:
+        data = apply_override(data, override, str(path))
+    return parse_preset(data, str(path))
+
+
+def apply_override(data: Any, override: str, source: str = "--set") -> dict[str, Any]:
+    """``trainer.lr=1e-5`` -> data["trainer"]["lr"] = 1e-5; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(source, [(override, "an override must look like key.path=value")])
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    data = dict(data or {})
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+    return data
+
+
+def save_preset(preset: Preset, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(preset.to_yaml(), encoding="utf-8")
+    tmp.replace(path)  # atomic: a crash never leaves half a preset
+    return path
