@@ -1,0 +1,240 @@
+"""The runs database on real SQLite files: lifecycle, metrics, concurrency, reconcile, errors."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from memfactory.errors import MemFactoryError
+from memfactory.tracking.runs import RunsDB, is_alive, new_run_id
+
+
+def _db(tmp_path) -> RunsDB:
+    return RunsDB(tmp_path / "runs" / "memfactory.db")
+
+
+def test_run_ids_sort_by_creation_time_and_carry_the_name():
+    first = new_run_id("MemAgent tiny/CPU")
+    assert "memagent-tiny-cpu" in first
+    import time
+
+    time.sleep(1.05)
+    second = new_run_id("aaa")  # a name that sorts before the first one's still sorts after it
+    assert sorted([second, first]) == [first, second]
+
+
+def test_lifecycle_progress_and_listing(tmp_path):
+    db = _db(tmp_path)
+    assert db.db.journal_mode == "wal"
+    run = db.create_run("tiny", tmp_path / "r1", total_steps=10, meta={"device": "cpu", "attn": "sdpa"})
+    assert run.status == "created" and run.step == 0 and run.meta == {"device": "cpu", "attn": "sdpa"}
+    assert run.started_at is None and run.progress == 0.0
+
+    running = db.set_status(run.id, "running")
+    assert running.status == "running" and running.started_at is not None
+    import os
+
+    assert running.pid == os.getpid()
+
+    db.update_progress(run.id, 1, reward=0.2)
+    db.update_progress(run.id, 2, reward=0.7)
+    db.update_progress(run.id, 3, reward=0.4)
+    db.update_progress(run.id, 4, reward=float("nan"))  # NaN keeps the last finite value
+    got = db.get(run.id)
+    assert (got.step, got.best_reward, got.last_reward) == (4, 0.7, 0.4)
+    assert got.progress == 0.4
+
+    db.update_meta(run.id, model_path="tiny://qwen3-mini")
+    assert db.get(run.id).meta == {"device": "cpu", "attn": "sdpa", "model_path": "tiny://qwen3-mini"}
+
+    done = db.set_status(run.id, "finished")
+    assert done.status == "finished" and done.ended_at >= done.started_at and done.duration_s >= 0
+
+    other = db.create_run("other", tmp_path / "r2")
+    assert [r.id for r in db.list_runs()] == [other.id, run.id]  # newest first
+    assert [r.id for r in db.list_runs(status="finished")] == [run.id]
+    assert db.get("nope") is None
+    with pytest.raises(ValueError):
+        db.set_status(run.id, "exploded")
+    with pytest.raises(MemFactoryError, match="already exists"):
+        db.create_run("tiny", tmp_path / "r1", run_id=run.id)
+
+    # a second handle on the same file (the UI process) sees everything
+    assert RunsDB(db.path).get(run.id).best_reward == 0.7
+
+
+def test_metrics_frame_is_wide_sorted_and_nan_safe(tmp_path):
+    db = _db(tmp_path)
+    a = db.create_run("a", tmp_path / "a").id
+    b = db.create_run("b", tmp_path / "b").id
+    for step in (2, 1, 3):
+        db.log_metrics(a, step, {"loss": 1.0 / step, "reward/mean": step * 0.1, "note": "text is skipped"})
+    assert db.log_metrics(b, 1, {"loss": float("nan"), "kl": 0.01}) == 2
+    db.log_metrics(a, 3, {"loss": 0.5})  # re-logging a step replaces
+
+    frame = db.metrics_frame([a, b])
+    assert list(frame.columns[:2]) == ["run_id", "step"]
+    assert set(frame.columns) == {"run_id", "step", "loss", "reward/mean", "kl"}
+    a_rows = frame[frame.run_id == a]
+    assert a_rows.step.tolist() == [1, 2, 3]
+    assert a_rows.loss.tolist() == [1.0, 0.5, 0.5]
+    b_row = frame[frame.run_id == b].iloc[0]
+    assert math.isnan(b_row.loss) and b_row.kl == 0.01
+
+    only = db.metrics_frame(a, keys=["loss"], since_step=1)
+    assert list(only.columns) == ["run_id", "step", "loss"] and only.step.tolist() == [2, 3]
+    assert db.metric_keys(a) == ["loss", "reward/mean"]
+    assert db.metrics_frame([]).empty and db.metrics_frame("missing").empty
+
+    assert db.truncate_metrics(a, after_step=1) == 4
+    assert db.metrics_frame(a).step.tolist() == [1]
+
+
+def _writer(path: str, run_id: str, worker: int, steps: int) -> None:
+    db = RunsDB(path, timeout=60)
+    for step in range(steps):
+        db.log_metrics(run_id, step, {f"w{worker}/a": step, f"w{worker}/b": -step})
+        db.update_progress(run_id, step, reward=float(step))
+
+
+def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
+    db = _db(tmp_path)
+    run_id = db.create_run("conc", tmp_path / "conc").id
+    ctx = mp.get_context("spawn")
+    steps = 150
+    procs = [ctx.Process(target=_writer, args=(str(db.path), run_id, w, steps)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    # meanwhile this process keeps reading, like the UI does
+    while any(p.is_alive() for p in procs):
+        db.metrics_frame(run_id)
+        db.list_runs()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    frame = db.metrics_frame(run_id)
+    assert len(frame) == steps
+    for w in (0, 1):
+        assert frame[f"w{w}/a"].tolist() == list(range(steps))
+        assert frame[f"w{w}/b"].tolist() == [-s for s in range(steps)]
+    assert db.get(run_id).best_reward == steps - 1
+
+
+def test_threads_get_their_own_connections(tmp_path):
+    db = _db(tmp_path)
+    run_id = db.create_run("t", tmp_path / "t").id
+    errors = []
+
+    def work(k):
+        try:
+            for step in range(20):
+                db.log_metrics(run_id, step, {f"t{k}": step})
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(db.metrics_frame(run_id)) == 20
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_reconcile_marks_a_run_with_a_dead_pid_failed_with_its_log_tail(tmp_path):
+    db = _db(tmp_path)
+    dead = db.create_run("dead", tmp_path / "dead")
+    (tmp_path / "dead").mkdir()
+    (tmp_path / "dead" / "stdout.log").write_text("".join(f"line {i}\n" for i in range(100)) + "Killed\n")
+    db.set_status(dead.id, "running", pid=_dead_pid())
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = db.create_run("alive", tmp_path / "alive")
+        db.set_status(alive.id, "running", pid=sleeper.pid)
+        never_started = db.create_run("queued", tmp_path / "queued")
+        finished = db.create_run("done", tmp_path / "done")
+        db.set_status(finished.id, "finished", pid=_dead_pid())
+
+        assert is_alive(sleeper.pid)
+        assert db.reconcile() == [dead.id]
+        got = db.get(dead.id)
+        assert got.status == "failed" and got.ended_at is not None
+        assert "Killed" in got.error and "line 99" in got.error and "line 10\n" not in got.error
+        assert db.get(alive.id).status == "running"
+        assert db.get(never_started.id).status == "created"
+        assert db.get(finished.id).status == "finished"
+        assert db.reconcile() == []
+
+        with pytest.raises(MemFactoryError, match="still running"):
+            db.delete(alive.id)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not is_alive(sleeper.pid)
+
+
+def test_is_alive_treats_an_unreaped_child_as_dead():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    import time
+
+    deadline = time.time() + 20
+    while is_alive(proc.pid) and time.time() < deadline:  # zombie until wait()
+        time.sleep(0.05)
+    assert not is_alive(proc.pid)
+    proc.wait()
+    assert not is_alive(None) and not is_alive(0)
+
+
+def test_delete_removes_row_metrics_and_optionally_the_folder(tmp_path):
+    db = _db(tmp_path)
+    run_id = new_run_id("gone")
+    run_dir = tmp_path / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("{}\n")
+    db.create_run("gone", run_dir, run_id=run_id)
+    db.log_metrics(run_id, 1, {"loss": 1.0})
+    db.delete(run_id, remove_files=True)
+    assert db.get(run_id) is None and db.metrics_frame(run_id).empty and not run_dir.exists()
+    with pytest.raises(MemFactoryError, match="no run"):
+        db.delete(run_id)
+
+
+def test_unknown_id_suggests_close_ids(tmp_path):
+    db = _db(tmp_path)
+    run = db.create_run("memagent", tmp_path / "m")
+    with pytest.raises(MemFactoryError) as info:
+        db.require(run.id[:-1] + "x")
+    assert run.id in str(info.value)
+
+
+def test_unreadable_or_locked_database_gives_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(MemFactoryError, match="not a readable SQLite file"):
+        RunsDB(junk)
+
+    db = RunsDB(tmp_path / "locked.db", timeout=0.2)
+    run_id = db.create_run("x", tmp_path / "x").id
+    import sqlite3
+
+    holder = sqlite3.connect(db.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(MemFactoryError, match="locked"):
+            db.log_metrics(run_id, 1, {"loss": 1.0})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert db.log_metrics(run_id, 1, {"loss": 1.0}) == 1
