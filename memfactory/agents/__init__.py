@@ -1,1 +1,3 @@
 """agents layer."""
+
+from memfactory.agents import direct, memagent  # noqa: F401  (registers agents)

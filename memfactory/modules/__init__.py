@@ -1,1 +1,3 @@
 """modules layer."""
+
+from memfactory.modules import recurrent  # noqa: F401  (registers the module)
