@@ -1,0 +1,118 @@
+"""metrics.jsonl / samples.jsonl: live tailing, NaN safety, torn lines, truncation on resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from memfactory.tracking.metrics import MetricsWriter, RunDir, read_metrics, truncate_after
+
+
+def test_run_dir_layout(tmp_path):
+    run = RunDir(tmp_path / "20261129-000000-x-abcd").create()
+    assert run.id == "20261129-000000-x-abcd"
+    assert run.checkpoints.is_dir()
+    assert run.preset_path.name == "preset.yaml" and run.metrics_path.name == "metrics.jsonl"
+    assert run.samples_path.name == "samples.jsonl" and run.log_path.name == "stdout.log"
+
+
+def test_records_are_strict_json_and_tailable_line_by_line(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with MetricsWriter(run) as writer:
+        writer.write(1, {"loss": float("nan"), "reward/mean": np.float32(0.5), "kl": torch.tensor(0.25), "n": 3})
+        chunk = read_metrics(run.metrics_path)  # visible before close: flushed per line
+        assert chunk.next_line == 1
+        assert chunk.records[0]["loss"] is None and chunk.records[0]["reward/mean"] == 0.5
+        assert chunk.records[0]["kl"] == 0.25 and chunk.records[0]["n"] == 3 and chunk.records[0]["step"] == 1
+        writer.write(2, {"loss": float("inf")})
+        writer.write(3, {"loss": 0.1})
+        records, next_line = read_metrics(run.metrics_path, since_line=chunk.next_line)
+        assert [r["step"] for r in records] == [2, 3] and next_line == 3
+        assert records[0]["loss"] is None
+    for line in run.metrics_path.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))  # no NaN tokens
+
+
+def test_half_written_last_line_is_not_returned_until_complete(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    records, next_line = read_metrics(path)
+    assert [r["step"] for r in records] == [1] and next_line == 1
+    with path.open("a") as fh:
+        fh.write('ss": 0.5}\n')
+    records, next_line = read_metrics(path, since_line=next_line)
+    assert records == [{"step": 2, "loss": 0.5}] and next_line == 2
+    assert read_metrics(tmp_path / "missing.jsonl") == ([], 0)
+
+
+def test_a_reader_in_another_process_sees_steps_while_they_are_written(tmp_path):
+    run = RunDir(tmp_path / "live")
+    writer = MetricsWriter(run)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from memfactory.tracking.metrics import read_metrics\n"
+            "line, seen = 0, []\n"
+            "deadline = time.time() + 30\n"
+            "while len(seen) < 5 and time.time() < deadline:\n"
+            "    records, line = read_metrics(sys.argv[1], line)\n"
+            "    seen += [r['step'] for r in records]\n"
+            "    time.sleep(0.01)\n"
+            "print(seen)\n",
+            str(run.metrics_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for step in range(5):
+        writer.write(step, {"loss": 1.0 / (step + 1)})
+        time.sleep(0.05)
+    out, _ = reader.communicate(timeout=60)
+    writer.close()
+    assert out.strip() == "[0, 1, 2, 3, 4]"
+
+
+def test_samples_keep_the_raw_group_rewards(tmp_path):
+    run = RunDir(tmp_path / "s")
+    with MetricsWriter(run) as writer:
+        writer.write_samples(
+            4,
+            [{"question": "q", "answer": "a", "reward": 1.0}],
+            group_rewards=[np.array([0.0, 1.0, 1.0]), [0.5, float("nan")]],
+        )
+    (record,) = read_metrics(run.samples_path).records
+    assert record["step"] == 4 and record["rewards"] == [[0.0, 1.0, 1.0], [0.5, None]]
+    assert record["samples"] == [{"question": "q", "answer": "a", "reward": 1.0}]
+
+
+def test_truncate_after_on_resume_keeps_curves_continuous(tmp_path):
+    run = RunDir(tmp_path / "r")
+    writer = MetricsWriter(run)
+    for step in range(1, 8):
+        writer.write(step, {"loss": float(step)})
+        writer.write_samples(step, [], group_rewards=[[step]])
+    assert writer.truncate_after(4) == 6
+    writer.write(5, {"loss": 50.0})
+    writer.close()
+    steps = [r["step"] for r in read_metrics(run.metrics_path).records]
+    assert steps == [1, 2, 3, 4, 5]
+    assert read_metrics(run.metrics_path).records[-1]["loss"] == 50.0
+    assert [r["step"] for r in read_metrics(run.samples_path).records] == [1, 2, 3, 4]
+    assert truncate_after(tmp_path / "absent.jsonl", 3) == 0
+
+
+def test_reopening_after_a_crash_drops_the_torn_line(tmp_path):
+    run = RunDir(tmp_path / "crash")
+    run.path.mkdir()
+    run.metrics_path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    with MetricsWriter(run) as writer:
+        writer.write(2, {"loss": 0.5})
+    assert [r["step"] for r in read_metrics(run.metrics_path).records] == [1, 2]
+    assert len(run.metrics_path.read_text().splitlines()) == 2
