@@ -1,0 +1,232 @@
+"""GRPO math: group-normalised advantages and the clipped policy loss, matching TRL 1.16.
+
+The numbers follow ``trl.GRPOTrainer`` (``_generate_and_score_completions`` for advantages,
+``_compute_loss`` for the loss and its logged statistics) so results are comparable with a TRL
+baseline; ``tests/trainer/test_grpo_vs_trl.py`` runs TRL's own code on the same inputs to keep
+it that way. Two deliberate differences:
+
+* Groups whose rewards are all equal are flagged ``keep=False`` instead of being handed an
+  advantage of ~1e-4 float noise (which AdamW turns into full-size random steps).
+* Gradient accumulation is expressed with global counts (``num_sequences_in_batch``,
+  ``num_items_in_batch``) instead of TRL's "divide by the number of accumulation steps", so
+  micro-batches of unequal size (trajectories make a varying number of model calls) still give
+  the exact mean over the whole optimizer step. With equal micro-batches both agree.
+
+Typical use in a training loop (one optimizer step)::
+
+    adv, keep = group_advantages([t.reward for t in trajs], [t.group for t in trajs],
+                                 scale=cfg.scale_rewards)
+    calls, call_adv = calls_with_advantages(trajs, adv, keep, credit=cfg.credit)
+    batch = pack_calls(calls, pad_id)                         # memfactory.trainer.batching
+    n_seq, n_tok = len(calls), int(batch.response_mask.sum())
+    for idx in split_micro_batches(batch, cfg.micro_batch_size):
+        mb = batch.select(idx)
+        logps = token_logprobs(model, mb, temperature=cfg.temperature)
+        loss, stats = grpo_loss(logps, mb.old_logps, torch.tensor(call_adv)[idx], mb.response_mask,
+                                loss_type=cfg.loss_type, epsilon=cfg.epsilon,
+                                epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logps=...,
+                                max_completion_length=cfg.max_new_tokens,
+                                num_items_in_batch=n_tok, num_sequences_in_batch=n_seq)
+        loss.backward()
+    optimizer.step()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from memfactory.types import ModelCall, Trajectory
+
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo")
+
+# Rewards closer than this count as equal: such a group has no signal.
+EQUAL_TOL = 1e-8
+
+
+def group_advantages(
+    rewards: Sequence[float],
+    groups: Sequence[int],
+    *,
+    scale: bool = True,
+    eps: float = 1e-4,
+) -> tuple[list[float], list[bool]]:
+    """Per-trajectory advantages ``r - mean(group)``, divided by ``std(group) + eps`` when ``scale``.
+
+    ``std`` is the sample standard deviation (Bessel-corrected, ``n - 1``), as TRL's ``nanstd``.
+    ``groups[i]`` is any hashable group id (``Trajectory.group``); groups need not be contiguous.
+    Returns ``(advantages, keep)``: ``keep[i]`` is False when every reward of trajectory i's
+    group is equal (within 1e-8) — including a group of one — and its advantage is then exactly 0.
+    Such trajectories must be left out of the update, not trained on with a zero/noise advantage
+    (they would still count in the loss normalisation and in KL).
+    """
+    if len(rewards) != len(groups):
+        raise ValueError(f"rewards ({len(rewards)}) and groups ({len(groups)}) differ in length")
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    advantages = [0.0] * len(rewards)
+    keep = [False] * len(rewards)
+    values = torch.tensor([float(r) for r in rewards], dtype=torch.float64)
+    for idx in members.values():
+        r = values[idx]
+        if len(idx) < 2 or float(r.max() - r.min()) <= EQUAL_TOL:
+            continue  # no signal: advantage 0, keep False
+        adv = r - r.mean()
+        if scale:
+            adv = adv / (r.std(correction=1) + eps)
+        for i, a in zip(idx, adv.tolist()):
+            advantages[i] = a
+            keep[i] = True
+    return advantages, keep
+
+
+def calls_with_advantages(
+    trajectories: Sequence[Trajectory],
+    advantages: Sequence[float],
+    keep: Sequence[bool],
+    *,
+    credit: Literal["all_calls", "final_only"] = "all_calls",
+) -> tuple[list[ModelCall], list[float]]:
+    """The trainable model calls of the kept trajectories, each with its trajectory's advantage.
+
+    ``credit="all_calls"`` broadcasts the advantage to every trainable call of a trajectory
+    (MemAgent's multi-conversation credit); ``"final_only"`` trains only the last trainable call.
+    Calls with empty responses are kept (they contribute no tokens but are harmless).
+    """
+    if not len(trajectories) == len(advantages) == len(keep):
+        raise ValueError("trajectories, advantages and keep must have the same length")
+    if credit not in ("all_calls", "final_only"):
+        raise ValueError(f"unknown credit {credit!r}; expected 'all_calls' or 'final_only'")
+    calls: list[ModelCall] = []
+    call_adv: list[float] = []
+    for traj, adv, k in zip(trajectories, advantages, keep):
+        if not k:
+            continue
+        trainable = [c for c in traj.calls if c.trainable]
+        if credit == "final_only":
+            trainable = trainable[-1:]
+        calls.extend(trainable)
+        call_adv.extend([float(adv)] * len(trainable))
+    return calls, call_adv
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the active tokens of the batch (TRL's ``global_masked_mean`` on one process)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _seq_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence mean over active tokens; NaN for a sequence without tokens (as TRL)."""
+    return (x * mask).sum(-1) / mask.sum(-1)
+
+
+def grpo_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    loss_type: LossType,
+    epsilon: float,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logps: Tensor | None = None,
+    max_completion_length: int | None = None,
+    num_items_in_batch: int | float | Tensor | None = None,
+    num_sequences_in_batch: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped-ratio GRPO loss of one micro-batch and TRL's logged statistics.
+
+    Shapes: ``logps`` (with grad), ``old_logps``, ``ref_logps`` and ``mask`` are ``[B, T]``
+    (response tokens; ``mask`` 1 for real tokens, 0 for padding); ``advantages`` is ``[B]``.
+    Per token, with ``r = exp(logps - old_logps)``::
+
+        loss_t = -min(r * A, clip(r, 1 - epsilon, 1 + epsilon_high) * A)
+                 + beta * (exp(ref - logps) - (ref - logps) - 1)       # k3 KL, only if beta > 0
+
+    Normalisation (TRL's names; "batch" = all micro-batches of one optimizer step):
+
+    * ``grpo``: mean over each sequence's tokens, then sum over sequences divided by
+      ``num_sequences_in_batch`` (default ``B``, i.e. a plain mean over this micro-batch).
+    * ``dr_grpo``: sum over all tokens / (``num_sequences_in_batch`` * ``max_completion_length``)
+      (default ``T``); a constant normaliser, so no length bias.
+    * ``dapo``: sum over all tokens / ``num_items_in_batch``, the number of active tokens in the
+      whole batch (default: ``mask.sum()`` of this micro-batch).
+
+    Summing the losses of all micro-batches of a step then gives the step's loss exactly; TRL
+    gets the same for equal micro-batches by dividing ``grpo``/``dr_grpo`` by the number of
+    accumulation steps, i.e. ``num_sequences_in_batch = B * grad_accum``.
+
+    Returns ``(loss, stats)``; stats are detached scalar tensors, means over this micro-batch's
+    active tokens as TRL logs them: ``clip_ratio/low_mean`` (ratio below ``1 - epsilon`` with
+    ``A < 0``), ``clip_ratio/high_mean`` (above ``1 + epsilon_high`` with ``A > 0``),
+    ``clip_ratio/region_mean`` (either), ``clip_ratio/low_min`` / ``clip_ratio/high_max`` (min /
+    max over sequences of the per-sequence rates), ``ratio_mean``, ``kl`` (only when
+    ``beta > 0``) and ``num_tokens``.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+    if logps.dim() != 2 or logps.shape != old_logps.shape or logps.shape != mask.shape:
+        raise ValueError(
+            f"logps {tuple(logps.shape)}, old_logps {tuple(old_logps.shape)} and mask "
+            f"{tuple(mask.shape)} must all be the same [B, T] shape"
+        )
+    if advantages.shape != (logps.shape[0],):
+        raise ValueError(f"advantages must be [B]={logps.shape[0]}, got {tuple(advantages.shape)}")
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta > 0 needs ref_logps (log-probs under the reference model)")
+    eps_low = float(epsilon)
+    eps_high = float(epsilon if epsilon_high is None else epsilon_high)
+
+    mask = mask.to(logps.dtype)
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token_loss = -torch.min(ratio * adv, clipped * adv)
+    if beta != 0.0:
+        assert ref_logps is not None
+        delta = ref_logps - logps
+        per_token_kl = torch.exp(delta) - delta - 1
+        per_token_loss = per_token_loss + beta * per_token_kl
+
+    batch_size, width = logps.shape
+    n_seq = batch_size if num_sequences_in_batch is None else int(num_sequences_in_batch)
+    if loss_type == "grpo":
+        seq_loss = (per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        loss = seq_loss.sum() / max(n_seq, 1)
+    elif loss_type == "dr_grpo":
+        length = width if max_completion_length is None else int(max_completion_length)
+        loss = (per_token_loss * mask).sum() / (max(n_seq, 1) * length)
+    else:  # dapo
+        n_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        n_items = torch.as_tensor(n_items, dtype=logps.dtype, device=logps.device).clamp(min=1.0)
+        loss = (per_token_loss * mask).sum() / n_items
+
+    with torch.no_grad():
+        is_low = ((ratio < 1 - eps_low) & (adv < 0)).to(logps.dtype)
+        is_high = ((ratio > 1 + eps_high) & (adv > 0)).to(logps.dtype)
+        is_region = torch.clamp(is_low + is_high, max=1.0)
+        stats = {
+            "clip_ratio/low_mean": _masked_mean(is_low, mask),
+            "clip_ratio/high_mean": _masked_mean(is_high, mask),
+            "clip_ratio/region_mean": _masked_mean(is_region, mask),
+            "clip_ratio/low_min": _nan_reduce(_seq_mean(is_low, mask), torch.min),
+            "clip_ratio/high_max": _nan_reduce(_seq_mean(is_high, mask), torch.max),
+            "ratio_mean": _masked_mean(ratio.detach(), mask),
+            "num_tokens": mask.sum(),
+        }
+        if beta != 0.0:
+            stats["kl"] = _masked_mean(per_token_kl.detach(), mask)
+    return loss, stats
+
+
+def _nan_reduce(x: Tensor, op) -> Tensor:
+    """min/max ignoring NaN (sequences without tokens); NaN when nothing is left (TRL's nanmin/nanmax)."""
+    x = x[~torch.isnan(x)]
+    return op(x) if x.numel() else torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
