@@ -87,11 +87,11 @@ class TrainerConfig(Strict):
     temperature: float = Field(1.0, ge=0, description="Rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(64, ge=1, description="Cap on each model call's response")
+    stop: list[str] = Field(default_factory=list, description="Stop strings for rollouts, e.g. '}' after a \\boxed{ prefix")
     credit: Literal["all_calls", "final_only"] = Field(
         "all_calls", description="Which calls of a trajectory get its advantage"
     )
     skip_equal_groups: bool = Field(True, description="Drop groups whose rewards are all equal (no signal)")
-    sft_warmup_steps: int = Field(0, ge=0, description="Supervised steps on gold answers before GRPO")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
     save_every: int = Field(20, ge=1, description="Checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1)

@@ -1,0 +1,323 @@
+"""The GRPO training loop: rollouts in groups, rewards, advantages, clipped policy updates.
+
+One optimizer step = ``grad_accum`` rollout batches of ``batch_size`` prompts × ``group_size``
+samples each. Every trainable model call of a trajectory gets that trajectory's advantage
+(multi-conversation credit for MemAgent-style agents). Groups whose rewards are all equal carry
+no signal and are skipped. Built on ``accelerate`` so the same code runs under
+``accelerate launch``: each rank rolls out its slice of the prompts and DDP averages gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from memfactory.agents.build import build_agent
+from memfactory.backends.hf import HFBackend
+from memfactory.backends.sources import load_model_and_tokenizer
+from memfactory.config import Preset
+from memfactory.envs.build import build_env
+from memfactory.errors import MemFactoryError
+from memfactory.trainer.batching import pack_calls, token_logprobs
+from memfactory.trainer.grpo import group_advantages, grpo_loss
+from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(MemFactoryError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class StepResult:
+    step: int
+    metrics: dict[str, float]
+    trajectories: list[Trajectory] = field(default_factory=list)
+    group_rewards: list[list[float]] = field(default_factory=list)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def attach_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
+    """Wrap the model with peft LoRA adapters; only the adapters train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in lora.target_modules if t in present]
+    if not targets:
+        raise MemFactoryError(
+            f"trainer.lora.target_modules {lora.target_modules} match no module of this model; "
+            f"linear layers it has: {', '.join(sorted(n for n in present if n.endswith('proj'))) or 'none'}"
+        )
+    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+class GRPOTrainer:
+    """Owns the policy, optimizer, agent and environment for one run."""
+
+    def __init__(self, preset: Preset, *, accelerator: Any | None = None):
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        self.preset = preset
+        self.cfg = preset.trainer
+        set_seed(self.cfg.seed)
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        model, self.tokenizer = load_model_and_tokenizer(preset.model)
+        if self.cfg.lora is not None:
+            model = attach_lora(model, self.cfg.lora)
+        self.reference = None
+        if self.cfg.beta > 0 and self.cfg.lora is None:
+            # Full fine-tuning needs a frozen copy; with LoRA the reference is the base model
+            # with adapters disabled, so no second copy is held.
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.scheduler = get_scheduler(
+            self.cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=self.cfg.warmup_steps,
+            num_training_steps=self.cfg.steps,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.backend = HFBackend(self.policy, self.tokenizer, enable_thinking=preset.model.enable_thinking)
+        self.agent = build_agent(preset)
+        self.env = build_env(preset)
+        self.train_samples = self.env.samples("train")
+        if not self.train_samples:
+            raise MemFactoryError(f"env {preset.env.type!r} returned no training samples; check env.data")
+        self.step = 0
+        self.attn_implementation = getattr(self.policy.config, "_attn_implementation", "unknown")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.policy.parameters() if p.requires_grad)
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            stop=list(self.cfg.stop),
+        )
+
+    def batch_for_step(self, step: int, accum_index: int) -> list[Sample]:
+        """The prompts of one rollout batch; a pure function of (seed, step) so resume is exact."""
+        rng = random.Random(f"{self.cfg.seed}/{step}/{accum_index}")
+        batch = rng.sample(self.train_samples, k=min(self.cfg.batch_size, len(self.train_samples)))
+        if self.accelerator.num_processes > 1:
+            batch = batch[self.accelerator.process_index :: self.accelerator.num_processes]
+        return batch
+
+    def reference_context(self):
+        if self.cfg.lora is not None:
+            return self.policy.disable_adapter()
+        return nullcontext()
+
+    def reference_model(self) -> torch.nn.Module:
+        return self.reference if self.reference is not None else self.policy
+
+    # ------------------------------------------------------------------ one step
+    def rollout(self, samples: list[Sample]) -> list[Trajectory]:
+        self.policy.eval()
+        with torch.no_grad():
+            trajectories = self.agent.run(
+                samples,
+                self.backend,
+                params=self.sampling_params(),
+                group_size=self.cfg.group_size,
+                train=True,
+            )
+        self.env.score(trajectories)
+        advantages, keep = group_advantages(
+            [t.reward for t in trajectories],
+            [t.group for t in trajectories],
+            scale=self.cfg.scale_rewards,
+        )
+        for trajectory, advantage, kept in zip(trajectories, advantages, keep):
+            trajectory.advantage = advantage if (kept or not self.cfg.skip_equal_groups) else 0.0
+            trajectory.counters["skipped_group"] = 0.0 if kept else 1.0
+        return trajectories
+
+    def trainable_calls(self, trajectories: list[Trajectory]) -> tuple[list[ModelCall], list[float]]:
+        calls, advantages = [], []
+        for trajectory in trajectories:
+            if self.cfg.skip_equal_groups and trajectory.counters.get("skipped_group"):
+                continue
+            for call in trajectory.calls:
+                if call.trainable and call.response_ids:
+                    calls.append(call)
+                    advantages.append(trajectory.advantage)
+        return calls, advantages
+
+    def policy_update(self, buffers: list[tuple[list[ModelCall], list[float]]]) -> dict[str, float]:
+        """``num_iterations`` passes over the buffered rollouts, one optimizer step each."""
+        cfg = self.cfg
+        stats: dict[str, list[float]] = {}
+        self.model.train()
+        prepared = []
+        for calls, advantages in buffers:
+            if not calls:
+                continue
+            batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id)
+            adv = torch.tensor(advantages, dtype=torch.float32)
+            old, ref = None, None
+            with torch.no_grad():
+                if cfg.num_iterations > 1:
+                    old = token_logprobs(self.model, batch, temperature=max(cfg.temperature, 1e-6),
+                                         micro_batch_size=cfg.micro_batch_size)
+                if cfg.beta > 0:
+                    with self.reference_context():
+                        ref = token_logprobs(self.reference_model(), batch,
+                                             temperature=max(cfg.temperature, 1e-6),
+                                             micro_batch_size=cfg.micro_batch_size)
+            prepared.append((batch, adv, old, ref))
+        if not prepared:
+            return {}
+        total_tokens = sum(float(b.response_mask.sum()) for b, *_ in prepared)
+        total_seqs = sum(b.response_mask.shape[0] for b, *_ in prepared)
+        for _ in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for batch, adv, old, ref in prepared:
+                n = batch.response_mask.shape[0]
+                for start in range(0, n, cfg.micro_batch_size):
+                    index = slice(start, start + cfg.micro_batch_size)
+                    micro = batch.select(index)
+                    width = micro.response_width  # trimming only drops trailing padding columns
+                    logps = token_logprobs(self.model, micro, temperature=max(cfg.temperature, 1e-6))
+                    old_logps = old[index, :width] if old is not None else logps.detach()
+                    loss, parts = grpo_loss(
+                        logps,
+                        old_logps,
+                        adv[index],
+                        micro.response_mask,
+                        loss_type=cfg.loss_type,
+                        epsilon=cfg.epsilon,
+                        epsilon_high=cfg.epsilon_high,
+                        beta=cfg.beta,
+                        ref_logps=ref[index, :width] if ref is not None else None,
+                        max_completion_length=cfg.max_new_tokens,
+                        num_items_in_batch=total_tokens,
+                        num_sequences_in_batch=total_seqs,
+                    )
+                    # Normalised over the whole step's batch, so micro-batch losses simply add up.
+                    scaled = loss
+                    if not torch.isfinite(scaled):
+                        raise TrainingDiverged(
+                            f"loss became {float(scaled)} at step {self.step + 1}; stopping. "
+                            "The last good checkpoint is kept; try a lower trainer.lr or trainer.max_grad_norm."
+                        )
+                    self.accelerator.backward(scaled)
+                    stats.setdefault("loss", []).append(float(scaled))
+                    for key, value in parts.items():
+                        stats.setdefault(key, []).append(float(value))
+            grad_norm = self.accelerator.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
+            )
+            if not math.isfinite(float(grad_norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {self.step + 1}; stopping.")
+            self.optimizer.step()
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
+        out = {key: float(np.mean(values)) for key, values in stats.items()}
+        out["loss"] = float(np.sum(stats["loss"])) / cfg.num_iterations
+        return out
+
+    def train_step(self) -> StepResult:
+        """Roll out, score and update once; returns the step's metrics."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        step = self.step + 1
+        buffers, trajectories = [], []
+        for accum_index in range(cfg.grad_accum):
+            batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))
+            trajectories.extend(batch_trajectories)
+            buffers.append(self.trainable_calls(batch_trajectories))
+        rollout_time = time.perf_counter() - started
+        update_stats = self.policy_update(buffers)
+        self.scheduler.step()
+        self.step = step
+        elapsed = time.perf_counter() - started
+        metrics = self.step_metrics(trajectories, update_stats)
+        metrics.update(
+            {
+                "time/step_s": elapsed,
+                "time/rollout_s": rollout_time,
+                "time/update_s": elapsed - rollout_time,
+                "lr": float(self.scheduler.get_last_lr()[0]),
+                "tokens_per_s": metrics["tokens/total"] / max(elapsed, 1e-9),
+            }
+        )
+        groups: dict[int, list[float]] = {}
+        for trajectory in trajectories:
+            groups.setdefault(trajectory.group, []).append(trajectory.reward)
+        return StepResult(step, metrics, trajectories, list(groups.values()))
+
+    def step_metrics(self, trajectories: list[Trajectory], update: dict[str, float]) -> dict[str, float]:
+        rewards = np.array([t.reward for t in trajectories], dtype=np.float64)
+        lengths = [c.num_response_tokens for t in trajectories for c in t.calls]
+        metrics: dict[str, float] = {
+            "reward/mean": float(rewards.mean()) if len(rewards) else 0.0,
+            "reward/std": float(rewards.std()) if len(rewards) else 0.0,
+            "reward/max": float(rewards.max()) if len(rewards) else 0.0,
+            "reward/min": float(rewards.min()) if len(rewards) else 0.0,
+            "response_length/mean": float(np.mean(lengths)) if lengths else 0.0,
+            "response_length/max": float(np.max(lengths)) if lengths else 0.0,
+            "calls_per_trajectory": len(lengths) / max(len(trajectories), 1),
+            "tokens/total": float(sum(lengths) + sum(len(c.prompt_ids) for t in trajectories for c in t.calls)),
+            "loss": update.get("loss", 0.0),
+            "kl": update.get("kl", 0.0),
+            "clip_ratio": update.get("clip_ratio/region_mean", update.get("clip_ratio", 0.0)),
+            "grad_norm": update.get("grad_norm", 0.0),
+        }
+        for key, value in update.items():
+            metrics.setdefault(f"update/{key}", value)
+        parts = sorted({name for t in trajectories for name in t.rewards})
+        for name in parts:
+            metrics[f"reward/{name}"] = float(np.mean([t.rewards.get(name, 0.0) for t in trajectories]))
+        counters = sorted({name for t in trajectories for name in t.counters})
+        for name in counters:
+            total = float(np.sum([t.counters.get(name, 0.0) for t in trajectories]))
+            if name == "skipped_group":
+                metrics["skipped_group_fraction"] = total / max(len(trajectories), 1)
+            else:
+                metrics[f"count/{name}"] = total
+        return metrics
+
+    def fit(self, on_step: Callable[[StepResult], None] | None = None) -> None:
+        while self.step < self.cfg.steps:
+            result = self.train_step()
+            if on_step is not None:
+                on_step(result)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, samples: list[Sample], *, temperature: float = 0.0) -> float:
+        """Mean reward of one greedy (by default) answer per sample; no gradients."""
+        self.policy.eval()
+        params = self.sampling_params()
+        params.temperature = temperature
+        with torch.no_grad():
+            trajectories = self.agent.run(samples, self.backend, params=params, group_size=1, train=False)
+        self.env.score(trajectories)
+        return float(np.mean([t.reward for t in trajectories])) if trajectories else 0.0

@@ -1,0 +1,192 @@
+"""One training run's bookkeeping around the GRPO loop.
+
+Creates (or re-opens, for ``--resume``) ``runs/<id>/`` and its row in the runs database, streams
+metrics to metrics.jsonl / the database / SwanLab, writes sample trajectories and reward
+distributions, checkpoints every N steps, and records how the run ended: finished, aborted
+(SIGTERM/SIGINT from the UI's Abort button), or failed with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from memfactory.config import Preset, save_preset
+from memfactory.errors import MemFactoryError
+from memfactory.tracking.metrics import MetricsWriter, RunDir
+from memfactory.tracking.runs import RunsDB, new_run_id
+from memfactory.tracking.swanlab_sink import SwanLabSink
+from memfactory.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("memfactory.train")
+
+# How many whole trajectories go into samples.jsonl each time samples are written.
+SAMPLES_PER_WRITE = 4
+
+
+class RunAborted(Exception):
+    """Raised inside the loop when the process is asked to stop."""
+
+
+def _raise_abort(signum: int, _frame: Any) -> None:
+    raise RunAborted(f"received signal {signal.Signals(signum).name}")
+
+
+class TrainingSession:
+    def __init__(self, preset: Preset, *, run_id: str | None = None, resume: str | None = None):
+        self.preset = preset
+        self.db = RunsDB(preset.logging.runs_db)
+        self.resume = resume is not None
+        if resume is not None:
+            record = self.db.require(resume)
+            if record.status == "running" and RunsDB.is_alive(record.pid) and record.pid != os.getpid():
+                raise MemFactoryError(f"run {resume} is still running (pid {record.pid}); abort it before resuming")
+            self.run_id = resume
+            self.run_dir = RunDir(record.run_dir)
+        else:
+            self.run_id = run_id or new_run_id(preset.name)
+            path = Path(preset.logging.runs_dir) / self.run_id
+            if path.exists() and any(path.iterdir()):
+                raise MemFactoryError(f"run folder {path} already exists; pick another --run-id")
+            self.run_dir = RunDir(path)
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            save_preset(preset, self.run_dir.preset_path)
+            self.db.create_run(
+                preset.name,
+                self.run_dir.path,
+                run_id=self.run_id,
+                preset_path=self.run_dir.preset_path,
+                total_steps=preset.trainer.steps,
+                meta={"agent": preset.agent, "model": preset.model.path, "env": preset.env.type},
+            )
+        self.status = "created"
+        self.writer = MetricsWriter(self.run_dir)
+
+    # ------------------------------------------------------------------ logging
+    def _attach_log_file(self) -> logging.Handler | None:
+        """Log to stdout.log; when the web UI's runner started us, stdout already is that file."""
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+        if os.environ.get("MEMFACTORY_RUNNER") == "1":
+            return None
+        handler = logging.FileHandler(self.run_dir.log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return handler
+
+    # ------------------------------------------------------------------ the run
+    def run(self, *, progress: bool = True) -> None:
+        handler = self._attach_log_file()
+        previous = {sig: signal.signal(sig, _raise_abort) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.db.set_status(self.run_id, "running", pid=os.getpid())
+        self.status = "running"
+        log.info("run %s: %s (agent %s, model %s)", self.run_id, self.preset.name, self.preset.agent,
+                 self.preset.model.path)
+        sink = None
+        bar = None
+        try:
+            from memfactory.trainer.loop import GRPOTrainer
+
+            trainer = GRPOTrainer(self.preset)
+            self.trainer = trainer
+            if self.resume:
+                self._restore(trainer)
+            self.db.update_meta(
+                self.run_id,
+                attn_implementation=trainer.attn_implementation,
+                device=str(trainer.accelerator.device),
+                trainable_parameters=trainer.trainable_parameters,
+                num_processes=trainer.accelerator.num_processes,
+            )
+            log.info("attention %s on %s, %d trainable parameters", trainer.attn_implementation,
+                     trainer.accelerator.device, trainer.trainable_parameters)
+            sink = SwanLabSink(
+                self.preset.logging.swanlab,
+                project=self.preset.logging.project,
+                run_name=self.run_id,
+                config=self.preset.model_dump(mode="json"),
+                logdir=self.run_dir.path / "swanlog",
+            )
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.preset.trainer.steps, initial=trainer.step, desc=self.run_id, unit="step")
+            trainer.fit(lambda result: self._on_step(trainer, result, sink, bar))
+            self._finish("finished")
+        except RunAborted as exc:
+            log.warning("aborted: %s", exc)
+            self._finish("aborted", str(exc))
+        except MemFactoryError as exc:
+            log.error("%s", exc)
+            self._finish("failed", str(exc))
+            raise
+        except Exception as exc:
+            log.error("training crashed:\n%s", traceback.format_exc())
+            self._finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            if bar is not None:
+                bar.close()
+            if sink is not None:
+                sink.finish()
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        self.status = status
+        self.db.set_status(self.run_id, status, error)
+        log.info("run %s %s", self.run_id, status)
+
+    def _restore(self, trainer: Any) -> None:
+        checkpoint = latest_checkpoint(self.run_dir.path)
+        if checkpoint is None:
+            log.warning("run %s has no checkpoint yet; starting it from step 0", self.run_id)
+            step = 0
+        else:
+            state = load_checkpoint(checkpoint, trainer.policy, trainer.optimizer, trainer.scheduler)
+            step = int(state["step"])
+            log.info("resumed from %s (step %d)", checkpoint, step)
+        trainer.step = step
+        # Metrics stay continuous: whatever was logged after the checkpoint is re-done.
+        self.writer.truncate_after(step)
+        self.db.truncate_metrics(self.run_id, step)
+        self.db.update_progress(self.run_id, step)
+
+    def _on_step(self, trainer: Any, result: Any, sink: Any, bar: Any) -> None:
+        cfg = self.preset.trainer
+        step, metrics = result.step, result.metrics
+        self.writer.write(step, metrics)
+        self.db.log_metrics(self.run_id, step, metrics)
+        self.db.update_progress(self.run_id, step, metrics.get("reward/mean"))
+        if sink is not None:
+            sink.log(step, metrics)
+        # The raw group rewards every step (the reward distribution); whole trajectories every N.
+        with_samples = step == 1 or step % cfg.sample_every == 0 or step == cfg.steps
+        samples = [t.summary() for t in result.trajectories[:SAMPLES_PER_WRITE]] if with_samples else []
+        self.writer.write_samples(step, samples, group_rewards=result.group_rewards)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            path = save_checkpoint(
+                self.run_dir.checkpoints,
+                step,
+                trainer.policy,
+                trainer.optimizer,
+                trainer.scheduler,
+                extra={"run_id": self.run_id},
+                keep=cfg.keep_checkpoints,
+            )
+            log.info("checkpoint %s", path)
+        log.info(
+            "step %d/%d reward %.3f ± %.3f loss %.4f skipped %.2f %.1fs",
+            step, cfg.steps, metrics["reward/mean"], metrics["reward/std"], metrics["loss"],
+            metrics.get("skipped_group_fraction", 0.0), metrics["time/step_s"],
+        )
+        if bar is not None:
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics['loss']:.3f}")
+            bar.update(1)
