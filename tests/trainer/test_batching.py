@@ -1,0 +1,171 @@
+"""Packing model calls into token batches and scoring them with a real (tiny, random) Qwen3."""
+
+import pytest
+import torch
+import transformers
+
+from memfactory.trainer.batching import (
+    TokenBatch,
+    pack_calls,
+    position_ids_from_mask,
+    split_micro_batches,
+    token_logprobs,
+)
+from memfactory.types import ModelCall
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, pad_token_id=PAD,
+    )
+    m = transformers.Qwen3ForCausalLM(config).float()
+    m.eval()
+    return m
+
+
+def call(prompt, response, logprobs=None):
+    logprobs = [-0.1 * (i + 1) for i in range(len(response))] if logprobs is None else logprobs
+    return ModelCall(module="m", prompt_ids=prompt, response_ids=response, logprobs=logprobs, text="")
+
+
+CALLS = [
+    call([5, 6, 7], [8, 9]),
+    call([10], [11, 12, 13, 14]),
+    call([15, 16, 17, 18, 19], []),  # empty response
+    call([20, 21], [22]),
+]
+
+
+def test_pack_calls_layout():
+    b = pack_calls(CALLS, PAD)
+    assert b.prompt_width == 5 and b.response_width == 4
+    assert b.input_ids.tolist() == [
+        [0, 0, 5, 6, 7, 8, 9, 0, 0],
+        [0, 0, 0, 0, 10, 11, 12, 13, 14],
+        [15, 16, 17, 18, 19, 0, 0, 0, 0],
+        [0, 0, 0, 20, 21, 22, 0, 0, 0],
+    ]
+    assert b.attention_mask.tolist() == [
+        [0, 0, 1, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1, 0, 0, 0],
+    ]
+    assert b.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert b.old_logps[0].tolist() == pytest.approx([-0.1, -0.2, 0.0, 0.0])
+    assert b.old_logps[2].tolist() == [0.0] * 4
+    assert b.response_ids[1].tolist() == [11, 12, 13, 14]
+    assert b.num_tokens == 7
+
+
+def test_pack_calls_rejects_bad_calls():
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack_calls([call([], [1])], PAD)
+    with pytest.raises(ValueError, match="logprobs"):
+        pack_calls([call([1], [2, 3], [-0.5])], PAD)
+    with pytest.raises(ValueError):
+        pack_calls([], PAD)
+
+
+def test_position_ids_count_real_tokens_only():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    pos = position_ids_from_mask(mask)
+    assert pos[0][mask[0] == 1].tolist() == [0, 1, 2]  # padding positions are never attended to
+    assert pos[1].tolist() == [0, 1, 2, 3, 4, 5]
+    assert (pos >= 0).all()
+
+
+def test_select_trims_padding_columns():
+    b = pack_calls(CALLS, PAD)
+    sub = b.select([3, 0])
+    assert sub.prompt_width == 3 and sub.response_width == 2
+    assert sub.input_ids.tolist() == [[0, 20, 21, 22, 0], [5, 6, 7, 8, 9]]
+    assert sub.response_mask.tolist() == [[1, 0], [1, 1]]
+    only_empty = b.select([2])
+    assert only_empty.response_width == 0 and only_empty.prompt_width == 5
+    untrimmed = b.select([3, 0], trim=False)
+    assert untrimmed.input_ids.shape == (2, 9)
+
+
+def test_split_micro_batches_covers_rows_once():
+    b = pack_calls(CALLS, PAD)
+    parts = split_micro_batches(b, 3)
+    assert [len(p) for p in parts] == [3, 1]
+    assert sorted(torch.cat(parts).tolist()) == [0, 1, 2, 3]
+    # longest rows first (lengths 5, 5, 5, 3), so the short row sits alone
+    assert parts[1].tolist() == [3]
+    plain = split_micro_batches(b, 2, sort_by_length=False)
+    assert [p.tolist() for p in plain] == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError):
+        split_micro_batches(b, 0)
+
+
+def reference_logprobs(model, c: ModelCall, temperature=1.0):
+    """Score one call alone, unpadded, with the full logits and log_softmax."""
+    ids = torch.tensor([c.prompt_ids + c.response_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float() / temperature
+    logps = torch.log_softmax(logits, dim=-1)
+    p = len(c.prompt_ids)
+    return torch.tensor([logps[p - 1 + j, tok].item() for j, tok in enumerate(c.response_ids)])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("micro_batch_size", [None, 3, 1])
+def test_padded_batch_matches_unpadded_rows(model, temperature, micro_batch_size):
+    b = pack_calls(CALLS, PAD)
+    with torch.no_grad():
+        got = token_logprobs(model, b, temperature=temperature, micro_batch_size=micro_batch_size)
+    assert got.shape == (4, 4) and got.dtype == torch.float32
+    for i, c in enumerate(CALLS):
+        r = len(c.response_ids)
+        want = reference_logprobs(model, c, temperature)
+        assert torch.allclose(got[i, :r], want, atol=1e-5), (i, got[i, :r], want)
+        assert (got[i, r:] == 0).all()
+    assert (got <= 0).all()
+
+
+def test_works_without_logits_to_keep(model):
+    """A model whose forward lacks logits_to_keep gets the full logits and the same answer."""
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=use_cache)
+
+    b = pack_calls(CALLS, PAD)
+    with torch.no_grad():
+        assert torch.allclose(token_logprobs(NoKeep(model), b), token_logprobs(model, b), atol=1e-6)
+
+
+def test_gradients_flow_to_the_weights(model):
+    b = pack_calls(CALLS, PAD)
+    model.zero_grad()
+    logps = token_logprobs(model, b, micro_batch_size=2)
+    assert logps.requires_grad
+    (logps * b.response_mask).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_all_empty_responses_give_empty_scores(model):
+    b = pack_calls([call([1, 2], []), call([3], [])], PAD)
+    out = token_logprobs(model, b)
+    assert out.shape == (2, 0)
+
+
+def test_to_device_roundtrip():
+    b = pack_calls(CALLS, PAD).to("cpu")
+    assert isinstance(b, TokenBatch) and b.input_ids.device.type == "cpu"
