@@ -1,0 +1,86 @@
+"""Long-context QA environment: MemAgent/RULER files or synthetic sets in, answer rewards out.
+
+Splits: ``train`` (the data source minus a held-out slice), ``test`` (that slice, never trained
+on), or an eval-set name such as ``eval_50`` / ``eval_fwe_16384`` looked up in ``data_dir`` and
+then in the shipped ``assets/data`` sets. A ``synthetic://`` URI or a file path also works as a
+split name, so the eval command can score any source. Rewards come from the base class's
+``score`` (weighted parts named in the preset).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memfactory.data.memagent import find_eval_set, load_samples
+from memfactory.envs.base import Environment
+from memfactory.errors import DataError
+from memfactory.registry import register
+from memfactory.types import Sample
+
+
+class LongContextOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        "synthetic://docqa?n=64&seed=0",
+        description="Training source: a .json/.jsonl/.parquet file, or synthetic://docqa?n=64&seed=0, "
+        "synthetic://hotpotqa?n=32&docs=20, synthetic://fwe?n=16&length=2048",
+    )
+    eval: list[str] = Field(default_factory=list, description="Eval set names, e.g. eval_50, eval_fwe_16384, eval_docqa")
+    data_dir: str = Field("data", description="Folder holding downloaded eval sets (then assets/data is searched)")
+    eval_size: int | None = Field(None, ge=1, description="Use at most this many samples of each eval set")
+    test_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of the training source held out as 'test'")
+    seed: int = Field(0, description="Seed of the train/test split")
+
+
+@register(
+    "env",
+    "long_context",
+    description="Long-context QA (MemAgent HotpotQA / RULER files or synthetic sets); answer rewards",
+    config=LongContextOptions,
+)
+class LongContextEnv(Environment):
+    options: LongContextOptions
+
+    def __init__(self, options, rewards, weights):
+        if not isinstance(options, LongContextOptions):
+            options = LongContextOptions.model_validate(options if isinstance(options, dict) else options.model_dump())
+        super().__init__(options, rewards, weights)
+        self._cache: dict[str, list[Sample]] = {}
+
+    def _source(self) -> list[Sample]:
+        if "__source__" not in self._cache:
+            self._cache["__source__"] = load_samples(self.options.data)
+        return self._cache["__source__"]
+
+    def _split(self) -> tuple[list[Sample], list[Sample]]:
+        samples = self._source()
+        held = math.ceil(len(samples) * self.options.test_fraction) if self.options.test_fraction > 0 else 0
+        if held >= len(samples):
+            raise DataError(self.options.data, f"test_fraction {self.options.test_fraction} leaves no training samples out of {len(samples)}")
+        order = list(range(len(samples)))
+        random.Random(self.options.seed).shuffle(order)
+        test_idx = set(order[:held])
+        train = [s for i, s in enumerate(samples) if i not in test_idx]
+        test = [s for i, s in enumerate(samples) if i in test_idx]
+        return train, test
+
+    def samples(self, split: str = "train") -> list[Sample]:
+        if split in ("train", "test"):
+            train, test = self._split()
+            return train if split == "train" else self._cap(test)
+        if split not in self._cache:
+            if split.startswith("synthetic://"):
+                self._cache[split] = load_samples(split)
+            else:
+                self._cache[split] = load_samples(find_eval_set(split, self.options.data_dir))
+        return self._cap(self._cache[split])
+
+    def eval_names(self) -> list[str]:
+        return list(self.options.eval)
+
+    def _cap(self, samples: list[Sample]) -> list[Sample]:
+        return samples[: self.options.eval_size] if self.options.eval_size else list(samples)
