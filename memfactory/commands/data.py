@@ -1,0 +1,84 @@
+"""``memfactory data``: generate synthetic sets, download MemAgent's sets, check a data file."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from memfactory.errors import MemFactoryError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="generate, download or check long-context QA data")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    synth = sub.add_parser("synth", help="write a seeded synthetic set in MemAgent's JSON format")
+    synth.add_argument("kind", choices=["hotpotqa", "fwe", "docqa"], help="which generator")
+    synth.add_argument("--n", type=int, default=None, help="number of samples (default 128; docqa 64)")
+    synth.add_argument("--docs", type=int, default=50, help="hotpotqa: documents per question")
+    synth.add_argument("--length", type=int, default=16384, help="fwe: context length in tokens")
+    synth.add_argument("--tokenizer", default=None, help="fwe: local tokenizer folder to measure length (default ~4 chars/token)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output .json or .jsonl file")
+    synth.set_defaults(func=run_synth)
+
+    download = sub.add_parser("download", help="download a public data set (needs internet)")
+    download.add_argument("dataset", choices=["memagent"], help="MemAgent's BytedTsinghua-SIA/hotpotqa")
+    download.add_argument("--to", required=True, help="target folder (use it as env.data_dir)")
+    download.add_argument("--files", nargs="*", default=None, help="file patterns (default: eval_50/100/200.json and *.parquet)")
+    download.set_defaults(func=run_download)
+
+    check = sub.add_parser("check", help="validate a data file and summarise it")
+    check.add_argument("path", help=".json/.jsonl/.parquet file or synthetic://kind?n=..")
+    check.set_defaults(func=run_check)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from memfactory.data.synth import synth_dataset, write_json
+
+    kw = {}
+    if args.kind == "hotpotqa":
+        kw["docs"] = args.docs
+    elif args.kind == "fwe":
+        kw["length"] = args.length
+        if args.tokenizer:
+            kw["tokenizer"] = _load_tokenizer(args.tokenizer)
+    n = args.n if args.n is not None else (64 if args.kind == "docqa" else 128)
+    try:
+        records = synth_dataset(args.kind, n, args.seed, **kw)
+    except ValueError as exc:
+        raise MemFactoryError(str(exc)) from None
+    path = write_json(records, args.out)
+    print(f"wrote {len(records)} {args.kind} samples to {path}")
+    return 0
+
+
+def _load_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise MemFactoryError(f"cannot load a tokenizer from {folder}: {exc}") from None
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from memfactory.data.download import download_memagent
+
+    files = download_memagent(args.to, patterns=args.files)
+    for path in files:
+        print(path)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from memfactory.data.memagent import load_samples
+
+    samples = load_samples(args.path)
+    formats = Counter(s.meta.get("format", "?") for s in samples)
+    chars = [len(s.context) for s in samples]
+    print(f"{args.path}: {len(samples)} samples ({', '.join(f'{k} {v}' for k, v in formats.items())}); "
+          f"context {min(chars)}-{max(chars)} chars, mean {sum(chars) // len(chars)}")
+    first = samples[0]
+    print(f"first: {first.id}: {first.question[:100]!r} -> {first.answers}")
+    return 0
