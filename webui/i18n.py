@@ -1,0 +1,85 @@
+"""English and Chinese labels, switched at run time from a dropdown (as in LlamaBoard).
+
+Components register themselves with ``Labels.add(component, key, attr)``; switching the locale
+returns one ``gr.update`` per registered component. Keys missing from a locale fall back to English.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LOCALES = {"en": "English", "zh": "中文"}
+
+TEXT: dict[str, dict[str, str]] = {
+    "title": {"en": "# 🧠 MemFactory — a workbench for memory agents",
+              "zh": "# 🧠 MemFactory — 记忆智能体工作台"},
+    "lang": {"en": "Language", "zh": "语言"},
+    "tab.assemble": {"en": "Assemble", "zh": "组装"},
+    "tab.runs": {"en": "Runs", "zh": "运行记录"},
+    "empty_registry": {
+        "en": "⚠️ Nothing is registered yet for: {kinds}. Install or import the packages that register "
+              "agents, modules, environments, rewards and backends, then restart the UI.",
+        "zh": "⚠️ 以下类别尚未注册任何组件：{kinds}。请安装或导入注册智能体、模块、环境、奖励和后端的包，然后重启界面。",
+    },
+    "section.preset": {"en": "### Preset", "zh": "### 预设"},
+    "section.agent": {"en": "### Agent and memory modules", "zh": "### 智能体与记忆模块"},
+    "section.model": {"en": "### Model", "zh": "### 模型"},
+    "section.env": {"en": "### Environment and data", "zh": "### 环境与数据"},
+    "section.rewards": {"en": "### Rewards", "zh": "### 奖励"},
+    "section.trainer": {"en": "Trainer (GRPO)", "zh": "训练器 (GRPO)"},
+    "section.logging": {"en": "Logging", "zh": "日志"},
+    "section.agent_options": {"en": "Agent options", "zh": "智能体选项"},
+    "preset_name": {"en": "Preset name", "zh": "预设名称"},
+    "description": {"en": "Description", "zh": "描述"},
+    "agent": {"en": "Agent", "zh": "智能体"},
+    "backend": {"en": "Model backend", "zh": "模型后端"},
+    "model_path": {"en": "Model path", "zh": "模型路径"},
+    "env": {"en": "Environment", "zh": "环境"},
+    "yaml": {"en": "Preset (YAML)", "zh": "预设 (YAML)"},
+    "cli": {"en": "Equivalent command", "zh": "等效命令"},
+    "problems": {"en": "Validation", "zh": "校验"},
+    "save_name": {"en": "Save as (file name)", "zh": "另存为（文件名）"},
+    "overwrite": {"en": "Overwrite an existing preset", "zh": "覆盖已存在的预设"},
+    "save": {"en": "💾 Save preset", "zh": "💾 保存预设"},
+    "load_choice": {"en": "Saved presets", "zh": "已保存的预设"},
+    "load": {"en": "📂 Load", "zh": "📂 加载"},
+    "refresh": {"en": "🔄 Refresh", "zh": "🔄 刷新"},
+    "download": {"en": "⬇️ Download YAML", "zh": "⬇️ 下载 YAML"},
+    "reward_weight": {"en": "weight", "zh": "权重"},
+    "valid": {"en": "✅ The preset is valid.", "zh": "✅ 预设有效。"},
+    "runs_table": {"en": "Runs", "zh": "运行"},
+    "runs_select": {"en": "Runs to compare", "zh": "对比的运行"},
+    "runs_empty": {"en": "No runs yet. Start one from the Train tab or `memfactory train <preset>`.",
+                   "zh": "暂无运行记录。请在训练页或用 `memfactory train <预设>` 启动。"},
+}
+
+
+def t(key: str, lang: str = "en", **fmt: Any) -> str:
+    """The label ``key`` in ``lang`` (English when missing; the key itself when unknown)."""
+    entry = TEXT.get(key)
+    text = key if entry is None else entry.get(lang) or entry["en"]
+    return text.format(**fmt) if fmt else text
+
+
+class Labels:
+    """Remembers which component shows which text, so a locale switch can relabel them all."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[Any, dict[str, tuple[str, dict[str, Any]]]]] = {}
+
+    def add(self, component: Any, key: str, attr: str = "label", **fmt: Any) -> Any:
+        self._items.setdefault(id(component), (component, {}))[1][attr] = (key, fmt)
+        return component
+
+    @property
+    def components(self) -> list[Any]:
+        return [component for component, _ in self._items.values()]
+
+    def texts(self, lang: str) -> list[dict[str, str]]:
+        """Per component (in ``components`` order): attribute -> text in ``lang``."""
+        return [{attr: t(key, lang, **fmt) for attr, (key, fmt) in attrs.items()} for _, attrs in self._items.values()]
+
+    def updates(self, lang: str) -> list[Any]:
+        import gradio as gr
+
+        return [gr.update(**texts) for texts in self.texts(lang)]

@@ -1,0 +1,146 @@
+"""Start, watch and stop ``python -m memfactory train`` runs from the UI.
+
+A run is its own process group (``start_new_session=True``) writing into ``runs/<id>/``, so it
+outlives a closed browser tab or a restarted UI; the UI only needs the pid (also written to
+``runs/<id>/runner.json``) to re-attach, tail its logs or abort it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from webui.workspace import check_name, confine
+
+# Children started by this process, so their exit status gets reaped (no zombies).
+_children: dict[int, subprocess.Popen] = {}
+
+
+def new_run_id(preset_name: str = "run") -> str:
+    """``20261129-221855-<preset>-ab12``: sorts by start time, unique, a safe folder name."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in preset_name)[:40] or "run"
+    return f"{stamp}-{stem}-{secrets.token_hex(2)}"
+
+
+def start_run(
+    preset_path: str | Path,
+    *,
+    runs_dir: str | Path,
+    extra_args: Sequence[str] = (),
+    run_id: str | None = None,
+) -> tuple[str, int]:
+    """Copy the preset to ``runs/<id>/preset.yaml`` and launch training on it; return (run_id, pid)."""
+    preset_path = Path(preset_path)
+    if not preset_path.is_file():
+        raise FileNotFoundError(preset_path)
+    runs_dir = Path(runs_dir).resolve()
+    run_id = check_name(run_id or new_run_id(preset_path.stem), "run id")
+    run_dir = confine(runs_dir, run_id)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    run_preset = run_dir / "preset.yaml"
+    shutil.copyfile(preset_path, run_preset)
+    command = [sys.executable, "-m", "memfactory", "train", str(run_preset), "--run-id", run_id, *extra_args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(run_dir / "stdout.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=runs_dir.parent,
+            env=env,
+            start_new_session=True,
+        )
+    _children[process.pid] = process
+    info = {"run_id": run_id, "pid": process.pid, "command": command, "started": time.time()}
+    (run_dir / "runner.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return run_id, process.pid
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process runs (a finished child of ours is reaped, a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _children.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit status of a run this process started, once it has ended (else None)."""
+    child = _children.get(pid)
+    return None if child is None else child.poll()
+
+
+def abort(pid: int, grace: float = 5.0) -> bool:
+    """SIGTERM the run's process group, SIGKILL it after ``grace`` seconds; True if it was running."""
+    if not is_alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not is_alive(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 2.0
+    while is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def tail(path: str | Path, n: int = 50) -> str:
+    """The last ``n`` lines of a text file ("" when it does not exist yet)."""
+    path = Path(path)
+    if n <= 0 or not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        block, data = 8192, b""
+        while size > 0 and data.count(b"\n") <= n:
+            step = min(block, size)
+            size -= step
+            handle.seek(size)
+            data = handle.read(step) + data
+    lines = deque(data.decode("utf-8", errors="replace").splitlines(), maxlen=n)
+    return "\n".join(lines)
+
+
+def run_info(run_dir: str | Path) -> dict:
+    """What the runner wrote when it started the run (pid, command, start time), or {}."""
+    try:
+        return json.loads((Path(run_dir) / "runner.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
