@@ -115,8 +115,8 @@ class DirectAgent(Agent):
             raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
         for trajectory, prompt, generation in zip(trajectories, prompts, generations):
             trajectory.calls.append(model_call("direct.answer", prompt, generation, train=train))
-            if not strip_thinking(generation.text)[1]:
-                trajectory.count("unterminated_think")
             trajectory.answer = prompt.assistant_prefix + generation.text
+            if not strip_thinking(trajectory.answer)[1]:
+                trajectory.count("unterminated_think")
             trajectory.trace.append({"step": 0, "answer": trajectory.answer, "tokens": response_tokens(generation)})
         return trajectories

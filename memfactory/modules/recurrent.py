@@ -22,7 +22,7 @@ from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.modules.base import MemoryModule
 from memfactory.registry import register
 from memfactory.text import Codec, chunk_sequence, codec_for, strip_thinking, truncate_sequence
-from memfactory.types import ChatPrompt, Sample, SamplingParams, Trajectory
+from memfactory.types import ChatPrompt, Generation, Sample, SamplingParams, Trajectory
 
 # MemAgent's published prompt wording (BytedTsinghua-SIA/MemAgent), kept as the default text.
 NO_MEMORY = "No previous memory"
@@ -238,28 +238,35 @@ class RecurrentMemoryModule(MemoryModule):
         if len(generations) != len(prompts):
             raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
         for state, prompt, generation in zip(live, prompts, generations):
-            trajectory = state.trajectory
-            trajectory.calls.append(
-                model_call(f"{self.name}.update", prompt, generation, train=train, trainable=trainable)
-            )
-            memory, terminated = strip_thinking(generation.text)
-            if terminated:
-                state.memory = memory
-            else:
-                trajectory.count("unterminated_think")
-            if generation.finish_reason == "length":
-                trajectory.count("update_hit_token_cap")
-            trajectory.trace.append(
-                {
-                    "step": state.step,
-                    "chunk": state.step,
-                    "memory": state.memory,
-                    "tokens": response_tokens(generation),
-                    "kept_previous": not terminated,
-                }
-            )
-            state.step += 1
+            self.apply_update(state, prompt, generation, train=train, trainable=trainable)
         return live
+
+    def apply_update(
+        self, state: MemoryState, prompt: ChatPrompt, generation: Generation, *, train: bool, trainable: bool = True
+    ) -> None:
+        """Record the call; the response (thinking dropped) overwrites the memory.
+
+        An unterminated think block keeps the previous memory and is counted, never clipped.
+        """
+        trajectory = state.trajectory
+        trajectory.calls.append(model_call(f"{self.name}.update", prompt, generation, train=train, trainable=trainable))
+        memory, terminated = strip_thinking(generation.text)
+        if terminated:
+            state.memory = memory
+        else:
+            trajectory.count("unterminated_think")
+        if generation.finish_reason == "length":
+            trajectory.count("update_hit_token_cap")
+        trajectory.trace.append(
+            {
+                "step": state.step,
+                "chunk": state.step,
+                "memory": state.memory,
+                "tokens": response_tokens(generation),
+                "kept_previous": not terminated,
+            }
+        )
+        state.step += 1
 
     def answer(
         self,
@@ -284,9 +291,9 @@ class RecurrentMemoryModule(MemoryModule):
             trajectory.calls.append(
                 model_call(f"{self.name}.answer", prompt, generation, train=train, trainable=trainable)
             )
-            if not strip_thinking(generation.text)[1]:
-                trajectory.count("unterminated_think")
             trajectory.answer = prompt.assistant_prefix + generation.text
+            if not strip_thinking(trajectory.answer)[1]:
+                trajectory.count("unterminated_think")
             trajectory.trace.append(
                 {"step": state.step, "answer": trajectory.answer, "tokens": response_tokens(generation)}
             )

@@ -1,0 +1,162 @@
+"""MemoryAgent: batching across samples and group members, exact token records, credit, build."""
+
+import pytest
+
+from memfactory.agents.build import build_agent
+from memfactory.agents.memagent import MemAgentConfig, MemoryAgent
+from memfactory.backends.hf import HFBackend
+from memfactory.config import ModelConfig
+from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.modules.recurrent import RecurrentConfig, RecurrentMemoryModule
+from memfactory.text import TokenizerCodec
+from memfactory.types import Sample, SamplingParams
+
+
+class CountingBackend(HFBackend):
+    """The real tiny backend, remembering each generate call's prompts, params and generations."""
+
+    def __init__(self, inner: HFBackend):
+        super().__init__(inner.model, inner.tokenizer, enable_thinking=inner.enable_thinking)
+        self.log = []
+
+    def generate(self, prompts, params):
+        generations = super().generate(prompts, params)
+        self.log.append((prompts, params, generations))
+        return generations
+
+
+@pytest.fixture(scope="module")
+def base_backend():
+    return HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini"), device="cpu")
+
+
+@pytest.fixture
+def backend(base_backend):
+    return CountingBackend(base_backend)
+
+
+def doc(n: int) -> str:
+    return " ".join(f"Document {i}: The capital of Karo{i} is Velmar{i}." for i in range(n))
+
+
+SAMPLES = [
+    Sample("short", "What is the capital of Karo1?", ["Velmar1"], doc(2)),
+    Sample("long", "What is the capital of Karo5?", ["Velmar5"], doc(9)),
+    Sample("mid", "What is the capital of Karo3?", ["Velmar3"], doc(5)),
+]
+
+
+def agent(credit="all_calls", **module_options) -> MemoryAgent:
+    options = dict(chunk_tokens=24, memory_tokens=8, answer_tokens=6) | module_options
+    return MemoryAgent({"memory": RecurrentMemoryModule(RecurrentConfig(**options))}, MemAgentConfig(credit=credit))
+
+
+def test_one_backend_call_per_chunk_index_plus_answer(backend):
+    codec = TokenizerCodec(backend.tokenizer)
+    chunk_counts = [-(-len(codec.encode(s.context)) // 24) for s in SAMPLES]
+    assert len(set(chunk_counts)) == 3  # three different lengths
+    trajectories = agent().run(SAMPLES, backend, params=SamplingParams(max_new_tokens=32), group_size=2, train=True)
+    assert len(backend.log) == max(chunk_counts) + 1
+    # chunk i of every live trajectory is in call i; shorter ones drop out
+    for i, (prompts, _, _) in enumerate(backend.log[:-1]):
+        assert len(prompts) == 2 * sum(1 for n in chunk_counts if n > i)
+    assert len(backend.log[-1][0]) == 6
+    assert [t.sample.id for t in trajectories] == ["short", "short", "long", "long", "mid", "mid"]
+    assert [t.group for t in trajectories] == [0, 0, 1, 1, 2, 2]
+    for t, n in zip(trajectories, [c for c in chunk_counts for _ in range(2)]):
+        assert len(t.calls) == n + 1 and len(t.trace) == n + 1
+
+
+def test_train_calls_carry_the_exact_sampled_ids(backend):
+    params = SamplingParams(max_new_tokens=32, temperature=1.0, seed=3)
+    trajectories = agent(answer_prefix="\\boxed{").run(SAMPLES, backend, params=params, group_size=2, train=True)
+    # Replay the backend's log: call k holds, in order, the trajectories still reading at step k.
+    for k, (prompts, call_params, generations) in enumerate(backend.log):
+        final = k == len(backend.log) - 1
+        live = [t for t in trajectories if final or len(t.calls) - 1 > k]
+        assert len(live) == len(generations)
+        assert call_params.max_new_tokens == (6 if final else 8)
+        for trajectory, generation in zip(live, generations):
+            call = trajectory.calls[-1] if final else trajectory.calls[k]
+            assert call.response_ids == generation.response_ids
+            assert call.logprobs == generation.logprobs
+            assert call.prompt_ids == generation.prompt_ids
+            assert len(call.logprobs) == len(call.response_ids) > 0
+            assert call.trainable
+    for trajectory in trajectories:
+        assert trajectory.answer == "\\boxed{" + trajectory.calls[-1].text
+        assert backend.tokenizer.decode(trajectory.calls[-1].prompt_ids).endswith("\\boxed{")
+
+
+def test_final_only_credit_marks_updates_untrainable(backend):
+    trajectories = agent(credit="final_only").run(SAMPLES[:2], backend, params=SamplingParams(max_new_tokens=8), group_size=2, train=True)
+    for trajectory in trajectories:
+        assert [c.trainable for c in trajectory.calls] == [False] * (len(trajectory.calls) - 1) + [True]
+        assert [c.module for c in trajectory.calls][-1] == "recurrent.answer"
+
+
+def test_inference_mode_returns_memory_trace_and_nothing_trainable(backend):
+    trajectories = agent().run(SAMPLES[:1], backend, params=SamplingParams(max_new_tokens=8, temperature=0), group_size=1)
+    (trajectory,) = trajectories
+    assert not any(c.trainable for c in trajectory.calls)
+    chunks = [e for e in trajectory.trace if "chunk" in e]
+    assert [e["chunk"] for e in chunks] == list(range(len(trajectory.calls) - 1))
+    assert "answer" in trajectory.trace[-1]
+
+
+def test_chunk_cap_truncates_long_contexts(backend):
+    trajectories = agent(max_chunks=2).run(SAMPLES, backend, params=SamplingParams(max_new_tokens=8), group_size=1)
+    assert len(backend.log) == 3
+    assert trajectories[1].counters["context_tokens_dropped"] > 0
+    assert all(len(t.calls) <= 3 for t in trajectories)
+
+
+def test_train_mode_rejects_a_backend_without_tokens(backend):
+    class TextOnly(HFBackend):
+        @property
+        def exposes_tokens(self):
+            return False
+
+    text_only = TextOnly(backend.model, backend.tokenizer)
+    with pytest.raises(MemFactoryError, match="does not expose token ids"):
+        agent().run(SAMPLES[:1], text_only, params=SamplingParams(max_new_tokens=4), train=True)
+
+
+# --------------------------------------------------------------------------- build_agent
+
+
+def preset(**changes) -> dict:
+    data = {
+        "name": "t",
+        "agent": "memagent",
+        "modules": {"memory": {"type": "recurrent", "chunk_tokens": 64, "memory_tokens": 16, "answer_prefix": "\\boxed{"}},
+        "agent_options": {"credit": "final_only"},
+        "model": {"backend": "hf", "path": "tiny://qwen3-mini"},
+        "env": {"type": "long_context", "data": "synthetic://docqa?n=8"},
+        "rewards": {"sub_em": 1.0},
+    }
+    return data | changes
+
+
+def test_build_agent_from_a_preset_dict():
+    from memfactory.config import parse_preset
+
+    built = build_agent(parse_preset(preset()))
+    assert isinstance(built, MemoryAgent)
+    assert built.options.credit == "final_only"
+    memory = built.modules["memory"]
+    assert isinstance(memory, RecurrentMemoryModule)
+    assert (memory.options.chunk_tokens, memory.options.memory_tokens, memory.options.answer_prefix) == (64, 16, "\\boxed{")
+    assert memory.options.answer_tokens == 1024  # defaults fill the rest
+
+
+def test_build_agent_reports_bad_options_with_paths():
+    from memfactory.config import Preset
+
+    data = preset(modules={"memory": {"type": "recurrent", "chunk_tokens": -1}})
+    with pytest.raises(ConfigError) as info:
+        build_agent(Preset.model_validate(data))
+    assert info.value.problems[0][0] == "modules.memory.chunk_tokens"
+    with pytest.raises(ConfigError) as info:
+        build_agent(Preset.model_validate(preset(modules={})))
+    assert info.value.problems[0][0] == "modules.memory"
