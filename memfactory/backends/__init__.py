@@ -2,5 +2,6 @@
 
 from memfactory.backends.base import Backend
 from memfactory.backends import hf  # noqa: F401  (registers "hf")
+from memfactory.backends import openai_api, vllm_engine  # noqa: F401  (register "openai", "vllm")
 
 __all__ = ["Backend"]

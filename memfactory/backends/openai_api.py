@@ -1,0 +1,311 @@
+"""A backend that talks to any OpenAI-compatible chat server (vLLM, SGLang, Ollama, OpenAI,
+or ``memfactory serve``).
+
+Text only: such servers do not hand back the sampled token ids, so this backend is for
+evaluation, playground chats and judges, not for GRPO rollouts (``exposes_tokens`` is False).
+
+Two conventions callers must know:
+
+* ``ChatPrompt.assistant_prefix`` is sent as a final assistant message with
+  ``continue_final_message: true`` and ``add_generation_prompt: false`` — vLLM's (and
+  ``memfactory serve``'s) extension. OpenAI's own API does not continue a prefix; there the
+  prefix arrives as an ordinary finished assistant turn. The returned ``Generation.text`` is the
+  continuation only: the prefix is NOT prepended (callers add it themselves, exactly as with the
+  local ``hf`` backend).
+* Stop strings: OpenAI's API cuts the stop string off the text; MemFactory keeps it. When the
+  server says which string stopped it (``stop_reason``, as vLLM and ``memfactory serve`` do), the
+  string is put back so results match the local backend. OpenAI's API does not report it.
+
+The API key is read from the environment (``ModelConfig.api_key_env``), never stored in presets,
+and masked in ``repr`` and in every error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from memfactory.config import ModelConfig
+from memfactory.errors import MemFactoryError
+from memfactory.registry import register
+from memfactory.types import ChatPrompt, Generation, SamplingParams
+
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class OpenAIOptions(BaseModel):
+    """Client options; the endpoint, served model name and key variable come from ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one response")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx and connection errors (exponential back-off)")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once")
+
+
+def normalise_base_url(base_url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a URL that already has a path is kept."""
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise MemFactoryError(f"model.base_url: {base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+    if parts.path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+class _Aborted(Exception):
+    """Another request of the same batch failed for good; stop retrying."""
+
+
+@register(
+    "backend",
+    "openai",
+    description="Any OpenAI-compatible chat server (vLLM, SGLang, Ollama, OpenAI, memfactory serve); text only",
+    config=OpenAIOptions,
+)
+class OpenAIBackend:
+    """Chat completions over HTTP with bounded concurrency, retries and clear errors."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60,
+        max_retries: int = 4,
+        concurrency: int = 8,
+        name: str = "openai",
+        backoff_s: float = 0.5,
+        api_key_env: str | None = None,
+    ) -> None:
+        self.base_url = normalise_base_url(base_url)
+        self.model = model
+        self.name = name
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.concurrency = max(1, int(concurrency))
+        self.backoff_s = float(backoff_s)
+        self._api_key = api_key or None
+        self._api_key_env = api_key_env
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._client = httpx.Client(headers=headers, timeout=self.timeout, limits=limits)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, **options: Any) -> OpenAIBackend:
+        """``model.base_url`` is the endpoint, ``model.path`` the served model name, the key comes
+        from the environment variable ``model.api_key_env`` (absent is fine for local servers)."""
+        if not cfg.base_url:
+            raise MemFactoryError(
+                "model.base_url: the openai backend needs the server's URL, e.g. http://127.0.0.1:8000/v1"
+            )
+        opts = OpenAIOptions.model_validate(options)
+        return cls(
+            cfg.base_url,
+            cfg.path,
+            api_key=os.environ.get(cfg.api_key_env) or None,
+            api_key_env=cfg.api_key_env,
+            timeout=opts.timeout,
+            max_retries=opts.max_retries,
+            concurrency=opts.concurrency,
+        )
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def exposes_tokens(self) -> bool:
+        return False
+
+    def generate(self, prompts: list[ChatPrompt], params: SamplingParams) -> list[Generation]:
+        """One completion per prompt, in order; up to ``concurrency`` requests in flight."""
+        if not prompts:
+            return []
+        if len(prompts) == 1:
+            return [self._complete(prompts[0], params, threading.Event())]
+        abort = threading.Event()
+        pool = self._executor()
+        futures = [pool.submit(self._complete, p, params, abort) for p in prompts]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None and not isinstance(f.exception(), _Aborted)]
+        if failed:
+            abort.set()  # the others stop retrying at their next back-off
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
+
+    # ------------------------------------------------------------------ extras
+
+    def list_models(self) -> list[str]:
+        """Model ids the server offers (``GET /v1/models``)."""
+        response = self._request("GET", "/models", None, threading.Event())
+        return [m["id"] for m in response.json().get("data", [])]
+
+    def stream(self, prompt: ChatPrompt, params: SamplingParams) -> Iterator[str]:
+        """Yield text pieces as the server streams them (for chat UIs); no retries mid-stream."""
+        body = self._body(prompt, params)
+        body["stream"] = True
+        url = self.base_url + "/chat/completions"
+        try:
+            with self._client.stream("POST", url, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._http_error(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    for choice in json.loads(data).get("choices", []):
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key={key}, concurrency={self.concurrency})"
+
+    # ------------------------------------------------------------------ internals
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-http")
+            return self._pool
+
+    def _body(self, prompt: ChatPrompt, params: SamplingParams) -> dict[str, Any]:
+        messages = [dict(m) for m in prompt.messages]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": params.max_new_tokens,
+            "temperature": max(0.0, params.temperature),
+            "top_p": params.top_p,
+            "n": 1,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.top_k > 0:
+            body["top_k"] = params.top_k  # vLLM/SGLang extension; omitted when off so OpenAI accepts the body
+        if prompt.assistant_prefix:
+            messages.append({"role": "assistant", "content": prompt.assistant_prefix})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        return body
+
+    def _complete(self, prompt: ChatPrompt, params: SamplingParams, abort: threading.Event) -> Generation:
+        start = time.perf_counter()
+        response = self._request("POST", "/chat/completions", self._body(prompt, params), abort)
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            text = (choice.get("message") or {}).get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise MemFactoryError(
+                f"{self.base_url}/chat/completions returned something that is not a chat completion: "
+                f"{self._redact(response.text[:300])!r}"
+            ) from None
+        stop_reason = choice.get("stop_reason")
+        if isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
+            text += stop_reason  # MemFactory keeps the stop string, OpenAI's API drops it
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return Generation(text=text, finish_reason=finish, latency_s=time.perf_counter() - start)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, abort: threading.Event) -> httpx.Response:
+        url = self.base_url + path
+        attempt = 0
+        while True:
+            if abort.is_set():
+                raise _Aborted()
+            try:
+                response = self._client.request(method, url, json=body)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise self._transport_error(exc) from None
+                delay = self._delay(attempt, None)
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code not in RETRY_STATUS or attempt >= self.max_retries:
+                    raise self._http_error(response, attempts=attempt + 1)
+                delay = self._delay(attempt, response.headers.get("retry-after"))
+            attempt += 1
+            if abort.wait(delay):
+                raise _Aborted()
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(MAX_BACKOFF_S, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        base = self.backoff_s * (2**attempt)
+        return min(MAX_BACKOFF_S, base * (0.75 + 0.5 * random.random()))  # jitter: don't retry in lock-step
+
+    def _transport_error(self, exc: httpx.TransportError) -> MemFactoryError:
+        tries = f" after {self.max_retries + 1} attempts" if self.max_retries else ""
+        if isinstance(exc, httpx.ConnectError):
+            why = str(exc).lower()
+            reason = "connection refused" if "refused" in why or "errno 111" in why else f"cannot connect ({exc})"
+            return MemFactoryError(
+                self._redact(f"cannot reach {self.base_url} : {reason}; is the server running?{tries}")
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return MemFactoryError(
+                self._redact(f"{self.base_url} did not answer within {self.timeout:g} s{tries}; "
+                             "raise the timeout or check the server's load")
+            )
+        return MemFactoryError(self._redact(f"HTTP error talking to {self.base_url}{tries}: {exc}"))
+
+    def _http_error(self, response: httpx.Response, attempts: int = 1) -> MemFactoryError:
+        status = response.status_code
+        try:
+            detail = response.json().get("error", {}).get("message") or response.text
+        except (ValueError, AttributeError):
+            detail = response.text
+        detail = str(detail)[:500]
+        where = f"{response.request.method} {response.request.url}"
+        if status in (401, 403):
+            hint = (
+                f"; check the API key in ${self._api_key_env}" if self._api_key_env else "; check the API key"
+            )
+        elif status == 404:
+            hint = f"; is {self.model!r} the served model name (see list_models()) and the URL right?"
+        elif status in RETRY_STATUS:
+            hint = f" (gave up after {attempts} attempts)"
+        else:
+            hint = ""
+        return MemFactoryError(self._redact(f"{where} failed with HTTP {status}: {detail}{hint}"))
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text

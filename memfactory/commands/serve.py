@@ -1,0 +1,50 @@
+"""``memfactory serve``: an OpenAI-compatible HTTP server over a local model or a run's checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from memfactory.errors import MemFactoryError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a local model or checkpoint over an OpenAI-compatible HTTP API",
+        description="Serve a local model over /v1/chat/completions and /v1/models, batching concurrent requests. "
+        "Reach it with model.backend: openai, model.base_url: http://HOST:PORT/v1, model.path: NAME.",
+    )
+    parser.add_argument("--model", default="tiny://qwen3-mini",
+                        help="local model folder, tiny://qwen3-mini or smollm2-135m-instruct (default: %(default)s)")
+    parser.add_argument("--checkpoint", help="a run's checkpoint folder to load on top of --model")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    parser.add_argument("--name", help="served model name clients must send (default: the checkpoint folder or --model)")
+    parser.add_argument("--max-batch", type=int, default=16, help="most requests run in one generate call (default: %(default)s)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="how long to wait for more requests to join a batch (default: %(default)s)")
+    parser.add_argument("--api-key-env", metavar="VAR",
+                        help="require clients to send the key held in this environment variable")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memfactory.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise MemFactoryError(f"--port {args.port}: not a TCP port (0-65535)")
+    if args.max_batch < 1:
+        raise MemFactoryError(f"--max-batch {args.max_batch}: must be at least 1")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise MemFactoryError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use the model",
+              file=sys.stderr)
+    serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
+          max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key)
+    return 0
