@@ -1,0 +1,210 @@
+"""HFBackend on real models: padding, EOS/stop handling, log-probs, seeds, SmolLM2 answers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from memfactory.backends.base import Backend
+from memfactory.backends.hf import GenerationBatch, HFBackend
+from memfactory.registry import REGISTRY
+from memfactory.types import ChatPrompt, SamplingParams
+
+
+def chat(text: str, prefix: str = "") -> ChatPrompt:
+    return ChatPrompt(messages=[{"role": "user", "content": text}], assistant_prefix=prefix)
+
+
+PROMPTS = [
+    chat("Hi"),
+    chat("Document 1: The capital of Freedonia is Zorbia. Question: What is the capital of Freedonia?"),
+    chat("Remember 1987.", prefix="\\boxed{"),
+    chat("Document 12: Kalumar was founded in 301 by the king of Velgon, who later married the queen."),
+]
+GREEDY = SamplingParams(max_new_tokens=16, temperature=0.0)
+
+
+def test_registered_and_follows_protocol(tiny_backend):
+    assert REGISTRY.get("backend", "hf").target is HFBackend
+    assert isinstance(tiny_backend, Backend)
+    assert tiny_backend.exposes_tokens is True
+    assert tiny_backend.name == "hf"
+
+
+def test_render_prompt_appends_prefix_and_toggles_thinking(tiny_backend):
+    tok = tiny_backend.tokenizer
+    ids = tiny_backend.render_prompt(chat("Hello", prefix="\\boxed{"))
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    assert text.endswith("</think>\n\n\\boxed{")  # enable_thinking=False pre-fills an empty think block
+    thinking = HFBackend(tiny_backend.model, tok, enable_thinking=True)
+    assert tok.decode(thinking.render_prompt(chat("Hello"))).endswith("<|im_start|>assistant\n")
+
+
+def test_left_padded_batch_equals_one_by_one(tiny_backend):
+    lengths = {len(tiny_backend.render_prompt(p)) for p in PROMPTS}
+    assert len(lengths) == len(PROMPTS)  # really different lengths, so padding is exercised
+    batch = tiny_backend.generate_batch(PROMPTS, GREEDY)
+    assert isinstance(batch, GenerationBatch)
+    assert batch.prompt_ids.shape == batch.prompt_mask.shape == (len(PROMPTS), max(lengths))
+    pad = tiny_backend.tokenizer.pad_token_id
+    for i, prompt in enumerate(PROMPTS):
+        alone = tiny_backend.generate([prompt], GREEDY)[0]
+        n = len(alone.prompt_ids)
+        # left padding: pads first, the prompt flush right
+        assert batch.prompt_mask[i, -n:].all() and not batch.prompt_mask[i, :-n].any()
+        assert (batch.prompt_ids[i, :-n] == pad).all()
+        assert batch.prompt_ids[i, -n:].tolist() == alone.prompt_ids == tiny_backend.render_prompt(prompt)
+        assert batch.response_ids[i][batch.response_mask[i].bool()].tolist() == alone.response_ids
+        assert batch.texts[i] == alone.text
+    # micro-batching (sorted by length, reassembled in order) changes nothing
+    small = HFBackend(tiny_backend.model, tiny_backend.tokenizer, micro_batch_size=1)
+    assert small.generate_batch(PROMPTS, GREEDY).texts == batch.texts
+
+
+def test_greedy_tiny_output_is_varied(tiny_backend):
+    gen = tiny_backend.generate([PROMPTS[1]], SamplingParams(max_new_tokens=32, temperature=0.0))[0]
+    assert gen.finish_reason == "length" and len(gen.response_ids) == 32
+    assert len(set(gen.response_ids)) >= 8, gen.response_ids
+
+
+def _forward_logprobs(model, prompt_ids: list[int], response_ids: list[int], temperature: float) -> torch.Tensor:
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(response_ids)[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_new_tokens=20, temperature=0.7, top_p=0.8, top_k=50, seed=1),
+    SamplingParams(max_new_tokens=20, temperature=0.0),
+], ids=["sampled", "greedy"])
+def test_logprobs_equal_a_forward_pass(tiny_backend, params):
+    batch = tiny_backend.generate_batch(PROMPTS, params)
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    for gen in batch.to_generations():
+        assert len(gen.logprobs) == len(gen.response_ids) > 0
+        expected = _forward_logprobs(tiny_backend.model, gen.prompt_ids, gen.response_ids, temperature)
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4), (gen.logprobs, expected)
+    # padded positions carry nothing
+    assert (batch.logprobs[batch.response_mask == 0] == 0).all()
+    assert (batch.logprobs[batch.response_mask == 1] <= 0).all()
+
+
+def test_seed_makes_sampling_reproducible_without_touching_global_rng(tiny_backend):
+    params = SamplingParams(max_new_tokens=24, temperature=1.0, seed=123)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    first = tiny_backend.generate(PROMPTS, params)
+    assert torch.equal(torch.get_rng_state(), before)
+    second = tiny_backend.generate(PROMPTS, params)
+    other = tiny_backend.generate(PROMPTS, SamplingParams(max_new_tokens=24, temperature=1.0, seed=124))
+    assert [g.response_ids for g in first] == [g.response_ids for g in second]
+    assert [g.logprobs for g in first] == [g.logprobs for g in second]
+    assert [g.response_ids for g in first] != [g.response_ids for g in other]
+    greedy = tiny_backend.generate(PROMPTS, SamplingParams(max_new_tokens=24, temperature=0.0))
+    assert [g.response_ids for g in first] != [g.response_ids for g in greedy]
+
+
+def test_stop_string_truncates_text_ids_and_mask(tiny_backend):
+    prompt = PROMPTS[1]
+    full = tiny_backend.generate([prompt], SamplingParams(max_new_tokens=24, temperature=0.0))[0]
+    stop = full.text[6:9]  # a string that first appears mid-way through the greedy answer
+    assert len(stop) == 3 and full.text.find(stop) < len(full.text) - 3
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, stop=[stop, "never-occurs"])
+    batch = tiny_backend.generate_batch([prompt, PROMPTS[0]], params)
+    cut = batch.to_generations()[0]
+    end = full.text.find(stop) + len(stop)
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[:end]
+    # ids are the shortest prefix of the unstopped answer whose text holds the stop string
+    n = len(cut.response_ids)
+    assert cut.response_ids == full.response_ids[:n]
+    assert stop in tiny_backend.tokenizer.decode(cut.response_ids)
+    assert stop not in tiny_backend.tokenizer.decode(cut.response_ids[:-1])
+    assert cut.logprobs == pytest.approx(full.logprobs[:n], abs=1e-5)
+    assert batch.response_mask[0].sum() == n and not batch.response_mask[0, n:].any()
+    # the earliest-ending of several stop strings wins
+    early = full.text[2:4]
+    both = tiny_backend.generate([prompt], SamplingParams(max_new_tokens=24, temperature=0.0, stop=[stop, early]))[0]
+    assert both.text == full.text[: full.text.find(early) + 2]
+
+
+def test_eos_ends_a_row_and_pads_after(tiny_backend):
+    """Declare a token the tiny model emits mid-answer as an extra EOS: rows must end there."""
+    full = tiny_backend.generate_batch(PROMPTS, GREEDY)
+    first = full.to_generations()[1]
+    eos_extra = first.response_ids[5]
+    k = first.response_ids.index(eos_extra)
+    model = copy.copy(tiny_backend.model)
+    model.generation_config = copy.deepcopy(tiny_backend.model.generation_config)
+    model.generation_config.eos_token_id = [tiny_backend.tokenizer.eos_token_id, eos_extra]
+    backend = HFBackend(model, tiny_backend.tokenizer)
+    batch = backend.generate_batch(PROMPTS, GREEDY)
+    pad = tiny_backend.tokenizer.pad_token_id
+    for i, (old, new) in enumerate(zip(full.to_generations(), batch.to_generations())):
+        if eos_extra in old.response_ids:
+            cut = old.response_ids.index(eos_extra) + 1
+            assert new.finish_reason == "stop"
+            assert new.response_ids == old.response_ids[:cut]  # EOS kept, nothing after it
+            assert batch.response_mask[i, :cut].all() and not batch.response_mask[i, cut:].any()
+            assert (batch.response_ids[i, cut:] == pad).all()
+            assert new.text == tiny_backend.tokenizer.decode(old.response_ids[: cut - 1], skip_special_tokens=True)
+        else:
+            assert new.response_ids == old.response_ids and new.finish_reason == "length"
+    assert batch.to_generations()[1].response_ids == first.response_ids[: k + 1]
+
+
+def test_generation_restores_train_mode_and_needs_no_grad(fresh_tiny_backend):
+    model = fresh_tiny_backend.model
+    model.train()
+    batch = fresh_tiny_backend.generate_batch(PROMPTS[:2], GREEDY)
+    assert model.training
+    assert not batch.logprobs.requires_grad
+    model.eval()
+    fresh_tiny_backend.generate_batch(PROMPTS[:1], GREEDY)
+    assert not model.training
+
+
+def test_from_config_builds_a_backend():
+    from memfactory.config import ModelConfig
+
+    backend = HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini", enable_thinking=True), device="cpu")
+    assert backend.enable_thinking and backend.tokenizer.padding_side == "left"
+    assert len(backend.generate([chat("Hi")], SamplingParams(max_new_tokens=3, temperature=0))[0].response_ids) == 3
+
+
+# --------------------------------------------------------------------------- a real instruct model
+
+
+@pytest.mark.timeout(600)  # the first use on a machine converts the GGUF (~25 s), cached after
+def test_smollm2_answers_a_document_question(smollm2_backend):
+    questions = [
+        ("Document 1: The capital of Freedonia is Zorbia. Question: What is the capital of Freedonia?", "Zorbia"),
+        ("Document 1: Marie Curie was born in Warsaw. Document 2: The Eiffel Tower is in Paris. "
+         "Question: Where was Marie Curie born?", "Warsaw"),
+    ]
+    batch = smollm2_backend.generate_batch([chat(q) for q, _ in questions], SamplingParams(max_new_tokens=40, temperature=0))
+    eos = smollm2_backend.tokenizer.eos_token_id
+    for i, (gen, (_, answer)) in enumerate(zip(batch.to_generations(), questions)):
+        assert answer in gen.text, gen.text
+        # it ends its turn on its own: EOS is the last masked token, pads after it
+        assert gen.finish_reason == "stop" and gen.response_ids[-1] == eos
+        assert "<|im_end|>" not in gen.text
+        n = len(gen.response_ids)
+        assert batch.response_mask[i].sum() == n and not batch.response_mask[i, n:].any()
+    # its log-probs match a forward pass as well (30 layers, float32)
+    gen = batch.to_generations()[0]
+    expected = _forward_logprobs(smollm2_backend.model, gen.prompt_ids, gen.response_ids, 1.0)
+    assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-3)
+
+
+@pytest.mark.timeout(600)
+def test_smollm2_sampling_varies_and_stops_on_strings(smollm2_backend):
+    prompt = chat("Write one short sentence about the sea.")
+    gens = smollm2_backend.generate([prompt] * 4, SamplingParams(max_new_tokens=12, temperature=1.0, seed=0))
+    assert len({tuple(g.response_ids) for g in gens}) > 1  # group rewards can differ
+    stopped = smollm2_backend.generate([prompt], SamplingParams(max_new_tokens=40, temperature=0, stop=[" "]))[0]
+    assert stopped.finish_reason == "stop" and stopped.text.endswith(" ") and stopped.text.count(" ") == 1
