@@ -5,7 +5,6 @@ import pytest
 from memfactory.agents.build import build_agent
 from memfactory.agents.direct import DirectAgent, DirectConfig, OneShot
 from memfactory.backends.hf import HFBackend
-from memfactory.config import ModelConfig
 from memfactory.text import TokenizerCodec
 from memfactory.types import Sample, SamplingParams
 
@@ -21,9 +20,9 @@ class CountingBackend(HFBackend):
         return generations
 
 
-@pytest.fixture(scope="module")
-def backend():
-    return CountingBackend(HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini"), device="cpu"))
+@pytest.fixture
+def backend(tiny_backend):
+    return CountingBackend(tiny_backend)
 
 
 def doc(n: int) -> str:
@@ -60,7 +59,6 @@ def test_one_shot_prefix_and_stop_strings(backend):
     assert [m["role"] for m in prompt.messages] == ["system", "user", "assistant", "user"]
     assert "Capital of Dorma?" in prompt.messages[1]["content"] and prompt.messages[2]["content"] == "\\boxed{Lin}"
     assert prompt.assistant_prefix == "\\boxed{"
-    backend.log.clear()
     params = SamplingParams(max_new_tokens=12, stop=["}"], seed=0)
     trajectories = agent.run([Sample("s", "Q?", ["x"], "Document 1: text")], backend, params=params, group_size=3, train=True)
     ((prompts, passed, _),) = backend.log
@@ -72,7 +70,6 @@ def test_one_shot_prefix_and_stop_strings(backend):
 
 
 def test_train_mode_records_exact_ids_per_group_member(backend):
-    backend.log.clear()
     samples = [Sample("a", "Capital of Karo1?", ["Velmar1"], doc(3)), Sample("b", "Capital of Karo2?", ["Velmar2"], doc(5))]
     trajectories = DirectAgent({}, DirectConfig()).run(samples, backend, params=SamplingParams(max_new_tokens=6), group_size=4, train=True)
     ((prompts, _, generations),) = backend.log

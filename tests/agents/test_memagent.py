@@ -1,13 +1,15 @@
 """MemoryAgent: batching across samples and group members, exact token records, credit, build."""
 
 import pytest
+from fastapi import FastAPI, Request
 
 from memfactory.agents.build import build_agent
 from memfactory.agents.memagent import MemAgentConfig, MemoryAgent
 from memfactory.backends.hf import HFBackend
-from memfactory.config import ModelConfig
+from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.errors import ConfigError, MemFactoryError
 from memfactory.modules.recurrent import RecurrentConfig, RecurrentMemoryModule
+from memfactory.serve import ServerThread
 from memfactory.text import TokenizerCodec
 from memfactory.types import Sample, SamplingParams
 
@@ -25,14 +27,9 @@ class CountingBackend(HFBackend):
         return generations
 
 
-@pytest.fixture(scope="module")
-def base_backend():
-    return HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini"), device="cpu")
-
-
 @pytest.fixture
-def backend(base_backend):
-    return CountingBackend(base_backend)
+def backend(tiny_backend):
+    return CountingBackend(tiny_backend)
 
 
 def doc(n: int) -> str:
@@ -111,15 +108,41 @@ def test_chunk_cap_truncates_long_contexts(backend):
     assert all(len(t.calls) <= 3 for t in trajectories)
 
 
-def test_train_mode_rejects_a_backend_without_tokens(backend):
-    class TextOnly(HFBackend):
-        @property
-        def exposes_tokens(self):
-            return False
+def section_echo_app() -> FastAPI:
+    """A real OpenAI-compatible server: an update answers with its section, the answer with the memory."""
+    app = FastAPI()
+    app.state.sections = []
 
-    text_only = TextOnly(backend.model, backend.tokenizer)
-    with pytest.raises(MemFactoryError, match="does not expose token ids"):
-        agent().run(SAMPLES[:1], text_only, params=SamplingParams(max_new_tokens=4), train=True)
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        user = (await request.json())["messages"][-1]["content"]
+        if "<section>" in user:
+            section = user.split("<section>\n", 1)[1].split("\n</section>", 1)[0]
+            app.state.sections.append(section)
+            text = f"<think>reading</think>seen[{section}]"
+        else:
+            text = "boxed:" + user.split("<memory>\n", 1)[1].split("\n</memory>", 1)[0]
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+    return app
+
+
+def test_inference_on_a_backend_without_tokenizer_uses_chars_over_4():
+    server = ServerThread(section_echo_app()).start()
+    try:
+        with OpenAIBackend(server.url, "m") as remote:
+            sample = Sample("s", "q?", ["a"], "".join(f"{i:03d}," for i in range(12)))  # 48 characters
+            (trajectory,) = agent(chunk_tokens=5).run([sample], remote, params=SamplingParams(max_new_tokens=8))
+            with pytest.raises(MemFactoryError, match="does not expose token ids"):
+                agent().run([sample], remote, params=SamplingParams(max_new_tokens=4), train=True)
+    finally:
+        server.stop()
+    # 5 "tokens" x 4 characters per chunk: 20 + 20 + 8 characters
+    assert server.app.state.sections == [sample.context[:20], sample.context[20:40], sample.context[40:]]
+    memories = [e["memory"] for e in trajectory.trace[:-1]]
+    assert memories == [f"seen[{s}]" for s in server.app.state.sections]  # thinking dropped, memory overwritten
+    assert trajectory.answer == "boxed:" + memories[-1]
+    assert all(c.response_ids == [] and not c.trainable for c in trajectory.calls)
 
 
 # --------------------------------------------------------------------------- build_agent

@@ -5,8 +5,6 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from memfactory.backends.hf import HFBackend
-from memfactory.config import ModelConfig
 from memfactory.modules.recurrent import NO_MEMORY, MemoryState, RecurrentConfig, RecurrentMemoryModule
 from memfactory.text import CharCodec, TokenizerCodec, strip_thinking, truncate_sequence, truncate_text
 from memfactory.types import Generation, Sample, SamplingParams, Trajectory
@@ -14,9 +12,9 @@ from memfactory.types import Generation, Sample, SamplingParams, Trajectory
 NUMBERS = "".join(f"{i:03d}," for i in range(50))  # 50 "tokens" of 4 characters under CharCodec
 
 
-@pytest.fixture(scope="module")
-def backend():
-    return HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini"), device="cpu")
+@pytest.fixture
+def backend(tiny_backend):
+    return tiny_backend
 
 
 def doc(n: int) -> str:
@@ -144,8 +142,9 @@ def test_unterminated_think_keeps_previous_memory_and_is_counted():
     assert [c.response_ids for c in state.trajectory.calls] == [[3, 4, 5], [6, 7]]
 
 
-def test_real_model_stuck_in_thinking_keeps_memory(backend):
+def test_real_model_stuck_in_thinking_keeps_memory(fresh_tiny_backend):
     """A real model biased to emit only <think> never closes it: every update keeps the memory."""
+    backend = fresh_tiny_backend
     think_id = backend.tokenizer.convert_tokens_to_ids("<think>")
     head = backend.model.get_output_embeddings()
 
