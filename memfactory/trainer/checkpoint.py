@@ -1,0 +1,308 @@
+"""Training checkpoints: save atomically, find the newest complete one, restore everything.
+
+Layout of ``<run_dir>/checkpoints/step-000020/``::
+
+    model/            save_pretrained output: safetensors weights + config
+                      (a peft model: only adapter_model.safetensors + adapter_config.json)
+    optimizer.pt      optimizer.state_dict()
+    scheduler.pt      scheduler.state_dict()
+    rng.pt            python, numpy, torch (and CUDA) random states
+    trainer_state.json  {"step", "time", "extra", "format"}; written last
+
+A checkpoint is built in a hidden temporary folder and renamed into place, so ``step-*`` folders
+are always complete; :func:`latest_checkpoint` also ignores any ``step-*`` folder without
+``trainer_state.json`` (e.g. copied by hand, or from an older crash).
+
+Loading safety: everything is read with ``torch.load(weights_only=True)``: optimizer and LR
+scheduler state dicts of the torch optimizers and LambdaLR-style schedulers hold only tensors and
+plain Python values, and RNG states are stored as tensors/ints/lists (numpy's state as a dict of
+plain values), so no pickled code ever runs. A custom scheduler whose state holds arbitrary
+objects fails with a clear error unless ``trusted=True`` is passed (only for your own files).
+Model weights are safetensors. With several processes (accelerate), call save from the main
+process only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memfactory.errors import MemFactoryError
+
+FORMAT_VERSION = 1
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{int(step):06d}"
+
+
+def _checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/checkpoints`` (a path that already ends in ``checkpoints`` is used as is)."""
+    path = Path(run_dir)
+    return path if path.name == "checkpoints" else path / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest step first."""
+    root = _checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+# -- RNG -------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": npst["bit_generator"],
+            "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+            "has_gauss": npst["has_gauss"],
+            "gauss": npst["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# -- model weights ---------------------------------------------------------------------------
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _unwrap(model: Any) -> Any:
+    """The model inside DDP/FSDP/accelerate wrappers and torch.compile."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def _save_model(model: Any, folder: Path) -> None:
+    model = _unwrap(model)
+    if hasattr(model, "save_pretrained"):
+        # a PeftModel saves only its adapters here; a transformers model its full weights
+        model.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        from safetensors.torch import save_model
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(folder / "model.safetensors"))
+
+
+def _read_safetensors(folder: Path, pattern: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob(pattern)):
+        tensors.update(load_file(str(file), device="cpu"))
+    return tensors
+
+
+def _load_model(model: Any, folder: Path) -> None:
+    model = _unwrap(model)
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        weights = _read_safetensors(folder, "adapter_model*.safetensors")
+        if not weights:
+            raise MemFactoryError(f"checkpoint {folder} has no adapter weights, but the model is a peft model")
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise MemFactoryError(f"checkpoint {folder} adapter does not match the model: unexpected {unexpected[:5]}")
+        return
+    weights = _read_safetensors(folder, "*.safetensors")
+    if not weights:
+        raise MemFactoryError(f"checkpoint {folder} has no model weights (*.safetensors)")
+    if any("lora_" in key for key in weights):
+        raise MemFactoryError(f"checkpoint {folder} holds LoRA adapters; wrap the model with peft before loading")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise MemFactoryError(f"checkpoint {folder} does not match the model: unexpected keys {unexpected[:5]}")
+    if missing:
+        # save_pretrained drops tied copies (lm_head = embed_tokens); those share storage with a loaded one
+        params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
+        loaded_ptrs = {params[k].data_ptr() for k in weights if k in params}
+        untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded_ptrs]
+        if untied:
+            raise MemFactoryError(f"checkpoint {folder} does not match the model: missing keys {untied[:5]}")
+
+
+# -- save / load -----------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    from memfactory.tracking.metrics import to_jsonable
+
+    return to_jsonable(value)
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    extra: dict[str, Any] | None = None,
+    *,
+    keep: int | None = 3,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-{step:06d}/`` atomically and return its path.
+
+    ``extra`` (JSON-safe: e.g. samples seen, best reward, data position) comes back from
+    :func:`load_checkpoint`. Afterwards only the newest ``keep`` checkpoints remain (None or 0
+    keeps all). Saving a step that already exists replaces it.
+    """
+    root = _checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".{final.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        _save_model(model, tmp / "model")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        state = {
+            "format": FORMAT_VERSION,
+            "step": int(step),
+            "time": time.time(),
+            "peft": _is_peft(_unwrap(model)),
+            "extra": _json_safe(extra or {}),
+        }
+        with (tmp / STATE_FILE).open("w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            old = root / f".{final.name}.old-{secrets.token_hex(4)}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep:
+        prune_checkpoints(run_dir, keep)
+    return final
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints and leftover temp folders."""
+    root = _checkpoints_dir(run_dir)
+    removed = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
+    if root.is_dir():
+        # hidden folders come from saves that crashed mid-way (one process saves at a time)
+        removed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _torch_load(path: Path, trusted: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as exc:
+        if trusted:
+            raise
+        raise MemFactoryError(
+            f"cannot load {path} safely ({type(exc).__name__}: {exc}); if this checkpoint is your own, "
+            "load it with trusted=True"
+        ) from exc
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    *,
+    restore_rng: bool = True,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Restore model weights, optimizer, scheduler and RNG states from a checkpoint folder.
+
+    ``path`` may also be a run folder (its latest checkpoint is used). Returns the trainer state:
+    ``{"step": int, "extra": dict, "time": float, "format": int, "peft": bool, "path": str}``.
+    """
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise MemFactoryError(f"no complete checkpoint at {path} (expected {STATE_FILE} or checkpoints/step-*)")
+        path = latest
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("format") != FORMAT_VERSION:
+        raise MemFactoryError(f"checkpoint {path} has format {state.get('format')}, expected {FORMAT_VERSION}")
+    _load_model(model, path / "model")
+    if optimizer is not None:
+        if not (path / "optimizer.pt").is_file():
+            raise MemFactoryError(f"checkpoint {path} has no optimizer state")
+        optimizer.load_state_dict(_torch_load(path / "optimizer.pt", trusted))
+    if scheduler is not None:
+        if not (path / "scheduler.pt").is_file():
+            raise MemFactoryError(f"checkpoint {path} has no scheduler state")
+        scheduler.load_state_dict(_torch_load(path / "scheduler.pt", trusted))
+    if restore_rng and (path / "rng.pt").is_file():
+        _set_rng_state(_torch_load(path / "rng.pt", trusted))
+    state["path"] = str(path)
+    return state
