@@ -140,6 +140,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: int | float | Tensor | None = None,
     num_sequences_in_batch: int | None = None,
+    kl_bias_correction: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped-ratio GRPO loss of one micro-batch and TRL's logged statistics.
 
@@ -148,7 +149,12 @@ def grpo_loss(
     Per token, with ``r = exp(logps - old_logps)``::
 
         loss_t = -min(r * A, clip(r, 1 - epsilon, 1 + epsilon_high) * A)
-                 + beta * (exp(ref - logps) - (ref - logps) - 1)       # k3 KL, only if beta > 0
+                 + beta * r * (exp(ref - logps) - (ref - logps) - 1)   # k3 KL, only if beta > 0
+
+    The KL term is weighted by the (differentiable) ratio ``r`` when ``kl_bias_correction`` —
+    TRL 1.16's default ``use_bias_correction_kl=True`` (DeepSeek-V3.2): its gradient is then the
+    unbiased reverse-KL gradient, also on-policy where ``r == 1`` in value. Set it False for the
+    plain k3 term of the original GRPO paper.
 
     Normalisation (TRL's names; "batch" = all micro-batches of one optimizer step):
 
@@ -168,7 +174,8 @@ def grpo_loss(
     ``A < 0``), ``clip_ratio/high_mean`` (above ``1 + epsilon_high`` with ``A > 0``),
     ``clip_ratio/region_mean`` (either), ``clip_ratio/low_min`` / ``clip_ratio/high_max`` (min /
     max over sequences of the per-sequence rates), ``ratio_mean``, ``kl`` (only when
-    ``beta > 0``) and ``num_tokens``.
+    ``beta > 0``; the ratio-weighted value under ``kl_bias_correction``, as TRL logs it) and
+    ``num_tokens``.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
@@ -193,6 +200,8 @@ def grpo_loss(
         assert ref_logps is not None
         delta = ref_logps - logps
         per_token_kl = torch.exp(delta) - delta - 1
+        if kl_bias_correction:
+            per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl
 
     batch_size, width = logps.shape

@@ -80,15 +80,35 @@ def test_num_sequences_in_batch_spreads_grpo_over_micro_batches():
 
 def test_kl_term_with_k3_estimator():
     beta = 0.1
-    _, loss, stats = loss_of("grpo", beta=beta)
+    _, loss, stats = loss_of("grpo", beta=beta, kl_bias_correction=False)
     row0 = [a + beta * k for a, k in zip(ROW0, KL0)]
     row1 = [a + beta * k for a, k in zip(ROW1, KL1)]
     assert loss.item() == pytest.approx((sum(row0) / 3 + sum(row1) / 2) / 2, abs=1e-12)
     assert stats["kl"].item() == pytest.approx((sum(KL0) + sum(KL1)) / 5, abs=1e-12)
-    _, loss, _ = loss_of("dapo", beta=beta)
+    _, loss, _ = loss_of("dapo", beta=beta, kl_bias_correction=False)
     assert loss.item() == pytest.approx((sum(row0) + sum(row1)) / 5, abs=1e-12)
-    _, loss, _ = loss_of("dr_grpo", beta=beta, max_completion_length=4)
+    _, loss, _ = loss_of("dr_grpo", beta=beta, max_completion_length=4, kl_bias_correction=False)
     assert loss.item() == pytest.approx((sum(row0) + sum(row1)) / 8, abs=1e-12)
+
+
+def test_kl_bias_correction_weights_kl_by_the_ratio():
+    """TRL 1.16's default: per-token KL times r (row 0 ratios 1.5, 1, 0.5; row 1 0.5, 1.1)."""
+    beta = 0.1
+    kl0 = [1.5 * 0.0, 1.0 * (1 - LN2), 0.5 * (LN2 - 0.5)]
+    kl1 = [0.5 * (1 - LN2), 1.1 * 0.0]
+    logps, loss, stats = loss_of("dapo", beta=beta)
+    row0 = [a + beta * k for a, k in zip(ROW0, kl0)]
+    row1 = [a + beta * k for a, k in zip(ROW1, kl1)]
+    assert loss.item() == pytest.approx((sum(row0) + sum(row1)) / 5, abs=1e-12)
+    assert stats["kl"].item() == pytest.approx((sum(kl0) + sum(kl1)) / 5, abs=1e-12)
+    # gradient of the high-clipped token 0 of row 0 now comes from the KL alone:
+    # d/dl [beta * r * k3(ref - l)] = beta * r * (k3 + 1 - e^d) with d = 0, r = 1.5 -> 0
+    # token 1 of row 1 (d = 0, r = 1.1, unclipped): (-r*A + beta * r * (k3 + 1 - e^d)) / 5 = 2.2 / 5
+    loss.backward()
+    assert logps.grad[0, 0].item() == pytest.approx(0.0, abs=1e-12)
+    assert logps.grad[1, 1].item() == pytest.approx(2.2 / 5, abs=1e-12)
+    # token 1 of row 0 (d = ln2, r = 1, A = 1): (-1 + 0.1 * (1 - ln2 + 1 - 2)) / 5
+    assert logps.grad[0, 1].item() == pytest.approx((-1 + beta * (1 - LN2 - 1)) / 5, abs=1e-12)
 
 
 def test_no_kl_stat_without_beta_and_beta_needs_reference():
