@@ -7,7 +7,8 @@ approximation: one token per 4 characters.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

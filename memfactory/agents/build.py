@@ -24,7 +24,9 @@ def build_agent(preset: Preset) -> Agent:
     slots: dict[str, list[str]] = entry.meta.get("slots", {})
     missing = [slot for slot in slots if slot not in preset.modules]
     if missing:
-        raise ConfigError(source, [(f"modules.{s}", f"agent {preset.agent!r} needs a module in slot {s!r}") for s in missing])
+        raise ConfigError(
+            source, [(f"modules.{s}", f"agent {preset.agent!r} needs a module in slot {s!r}") for s in missing]
+        )
 
     modules = {}
     for slot, spec in preset.modules.items():
@@ -35,7 +37,9 @@ def build_agent(preset: Preset) -> Agent:
             raise ConfigError(source, [(f"{where}.type", str(exc))]) from None
         allowed = slots.get(slot)
         if allowed and spec.type not in allowed:
-            raise ConfigError(source, [(f"{where}.type", f"slot {slot!r} takes {', '.join(allowed)}, not {spec.type!r}")])
+            raise ConfigError(
+                source, [(f"{where}.type", f"slot {slot!r} takes {', '.join(allowed)}, not {spec.type!r}")]
+            )
         try:
             options = module_entry.config.model_validate(spec.options)
         except ValidationError as exc:

@@ -39,8 +39,12 @@ class OneShot(BaseModel):
 class DirectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_context_tokens: int = Field(4096, ge=0, description="Context window in backend tokens; longer contexts are truncated")
-    truncate: Literal["middle", "head", "tail"] = Field("middle", description="Which part of an over-long context is dropped")
+    max_context_tokens: int = Field(
+        4096, ge=0, description="Context window in backend tokens; longer contexts are truncated"
+    )
+    truncate: Literal["middle", "head", "tail"] = Field(
+        "middle", description="Which part of an over-long context is dropped"
+    )
     prompt_template: str = Field(DIRECT_TEMPLATE, description="User message with {context} and {question}")
     answer_prefix: str = Field("", description="Text that opens the assistant turn, e.g. \\boxed{")
     system_prompt: str = Field("", description="Optional system message")
@@ -52,7 +56,9 @@ class DirectConfig(BaseModel):
         try:
             names = {n for _, n, _, _ in string.Formatter().parse(value) if n is not None}
         except ValueError as exc:
-            raise ValueError(f"prompt_template is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") from None
+            raise ValueError(
+                f"prompt_template is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
+            ) from None
         unknown = sorted(names - {"context", "question"})
         if unknown:
             raise ValueError(f"prompt_template has unknown placeholder(s) {unknown}; use {{context}} and {{question}}")
@@ -102,7 +108,9 @@ class DirectAgent(Agent):
         prompts: list[ChatPrompt] = []
         for index, sample in enumerate(samples):
             # Tokenise once per sample; the group members share the prompt.
-            context, dropped = truncate_text(sample.context or "", self.options.max_context_tokens, codec, self.options.truncate)
+            context, dropped = truncate_text(
+                sample.context or "", self.options.max_context_tokens, codec, self.options.truncate
+            )
             prompt = self.prompt(context, sample.question)
             for _ in range(group_size):
                 trajectory = Trajectory(sample=sample, group=index)

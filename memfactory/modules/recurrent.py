@@ -78,10 +78,14 @@ def _check_template(template: str, required: set[str], allowed: set[str], what: 
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ValueError(f"{what} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") from None
+        raise ValueError(
+            f"{what} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
+        ) from None
     unknown = sorted(n for n in names if n not in allowed)
     if unknown:
-        raise ValueError(f"{what} has unknown placeholder(s) {unknown}; use {', '.join('{' + a + '}' for a in sorted(allowed))}")
+        raise ValueError(
+            f"{what} has unknown placeholder(s) {unknown}; use {', '.join('{' + a + '}' for a in sorted(allowed))}"
+        )
     missing = sorted(r for r in required if r not in names)
     if missing:
         raise ValueError(f"{what} must contain {', '.join('{' + m + '}' for m in missing)}")
@@ -98,7 +102,9 @@ class RecurrentConfig(BaseModel):
     chunk_tokens: int = Field(5000, ge=1, description="Context tokens per chunk (one memory update each)")
     memory_tokens: int = Field(1024, ge=1, description="Cap on the new tokens of one memory update")
     answer_tokens: int = Field(1024, ge=1, description="Cap on the new tokens of the final answer")
-    max_chunks: int | None = Field(None, ge=1, description="At most this many chunks; longer contexts are truncated (None = no cap)")
+    max_chunks: int | None = Field(
+        None, ge=1, description="At most this many chunks; longer contexts are truncated (None = no cap)"
+    )
     truncate: Literal["middle", "head", "tail"] = Field(
         "middle", description="Which part of an over-long context is dropped"
     )
@@ -110,12 +116,16 @@ class RecurrentConfig(BaseModel):
         "boxed", description="Which MemAgent final-answer wording to use when answer_template is unset"
     )
     answer_template: str | None = Field(
-        None, description="Final-answer prompt with {prompt} (or {question}) and {memory}; None = MemAgent's for answer_format"
+        None,
+        description="Final-answer prompt with {prompt} (or {question}) and {memory}; None = MemAgent's for answer_format",
     )
-    answer_prefix: str = Field("", description="Text that opens the final assistant turn, e.g. \\boxed{ for small models")
+    answer_prefix: str = Field(
+        "", description="Text that opens the final assistant turn, e.g. \\boxed{ for small models"
+    )
     system_prompt: str = Field("", description="Optional system message for every call")
     update_stop: list[str] = Field(
-        default_factory=list, description="Stop strings for memory updates (the sampling stop strings apply to the answer only)"
+        default_factory=list,
+        description="Stop strings for memory updates (the sampling stop strings apply to the answer only)",
     )
 
     @field_validator("update_template")
@@ -211,7 +221,11 @@ class RecurrentMemoryModule(MemoryModule):
         return ChatPrompt(self._messages(text), assistant_prefix=self.options.answer_prefix)
 
     def update_params(self, params: SamplingParams) -> SamplingParams:
-        return replace(params, max_new_tokens=min(params.max_new_tokens, self.options.memory_tokens), stop=list(self.options.update_stop))
+        return replace(
+            params,
+            max_new_tokens=min(params.max_new_tokens, self.options.memory_tokens),
+            stop=list(self.options.update_stop),
+        )
 
     def answer_params(self, params: SamplingParams) -> SamplingParams:
         return replace(params, max_new_tokens=min(params.max_new_tokens, self.options.answer_tokens))

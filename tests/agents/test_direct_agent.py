@@ -52,7 +52,9 @@ def test_one_shot_prefix_and_stop_strings(backend):
     options = DirectConfig(
         answer_prefix="\\boxed{",
         system_prompt="Answer briefly.",
-        one_shot=OneShot(context="Document 1: The capital of Dorma is Lin.", question="Capital of Dorma?", answer="\\boxed{Lin}"),
+        one_shot=OneShot(
+            context="Document 1: The capital of Dorma is Lin.", question="Capital of Dorma?", answer="\\boxed{Lin}"
+        ),
     )
     agent = DirectAgent({}, options)
     prompt = agent.prompt("Document 1: text", "Q?")
@@ -60,7 +62,9 @@ def test_one_shot_prefix_and_stop_strings(backend):
     assert "Capital of Dorma?" in prompt.messages[1]["content"] and prompt.messages[2]["content"] == "\\boxed{Lin}"
     assert prompt.assistant_prefix == "\\boxed{"
     params = SamplingParams(max_new_tokens=12, stop=["}"], seed=0)
-    trajectories = agent.run([Sample("s", "Q?", ["x"], "Document 1: text")], backend, params=params, group_size=3, train=True)
+    trajectories = agent.run(
+        [Sample("s", "Q?", ["x"], "Document 1: text")], backend, params=params, group_size=3, train=True
+    )
     ((prompts, passed, _),) = backend.log
     assert passed.stop == ["}"] and len(prompts) == 3
     for trajectory in trajectories:
@@ -70,14 +74,23 @@ def test_one_shot_prefix_and_stop_strings(backend):
 
 
 def test_train_mode_records_exact_ids_per_group_member(backend):
-    samples = [Sample("a", "Capital of Karo1?", ["Velmar1"], doc(3)), Sample("b", "Capital of Karo2?", ["Velmar2"], doc(5))]
-    trajectories = DirectAgent({}, DirectConfig()).run(samples, backend, params=SamplingParams(max_new_tokens=6), group_size=4, train=True)
+    samples = [
+        Sample("a", "Capital of Karo1?", ["Velmar1"], doc(3)),
+        Sample("b", "Capital of Karo2?", ["Velmar2"], doc(5)),
+    ]
+    trajectories = DirectAgent({}, DirectConfig()).run(
+        samples, backend, params=SamplingParams(max_new_tokens=6), group_size=4, train=True
+    )
     ((prompts, _, generations),) = backend.log
     assert len(prompts) == 8 and [t.group for t in trajectories] == [0] * 4 + [1] * 4
     for trajectory, generation in zip(trajectories, generations):
         (call,) = trajectory.calls
         assert call.trainable and call.module == "direct.answer"
-        assert (call.prompt_ids, call.response_ids, call.logprobs) == (generation.prompt_ids, generation.response_ids, generation.logprobs)
+        assert (call.prompt_ids, call.response_ids, call.logprobs) == (
+            generation.prompt_ids,
+            generation.response_ids,
+            generation.logprobs,
+        )
         assert trajectory.answer == generation.text
 
 

@@ -44,7 +44,7 @@ SAMPLES = [
 
 
 def agent(credit="all_calls", **module_options) -> MemoryAgent:
-    options = dict(chunk_tokens=24, memory_tokens=8, answer_tokens=6) | module_options
+    options = {"chunk_tokens": 24, "memory_tokens": 8, "answer_tokens": 6} | module_options
     return MemoryAgent({"memory": RecurrentMemoryModule(RecurrentConfig(**options))}, MemAgentConfig(credit=credit))
 
 
@@ -86,14 +86,18 @@ def test_train_calls_carry_the_exact_sampled_ids(backend):
 
 
 def test_final_only_credit_marks_updates_untrainable(backend):
-    trajectories = agent(credit="final_only").run(SAMPLES[:2], backend, params=SamplingParams(max_new_tokens=8), group_size=2, train=True)
+    trajectories = agent(credit="final_only").run(
+        SAMPLES[:2], backend, params=SamplingParams(max_new_tokens=8), group_size=2, train=True
+    )
     for trajectory in trajectories:
         assert [c.trainable for c in trajectory.calls] == [False] * (len(trajectory.calls) - 1) + [True]
         assert [c.module for c in trajectory.calls][-1] == "recurrent.answer"
 
 
 def test_inference_mode_returns_memory_trace_and_nothing_trainable(backend):
-    trajectories = agent().run(SAMPLES[:1], backend, params=SamplingParams(max_new_tokens=8, temperature=0), group_size=1)
+    trajectories = agent().run(
+        SAMPLES[:1], backend, params=SamplingParams(max_new_tokens=8, temperature=0), group_size=1
+    )
     (trajectory,) = trajectories
     assert not any(c.trainable for c in trajectory.calls)
     chunks = [e for e in trajectory.trace if "chunk" in e]
@@ -152,7 +156,9 @@ def preset(**changes) -> dict:
     data = {
         "name": "t",
         "agent": "memagent",
-        "modules": {"memory": {"type": "recurrent", "chunk_tokens": 64, "memory_tokens": 16, "answer_prefix": "\\boxed{"}},
+        "modules": {
+            "memory": {"type": "recurrent", "chunk_tokens": 64, "memory_tokens": 16, "answer_prefix": "\\boxed{"}
+        },
         "agent_options": {"credit": "final_only"},
         "model": {"backend": "hf", "path": "tiny://qwen3-mini"},
         "env": {"type": "long_context", "data": "synthetic://docqa?n=8"},
@@ -169,7 +175,11 @@ def test_build_agent_from_a_preset_dict():
     assert built.options.credit == "final_only"
     memory = built.modules["memory"]
     assert isinstance(memory, RecurrentMemoryModule)
-    assert (memory.options.chunk_tokens, memory.options.memory_tokens, memory.options.answer_prefix) == (64, 16, "\\boxed{")
+    assert (memory.options.chunk_tokens, memory.options.memory_tokens, memory.options.answer_prefix) == (
+        64,
+        16,
+        "\\boxed{",
+    )
     assert memory.options.answer_tokens == 1024  # defaults fill the rest
 
 

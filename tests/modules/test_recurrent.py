@@ -96,7 +96,9 @@ def test_templates_are_validated():
     with pytest.raises(ValidationError):
         RecurrentConfig(chunk_tokens=0)
     boxed = RecurrentConfig().final_template.format(prompt="Q", memory="M")
-    assert "\\boxed{}" in boxed and "Therefore, the answer is" in RecurrentConfig(answer_format="answer_is").final_template
+    assert (
+        "\\boxed{}" in boxed and "Therefore, the answer is" in RecurrentConfig(answer_format="answer_is").final_template
+    )
 
 
 # --------------------------------------------------------------------------- memory updates
@@ -105,7 +107,9 @@ def test_templates_are_validated():
 def test_memory_is_overwritten_by_each_update(backend):
     module = RecurrentMemoryModule(RecurrentConfig(chunk_tokens=24, memory_tokens=12, answer_tokens=6))
     sample = Sample("s", "What is the capital of Karo3?", ["Velmar3"], doc(8))
-    states = module.inference(module.init_states([sample], backend), backend, SamplingParams(max_new_tokens=50, temperature=0))
+    states = module.inference(
+        module.init_states([sample], backend), backend, SamplingParams(max_new_tokens=50, temperature=0)
+    )
     state = states[0]
     trajectory = state.trajectory
     n = len(state.chunks)
@@ -120,7 +124,13 @@ def test_memory_is_overwritten_by_each_update(backend):
         assert len(call.response_ids) <= 12  # memory_tokens caps the update
         text, terminated = strip_thinking(call.text)
         memory = text if terminated else memory
-        assert entry == {"step": i, "chunk": i, "memory": memory, "tokens": len(call.response_ids), "kept_previous": not terminated}
+        assert entry == {
+            "step": i,
+            "chunk": i,
+            "memory": memory,
+            "tokens": len(call.response_ids),
+            "kept_previous": not terminated,
+        }
     assert state.memory == memory
     assert f"<memory>\n{memory}\n</memory>" in backend.tokenizer.decode(final.prompt_ids)
     assert trajectory.answer == final.text and trajectory.trace[-1]["answer"] == final.text
@@ -129,7 +139,9 @@ def test_memory_is_overwritten_by_each_update(backend):
 
 def test_unterminated_think_keeps_previous_memory_and_is_counted():
     module = RecurrentMemoryModule(RecurrentConfig())
-    state = MemoryState(Sample("s", "q", ["a"]), ["chunk one", "chunk two"], Trajectory(Sample("s", "q", ["a"])), "old memory")
+    state = MemoryState(
+        Sample("s", "q", ["a"]), ["chunk one", "chunk two"], Trajectory(Sample("s", "q", ["a"])), "old memory"
+    )
     prompt = module.update_prompt(state)
     unterminated = Generation("<think>still reasoning about", [1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], "length")
     module.apply_update(state, prompt, unterminated, train=True)
@@ -154,8 +166,12 @@ def test_real_model_stuck_in_thinking_keeps_memory(fresh_tiny_backend):
 
     handle = head.register_forward_hook(bias)
     try:
-        module = RecurrentMemoryModule(RecurrentConfig(chunk_tokens=32, memory_tokens=4, answer_tokens=4, memory_init="start"))
-        state = module.inference(module.init_states([Sample("s", "q?", ["a"], doc(4))], backend), backend, SamplingParams(temperature=0))[0]
+        module = RecurrentMemoryModule(
+            RecurrentConfig(chunk_tokens=32, memory_tokens=4, answer_tokens=4, memory_init="start")
+        )
+        state = module.inference(
+            module.init_states([Sample("s", "q?", ["a"], doc(4))], backend), backend, SamplingParams(temperature=0)
+        )[0]
     finally:
         handle.remove()
     n = len(state.chunks)
