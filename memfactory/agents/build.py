@@ -15,7 +15,10 @@ def _problems(error: ValidationError, prefix: str) -> list[tuple[str, str]]:
 
 
 def build_agent(preset: Preset) -> Agent:
-    """Instantiate ``preset.agent`` with its modules; problems raise ConfigError with field paths."""
+    """Instantiate ``preset.agent`` with its modules; problems raise ConfigError with field paths.
+
+    An agent with a ``credit`` option takes ``trainer.credit`` unless ``agent_options`` sets it.
+    """
     source = f"preset {preset.name!r}"
     try:
         entry = REGISTRY.get("agent", preset.agent, where="agent")
@@ -46,8 +49,11 @@ def build_agent(preset: Preset) -> Agent:
             raise ConfigError(source, _problems(exc, where)) from None
         modules[slot] = module_entry.target(options)
 
+    options = dict(preset.agent_options)
+    if "credit" in entry.config.model_fields and "credit" not in options:
+        options["credit"] = preset.trainer.credit  # one place to say it: trainer.credit, unless the agent overrides
     try:
-        agent_options = entry.config.model_validate(preset.agent_options)
+        agent_options = entry.config.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc, "agent_options")) from None
     return entry.target(modules, agent_options)

@@ -193,3 +193,13 @@ def test_build_agent_reports_bad_options_with_paths():
     with pytest.raises(ConfigError) as info:
         build_agent(Preset.model_validate(preset(modules={})))
     assert info.value.problems[0][0] == "modules.memory"
+
+
+def test_credit_defaults_to_the_trainer_setting():
+    from memfactory.config import parse_preset
+
+    data = preset(trainer={"credit": "final_only"})
+    del data["agent_options"]
+    assert build_agent(parse_preset(data)).options.credit == "final_only"
+    data["agent_options"] = {"credit": "all_calls"}
+    assert build_agent(parse_preset(data)).options.credit == "all_calls"
