@@ -238,3 +238,51 @@ def test_unreadable_or_locked_database_gives_a_clear_error(tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     assert db.log_metrics(run_id, 1, {"loss": 1.0}) == 1
+
+
+def _cli(argv, capsys):
+    from memfactory.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
+    db_path = tmp_path / "runs" / "memfactory.db"
+    code, _, err = _cli(["runs", "list", "--db", str(db_path)], capsys)
+    assert code == 2 and "no runs database" in err and not db_path.exists()
+
+    db = RunsDB(db_path)
+    code, out, _ = _cli(["runs", "list", "--db", str(db_path)], capsys)
+    assert code == 0 and "no runs" in out
+
+    run_dir = tmp_path / "runs" / "r"
+    run = db.create_run("memagent_tiny_cpu", run_dir, total_steps=10, meta={"device": "cpu"})
+    db.set_status(run.id, "running")
+    db.update_progress(run.id, 5, reward=0.625)
+    db.log_metrics(run.id, 5, {"loss": 0.125, "reward/mean": 0.625})
+    crashed = db.create_run("crashy", tmp_path / "runs" / "c")
+    db.set_status(crashed.id, "running", pid=_dead_pid())
+
+    code, out, _ = _cli(["runs", "list", "--db", str(db_path)], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["ID", "PRESET", "STATUS"]
+    assert lines[1].split()[:4] == [crashed.id, "crashy", "failed", "0"]  # reconciled, newest first
+    assert lines[2].split()[:6] == [run.id, "memagent_tiny_cpu", "running", "5/10", "0.625", "0.625"]
+
+    code, out, _ = _cli(["runs", "show", run.id, "--db", str(db_path)], capsys)
+    assert code == 0
+    assert "status:" in out and "running" in out and "5/10 (50%)" in out and "meta.device:" in out
+    assert "last metrics (step 5):" in out and "loss: 0.125" in out
+
+    code, out, _ = _cli(["runs", "show", crashed.id, "--db", str(db_path)], capsys)
+    assert code == 0 and "error:" in out and "exited without reporting" in out
+
+    code, out, err = _cli(["runs", "show", run.id[:-2], "--db", str(db_path)], capsys)
+    assert code == 2 and "no run" in err and run.id in err and "Traceback" not in err
+
+    code, out, err = _cli(["runs", "delete", crashed.id, "--db", str(db_path)], capsys)
+    assert code == 0 and db.get(crashed.id) is None
+    code, out, err = _cli(["runs", "delete", run.id, "--db", str(db_path)], capsys)
+    assert code == 2 and "still running" in err

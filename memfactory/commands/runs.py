@@ -1,0 +1,185 @@
+"""``memfactory runs list|show|delete``: what the runs database knows, from the terminal.
+
+``list`` and ``show`` first reconcile the database (a run whose trainer process is gone is
+marked failed), so they never report a dead run as running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from memfactory.errors import MemFactoryError
+from memfactory.tracking.runs import RunRecord, RunsDB
+
+
+def _default_db() -> str:
+    try:
+        from memfactory.config import LoggingConfig
+
+        return LoggingConfig().runs_db
+    except Exception:  # config not importable: fall back to the documented default
+        return "runs/memfactory.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("runs", help="list and inspect training runs")
+    actions = parser.add_subparsers(dest="runs_command", metavar="ACTION")
+
+    def add_db(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", default=_default_db(), help="runs database (default: %(default)s)")
+
+    p_list = actions.add_parser("list", help="a table of all runs, newest first")
+    add_db(p_list)
+    p_list.add_argument("--status", choices=["created", "running", "finished", "failed", "aborted"])
+    p_list.add_argument("-n", "--limit", type=int, default=None, help="show at most N runs")
+    p_list.set_defaults(func=run_list)
+
+    p_show = actions.add_parser("show", help="one run: status, steps, rewards, error, last metrics")
+    add_db(p_show)
+    p_show.add_argument("run_id")
+    p_show.set_defaults(func=run_show)
+
+    p_delete = actions.add_parser("delete", help="remove a finished/failed run from the database")
+    add_db(p_delete)
+    p_delete.add_argument("run_id")
+    p_delete.add_argument("--files", action="store_true", help="also delete the run folder")
+    p_delete.set_defaults(func=run_delete)
+
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def open_db(path: str | Path) -> RunsDB:
+    """The runs database at ``path``; a missing file is a user error (we don't create one to read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MemFactoryError(
+            f"no runs database at {path}; runs are recorded there by `memfactory train` (or pass --db PATH)"
+        )
+    return RunsDB(path)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _steps(record: RunRecord) -> str:
+    return f"{record.step}/{record.total_steps}" if record.total_steps else str(record.step)
+
+
+def format_table(records: list[RunRecord]) -> str:
+    """Runs as an aligned text table."""
+    header = ["ID", "PRESET", "STATUS", "STEP", "BEST", "LAST", "STARTED (UTC)", "TIME"]
+    rows = [
+        [
+            r.id,
+            r.name,
+            r.status,
+            _steps(r),
+            _num(r.best_reward),
+            _num(r.last_reward),
+            RunRecord.iso(r.started_at),
+            _duration(r.duration_s),
+        ]
+        for r in records
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    db = open_db(args.db)
+    db.reconcile()
+    records = db.list_runs(status=args.status, limit=args.limit)
+    if not records:
+        print(f"no runs in {db.path}" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    print(format_table(records))
+    return 0
+
+
+def _last_metrics(db: RunsDB, record: RunRecord) -> tuple[int | None, dict]:
+    frame = db.metrics_frame(record.id)
+    if not frame.empty:
+        last = frame.iloc[-1]
+        values = {k: last[k] for k in frame.columns if k not in ("run_id", "step") and not _isnan(last[k])}
+        return int(last["step"]), values
+    # the trainer may only have written metrics.jsonl
+    from memfactory.tracking.metrics import RunDir, read_metrics
+
+    records = read_metrics(RunDir(record.run_dir).metrics_path).records
+    if records:
+        values = {k: v for k, v in records[-1].items() if k not in ("step", "time")}
+        return records[-1].get("step"), values
+    return None, {}
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    db = open_db(args.db)
+    db.reconcile()
+    r = db.get(args.run_id)
+    if r is None:
+        raise MemFactoryError(db.unknown_run_message(args.run_id))
+    from memfactory.trainer.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(r.run_dir)
+    fields = [
+        ("run", r.id),
+        ("preset", r.name),
+        ("status", r.status),
+        ("steps", _steps(r) + (f" ({r.progress:.0%})" if r.progress is not None else "")),
+        ("best reward", _num(r.best_reward)),
+        ("last reward", _num(r.last_reward)),
+        ("pid", r.pid if r.pid is not None else "-"),
+        ("created", RunRecord.iso(r.created_at)),
+        ("started", RunRecord.iso(r.started_at)),
+        ("ended", RunRecord.iso(r.ended_at)),
+        ("duration", _duration(r.duration_s)),
+        ("run folder", r.run_dir),
+        ("preset file", r.preset_path or "-"),
+        ("checkpoint", str(latest) if latest else "-"),
+    ]
+    for key, value in r.meta.items():
+        fields.append((f"meta.{key}", json.dumps(value) if not isinstance(value, str) else value))
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key + ':':<{width + 1}} {value}")
+    step, metrics = _last_metrics(db, r)
+    if metrics:
+        print(f"last metrics (step {step}):")
+        for key in sorted(metrics):
+            value = metrics[key]
+            print(f"  {key}: {_num(value, 6) if isinstance(value, (int, float)) else value}")
+    if r.error:
+        print("error:")
+        for line in r.error.splitlines():
+            print(f"  {line}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    db = open_db(args.db)
+    db.reconcile()
+    if db.get(args.run_id) is None:
+        raise MemFactoryError(db.unknown_run_message(args.run_id))
+    db.delete(args.run_id, remove_files=args.files)
+    print(f"deleted run {args.run_id}" + (" and its folder" if args.files else ""))
+    return 0
