@@ -186,7 +186,7 @@ def test_timeout_is_reported(server_factory):
 
     @app.post("/v1/chat/completions")
     async def slow():
-        await asyncio.sleep(2)
+        await asyncio.sleep(0.8)
         return completion("late")
 
     server = server_factory(app)
