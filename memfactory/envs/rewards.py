@@ -130,17 +130,17 @@ def extract_prediction(text: str, mode: ExtractMode = "auto", max_boxed_chars: i
         if boxed is not None:
             if max_boxed_chars is not None and len(boxed.strip()) > max_boxed_chars:
                 return None
-            return boxed.strip()
+            return boxed.strip() or None
         if mode == "boxed" or _BOXED in visible:
             return None
     if mode in ("auto", "answer_is"):
         after = extract_answer_is(visible)
-        if after is not None:
+        if after:
             return after
         if mode == "answer_is":
             return None
     if mode in ("auto", "raw"):
-        return visible.strip()
+        return visible.strip() or None
     raise ValueError(f"unknown extraction mode {mode!r}; expected auto, boxed, answer_is or raw")
 
 

@@ -1,0 +1,255 @@
+"""Answer rewards: extraction rules, SQuAD normalisation, metric edge cases, the LLM judge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from memfactory.envs.base import Reward
+from memfactory.envs.rewards import (
+    MAX_BOXED_CHARS,
+    LLMJudge,
+    em,
+    extract_answer_is,
+    extract_boxed,
+    extract_prediction,
+    f1,
+    normalize_answer,
+    parse_verdict,
+    string_match_all,
+    strip_thinking,
+    sub_em,
+)
+from memfactory.errors import MemFactoryError
+from memfactory.registry import REGISTRY
+from memfactory.types import Generation, Sample, Trajectory
+
+
+def traj(answer: str, gold: list[str] | str = "Paris", question: str = "Where?") -> Trajectory:
+    golds = [gold] if isinstance(gold, str) else gold
+    return Trajectory(sample=Sample(id="s", question=question, answers=golds), answer=answer)
+
+
+def score(name: str, answer: str, gold: list[str] | str = "Paris") -> float:
+    reward = REGISTRY.get("reward", name).target()
+    return reward.score([traj(answer, gold)])[0]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_normalize_answer_squad_rules():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear and THE plum.") == "apple pear and plum"
+    assert normalize_answer("  ") == ""
+    # articles only as whole words
+    assert normalize_answer("Theatre Anatomy") == "theatre anatomy"
+
+
+def test_normalize_answer_unicode():
+    assert normalize_answer("«Zürich»") == "zürich"
+    assert normalize_answer("São Paulo — Brazil") == "são paulo brazil"
+    assert normalize_answer("ＰＡＲＩＳ") == "paris"  # full-width letters fold under NFKC
+    assert sub_em("It is Zürich.", "zürich") == 1.0
+
+
+def test_em_sub_em_f1():
+    assert em("the Paris", "Paris") == 1.0
+    assert em("Paris, France", "Paris") == 0.0
+    assert sub_em("Paris, France", "Paris") == 1.0  # gold inside prediction
+    assert sub_em("Paris", "Paris, France") == 1.0  # prediction inside gold
+    assert sub_em("", "Paris") == 0.0
+    assert sub_em("the", "Paris") == 0.0  # normalises to empty
+    assert em("", "") == 0.0
+    assert f1("new york city", "New York") == pytest.approx(0.8)
+    assert f1("boston", "New York") == 0.0
+    assert f1("", "x") == 0.0
+
+
+def test_string_match_all_ruler():
+    assert string_match_all("abcdef, ghijkl and xxxxxx", ["abcdef", "ghijkl", "mnopqr"]) == pytest.approx(2 / 3)
+    assert string_match_all("ABCDEF", ["abcdef"]) == 1.0
+    assert string_match_all("anything", []) == 0.0
+
+
+def test_extract_boxed_nested_and_unclosed():
+    assert extract_boxed(r"so \boxed{\frac{1}{2}} done") == r"\frac{1}{2}"
+    assert extract_boxed(r"\boxed{a} then \boxed{b}") == "b"
+    assert extract_boxed(r"\boxed{Paris") is None
+    assert extract_boxed(r"\boxed{a} and \boxed{b") is None  # the last one is unclosed
+    assert extract_boxed("no box") is None
+    assert extract_boxed(r"\boxed{}") == ""
+
+
+def test_extract_answer_is_and_thinking():
+    assert extract_answer_is("I think the answer is: Rome. The Answer is Oslo") == "Oslo"
+    assert extract_answer_is("nothing here") is None
+    assert strip_thinking("<think>the answer is x</think>\nreal") == "\nreal"
+    assert strip_thinking("<think>a</think>b</think>c") == "c"
+    assert strip_thinking("<think>never closed") == ""
+    assert strip_thinking("plain") == "plain"
+
+
+def test_extract_prediction_rules():
+    assert extract_prediction(r"\boxed{Paris}") == "Paris"
+    assert extract_prediction(r"the answer is Rome. \boxed{Paris}") == "Paris"  # boxed first
+    assert extract_prediction("Blah. The answer is Rome") == "Rome"
+    assert extract_prediction("  Rome  ") == "Rome"
+    assert extract_prediction(r"\boxed{Rome") is None  # started a box and never closed it
+    assert extract_prediction("x" * 50, mode="boxed") is None
+    assert extract_prediction("The answer is Rome", mode="raw") == "The answer is Rome"
+    assert extract_prediction("<think>\\boxed{Oslo}</think>\\boxed{Rome}") == "Rome"
+    assert extract_prediction("<think>\\boxed{Oslo}") is None
+    long = "\\boxed{" + "word " * 20 + "}"
+    assert extract_prediction(long) is None
+    assert extract_prediction(long, max_boxed_chars=None) == ("word " * 20).strip()
+    with pytest.raises(ValueError):
+        extract_prediction("x", mode="nope")
+
+
+# --------------------------------------------------------------------------- registered rewards
+
+
+def test_rewards_registered_and_are_reward_subclasses():
+    for name in ("em", "sub_em", "f1", "string_match_all", "format", "llm_judge"):
+        assert issubclass(REGISTRY.get("reward", name).target, Reward)
+
+
+def test_assistant_prefix_answer_scores():
+    # the answer text includes the assistant prefix that opened the turn
+    assert score("sub_em", r"\boxed{Paris}") == 1.0
+    assert score("em", r"\boxed{the Paris}") == 1.0
+    assert score("sub_em", r"\boxed{Rome}") == 0.0
+    assert score("format", r"\boxed{Paris}") == 1.0
+
+
+def test_boxing_the_whole_document_cannot_win():
+    document = "\\boxed{" + "Alice lives in Paris. Bob lives in Rome. Carol lives in Oslo.}"
+    assert len(document) > MAX_BOXED_CHARS
+    assert score("sub_em", document) == 0.0
+    assert score("format", document) == 0.0
+    assert score("sub_em", "\\boxed{" + "Paris" + " " * 60 + "}") == 1.0  # padding is stripped
+
+
+def test_unclosed_and_empty_predictions_score_zero():
+    for name in ("em", "sub_em", "f1", "string_match_all", "format"):
+        assert score(name, "") == 0.0
+        assert score(name, r"\boxed{Paris") == 0.0
+        assert score(name, "<think>Paris") == 0.0
+        assert score(name, r"\boxed{}") == 0.0
+
+
+def test_best_over_golds_and_string_match_all_reward():
+    assert score("em", "NYC", ["New York", "NYC"]) == 1.0
+    assert score("f1", "New York", ["New York City"]) == pytest.approx(0.8)
+    assert score("string_match_all", "aaaaaa bbbbbb", ["aaaaaa", "bbbbbb", "cccccc", "dddddd"]) == 0.5
+    assert score("sub_em", "Blah blah. The answer is Paris.", "Paris") == 1.0
+
+
+def test_format_reward():
+    assert score("format", "Paris") == 0.0
+    assert score("format", r"<think>x</think>\boxed{ Paris }") == 1.0
+    assert score("format", r"\boxed{ }") == 0.0
+
+
+def test_environment_combines_weighted_parts():
+    from memfactory.envs.long_context import LongContextEnv, LongContextOptions
+
+    rewards = {n: REGISTRY.get("reward", n).target() for n in ("sub_em", "format")}
+    env = LongContextEnv(LongContextOptions(), rewards, {"sub_em": 1.0, "format": 0.1})
+    trajectories = [traj(r"\boxed{Paris}"), traj("Paris"), traj(r"\boxed{Rome}")]
+    env.score(trajectories)
+    assert [t.rewards for t in trajectories] == [
+        {"sub_em": 1.0, "format": 1.0},
+        {"sub_em": 1.0, "format": 0.0},
+        {"sub_em": 0.0, "format": 1.0},
+    ]
+    assert [t.reward for t in trajectories] == pytest.approx([1.1, 1.0, 0.1])
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+
+class RuleJudgeBackend:
+    """A real, deterministic Backend: it reads the judge prompt and answers True when the normalised
+    prediction equals the gold (it is a rule-based judge, not a mock: it implements the protocol)."""
+
+    name = "rule-judge"
+    exposes_tokens = False
+
+    def __init__(self, fail_first: int = 0, reply: str | None = None):
+        self.calls = 0
+        self.fail_first = fail_first
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise ConnectionError("judge server unreachable")
+        out = []
+        for prompt in prompts:
+            text = prompt.messages[-1]["content"]
+            self.prompts.append(text)
+            fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+            verdict = normalize_answer(fields["Gold answer"]) == normalize_answer(fields["Predicted answer"])
+            out.append(Generation(text=self.reply if self.reply is not None else f"{verdict}."))
+        return out
+
+
+def test_parse_verdict():
+    assert parse_verdict("True.") is True
+    assert parse_verdict("  false") is False
+    assert parse_verdict("<think>true?</think> False") is False
+    assert parse_verdict("maybe") is None
+    assert parse_verdict("untrue") is None
+
+
+def test_llm_judge_scores_with_a_rule_backend():
+    judge = RuleJudgeBackend()
+    reward = LLMJudge(judge=judge)
+    trajectories = [traj(r"\boxed{the Paris}"), traj(r"\boxed{Rome}"), traj("no box, just Paris?"), traj(r"\boxed{Paris")]
+    assert reward.score(trajectories) == [1.0, 0.0, 0.0, 0.0]
+    # one batched request, only for scorable answers; the raw answer is still judged
+    assert judge.calls == 1 and len(judge.prompts) == 3
+    assert "Gold answer: Paris" in judge.prompts[0] and "Predicted answer: the Paris" in judge.prompts[0]
+    assert all(not t.counters for t in trajectories)
+
+
+def test_llm_judge_retries_transient_failures():
+    judge = RuleJudgeBackend(fail_first=2)
+    assert LLMJudge(judge=judge, retries=2).score([traj(r"\boxed{Paris}")]) == [1.0]
+    assert judge.calls == 3
+
+
+def test_llm_judge_dead_backend_raises():
+    judge = RuleJudgeBackend(fail_first=10)
+    with pytest.raises(MemFactoryError, match="every attempt"):
+        LLMJudge(judge=judge, retries=1).score([traj(r"\boxed{Paris}")])
+    with pytest.raises(MemFactoryError, match="needs a judge"):
+        LLMJudge().score([traj(r"\boxed{Paris}")])
+
+
+def test_llm_judge_unparseable_is_counted_not_silent(caplog):
+    judge = RuleJudgeBackend(reply="I am not sure.")
+    trajectories = [traj(r"\boxed{Paris}"), traj("")]
+    with caplog.at_level("WARNING"):
+        scores = LLMJudge(judge=judge, retries=1).score(trajectories)
+    assert scores == [0.0, 0.0] and not any(math.isnan(s) for s in scores)
+    assert trajectories[0].counters == {"judge_failures": 1.0}
+    assert trajectories[1].counters == {}  # nothing to judge: no failure
+    assert judge.calls == 2
+    assert "judge_failures" in caplog.text
+
+
+def test_llm_judge_with_a_real_random_model_counts_failures(tiny_backend):
+    """A random-init transformers model as judge writes gibberish: each unparsed verdict is counted."""
+    trajectories = [traj(r"\boxed{Paris}"), traj(r"\boxed{Rome}")]
+    scores = LLMJudge(judge=tiny_backend, retries=0, max_new_tokens=4).score(trajectories)
+    for s, t in zip(scores, trajectories):
+        if "judge_failures" in t.counters:
+            assert s == 0.0 and t.counters["judge_failures"] == 1.0
+        else:  # the rare parsed verdict must be a real 0/1
+            assert s in (0.0, 1.0)
+    assert sum(t.counters.get("judge_failures", 0) for t in trajectories) >= 1
