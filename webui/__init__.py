@@ -1,0 +1,15 @@
+"""MemFactory's web UI (Gradio): ``from webui import build_app, launch``."""
+
+from __future__ import annotations
+
+
+def build_app():
+    from webui.app import build_app as build
+
+    return build()
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    from webui.app import launch as run
+
+    run(host, port, share)

@@ -67,15 +67,20 @@ def field_specs(model: type[BaseModel], overrides: dict[str, dict[str, Any]] | N
         info = field.description or ""
         if required:
             info = f"{info} (required)".strip()
-        spec = FieldSpec(name, kind, to_widget(kind, default), required, optional, info, choices)
+        spec = FieldSpec(name, kind, to_widget(kind, default, optional), required, optional, info, choices)
         if overrides and name in overrides:
             spec = FieldSpec(**{**spec.__dict__, **overrides[name]})
         specs.append(spec)
     return specs
 
 
-def to_widget(kind: Kind, value: Any) -> Any:
-    """A data value as the widget shows it (YAML text for structured values, "" for a missing str)."""
+def to_widget(kind: Kind, value: Any, optional: bool = False) -> Any:
+    """A data value as the widget shows it (YAML text for structured values, "" for a missing str).
+
+    An optional number is drawn as a text box (a number widget cannot be left unset): "" means None.
+    """
+    if kind in ("int", "float") and optional:
+        return "" if value is None else str(value)
     if kind == "yaml":
         if value is None or value is PydanticUndefined:
             return ""
@@ -111,7 +116,10 @@ def from_widget(spec: FieldSpec, value: Any) -> Any:
     if spec.kind in ("int", "float"):
         if value is None or value == "":
             return None if spec.optional else MISSING
-        number = float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FieldValueError(f"expected a number, got {value!r}") from None
         if spec.kind == "int" and number.is_integer():
             return int(number)
         return number  # pydantic reports a fractional int with the field path
@@ -161,4 +169,5 @@ def values_to_dict(specs: list[FieldSpec], values: list[Any]) -> tuple[dict[str,
 
 def dict_to_values(specs: list[FieldSpec], data: dict[str, Any]) -> list[Any]:
     """A stored options dict -> widget values (defaults for keys it does not set)."""
-    return [to_widget(spec.kind, data[spec.name]) if spec.name in data else spec.default for spec in specs]
+    return [to_widget(spec.kind, data[spec.name], spec.optional) if spec.name in data else spec.default
+            for spec in specs]

@@ -11,8 +11,8 @@ from typing import Any
 LOCALES = {"en": "English", "zh": "中文"}
 
 TEXT: dict[str, dict[str, str]] = {
-    "title": {"en": "# 🧠 MemFactory — a workbench for memory agents",
-              "zh": "# 🧠 MemFactory — 记忆智能体工作台"},
+    "title": {"en": "# MemFactory — a workbench for memory agents",
+              "zh": "# MemFactory — 记忆智能体工作台"},
     "lang": {"en": "Language", "zh": "语言"},
     "tab.assemble": {"en": "Assemble", "zh": "组装"},
     "tab.runs": {"en": "Runs", "zh": "运行记录"},

@@ -243,10 +243,10 @@ def to_values(form: PresetForm, data: dict[str, Any]) -> tuple[list[Any], list[s
             continue
         found = _lookup(data, item.path)
         if found is not MISSING:
-            values[i] = to_widget(item.spec.kind, found)
+            values[i] = to_widget(item.spec.kind, found, item.spec.optional)
             used.add(item.path)
         elif item.spec.optional:
-            values[i] = to_widget(item.spec.kind, None)
+            values[i] = to_widget(item.spec.kind, None, True)
     notes = [f"{'.'.join(path)}: not shown in the form" for path in _leaves(data) if not _covered(path, used)]
     if agent is not None and agent not in form.agents:
         notes.append(f"agent {agent!r} is not registered")

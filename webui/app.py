@@ -1,0 +1,82 @@
+"""The web UI: one ``gr.Blocks`` with a locale switch and one tab per module in ``webui/tabs/``.
+
+A tab that fails to import or build (say, a half-finished component) becomes a tab showing the
+error instead of taking the whole UI down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import traceback
+
+import gradio as gr
+
+from memfactory.paths import assets_dir
+from webui.i18n import LOCALES, Labels, t
+from webui.tabs import UIContext
+
+log = logging.getLogger(__name__)
+
+
+def tab_modules() -> list:
+    """Modules under ``webui/tabs/`` that define ``build(ctx)``, ordered by their ``ORDER``."""
+    import webui.tabs as tabs
+
+    modules, failures = [], []
+    for info in pkgutil.iter_modules(tabs.__path__):
+        try:
+            module = importlib.import_module(f"webui.tabs.{info.name}")
+        except Exception:  # noqa: BLE001 - shown in the UI, the other tabs still work
+            failures.append((info.name, traceback.format_exc()))
+            continue
+        if hasattr(module, "build"):
+            modules.append(module)
+    modules.sort(key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
+    return modules + [_failed_tab(name, text) for name, text in failures]
+
+
+class _failed_tab:  # a stand-in module whose build() shows the import error
+    def __init__(self, name: str, text: str) -> None:
+        self.__name__, self.text = name, text
+
+    def build(self, ctx: UIContext) -> None:
+        raise RuntimeError(self.text)
+
+
+def build_app() -> gr.Blocks:
+    """The whole UI (not launched): tabs discovered from ``webui/tabs/``."""
+    labels = Labels()
+    with gr.Blocks(title="MemFactory") as demo:
+        with gr.Row(equal_height=True):
+            title = gr.Markdown(t("title"), elem_id="mf-title")
+            labels.add(title, "title", "value")
+            lang = gr.Dropdown(choices=[(name, code) for code, name in LOCALES.items()], value="en",
+                               label=t("lang"), elem_id="mf-lang", scale=0, min_width=140)
+            labels.add(lang, "lang")
+        ctx = UIContext(demo=demo, labels=labels)
+        with gr.Tabs(elem_id="mf-tabs"):
+            for module in tab_modules():
+                try:
+                    module.build(ctx)
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("tab %s failed", module.__name__)
+                    name = module.__name__.rsplit(".", 1)[-1]
+                    with gr.Tab(f"⚠️ {name}"):
+                        gr.Markdown(f"This tab failed to load:\n\n```\n{exc}\n```")
+        lang.change(labels.updates, lang, labels.components, show_progress="hidden")
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    demo = build_app()
+    css = assets_dir() / "style.css"
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        theme=gr.themes.Soft(),
+        css_paths=[css] if css.is_file() else None,
+        footer_links=["api", "settings"],
+    )

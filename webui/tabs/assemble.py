@@ -1,0 +1,289 @@
+"""Assemble tab: build a preset from dropdowns and schema-generated forms, preview, save, load.
+
+Every field comes from ``webui.preset_form.build_form()`` (registry + pydantic schemas); this file
+only draws the widgets and wires the events. Validation is ``memfactory.config.parse_preset``; each
+problem is shown inline on its widget and listed beside the preview.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from memfactory.config import load_preset, save_preset
+from memfactory.errors import ConfigError, MemFactoryError
+from webui import workspace
+from webui.i18n import t
+from webui.preset_form import AGENT_KEY, ENV_KEY, FormField, PresetForm, build_form, check, problem_fields, to_values
+from webui.tabs import UIContext
+
+ORDER = 10
+INVALID_CLASS = "mf-invalid"
+
+
+def elem_id(key: str) -> str:
+    """A stable DOM id for a field (browser tests and CSS find widgets by it)."""
+    return "mf-" + re.sub(r"[^A-Za-z0-9]+", "-", key).strip("-")
+
+
+def make_widget(item: FormField) -> Any:
+    spec = item.spec
+    common = {"label": spec.name, "info": spec.info or None, "elem_id": elem_id(item.key)}
+    if spec.kind == "choice":
+        return gr.Dropdown(choices=list(spec.choices), value=spec.default, allow_custom_value=spec.allow_custom,
+                           **common)
+    if spec.kind == "bool":
+        return gr.Checkbox(value=bool(spec.default), **common)
+    if spec.kind in ("int", "float") and spec.optional:  # gr.Number cannot hold "unset": empty text means None
+        return gr.Textbox(value=spec.default, placeholder="(none)", **common)
+    if spec.kind in ("int", "float"):
+        return gr.Number(value=spec.default, precision=0 if spec.kind == "int" else None, **common)
+    long = isinstance(spec.default, str) and ("\n" in spec.default or len(spec.default) > 80)
+    return gr.Textbox(value=spec.default, lines=4 if long else 1, max_lines=12, **common)
+
+
+# --------------------------------------------------------------------------- handler logic (no widgets)
+
+
+def problems_markdown(problems: list[tuple[str, str]], lang: str = "en") -> str:
+    if not problems:
+        return t("valid", lang)
+    lines = [f"- `{path or '(top level)'}`: {message}" for path, message in problems]
+    return "❌ **Invalid preset**\n\n" + "\n".join(lines)
+
+
+def file_stem(save_name: str, data: dict[str, Any]) -> str:
+    return (save_name or "").strip().removesuffix(".yaml") or str(data.get("name") or "preset")
+
+
+def cli_command(stem: str) -> str:
+    return f"memfactory train presets/{stem}.yaml"
+
+
+def download_file(stem: str, text: str) -> str:
+    """The YAML in a temp file named after the preset (content-addressed, so sessions never clash)."""
+    try:
+        stem = workspace.check_name(stem)
+    except MemFactoryError:
+        stem = "preset"
+    folder = Path(tempfile.gettempdir()) / "memfactory-ui" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def save(form: PresetForm, values: list[Any], save_name: str, overwrite: bool) -> tuple[Path, str]:
+    """Validate and write ``presets/<name>.yaml``; raises MemFactoryError with a readable reason."""
+    data, preset, problems = check(form, values)
+    if preset is None:
+        raise ConfigError("<assemble>", problems)
+    path = workspace.preset_path(file_stem(save_name, data))
+    if path.exists() and not overwrite:
+        raise MemFactoryError(f"{path.name} already exists; tick 'Overwrite' to replace it")
+    save_preset(preset, path)
+    return path, preset.to_yaml()
+
+
+def load(form: PresetForm, name: str) -> tuple[list[Any], list[str], Path]:
+    """Widget values for a saved preset, with notes (validation problems, fields the form cannot show)."""
+    path = workspace.find_preset(name)
+    notes: list[str] = []
+    try:
+        data = load_preset(path).model_dump(mode="json", exclude_none=True)
+    except ConfigError as exc:  # still show what it holds, so it can be fixed in the form
+        notes += [f"{p or '(top level)'}: {m}" for p, m in exc.problems]
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise
+    values, more = to_values(form, data)
+    return values, notes + more, path
+
+
+# --------------------------------------------------------------------------- the tab
+
+
+def build(ctx: UIContext) -> None:
+    form = build_form()
+    labels = ctx.labels
+    widgets: list[Any] = [None] * len(form.fields)
+    groups: list[tuple[Any, tuple]] = []
+    pending = set(range(len(form.fields)))
+    defaults = form.defaults()
+
+    def draw(predicate, per_row: int = 3) -> None:
+        chosen = [i for i in sorted(pending) if predicate(form.fields[i])]
+        for start in range(0, len(chosen), per_row):
+            with gr.Row():
+                for i in chosen[start:start + per_row]:
+                    widgets[i] = make_widget(form.fields[i])
+                    pending.discard(i)
+
+    def key(k: str):
+        return lambda item: item.key == k
+
+    def prefix(p: str):
+        return lambda item: item.key.startswith(p)
+
+    with gr.Tab(t("tab.assemble"), id="assemble", elem_id="mf-tab-assemble") as tab:
+        labels.add(tab, "tab.assemble")
+        if form.empty_kinds:
+            labels.add(gr.Markdown(t("empty_registry", kinds=", ".join(form.empty_kinds)), elem_id="mf-empty-registry"),
+                       "empty_registry", "value", kinds=", ".join(form.empty_kinds))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                labels.add(gr.Markdown(t("section.preset")), "section.preset", "value")
+                draw(lambda item: item.key in ("name", "description"), per_row=2)
+                labels.add(widgets[form.index("name")], "preset_name")
+                labels.add(widgets[form.index("description")], "description")
+
+                labels.add(gr.Markdown(t("section.agent")), "section.agent", "value")
+                draw(key(AGENT_KEY))
+                labels.add(widgets[form.index(AGENT_KEY)], "agent")
+                for agent, slots in form.agents.items():
+                    scope = ((AGENT_KEY, agent),)
+                    with gr.Group(visible=form.scope_active(scope, defaults)) as group:
+                        groups.append((group, scope))
+                        for slot, allowed in slots.items():
+                            slot_key = f"slot:{agent}:{slot}"
+                            draw(key(slot_key))
+                            for module in allowed:
+                                scope = ((AGENT_KEY, agent), (slot_key, module))
+                                with gr.Group(visible=form.scope_active(scope, defaults)) as sub:
+                                    groups.append((sub, scope))
+                                    draw(prefix(f"module:{agent}:{slot}:{module}."))
+                        if any(item.key.startswith(f"agent_options:{agent}.") for item in form.fields):
+                            with gr.Accordion(t("section.agent_options"), open=False) as acc:
+                                labels.add(acc, "section.agent_options")
+                                draw(prefix(f"agent_options:{agent}."))
+
+                labels.add(gr.Markdown(t("section.model")), "section.model", "value")
+                draw(lambda item: item.key in ("model.backend", "model.path"), per_row=2)
+                labels.add(widgets[form.index("model.backend")], "backend")
+                labels.add(widgets[form.index("model.path")], "model_path")
+                with gr.Accordion("model options", open=False):
+                    draw(prefix("model."))
+
+                labels.add(gr.Markdown(t("section.env")), "section.env", "value")
+                draw(key(ENV_KEY))
+                labels.add(widgets[form.index(ENV_KEY)], "env")
+                for env in form.envs:
+                    scope = ((ENV_KEY, env),)
+                    with gr.Group(visible=form.scope_active(scope, defaults)) as group:
+                        groups.append((group, scope))
+                        draw(prefix(f"env:{env}."))
+
+                labels.add(gr.Markdown(t("section.rewards")), "section.rewards", "value")
+                for reward in form.rewards:
+                    with gr.Row():
+                        for i in (form.index(f"reward_on:{reward}"), form.index(f"reward:{reward}")):
+                            widgets[i] = make_widget(form.fields[i])
+                            pending.discard(i)
+
+                with gr.Accordion(t("section.trainer"), open=False, elem_id="mf-acc-trainer") as acc:
+                    labels.add(acc, "section.trainer")
+                    draw(prefix("trainer."), per_row=4)
+                with gr.Accordion(t("section.logging"), open=False) as acc:
+                    labels.add(acc, "section.logging")
+                    draw(prefix("logging."), per_row=4)
+                draw(lambda item: True)  # anything a new schema adds that has no place above
+
+            with gr.Column(scale=2):
+                problems_md = gr.Markdown(elem_id="mf-problems")
+                labels.add(problems_md, "problems", "label")
+                yaml_code = gr.Code(language="yaml", label=t("yaml"), elem_id="mf-yaml", interactive=False)
+                labels.add(yaml_code, "yaml")
+                cli = gr.Textbox(label=t("cli"), elem_id="mf-cli", interactive=False)
+                labels.add(cli, "cli")
+                download = gr.DownloadButton(t("download"), elem_id="mf-download", interactive=False)
+                labels.add(download, "download", "value")
+                with gr.Group():
+                    save_name = gr.Textbox(label=t("save_name"), placeholder="my_preset", elem_id="mf-save-name")
+                    labels.add(save_name, "save_name")
+                    overwrite = gr.Checkbox(label=t("overwrite"), value=False, elem_id="mf-overwrite")
+                    labels.add(overwrite, "overwrite")
+                    save_btn = gr.Button(t("save"), variant="primary", elem_id="mf-save")
+                    labels.add(save_btn, "save", "value")
+                with gr.Group():
+                    with gr.Row():
+                        choices = gr.Dropdown(choices=workspace.list_presets(), value=None, label=t("load_choice"),
+                                              elem_id="mf-load-choice", scale=3)
+                        labels.add(choices, "load_choice")
+                        refresh_btn = gr.Button(t("refresh"), elem_id="mf-refresh", scale=1)
+                        labels.add(refresh_btn, "refresh", "value")
+                    load_btn = gr.Button(t("load"), elem_id="mf-load")
+                    labels.add(load_btn, "load", "value")
+                status = gr.Markdown(elem_id="mf-status")
+    ctx.shared["preset_choices"] = choices
+    flagged = gr.State({})
+    infos = [item.spec.info or None for item in form.fields]
+    n = len(widgets)
+
+    def preview(*args: Any):
+        values, save_as, previous = list(args[:n]), args[n], args[n + 1]
+        data, preset, problems = check(form, values)
+        stem = file_stem(save_as, data)
+        text = preset.to_yaml() if preset else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        marks = problem_fields(form, values, problems)
+        updates = []
+        for i in range(n):
+            if i in marks and previous.get(i) != marks[i]:
+                updates.append(gr.update(info=f"⚠️ {marks[i]}", elem_classes=[INVALID_CLASS]))
+            elif i not in marks and i in previous:
+                updates.append(gr.update(info=infos[i], elem_classes=[]))
+            else:
+                updates.append(gr.skip())
+        file_update = (gr.update(value=download_file(stem, text), interactive=True) if preset
+                       else gr.update(value=None, interactive=False))
+        return [problems_markdown(problems), text, cli_command(stem), file_update, marks, *updates]
+
+    preview_outputs = [problems_md, yaml_code, cli, download, flagged, *widgets]
+    preview_inputs = [*widgets, save_name, flagged]
+    gr.on([w.change for w in widgets] + [save_name.change], preview, preview_inputs, preview_outputs,
+          trigger_mode="always_last", show_progress="hidden")
+    ctx.demo.load(preview, preview_inputs, preview_outputs, show_progress="hidden")
+
+    def visibility(*values: Any):
+        return [gr.update(visible=form.scope_active(scope, list(values))) for _, scope in groups]
+
+    controllers = [widgets[i] for i, item in enumerate(form.fields)
+                   if item.key in (AGENT_KEY, ENV_KEY) or item.key.startswith("slot:")]
+    group_outputs = [g for g, _ in groups]
+    if group_outputs:
+        gr.on([c.change for c in controllers], visibility, widgets, group_outputs, show_progress="hidden")
+        ctx.demo.load(visibility, widgets, group_outputs, show_progress="hidden")
+
+    def on_save(*args: Any):
+        values, save_as, replace = list(args[:n]), args[n], args[n + 1]
+        try:
+            path, _ = save(form, values, save_as, bool(replace))
+        except MemFactoryError as exc:
+            gr.Warning(str(exc).splitlines()[0])
+            return f"❌ {exc}".replace("\n", "  \n"), gr.update()
+        gr.Info(f"saved {path.name}")
+        return f"✅ saved `{path}`", gr.update(choices=workspace.list_presets(), value=path.stem)
+
+    save_btn.click(on_save, [*widgets, save_name, overwrite], [status, choices])
+
+    def on_load(name: str):
+        if not name:
+            return ["⚠️ choose a saved preset first", gr.update(), *[gr.skip()] * n]
+        try:
+            values, notes, path = load(form, name)
+        except (MemFactoryError, OSError, yaml.YAMLError) as exc:
+            gr.Warning(str(exc).splitlines()[0])
+            return [f"❌ {exc}", gr.update(), *[gr.skip()] * n]
+        message = f"📂 loaded `{path}`"
+        if notes:
+            message += "\n\n" + "\n".join(f"- {note}" for note in notes)
+        return [message, path.stem, *values]
+
+    load_btn.click(on_load, choices, [status, save_name, *widgets])
+    refresh_btn.click(lambda: gr.update(choices=workspace.list_presets()), None, choices)
+    ctx.demo.load(lambda: gr.update(choices=workspace.list_presets()), None, choices)
