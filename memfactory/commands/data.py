@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--n", type=int, default=None, help="number of samples (default 128; docqa 64)")
     synth.add_argument("--docs", type=int, default=50, help="hotpotqa: documents per question")
     synth.add_argument("--length", type=int, default=16384, help="fwe: context length in tokens")
-    synth.add_argument("--tokenizer", default=None, help="fwe: local tokenizer folder to measure length (default ~4 chars/token)")
+    synth.add_argument(
+        "--tokenizer", default=None, help="fwe: local tokenizer folder to measure length (default ~4 chars/token)"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True, help="output .json or .jsonl file")
     synth.set_defaults(func=run_synth)
@@ -25,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download = sub.add_parser("download", help="download a public data set (needs internet)")
     download.add_argument("dataset", choices=["memagent"], help="MemAgent's BytedTsinghua-SIA/hotpotqa")
     download.add_argument("--to", required=True, help="target folder (use it as env.data_dir)")
-    download.add_argument("--files", nargs="*", default=None, help="file patterns (default: eval_50/100/200.json and *.parquet)")
+    download.add_argument(
+        "--files", nargs="*", default=None, help="file patterns (default: eval_50/100/200.json and *.parquet)"
+    )
     download.set_defaults(func=run_download)
 
     check = sub.add_parser("check", help="validate a data file and summarise it")
@@ -58,7 +62,7 @@ def _load_tokenizer(folder: str):
 
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  transformers raises OSError, ValueError, ...
         raise MemFactoryError(f"cannot load a tokenizer from {folder}: {exc}") from None
 
 
@@ -77,8 +81,10 @@ def run_check(args: argparse.Namespace) -> int:
     samples = load_samples(args.path)
     formats = Counter(s.meta.get("format", "?") for s in samples)
     chars = [len(s.context) for s in samples]
-    print(f"{args.path}: {len(samples)} samples ({', '.join(f'{k} {v}' for k, v in formats.items())}); "
-          f"context {min(chars)}-{max(chars)} chars, mean {sum(chars) // len(chars)}")
+    print(
+        f"{args.path}: {len(samples)} samples ({', '.join(f'{k} {v}' for k, v in formats.items())}); "
+        f"context {min(chars)}-{max(chars)} chars, mean {sum(chars) // len(chars)}"
+    )
     first = samples[0]
     print(f"first: {first.id}: {first.question[:100]!r} -> {first.answers}")
     return 0

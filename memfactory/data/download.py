@@ -21,7 +21,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def download_memagent(to_dir: str | Path, patterns: list[str] | None = None, repo_id: str = MEMAGENT_REPO) -> list[Path]:
+def download_memagent(
+    to_dir: str | Path, patterns: list[str] | None = None, repo_id: str = MEMAGENT_REPO
+) -> list[Path]:
     """Download the matching files of MemAgent's data set into ``to_dir``; returns their paths."""
     to_dir = Path(to_dir)
     if _offline():
@@ -34,12 +36,16 @@ def download_memagent(to_dir: str | Path, patterns: list[str] | None = None, rep
     except ImportError:  # pragma: no cover - a declared dependency
         raise MemFactoryError("huggingface_hub is not installed; `pip install huggingface-hub`") from None
     try:
-        snapshot_download(repo_id, repo_type="dataset", local_dir=str(to_dir), allow_patterns=patterns or DEFAULT_PATTERNS)
-    except Exception as exc:  # connection, DNS, 404, offline-mode errors all mean "could not fetch"
+        snapshot_download(
+            repo_id, repo_type="dataset", local_dir=str(to_dir), allow_patterns=patterns or DEFAULT_PATTERNS
+        )
+    except Exception as exc:  # noqa: BLE001  connection, DNS, 404, offline-mode errors all mean "could not fetch"
         kind = type(exc).__name__
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise MemFactoryError(f"could not download {repo_id} into {to_dir} ({kind}: {first[:200]}); "
-                              "check the internet connection or HF_ENDPOINT") from None
+        raise MemFactoryError(
+            f"could not download {repo_id} into {to_dir} ({kind}: {first[:200]}); "
+            "check the internet connection or HF_ENDPOINT"
+        ) from None
     files = sorted(p for p in to_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".parquet"))
     if not files:
         raise MemFactoryError(f"{repo_id}: no files matched {patterns or DEFAULT_PATTERNS}")

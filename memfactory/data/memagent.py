@@ -18,8 +18,9 @@ than surfacing later as a KeyError deep inside a rollout.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from memfactory.errors import DataError
 from memfactory.types import Sample
@@ -56,7 +57,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(name, f"malformed JSON on line {lineno}: {exc.msg} (column {exc.colno})", record=len(records)) from None
+                raise DataError(
+                    name, f"malformed JSON on line {lineno}: {exc.msg} (column {exc.colno})", record=len(records)
+                ) from None
     else:
         try:
             records = json.loads(text)
@@ -79,7 +82,7 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
 
     try:
         frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
+    except Exception as exc:  # noqa: BLE001  pyarrow raises several unrelated types for a corrupt file
         raise DataError(str(path), f"unreadable parquet file: {exc}") from None
     if frame.empty:
         raise DataError(str(path), "the file holds no records")
@@ -128,7 +131,9 @@ class _Checker:
     def _missing(self, field: str) -> Any:
         raise self.fail(field, "missing field")
 
-    def text(self, field: str, source: dict[str, Any] | None = None, *, prefix: str = "", empty_ok: bool = False) -> str:
+    def text(
+        self, field: str, source: dict[str, Any] | None = None, *, prefix: str = "", empty_ok: bool = False
+    ) -> str:
         value = self.get(field, source, prefix=prefix)
         if not isinstance(value, str):
             raise self.fail(prefix + field, f"expected a string, got {type(value).__name__}")
@@ -163,7 +168,9 @@ class _Checker:
             out.append(item)
         return out
 
-    def integer(self, field: str, source: dict[str, Any] | None = None, *, prefix: str = "", default: int | None = None) -> int | None:
+    def integer(
+        self, field: str, source: dict[str, Any] | None = None, *, prefix: str = "", default: int | None = None
+    ) -> int | None:
         source = self.record if source is None else source
         value = source.get(field)
         if value is None:
@@ -185,7 +192,9 @@ def _hotpotqa(c: _Checker, stem: str, i: int) -> Sample:
     meta: dict[str, Any] = {"format": "hotpotqa", "index": index, "source": stem}
     if num_docs is not None:
         meta["num_docs"] = num_docs
-    return Sample(id=f"{stem}-{index}", question=c.text("input"), answers=c.answers("answers"), context=c.context(), meta=meta)
+    return Sample(
+        id=f"{stem}-{index}", question=c.text("input"), answers=c.answers("answers"), context=c.context(), meta=meta
+    )
 
 
 def _ruler(c: _Checker, stem: str, i: int) -> Sample:
@@ -200,7 +209,9 @@ def _ruler(c: _Checker, stem: str, i: int) -> Sample:
     length = c.integer("length")
     if length is not None:
         meta["length"] = length
-    return Sample(id=f"{stem}-{index}", question=c.text("input"), answers=c.answers("outputs"), context=c.context(), meta=meta)
+    return Sample(
+        id=f"{stem}-{index}", question=c.text("input"), answers=c.answers("outputs"), context=c.context(), meta=meta
+    )
 
 
 def _verl(c: _Checker, stem: str, i: int) -> Sample:
@@ -230,16 +241,18 @@ def _question_from_prompt(c: _Checker) -> str:
     if not isinstance(prompt, list) or not prompt:
         raise c.fail("prompt", "expected a non-empty chat list (no extra_info.question either)")
     for message in reversed(prompt):
-        if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
-            if message["content"].strip():
-                return message["content"]
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(message, dict) and message.get("role") == "user" and isinstance(content, str) and content.strip():
+            return content
     raise c.fail("prompt", "no user message with text")
 
 
 _BUILDERS = {"hotpotqa": _hotpotqa, "ruler": _ruler, "verl": _verl}
 
 
-def records_to_samples(records: Iterable[dict[str, Any]], source: str = "<records>", fmt: str | None = None) -> list[Sample]:
+def records_to_samples(
+    records: Iterable[dict[str, Any]], source: str = "<records>", fmt: str | None = None
+) -> list[Sample]:
     """Validate and convert raw records; ``fmt`` forces a shape, else it is read off record 0."""
     records = list(records)
     if not records:
@@ -303,7 +316,9 @@ def find_eval_set(name: str, data_dir: str | Path | None = "data") -> Path:
             candidate = folder / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate
-    available = sorted({p.stem for folder in searched if folder.is_dir() for p in folder.iterdir() if p.suffix in SUFFIXES})
+    available = sorted(
+        {p.stem for folder in searched if folder.is_dir() for p in folder.iterdir() if p.suffix in SUFFIXES}
+    )
     where = ", ".join(str(p) for p in searched)
     hint = f" Available: {', '.join(available)}." if available else ""
     raise DataError(

@@ -57,7 +57,30 @@ def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
 
 # --------------------------------------------------------------------------- invented names
 
-_ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s", "st", "t", "th", "v", "w", "z"]
+_ONSETS = [
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "w",
+    "z",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ia", "ou"]
 _CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk", "m", "x"]
 
@@ -70,7 +93,9 @@ class _Names:
         self.used: set[str] = set()
 
     def word(self, syllables: int) -> str:
-        parts = [self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)]
+        parts = [
+            self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)
+        ]
         return "".join(parts).capitalize()
 
     def unique(self, make: Callable[[], str]) -> str:
@@ -88,21 +113,73 @@ class _Names:
         return self.unique(lambda: self.word(self.rng.choice([2, 3])))
 
     def org(self) -> str:
-        kind = self.rng.choice(["Dynamics", "Works", "Institute", "Holdings", "Laboratories", "Press", "Guild", "Foundry"])
+        kind = self.rng.choice(
+            ["Dynamics", "Works", "Institute", "Holdings", "Laboratories", "Press", "Guild", "Foundry"]
+        )
         return self.unique(lambda: f"{self.word(2)} {kind}")
 
 
-_PROFESSIONS = ["architect", "botanist", "cartographer", "chemist", "composer", "engineer", "historian", "journalist",
-                "linguist", "mathematician", "novelist", "painter", "physician", "sculptor", "surveyor", "astronomer"]
-_INDUSTRIES = ["shipbuilding", "textile", "publishing", "software", "mining", "aviation", "brewing", "glassmaking",
-               "railway", "pharmaceutical", "instrument-making", "farming"]
-_TOPICS = ["tidal energy", "medieval trade routes", "alpine flora", "choral music", "bridge design", "folk songs",
-           "coastal erosion", "early printing", "weather records", "clockwork", "migratory birds", "ceramics"]
-_LANDMARKS = ["an old stone bridge", "a covered market", "a lighthouse", "a cathedral", "a botanical garden",
-              "a harbour fortress", "a clock tower", "a public library"]
+_PROFESSIONS = [
+    "architect",
+    "botanist",
+    "cartographer",
+    "chemist",
+    "composer",
+    "engineer",
+    "historian",
+    "journalist",
+    "linguist",
+    "mathematician",
+    "novelist",
+    "painter",
+    "physician",
+    "sculptor",
+    "surveyor",
+    "astronomer",
+]
+_INDUSTRIES = [
+    "shipbuilding",
+    "textile",
+    "publishing",
+    "software",
+    "mining",
+    "aviation",
+    "brewing",
+    "glassmaking",
+    "railway",
+    "pharmaceutical",
+    "instrument-making",
+    "farming",
+]
+_TOPICS = [
+    "tidal energy",
+    "medieval trade routes",
+    "alpine flora",
+    "choral music",
+    "bridge design",
+    "folk songs",
+    "coastal erosion",
+    "early printing",
+    "weather records",
+    "clockwork",
+    "migratory birds",
+    "ceramics",
+]
+_LANDMARKS = [
+    "an old stone bridge",
+    "a covered market",
+    "a lighthouse",
+    "a cathedral",
+    "a botanical garden",
+    "a harbour fortress",
+    "a clock tower",
+    "a public library",
+]
 
 
-def _knowledge_base(rng: random.Random, names: _Names, people: int, cities: int, orgs: int, countries: list[str]) -> dict:
+def _knowledge_base(
+    rng: random.Random, names: _Names, people: int, cities: int, orgs: int, countries: list[str]
+) -> dict:
     kb: dict[str, dict[str, dict[str, Any]]] = {"country": {}, "city": {}, "person": {}, "org": {}}
     for country in countries:
         kb["country"].setdefault(country, {"name": country})
@@ -203,14 +280,28 @@ def gen_hotpotqa(n: int = 128, seed: int = 0, docs: int = 50) -> list[dict[str, 
         first = kb[first_kind][rng.choice(sorted(kb[first_kind]))]
         bridge = kb[bridge_kind][first[relation]]
         answer = str(bridge[fact])
-        questions.append((index, template.format(x=first["name"]), answer, (first_kind, first["name"]), (bridge_kind, bridge["name"])))
+        questions.append(
+            (
+                index,
+                template.format(x=first["name"]),
+                answer,
+                (first_kind, first["name"]),
+                (bridge_kind, bridge["name"]),
+            )
+        )
     pool = [(kind, name) for kind in ("person", "city", "org", "country") for name in kb[kind]]
     if len(pool) < docs:
         filler_rng = random.Random(f"{seed}-filler-{docs}")
         filler_names = _Names(filler_rng)
         filler_names.used = set(names.used)  # never reuse a name with different facts
-        extra = _knowledge_base(filler_rng, filler_names, people=docs // 3 + 1, cities=docs // 3 + 1,
-                                orgs=docs // 3 + 1, countries=countries)
+        extra = _knowledge_base(
+            filler_rng,
+            filler_names,
+            people=docs // 3 + 1,
+            cities=docs // 3 + 1,
+            orgs=docs // 3 + 1,
+            countries=countries,
+        )
         for kind in ("person", "city", "org"):
             for name, entity in extra[kind].items():
                 kb[kind][name] = entity
@@ -221,8 +312,12 @@ def gen_hotpotqa(n: int = 128, seed: int = 0, docs: int = 50) -> list[dict[str, 
         distractors = [key for key in pool if key not in (gold_a, gold_b)]
         chosen = [gold_a, gold_b] + qrng.sample(distractors, min(docs - 2, len(distractors)))
         qrng.shuffle(chosen)
-        context = "\n\n".join(f"Document {i}:\n{_document(kind, kb[kind][name])}" for i, (kind, name) in enumerate(chosen, 1))
-        records.append({"context": context, "input": question, "answers": [answer], "num_docs": len(chosen), "index": index})
+        context = "\n\n".join(
+            f"Document {i}:\n{_document(kind, kb[kind][name])}" for i, (kind, name) in enumerate(chosen, 1)
+        )
+        records.append(
+            {"context": context, "input": question, "answers": [answer], "num_docs": len(chosen), "index": index}
+        )
     return records
 
 
@@ -243,14 +338,15 @@ ZETA_2 = math.pi**2 / 6
 
 
 def _fwe_text(vocab: list[str], num_words: int, alpha: float, rng: random.Random) -> str:
-    counts = [int(num_words * (k ** -alpha) / ZETA_2) for k in range(1, len(vocab) + 1)]
+    counts = [int(num_words * (k**-alpha) / ZETA_2) for k in range(1, len(vocab) + 1)]
     words = [w for w, c in zip(vocab, counts) for _ in range(c)]
     rng.shuffle(words)
     return " ".join(words)
 
 
-def gen_fwe(n: int = 128, seed: int = 0, length: int = 16384, tokenizer: Any = None, alpha: float = 2.0,
-            word_len: int = 6) -> list[dict[str, Any]]:
+def gen_fwe(
+    n: int = 128, seed: int = 0, length: int = 16384, tokenizer: Any = None, alpha: float = 2.0, word_len: int = 6
+) -> list[dict[str, Any]]:
     """RULER fwe records whose ``context`` (coded text) is as long as fits in ``length`` tokens."""
     if length < 64:
         raise ValueError("length must be at least 64 tokens")
@@ -268,8 +364,8 @@ def gen_fwe(n: int = 128, seed: int = 0, length: int = 16384, tokenizer: Any = N
         gold = ordered[1:4]
         shuffle_seed = rng.randrange(2**32)
 
-        def text_for(words: int) -> str:
-            return _fwe_text(ordered, words, alpha, random.Random(shuffle_seed))
+        def text_for(words: int, vocab_order: list[str] = ordered, shuffle: int = shuffle_seed) -> str:
+            return _fwe_text(vocab_order, words, alpha, random.Random(shuffle))
 
         # The largest word count whose text fits (RULER grows it in steps; a bisection is the same result).
         low, high = 4, max(8, length)
@@ -282,25 +378,83 @@ def gen_fwe(n: int = 128, seed: int = 0, length: int = 16384, tokenizer: Any = N
             else:
                 high = mid
         context = text_for(low)
-        records.append({
-            "index": index,
-            "input": FWE_INPUT,
-            "context": context,
-            "outputs": gold,
-            "answer_prefix": FWE_ANSWER_PREFIX,
-            "length": count(context),
-        })
+        records.append(
+            {
+                "index": index,
+                "input": FWE_INPUT,
+                "context": context,
+                "outputs": gold,
+                "answer_prefix": FWE_ANSWER_PREFIX,
+                "length": count(context),
+            }
+        )
     return records
 
 
 # --------------------------------------------------------------------------- docqa (CPU demo)
 
-_FIRST_NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Kate", "Liam",
-                "Maria", "Noah", "Olivia", "Peter", "Rosa", "Sam", "Tina", "Victor", "Wendy", "Yusuf", "Zoe", "Omar"]
-_CITIES = ["Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Rome", "Berlin", "Madrid", "Sydney", "Toronto", "Dublin",
-           "Vienna", "Lisbon", "Prague", "Seoul", "Nairobi", "Athens", "Boston", "Denver", "Warsaw"]
-_JOBS = ["teacher", "doctor", "pilot", "baker", "lawyer", "nurse", "farmer", "painter", "chef", "dentist", "writer",
-         "plumber"]
+_FIRST_NAMES = [
+    "Alice",
+    "Bob",
+    "Carol",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Irene",
+    "Jack",
+    "Kate",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Peter",
+    "Rosa",
+    "Sam",
+    "Tina",
+    "Victor",
+    "Wendy",
+    "Yusuf",
+    "Zoe",
+    "Omar",
+]
+_CITIES = [
+    "Paris",
+    "Tokyo",
+    "Cairo",
+    "Lima",
+    "Oslo",
+    "Rome",
+    "Berlin",
+    "Madrid",
+    "Sydney",
+    "Toronto",
+    "Dublin",
+    "Vienna",
+    "Lisbon",
+    "Prague",
+    "Seoul",
+    "Nairobi",
+    "Athens",
+    "Boston",
+    "Denver",
+    "Warsaw",
+]
+_JOBS = [
+    "teacher",
+    "doctor",
+    "pilot",
+    "baker",
+    "lawyer",
+    "nurse",
+    "farmer",
+    "painter",
+    "chef",
+    "dentist",
+    "writer",
+    "plumber",
+]
 _COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
 _PETS = ["dog", "cat", "parrot", "rabbit", "horse", "turtle", "goat", "hamster"]
 
@@ -341,7 +495,9 @@ def gen_docqa(n: int = 64, seed: int = 0, min_docs: int = 3, max_docs: int = 6) 
         answer = picked[0]
         rng.shuffle(facts)
         context = "\n".join(f"Document {i}: {line}" for i, line in enumerate(facts, 1))
-        records.append({"context": context, "input": question.format(p=target), "answers": [answer], "num_docs": k, "index": index})
+        records.append(
+            {"context": context, "input": question.format(p=target), "answers": [answer], "num_docs": k, "index": index}
+        )
     return records
 
 

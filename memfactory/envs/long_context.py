@@ -29,7 +29,9 @@ class LongContextOptions(BaseModel):
         description="Training source: a .json/.jsonl/.parquet file, or synthetic://docqa?n=64&seed=0, "
         "synthetic://hotpotqa?n=32&docs=20, synthetic://fwe?n=16&length=2048",
     )
-    eval: list[str] = Field(default_factory=list, description="Eval set names, e.g. eval_50, eval_fwe_16384, eval_docqa")
+    eval: list[str] = Field(
+        default_factory=list, description="Eval set names, e.g. eval_50, eval_fwe_16384, eval_docqa"
+    )
     data_dir: str = Field("data", description="Folder holding downloaded eval sets (then assets/data is searched)")
     eval_size: int | None = Field(None, ge=1, description="Use at most this many samples of each eval set")
     test_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of the training source held out as 'test'")
@@ -60,7 +62,10 @@ class LongContextEnv(Environment):
         samples = self._source()
         held = math.ceil(len(samples) * self.options.test_fraction) if self.options.test_fraction > 0 else 0
         if held >= len(samples):
-            raise DataError(self.options.data, f"test_fraction {self.options.test_fraction} leaves no training samples out of {len(samples)}")
+            raise DataError(
+                self.options.data,
+                f"test_fraction {self.options.test_fraction} leaves no training samples out of {len(samples)}",
+            )
         order = list(range(len(samples)))
         random.Random(self.options.seed).shuffle(order)
         test_idx = set(order[:held])

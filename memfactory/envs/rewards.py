@@ -117,7 +117,9 @@ def extract_answer_is(text: str) -> str | None:
     return rest.lstrip(":").strip()
 
 
-def extract_prediction(text: str, mode: ExtractMode = "auto", max_boxed_chars: int | None = MAX_BOXED_CHARS) -> str | None:
+def extract_prediction(
+    text: str, mode: ExtractMode = "auto", max_boxed_chars: int | None = MAX_BOXED_CHARS
+) -> str | None:
     """The answer a response gives, or None when it gives none that may be scored.
 
     ``auto``: last boxed, else after "the answer is", else the raw text; ``boxed`` / ``answer_is``
@@ -177,7 +179,11 @@ class ExactMatch(AnswerReward):
         return max(em(prediction, g) for g in golds)
 
 
-@register("reward", "sub_em", description="Sub-string exact match, gold in prediction or prediction in gold (MemAgent's headline metric)")
+@register(
+    "reward",
+    "sub_em",
+    description="Sub-string exact match, gold in prediction or prediction in gold (MemAgent's headline metric)",
+)
 class SubEM(AnswerReward):
     name = "sub_em"
 
@@ -231,7 +237,11 @@ def parse_verdict(text: str) -> bool | None:
     return None if match is None else match.group(1).lower() == "true"
 
 
-@register("reward", "llm_judge", description="An LLM compares the boxed answer with answers[0] (True/False); needs a judge backend")
+@register(
+    "reward",
+    "llm_judge",
+    description="An LLM compares the boxed answer with answers[0] (True/False); needs a judge backend",
+)
 class LLMJudge(Reward):
     """MemFactory's long-context reward: 0 without a scorable answer, else a judge's True/False.
 
@@ -253,7 +263,9 @@ class LLMJudge(Reward):
 
     def score(self, trajectories: list[Trajectory]) -> list[float]:
         if self.judge is None:
-            raise MemFactoryError("reward 'llm_judge' needs a judge backend (pass judge=<Backend> when building rewards)")
+            raise MemFactoryError(
+                "reward 'llm_judge' needs a judge backend (pass judge=<Backend> when building rewards)"
+            )
         scores = [0.0] * len(trajectories)
         pending: dict[int, ChatPrompt] = {}
         for i, trajectory in enumerate(trajectories):
@@ -271,7 +283,7 @@ class LLMJudge(Reward):
             order = list(pending)
             try:
                 generations = self.judge.generate([pending[i] for i in order], self.params)
-            except Exception as exc:  # a remote judge fails in many ways; each attempt is retried
+            except Exception as exc:  # noqa: BLE001  a remote judge fails in many ways; each attempt is retried
                 errors.append(f"{type(exc).__name__}: {exc}")
                 log.warning("judge call failed (%s); retrying", errors[-1])
                 continue
@@ -286,6 +298,11 @@ class LLMJudge(Reward):
         for i in pending:
             trajectories[i].count("judge_failures")
         if pending:
-            log.warning("judge gave no True/False verdict for %d of %d answers after %d attempts; scored 0 and "
-                        "counted in judge_failures", len(pending), len(trajectories), self.retries + 1)
+            log.warning(
+                "judge gave no True/False verdict for %d of %d answers after %d attempts; scored 0 and "
+                "counted in judge_failures",
+                len(pending),
+                len(trajectories),
+                self.retries + 1,
+            )
         return scores

@@ -132,8 +132,13 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(DataError) as info:
         load_samples(jl)
     assert "line 2" in str(info.value) and info.value.record == 1
-    for name, text, words in [("empty.json", "", "empty"), ("obj.json", '{"a": 1}', "list"), ("none.json", "[]", "no records"),
-                              ("nums.json", "[1, 2]", "object"), ("odd.json", '[{"foo": 1}]', "unrecognised")]:
+    for name, text, words in [
+        ("empty.json", "", "empty"),
+        ("obj.json", '{"a": 1}', "list"),
+        ("none.json", "[]", "no records"),
+        ("nums.json", "[1, 2]", "object"),
+        ("odd.json", '[{"foo": 1}]', "unrecognised"),
+    ]:
         (tmp_path / name).write_text(text, encoding="utf-8")
         with pytest.raises(DataError, match=words):
             load_samples(tmp_path / name)
@@ -161,6 +166,10 @@ def test_find_eval_set(tmp_path):
 
 
 def test_shipped_assets_load():
-    for name, fmt, count in [("eval_docqa", "hotpotqa", 32), ("eval_synth_20", "hotpotqa", 16), ("eval_fwe_1024", "ruler", 8)]:
+    for name, fmt, count in [
+        ("eval_docqa", "hotpotqa", 32),
+        ("eval_synth_20", "hotpotqa", 16),
+        ("eval_fwe_1024", "ruler", 8),
+    ]:
         samples = load_samples(find_eval_set(name, None))
         assert len(samples) == count and all(s.meta["format"] == fmt for s in samples)

@@ -116,7 +116,11 @@ def test_docqa_is_short_and_answerable():
         answer = r["answers"][0]
         assert len(answer.split()) <= 2
         person = re.search(r"(?:is |does |old is )?([A-Z][a-z]+)(?:'s| live| have|\?)", r["input"]).group(1)
-        mine = [line for line in lines if f" {person} " in f" {line.split(': ', 1)[1]} " or line.split(": ", 1)[1].startswith(person)]
+        mine = [
+            line
+            for line in lines
+            if f" {person} " in f" {line.split(': ', 1)[1]} " or line.split(": ", 1)[1].startswith(person)
+        ]
         assert len(mine) == 1 and answer in mine[0], (r, person)
 
 
@@ -140,7 +144,11 @@ def test_synthetic_uri():
     samples = samples_from_uri("synthetic://fwe?n=2&length=256")
     assert len(samples) == 2 and samples[0].meta["answer_prefix"] == FWE_ANSWER_PREFIX
     assert len(load_samples("synthetic://hotpotqa?n=3&docs=4")) == 3
-    for bad, words in [("synthetic://nope?n=1", "kind"), ("synthetic://docqa?docs=3", "unknown parameter"),
-                       ("synthetic://docqa?n=ten", "integer"), ("synthetic://hotpotqa?docs=1", "at least 2")]:
+    for bad, words in [
+        ("synthetic://nope?n=1", "kind"),
+        ("synthetic://docqa?docs=3", "unknown parameter"),
+        ("synthetic://docqa?n=ten", "integer"),
+        ("synthetic://hotpotqa?docs=1", "at least 2"),
+    ]:
         with pytest.raises(DataError, match=words):
             samples_from_uri(bad)

@@ -30,7 +30,9 @@ def test_train_and_test_are_disjoint_and_cover_the_source():
     assert not {s.id for s in train} & {s.id for s in test}
     assert {s.id for s in train} | {s.id for s in test} == {f"synthetic_docqa-{i}" for i in range(40)}
     # stable across calls and instances
-    assert [s.id for s in make_env(data="synthetic://docqa?n=40&seed=0", test_fraction=0.25).samples("test")] == [s.id for s in test]
+    assert [s.id for s in make_env(data="synthetic://docqa?n=40&seed=0", test_fraction=0.25).samples("test")] == [
+        s.id for s in test
+    ]
     assert len(make_env(data="synthetic://docqa?n=40", test_fraction=0.0).samples("train")) == 40
 
 
@@ -70,8 +72,12 @@ def test_file_source_and_bad_options(tmp_path):
 
 
 def preset(env: dict, rewards: dict | None = None) -> dict:
-    return {"name": "t", "agent": next(iter(REGISTRY.names("agent")), "memagent"), "env": env,
-            "rewards": rewards or {"sub_em": 1.0, "format": 0.1}}
+    return {
+        "name": "t",
+        "agent": next(iter(REGISTRY.names("agent")), "memagent"),
+        "env": env,
+        "rewards": rewards or {"sub_em": 1.0, "format": 0.1},
+    }
 
 
 def test_preset_builds_env_with_weighted_rewards():

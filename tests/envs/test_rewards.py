@@ -209,7 +209,12 @@ def test_parse_verdict():
 def test_llm_judge_scores_with_a_rule_backend():
     judge = RuleJudgeBackend()
     reward = LLMJudge(judge=judge)
-    trajectories = [traj(r"\boxed{the Paris}"), traj(r"\boxed{Rome}"), traj("no box, just Paris?"), traj(r"\boxed{Paris")]
+    trajectories = [
+        traj(r"\boxed{the Paris}"),
+        traj(r"\boxed{Rome}"),
+        traj("no box, just Paris?"),
+        traj(r"\boxed{Paris"),
+    ]
     assert reward.score(trajectories) == [1.0, 0.0, 0.0, 0.0]
     # one batched request, only for scorable answers; the raw answer is still judged
     assert judge.calls == 1 and len(judge.prompts) == 3
