@@ -16,12 +16,9 @@ from memfactory.tracking.runs import RunRecord, RunsDB
 
 
 def _default_db() -> str:
-    try:
-        from memfactory.config import LoggingConfig
+    from memfactory.config import LoggingConfig
 
-        return LoggingConfig().runs_db
-    except Exception:  # config not importable: fall back to the documented default
-        return "runs/memfactory.db"
+    return LoggingConfig().runs_db
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,9 +22,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memfactory.errors import MemFactoryError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class SwanLabSink:
             raise ValueError("offline/local SwanLab logging needs a logdir inside the run folder")
         try:
             self._run = self._start(project, run_name, config or {})
-        except Exception as exc:  # any failure: warn and train without SwanLab
+        except Exception as exc:  # noqa: BLE001 - any failure: warn and train without SwanLab
             self._disable(f"SwanLab could not start in {mode} mode ({type(exc).__name__}: {exc})")
 
     @property
@@ -72,7 +75,7 @@ class SwanLabSink:
         """The SwanLab run folder (``logdir/run-*``) while active, else None."""
         try:
             return Path(self._run.dir) if self._run is not None else None
-        except Exception:
+        except (AttributeError, AssertionError):
             return None
 
     def _start(self, project: str, run_name: str, config: dict[str, Any]):
@@ -80,7 +83,9 @@ class SwanLabSink:
 
         mode = {"cloud": "online"}.get(self.mode, self.mode)
         if mode == "local" and importlib.util.find_spec("swanboard") is None:
-            log.info("swanboard is not installed: SwanLab 'local' logs like 'offline' (pip install 'swanlab[dashboard]')")
+            log.info(
+                "swanboard is not installed: SwanLab 'local' logs like 'offline' (pip install 'swanlab[dashboard]')"
+            )
             mode = "offline"
         settings = swanlab.Settings(
             interactive=False,
@@ -108,8 +113,8 @@ class SwanLabSink:
         if run is not None:
             try:
                 run.finish()
-            except Exception:  # already broken; nothing more to do
-                pass
+            except Exception as exc:  # noqa: BLE001 - already broken; nothing more to do
+                log.debug("SwanLab finish after a failure also failed: %s", exc)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Log the finite numeric values of ``metrics`` at ``step`` (others are skipped)."""
@@ -129,7 +134,7 @@ class SwanLabSink:
             return
         try:
             self._run.log(scalars, step=int(step))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logging must never stop training
             self._disable(f"SwanLab logging failed at step {step} ({type(exc).__name__}: {exc})")
 
     def finish(self, state: str = "success", error: str | None = None) -> None:
@@ -139,10 +144,10 @@ class SwanLabSink:
             return
         try:
             run.finish(state=state, error=error)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - finishing must never fail the run
             log.warning("SwanLab did not finish cleanly: %s", exc)
 
-    def __enter__(self) -> SwanLabSink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

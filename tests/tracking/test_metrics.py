@@ -57,15 +57,17 @@ def test_a_reader_in_another_process_sees_steps_while_they_are_written(tmp_path)
         [
             sys.executable,
             "-c",
-            "import sys, time\n"
-            "from memfactory.tracking.metrics import read_metrics\n"
-            "line, seen = 0, []\n"
-            "deadline = time.time() + 30\n"
-            "while len(seen) < 5 and time.time() < deadline:\n"
-            "    records, line = read_metrics(sys.argv[1], line)\n"
-            "    seen += [r['step'] for r in records]\n"
-            "    time.sleep(0.01)\n"
-            "print(seen)\n",
+            (
+                "import sys, time\n"
+                "from memfactory.tracking.metrics import read_metrics\n"
+                "line, seen = 0, []\n"
+                "deadline = time.time() + 30\n"
+                "while len(seen) < 5 and time.time() < deadline:\n"
+                "    records, line = read_metrics(sys.argv[1], line)\n"
+                "    seen += [r['step'] for r in records]\n"
+                "    time.sleep(0.01)\n"
+                "print(seen)\n"
+            ),
             str(run.metrics_path),
         ],
         stdout=subprocess.PIPE,

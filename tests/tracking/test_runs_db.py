@@ -7,6 +7,8 @@ import multiprocessing as mp
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -21,7 +23,6 @@ def _db(tmp_path) -> RunsDB:
 def test_run_ids_sort_by_creation_time_and_carry_the_name():
     first = new_run_id("MemAgent tiny/CPU")
     assert "memagent-tiny-cpu" in first
-    import time
 
     time.sleep(1.05)
     second = new_run_id("aaa")  # a name that sorts before the first one's still sorts after it
@@ -95,8 +96,9 @@ def test_metrics_frame_is_wide_sorted_and_nan_safe(tmp_path):
     assert db.metrics_frame(a).step.tolist() == [1]
 
 
-def _writer(path: str, run_id: str, worker: int, steps: int) -> None:
+def _writer(path: str, run_id: str, worker: int, steps: int, barrier) -> None:
     db = RunsDB(path, timeout=60)
+    barrier.wait(timeout=60)  # both start writing at the same moment
     for step in range(steps):
         db.log_metrics(run_id, step, {f"w{worker}/a": step, f"w{worker}/b": -step})
         db.update_progress(run_id, step, reward=float(step))
@@ -107,13 +109,15 @@ def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
     run_id = db.create_run("conc", tmp_path / "conc").id
     ctx = mp.get_context("spawn")
     steps = 150
-    procs = [ctx.Process(target=_writer, args=(str(db.path), run_id, w, steps)) for w in (0, 1)]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(str(db.path), run_id, w, steps, barrier)) for w in (0, 1)]
     for p in procs:
         p.start()
     # meanwhile this process keeps reading, like the UI does
     while any(p.is_alive() for p in procs):
         db.metrics_frame(run_id)
         db.list_runs()
+        time.sleep(0.02)
     for p in procs:
         p.join()
         assert p.exitcode == 0
@@ -123,26 +127,25 @@ def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
         assert frame[f"w{w}/a"].tolist() == list(range(steps))
         assert frame[f"w{w}/b"].tolist() == [-s for s in range(steps)]
     assert db.get(run_id).best_reward == steps - 1
+    # the two writers really overlapped in time
+    spans = [
+        db.db.execute("SELECT MIN(time), MAX(time) FROM metrics WHERE key = ?", [f"w{w}/a"]).fetchone() for w in (0, 1)
+    ]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
 
 
 def test_threads_get_their_own_connections(tmp_path):
     db = _db(tmp_path)
     run_id = db.create_run("t", tmp_path / "t").id
-    errors = []
 
     def work(k):
-        try:
-            for step in range(20):
-                db.log_metrics(run_id, step, {f"t{k}": step})
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for step in range(20):
+            db.log_metrics(run_id, step, {f"t{k}": step})
+        return threading.get_ident()
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(3) as pool:
+        idents = list(pool.map(work, range(3)))  # re-raises any thread's error here
+    assert len(idents) == 3
     assert len(db.metrics_frame(run_id)) == 20
 
 
@@ -187,7 +190,6 @@ def test_reconcile_marks_a_run_with_a_dead_pid_failed_with_its_log_tail(tmp_path
 
 def test_is_alive_treats_an_unreaped_child_as_dead():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    import time
 
     deadline = time.time() + 20
     while is_alive(proc.pid) and time.time() < deadline:  # zombie until wait()

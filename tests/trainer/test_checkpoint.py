@@ -75,7 +75,9 @@ def test_save_modify_load_restores_weights_optimizer_scheduler_and_rng(tmp_path)
     assert {p.name for p in path.iterdir()} >= {"optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"}
 
     _train(model, optimizer, scheduler, steps=2)  # move everything away from the saved state
-    assert not torch.equal(model.state_dict()["model.layers.0.self_attn.q_proj.weight"], params["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        model.state_dict()["model.layers.0.self_attn.q_proj.weight"], params["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert scheduler.get_last_lr() != lr
 
     # restore into the trained objects, and into fresh ones built from a different seed
