@@ -105,8 +105,7 @@ def pack_calls(calls: Sequence[ModelCall], pad_id: int) -> TokenBatch:
             raise ValueError(f"call {i} ({call.module}): empty prompt_ids; a response needs a prompt to follow")
         if len(call.logprobs) != len(call.response_ids):
             raise ValueError(
-                f"call {i} ({call.module}): {len(call.logprobs)} logprobs for "
-                f"{len(call.response_ids)} response tokens"
+                f"call {i} ({call.module}): {len(call.logprobs)} logprobs for {len(call.response_ids)} response tokens"
             )
     n = len(calls)
     P = max(len(c.prompt_ids) for c in calls)

@@ -15,20 +15,33 @@ it that way. Two deliberate differences:
 Typical use in a training loop (one optimizer step)::
 
     adv, keep = group_advantages([t.reward for t in trajs], [t.group for t in trajs],
-                                 scale=cfg.scale_rewards)
+                                 scale=cfg.scale_rewards)            # skip_equal_groups: honour keep
     calls, call_adv = calls_with_advantages(trajs, adv, keep, credit=cfg.credit)
-    batch = pack_calls(calls, pad_id)                         # memfactory.trainer.batching
-    n_seq, n_tok = len(calls), int(batch.response_mask.sum())
+    batch = pack_calls(calls, pad_id)                                 # memfactory.trainer.batching
+    call_adv = torch.tensor(call_adv)
     for idx in split_micro_batches(batch, cfg.micro_batch_size):
-        mb = batch.select(idx)
+        mb = batch.select(idx)                                        # trimmed to its own width
         logps = token_logprobs(model, mb, temperature=cfg.temperature)
-        loss, stats = grpo_loss(logps, mb.old_logps, torch.tensor(call_adv)[idx], mb.response_mask,
+        ref = None
+        if cfg.beta:
+            with torch.no_grad():
+                ref = token_logprobs(ref_model, mb, temperature=cfg.temperature)
+        loss, stats = grpo_loss(logps, mb.old_logps, call_adv[idx], mb.response_mask,
                                 loss_type=cfg.loss_type, epsilon=cfg.epsilon,
-                                epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logps=...,
+                                epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logps=ref,
                                 max_completion_length=cfg.max_new_tokens,
-                                num_items_in_batch=n_tok, num_sequences_in_batch=n_seq)
+                                num_items_in_batch=batch.num_tokens,
+                                num_sequences_in_batch=batch.num_rows)
         loss.backward()
     optimizer.step()
+
+Which ``old_logps``: TRL uses ``logps.detach()`` when each rollout batch gets one update
+(``num_iterations == 1``), so the ratio is exactly 1 and sampler/trainer numeric differences
+(batched generation, top-p, another engine) cannot clip anything; with ``num_iterations > 1`` it
+recomputes them once with the training model before the first update. ``ModelCall.logprobs``
+(``mb.old_logps``) are the sampler's own and are right only when the sampler scores exactly like
+``token_logprobs``. Micro-batches must each fit in memory; the loss of each is already scaled
+for the whole step, so just ``backward()`` each and step once.
 """
 
 from __future__ import annotations
@@ -138,7 +151,7 @@ def grpo_loss(
     beta: float = 0.0,
     ref_logps: Tensor | None = None,
     max_completion_length: int | None = None,
-    num_items_in_batch: int | float | Tensor | None = None,
+    num_items_in_batch: float | Tensor | None = None,
     num_sequences_in_batch: int | None = None,
     kl_bias_correction: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -160,8 +173,9 @@ def grpo_loss(
 
     * ``grpo``: mean over each sequence's tokens, then sum over sequences divided by
       ``num_sequences_in_batch`` (default ``B``, i.e. a plain mean over this micro-batch).
-    * ``dr_grpo``: sum over all tokens / (``num_sequences_in_batch`` * ``max_completion_length``)
-      (default ``T``); a constant normaliser, so no length bias.
+    * ``dr_grpo``: sum over all tokens / (``num_sequences_in_batch`` * ``max_completion_length``);
+      a constant normaliser, so no length bias. ``max_completion_length`` (the response cap,
+      ``max_new_tokens``) is required here: the tensor width varies between trimmed micro-batches.
     * ``dapo``: sum over all tokens / ``num_items_in_batch``, the number of active tokens in the
       whole batch (default: ``mask.sum()`` of this micro-batch).
 
@@ -186,6 +200,8 @@ def grpo_loss(
         )
     if advantages.shape != (logps.shape[0],):
         raise ValueError(f"advantages must be [B]={logps.shape[0]}, got {tuple(advantages.shape)}")
+    if loss_type == "dr_grpo" and not max_completion_length:
+        raise ValueError("loss_type 'dr_grpo' needs max_completion_length (the response token cap)")
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps (log-probs under the reference model)")
     eps_low = float(epsilon)
@@ -204,14 +220,13 @@ def grpo_loss(
             per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl
 
-    batch_size, width = logps.shape
+    batch_size = logps.shape[0]
     n_seq = batch_size if num_sequences_in_batch is None else int(num_sequences_in_batch)
     if loss_type == "grpo":
         seq_loss = (per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         loss = seq_loss.sum() / max(n_seq, 1)
     elif loss_type == "dr_grpo":
-        length = width if max_completion_length is None else int(max_completion_length)
-        loss = (per_token_loss * mask).sum() / (max(n_seq, 1) * length)
+        loss = (per_token_loss * mask).sum() / (max(n_seq, 1) * int(max_completion_length))
     else:  # dapo
         n_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
         n_items = torch.as_tensor(n_items, dtype=logps.dtype, device=logps.device).clamp(min=1.0)

@@ -6,6 +6,7 @@ import transformers
 
 from memfactory.trainer.batching import (
     TokenBatch,
+    _accepts_logits_to_keep,
     pack_calls,
     position_ids_from_mask,
     split_micro_batches,
@@ -20,8 +21,13 @@ PAD = 0
 def model():
     torch.manual_seed(0)
     config = transformers.Qwen3Config(
-        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, pad_token_id=PAD,
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        pad_token_id=PAD,
     )
     m = transformers.Qwen3ForCausalLM(config).float()
     m.eval()
@@ -139,8 +145,9 @@ def test_works_without_logits_to_keep(model):
             self.inner = inner
 
         def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids, use_cache=use_cache)
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+            )
 
     b = pack_calls(CALLS, PAD)
     with torch.no_grad():
@@ -169,3 +176,88 @@ def test_all_empty_responses_give_empty_scores(model):
 def test_to_device_roundtrip():
     b = pack_calls(CALLS, PAD).to("cpu")
     assert isinstance(b, TokenBatch) and b.input_ids.device.type == "cpu"
+
+
+def test_lora_wrapped_model_scores_and_trains_adapters(model):
+    peft = pytest.importorskip("peft")
+    b = pack_calls(CALLS, PAD)
+    with torch.no_grad():
+        base = token_logprobs(model, b)
+    torch.manual_seed(0)
+    lora = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), adapter_name="t"
+    )
+    try:
+        assert _accepts_logits_to_keep(lora)  # found through the PEFT wrapper
+        logps = token_logprobs(lora, b, micro_batch_size=2)
+        assert torch.allclose(logps.detach(), base, atol=1e-6)  # LoRA B starts at zero
+        logps.sum().backward()
+        lora_grads = [p.grad for n, p in lora.named_parameters() if "lora_B" in n]
+        assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    finally:
+        lora.unload()  # give the shared module-scoped model back without adapters
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.zero_grad()
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batches_accumulate_to_the_full_batch_gradient(model, loss_type):
+    """The loop recipe of memfactory.trainer.grpo: unequal, trimmed micro-batches whose summed
+    gradients equal those of the whole step's batch in one piece."""
+    from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
+    from memfactory.types import Sample, Trajectory
+
+    sample = Sample(id="s", question="q", answers=["a"])
+    trajs = [
+        Trajectory(sample=sample, calls=[CALLS[0], CALLS[1]], group=0, reward=1.0),
+        Trajectory(sample=sample, calls=[CALLS[2]], group=0, reward=0.0),
+        Trajectory(sample=sample, calls=[CALLS[3], CALLS[1], CALLS[0]], group=1, reward=0.5),
+        Trajectory(sample=sample, calls=[CALLS[1]], group=1, reward=0.0),
+        Trajectory(sample=sample, calls=[CALLS[0]], group=2, reward=1.0),  # equal group: skipped
+        Trajectory(sample=sample, calls=[CALLS[3]], group=2, reward=1.0),
+    ]
+    adv, keep = group_advantages([t.reward for t in trajs], [t.group for t in trajs])
+    calls, call_adv = calls_with_advantages(trajs, adv, keep)
+    assert len(calls) == 7
+    batch = pack_calls(calls, PAD)
+    call_adv = torch.tensor(call_adv)
+    with torch.no_grad():
+        current = token_logprobs(model, batch)
+    # ratios 1.35 and 0.74 alternating: clipped or not depending on the advantage's sign
+    sign = (-1.0) ** torch.arange(batch.response_width)
+    old = (current - 0.3 * sign) * batch.response_mask
+    kw = {"loss_type": loss_type, "epsilon": 0.2, "max_completion_length": 8}
+
+    def grads():
+        out = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        return out
+
+    model.zero_grad()
+    loss, _ = grpo_loss(token_logprobs(model, batch), old, call_adv, batch.response_mask, **kw)
+    loss.backward()
+    full = grads()
+
+    total = 0.0
+    parts = split_micro_batches(batch, 3)
+    assert [len(p) for p in parts] == [3, 3, 1]
+    for idx in parts:
+        mb = batch.select(idx)
+        mb_old = old[idx][:, : mb.response_width]
+        part, _ = grpo_loss(
+            token_logprobs(model, mb),
+            mb_old,
+            call_adv[idx],
+            mb.response_mask,
+            num_items_in_batch=batch.num_tokens,
+            num_sequences_in_batch=batch.num_rows,
+            **kw,
+        )
+        part.backward()
+        total += part.item()
+    accumulated = grads()
+    assert total == pytest.approx(loss.item(), rel=1e-5)
+    for name, g in full.items():
+        assert torch.allclose(accumulated[name], g, atol=1e-6, rtol=1e-4), name
+    assert full["lm_head.weight"].abs().sum() > 0

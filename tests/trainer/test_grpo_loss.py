@@ -42,8 +42,16 @@ def make_inputs():
 def loss_of(loss_type, beta=0.0, **kw):
     logps, old, ref, adv, mask = make_inputs()
     loss, stats = grpo_loss(
-        logps, old, adv, mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=beta,
-        ref_logps=ref if beta else None, **kw,
+        logps,
+        old,
+        adv,
+        mask,
+        loss_type=loss_type,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        ref_logps=ref if beta else None,
+        **kw,
     )
     return logps, loss, stats
 
@@ -58,8 +66,8 @@ def test_grpo_is_mean_of_sequence_means():
 def test_dr_grpo_divides_by_batch_times_max_length():
     _, loss, _ = loss_of("dr_grpo", max_completion_length=4)
     assert loss.item() == pytest.approx((sum(ROW0) + sum(ROW1)) / (2 * 4), abs=1e-12)
-    _, loss_default, _ = loss_of("dr_grpo")  # default length: the tensor width (3)
-    assert loss_default.item() == pytest.approx((sum(ROW0) + sum(ROW1)) / (2 * 3), abs=1e-12)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        loss_of("dr_grpo")  # the width of a trimmed micro-batch is no constant normaliser
 
 
 def test_dapo_divides_by_active_tokens_of_the_global_batch():
@@ -182,8 +190,14 @@ def test_group_advantages_scaled_with_sample_std():
     adv, keep = group_advantages(rewards, groups)
     std7 = math.sqrt(4 * 0.25 / 3)  # sample std of 1,0,0,1
     std3 = math.sqrt(2 * 1.5**2 / 1)  # sample std of 0,3
-    expected = [0.5 / (std7 + 1e-4), -1.5 / (std3 + 1e-4), -0.5 / (std7 + 1e-4),
-                1.5 / (std3 + 1e-4), -0.5 / (std7 + 1e-4), 0.5 / (std7 + 1e-4)]
+    expected = [
+        0.5 / (std7 + 1e-4),
+        -1.5 / (std3 + 1e-4),
+        -0.5 / (std7 + 1e-4),
+        1.5 / (std3 + 1e-4),
+        -0.5 / (std7 + 1e-4),
+        0.5 / (std7 + 1e-4),
+    ]
     assert adv == pytest.approx(expected, abs=1e-12)
     assert keep == [True] * 6
 
@@ -212,8 +226,7 @@ def _traj(group, calls):
 
 
 def _call(module, trainable=True):
-    return ModelCall(module=module, prompt_ids=[1], response_ids=[2], logprobs=[-0.1], text="x",
-                     trainable=trainable)
+    return ModelCall(module=module, prompt_ids=[1], response_ids=[2], logprobs=[-0.1], text="x", trainable=trainable)
 
 
 def test_calls_with_advantages_credit_and_skipping():
@@ -223,6 +236,5 @@ def test_calls_with_advantages_credit_and_skipping():
     calls, adv = calls_with_advantages([t0, t1, t2], [0.7, -0.7, 0.0], [True, True, False])
     assert [c.module for c in calls] == ["mem", "answer", "mem", "answer"]
     assert adv == [0.7, 0.7, -0.7, -0.7]
-    calls, adv = calls_with_advantages([t0, t1, t2], [0.7, -0.7, 0.0], [True, True, False],
-                                       credit="final_only")
+    calls, adv = calls_with_advantages([t0, t1, t2], [0.7, -0.7, 0.0], [True, True, False], credit="final_only")
     assert [c.module for c in calls] == ["answer", "answer"] and adv == [0.7, -0.7]

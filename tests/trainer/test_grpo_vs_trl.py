@@ -19,9 +19,9 @@ trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from memfactory.trainer.batching import pack_calls, token_logprobs  # noqa: E402
-from memfactory.trainer.grpo import group_advantages, grpo_loss  # noqa: E402
-from memfactory.types import ModelCall  # noqa: E402
+from memfactory.trainer.batching import pack_calls, token_logprobs
+from memfactory.trainer.grpo import group_advantages, grpo_loss
+from memfactory.types import ModelCall
 
 PAD, EOS = 0, 2
 MAX_COMPLETION = 6
@@ -44,24 +44,42 @@ def model_dir(tmp_path_factory):
     )
     torch.manual_seed(0)
     config = transformers.Qwen3Config(
-        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=64, pad_token_id=PAD, eos_token_id=EOS,
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
     )
     transformers.Qwen3ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder), tokenizer
 
 
-def make_trainer(model_dir, tmp_path, *, loss_type, beta, rewards=None, scale_rewards="group",
-                 kl_bias_correction=True):
+def make_trainer(model_dir, tmp_path, *, loss_type, beta, rewards=None, scale_rewards="group", kl_bias_correction=True):
     folder, tokenizer = model_dir
     args = trl.GRPOConfig(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, save_strategy="no", report_to="none",
-        per_device_train_batch_size=4, num_generations=4, gradient_accumulation_steps=GRAD_ACCUM,
-        max_completion_length=MAX_COMPLETION, temperature=TEMPERATURE,
-        loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28, scale_rewards=scale_rewards,
-        use_bias_correction_kl=kl_bias_correction, seed=0,
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        per_device_train_batch_size=4,
+        num_generations=4,
+        gradient_accumulation_steps=GRAD_ACCUM,
+        max_completion_length=MAX_COMPLETION,
+        temperature=TEMPERATURE,
+        loss_type=loss_type,
+        beta=beta,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        scale_rewards=scale_rewards,
+        use_bias_correction_kl=kl_bias_correction,
+        seed=0,
     )
     queue = list(rewards or [])
 
@@ -84,8 +102,7 @@ def make_calls():
     for i, (p, r) in enumerate([(3, 6), (1, 2), (5, 4), (2, 0), (4, 5), (2, 3), (3, 1), (5, 6)]):
         prompt = torch.randint(3, 128, (p,), generator=gen).tolist()
         response = torch.randint(3, 128, (r,), generator=gen).tolist()
-        calls.append(ModelCall(module="m", prompt_ids=prompt, response_ids=response,
-                               logprobs=[0.0] * r, text=f"c{i}"))
+        calls.append(ModelCall(module="m", prompt_ids=prompt, response_ids=response, logprobs=[0.0] * r, text=f"c{i}"))
     return calls
 
 
@@ -100,8 +117,7 @@ def grads_of(model):
     + [("grpo", 0.04, False), ("dapo", 0.04, False)],
 )
 def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, beta, kl_bias_correction):
-    trainer = make_trainer(model_dir, tmp_path, loss_type=loss_type, beta=beta,
-                           kl_bias_correction=kl_bias_correction)
+    trainer = make_trainer(model_dir, tmp_path, loss_type=loss_type, beta=beta, kl_bias_correction=kl_bias_correction)
     model = trainer.model
     whole = pack_calls(make_calls(), PAD)  # the optimizer step's batch: two micro-batches of 4
     mb = whole.select(list(range(4)))
@@ -120,9 +136,12 @@ def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, be
     # --- TRL: its own forward, loss and metrics
     P = mb.prompt_width
     inputs = {
-        "prompt_ids": mb.input_ids[:, :P], "prompt_mask": mb.attention_mask[:, :P],
-        "completion_ids": mb.input_ids[:, P:], "completion_mask": mb.attention_mask[:, P:],
-        "advantages": advantages, "old_per_token_logps": old,
+        "prompt_ids": mb.input_ids[:, :P],
+        "prompt_mask": mb.attention_mask[:, :P],
+        "completion_ids": mb.input_ids[:, P:],
+        "completion_mask": mb.attention_mask[:, P:],
+        "advantages": advantages,
+        "old_per_token_logps": old,
         "num_items_in_batch": torch.tensor(float(num_items)),
     }
     if beta:
@@ -141,9 +160,18 @@ def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, be
     model.zero_grad()
     logps = token_logprobs(model, mb, temperature=TEMPERATURE)
     loss, stats = grpo_loss(
-        logps, old, advantages, mb.response_mask, loss_type=loss_type, epsilon=0.2, epsilon_high=0.28,
-        beta=beta, ref_logps=ref if beta else None, max_completion_length=MAX_COMPLETION,
-        num_items_in_batch=num_items, num_sequences_in_batch=whole.num_rows,
+        logps,
+        old,
+        advantages,
+        mb.response_mask,
+        loss_type=loss_type,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        ref_logps=ref if beta else None,
+        max_completion_length=MAX_COMPLETION,
+        num_items_in_batch=num_items,
+        num_sequences_in_batch=whole.num_rows,
         kl_bias_correction=kl_bias_correction,
     )
     loss.backward()
@@ -158,8 +186,13 @@ def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, be
         assert torch.allclose(g, trl_grads[name], rtol=1e-4, atol=1e-7), name
     # clipping really happened on both sides, and the statistics agree with TRL's log
     assert stats["clip_ratio/low_mean"] > 0 and stats["clip_ratio/high_mean"] > 0
-    for key in ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
-                "clip_ratio/low_min", "clip_ratio/high_max"] + (["kl"] if beta else []):
+    for key in [
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "clip_ratio/low_min",
+        "clip_ratio/high_max",
+    ] + (["kl"] if beta else []):
         assert stats[key].item() == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
     assert ("kl" in metrics) == bool(beta)
 
@@ -169,8 +202,9 @@ def test_advantages_match_trl_generation_step(model_dir, tmp_path, scale):
     # eight completions in two groups of four (TRL repeats each prompt num_generations times);
     # the second group is all equal: TRL gives it advantage 0, we give 0 and keep=False
     rewards = [1.0, 0.0, 0.5, 2.0, 0.3, 0.3, 0.3, 0.3]
-    trainer = make_trainer(model_dir, tmp_path, loss_type="grpo", beta=0.0, rewards=rewards,
-                           scale_rewards="group" if scale else "none")
+    trainer = make_trainer(
+        model_dir, tmp_path, loss_type="grpo", beta=0.0, rewards=rewards, scale_rewards="group" if scale else "none"
+    )
     batch = [{"prompt": "t5 t6 t7"}] * 4 + [{"prompt": "t9 t10"}] * 4
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions(batch)
