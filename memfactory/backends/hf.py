@@ -129,7 +129,9 @@ def _first_stop_end(text: str, stops: list[str]) -> int | None:
 class HFBackend:
     """Generation with a local ``transformers`` causal LM; the policy the trainer optimises."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, enable_thinking: bool = False, name: str = "hf", micro_batch_size: int = 32):
+    def __init__(
+        self, model: Any, tokenizer: Any, *, enable_thinking: bool = False, name: str = "hf", micro_batch_size: int = 32
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.enable_thinking = enable_thinking
@@ -223,23 +225,23 @@ class HFBackend:
         temperature = 1.0 if params.greedy else float(params.temperature)
         recorder = _LogprobRecorder(temperature)
         eos_ids = self.eos_token_ids()
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=eos_ids,
-            logits_processor=[recorder],
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": pad_id,
+            "eos_token_id": eos_ids,
+            "logits_processor": [recorder],
             # Neutralise sampling defaults a model's generation_config may carry (e.g. Qwen3's top_k=20).
-            repetition_penalty=None,
-            min_p=None,
-            typical_p=None,
-            min_new_tokens=None,
-            min_length=None,
-            no_repeat_ngram_size=None,
-            suppress_tokens=None,
-            begin_suppress_tokens=None,
-        )
+            "repetition_penalty": None,
+            "min_p": None,
+            "typical_p": None,
+            "min_new_tokens": None,
+            "min_length": None,
+            "no_repeat_ngram_size": None,
+            "suppress_tokens": None,
+            "begin_suppress_tokens": None,
+        }
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -251,9 +253,14 @@ class HFBackend:
         latency = time.perf_counter() - began
         generated = sequences[:, width:].cpu()
         logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)
-        return [self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency) for i in range(len(prompt_ids))]
+        return [
+            self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency)
+            for i in range(len(prompt_ids))
+        ]
 
-    def _finish_row(self, tokens: list[int], logprobs: torch.Tensor, eos_ids: list[int], params: SamplingParams, latency: float) -> dict[str, Any]:
+    def _finish_row(
+        self, tokens: list[int], logprobs: torch.Tensor, eos_ids: list[int], params: SamplingParams, latency: float
+    ) -> dict[str, Any]:
         """Cut one row at its first EOS or stop string; the cut token is kept (it is what was sampled)."""
         eos = set(eos_ids)
         end = next((k for k, t in enumerate(tokens) if t in eos), None)
@@ -261,7 +268,7 @@ class HFBackend:
         if end is not None:
             tokens, finish = tokens[: end + 1], "stop"
         text_tokens = tokens[:-1] if finish == "stop" else tokens
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
         text = decode(text_tokens)
         if params.stop and _first_stop_end(text, params.stop) is not None:
             # Smallest prefix whose text already holds a stop string (containment grows with the prefix).

@@ -43,13 +43,19 @@ def pick_attn_implementation(requested: str = "auto") -> str:
     if requested == "auto":
         return "flash_attention_2" if flash_ok else "sdpa"
     if requested == "flash_attention_2" and not flash_ok:
-        why = "the flash_attn package is not installed" if importlib.util.find_spec("flash_attn") is None else "CUDA is not available"
+        why = (
+            "the flash_attn package is not installed"
+            if importlib.util.find_spec("flash_attn") is None
+            else "CUDA is not available"
+        )
         raise MemFactoryError(
             f"model.attn: flash_attention_2 was requested but {why}; "
             "use attn: sdpa (or auto), or install it on a CUDA machine with `pip install flash-attn`"
         )
     if requested not in ("sdpa", "eager", "flash_attention_2"):
-        raise MemFactoryError(f"model.attn: unknown attention implementation {requested!r}; use auto, sdpa, eager or flash_attention_2")
+        raise MemFactoryError(
+            f"model.attn: unknown attention implementation {requested!r}; use auto, sdpa, eager or flash_attention_2"
+        )
     return requested
 
 
@@ -66,7 +72,10 @@ def resolve_dtype(name: str) -> Any:
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 # --------------------------------------------------------------------------- SmolLM2 from the PyPI package
@@ -124,10 +133,14 @@ def resolve_model_path(path: str, *, seed: int = 0) -> str:
     local = Path(path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise MemFactoryError(f"model.path {path!r} is a folder but holds no config.json (not a saved transformers model)")
+            raise MemFactoryError(
+                f"model.path {path!r} is a folder but holds no config.json (not a saved transformers model)"
+            )
         return str(local)
     if local.exists():
-        raise MemFactoryError(f"model.path {path!r} is a file; expected a model folder, a hub id or one of {', '.join(BUILTIN_PATHS)}")
+        raise MemFactoryError(
+            f"model.path {path!r} is a file; expected a model folder, a hub id or one of {', '.join(BUILTIN_PATHS)}"
+        )
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
     if hub_offline() or looks_local:
         reason = "HF_HUB_OFFLINE is set, so the hub is not tried" if hub_offline() else "it is not a hub id"
@@ -138,7 +151,9 @@ def resolve_model_path(path: str, *, seed: int = 0) -> str:
     return path  # a hub id; from_pretrained downloads it
 
 
-def _from_pretrained(model_source: str, cfg: ModelConfig, what: str, tokenizer_source: str | None = None) -> tuple[Any, Any]:
+def _from_pretrained(
+    model_source: str, cfg: ModelConfig, what: str, tokenizer_source: str | None = None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -179,7 +194,9 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, trainable_adapter: bool = Fals
             try:
                 model = PeftModel.from_pretrained(base, str(ckpt), is_trainable=trainable_adapter)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise MemFactoryError(f"model.checkpoint {cfg.checkpoint!r}: the adapter does not fit model.path {cfg.path!r}: {exc}") from exc
+                raise MemFactoryError(
+                    f"model.checkpoint {cfg.checkpoint!r}: the adapter does not fit model.path {cfg.path!r}: {exc}"
+                ) from exc
         elif (ckpt / "config.json").is_file():
             tokenizer_source = str(ckpt) if _has_tokenizer(ckpt) else source
             model, tokenizer = _from_pretrained(str(ckpt), cfg, "model.checkpoint", tokenizer_source)

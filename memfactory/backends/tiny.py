@@ -16,9 +16,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from memfactory.errors import MemFactoryError
 from memfactory.paths import cache_dir
@@ -50,39 +50,251 @@ QWEN_SPLIT = (
 
 # name -> architecture; all share the tokenizer.
 ARCHITECTURES: dict[str, dict] = {
-    "qwen3-mini": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=8192,
+    "qwen3-mini": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 8192,
         # The default 0.02 makes greedy decoding repeat one token forever; 0.5 gives varied text.
-        initializer_range=0.5,
-        tie_word_embeddings=True,
-    ),
+        "initializer_range": 0.5,
+        "tie_word_embeddings": True,
+    },
 }
 VOCAB_SIZE = 2000
 
-_COMMON_WORDS = """
-the of and to in is was for on that with as by at from it an be this are which or his her their
-has have had not but who what where when how why one two three four five six seven eight nine ten
-first second last new old city country river mountain capital king queen born died year years
-document question answer memory chunk read update keep remember note fact facts final evidence
-name called known located near north south east west large small famous team song film book
-wrote directed played founded built married founder member president author singer actor player
-company school university village island lake state province region war army ship church museum
-is are were will would could should may might can did do does yes no true false unknown because
-then also only more most some any all each other about after before between during under over
-please think step give short reply using given following text based problem current previous
-user assistant system you your helpful
-""".split()
-_SYLLABLES = (
-    "ka ri to mo la ne su vi da ze bo lu fen dor mar tis gal ven rho qui sar lin bel cor dan "
-    "el an or is ur ath ber cal dri fal gon hel jor kel lom nar pel ras tor vel wyn zor bia don ia"
-).split()
-_PUNCT = [".", ",", "?", "!", ":", ";", "(", ")", "\"", "'", "-", "/", "{", "}", "[", "]", "\\", "*", "#", "="]
+_COMMON_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "it",
+    "an",
+    "be",
+    "this",
+    "are",
+    "which",
+    "or",
+    "his",
+    "her",
+    "their",
+    "has",
+    "have",
+    "had",
+    "not",
+    "but",
+    "who",
+    "what",
+    "where",
+    "when",
+    "how",
+    "why",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "first",
+    "second",
+    "last",
+    "new",
+    "old",
+    "city",
+    "country",
+    "river",
+    "mountain",
+    "capital",
+    "king",
+    "queen",
+    "born",
+    "died",
+    "year",
+    "years",
+    "document",
+    "question",
+    "answer",
+    "memory",
+    "chunk",
+    "read",
+    "update",
+    "keep",
+    "remember",
+    "note",
+    "fact",
+    "facts",
+    "final",
+    "evidence",
+    "name",
+    "called",
+    "known",
+    "located",
+    "near",
+    "north",
+    "south",
+    "east",
+    "west",
+    "large",
+    "small",
+    "famous",
+    "team",
+    "song",
+    "film",
+    "book",
+    "wrote",
+    "directed",
+    "played",
+    "founded",
+    "built",
+    "married",
+    "founder",
+    "member",
+    "president",
+    "author",
+    "singer",
+    "actor",
+    "player",
+    "company",
+    "school",
+    "university",
+    "village",
+    "island",
+    "lake",
+    "state",
+    "province",
+    "region",
+    "war",
+    "army",
+    "ship",
+    "church",
+    "museum",
+    "is",
+    "are",
+    "were",
+    "will",
+    "would",
+    "could",
+    "should",
+    "may",
+    "might",
+    "can",
+    "did",
+    "do",
+    "does",
+    "yes",
+    "no",
+    "true",
+    "false",
+    "unknown",
+    "because",
+    "then",
+    "also",
+    "only",
+    "more",
+    "most",
+    "some",
+    "any",
+    "all",
+    "each",
+    "other",
+    "about",
+    "after",
+    "before",
+    "between",
+    "during",
+    "under",
+    "over",
+    "please",
+    "think",
+    "step",
+    "give",
+    "short",
+    "reply",
+    "using",
+    "given",
+    "following",
+    "text",
+    "based",
+    "problem",
+    "current",
+    "previous",
+    "user",
+    "assistant",
+    "system",
+    "you",
+    "your",
+    "helpful",
+]
+_SYLLABLES = [
+    "ka",
+    "ri",
+    "to",
+    "mo",
+    "la",
+    "ne",
+    "su",
+    "vi",
+    "da",
+    "ze",
+    "bo",
+    "lu",
+    "fen",
+    "dor",
+    "mar",
+    "tis",
+    "gal",
+    "ven",
+    "rho",
+    "qui",
+    "sar",
+    "lin",
+    "bel",
+    "cor",
+    "dan",
+    "el",
+    "an",
+    "or",
+    "is",
+    "ur",
+    "ath",
+    "ber",
+    "cal",
+    "dri",
+    "fal",
+    "gon",
+    "hel",
+    "jor",
+    "kel",
+    "lom",
+    "nar",
+    "pel",
+    "ras",
+    "tor",
+    "vel",
+    "wyn",
+    "zor",
+    "bia",
+    "don",
+    "ia",
+]
+_PUNCT = [".", ",", "?", "!", ":", ";", "(", ")", '"', "'", "-", "/", "{", "}", "[", "]", "\\", "*", "#", "="]
 
 
 def _pseudo_word(rng: random.Random) -> str:
@@ -109,11 +321,13 @@ def build_corpus(seed: int = 0, lines: int = 4000) -> list[str]:
             body = " ".join(rng.choice(words) for _ in range(rng.randint(6, 16)))
             out.append(body.capitalize() + rng.choice(_PUNCT[:4]))
         elif kind == 4:
-            out.append(f"{{\"op\": \"ADD\", \"text\": \"{a} likes {b}\", \"id\": {rng.randint(0, 50)}}} {rng.choice(_PUNCT)}")
+            out.append(f'{{"op": "ADD", "text": "{a} likes {b}", "id": {rng.randint(0, 50)}}} {rng.choice(_PUNCT)}')
         elif i % 12 == 5:
             out.append("user\nRead the document.\nassistant\nsystem\nYou are a helpful assistant.")
         else:
-            out.append(f"{rng.randint(0, 9999)} + {rng.randint(0, 99)} = {rng.randint(0, 9999)}; {a} ({b}) - {n}/{rng.randint(1, 12)}")
+            out.append(
+                f"{rng.randint(0, 9999)} + {rng.randint(0, 99)} = {rng.randint(0, 9999)}; {a} ({b}) - {n}/{rng.randint(1, 12)}"
+            )
     return out
 
 
@@ -166,15 +380,13 @@ def build_model(name: str, tokenizer, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return model.float().eval()
 
 
 def parse_tiny_path(path: str) -> str:
     """``tiny://qwen3-mini`` -> ``qwen3-mini``; unknown names raise a MemFactoryError listing the valid ones."""
-    name = path[len(SCHEME):] if path.startswith(SCHEME) else path
+    name = path.removeprefix(SCHEME)
     if name not in ARCHITECTURES:
         valid = ", ".join(SCHEME + n for n in ARCHITECTURES)
         raise MemFactoryError(f"unknown tiny model {path!r}; valid: {valid}")

@@ -77,10 +77,14 @@ def _forward_logprobs(model, prompt_ids: list[int], response_ids: list[int], tem
     return torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(response_ids)[:, None]).squeeze(1)
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(max_new_tokens=20, temperature=0.7, top_p=0.8, top_k=50, seed=1),
-    SamplingParams(max_new_tokens=20, temperature=0.0),
-], ids=["sampled", "greedy"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=20, temperature=0.7, top_p=0.8, top_k=50, seed=1),
+        SamplingParams(max_new_tokens=20, temperature=0.0),
+    ],
+    ids=["sampled", "greedy"],
+)
 def test_logprobs_equal_a_forward_pass(tiny_backend, params):
     batch = tiny_backend.generate_batch(PROMPTS, params)
     temperature = params.temperature if params.temperature > 0 else 1.0
@@ -183,10 +187,17 @@ def test_from_config_builds_a_backend():
 def test_smollm2_answers_a_document_question(smollm2_backend):
     questions = [
         ("Document 1: The capital of Freedonia is Zorbia. Question: What is the capital of Freedonia?", "Zorbia"),
-        ("Document 1: Marie Curie was born in Warsaw. Document 2: The Eiffel Tower is in Paris. "
-         "Question: Where was Marie Curie born?", "Warsaw"),
+        (
+            (
+                "Document 1: Marie Curie was born in Warsaw. Document 2: The Eiffel Tower is in Paris. "
+                "Question: Where was Marie Curie born?"
+            ),
+            "Warsaw",
+        ),
     ]
-    batch = smollm2_backend.generate_batch([chat(q) for q, _ in questions], SamplingParams(max_new_tokens=40, temperature=0))
+    batch = smollm2_backend.generate_batch(
+        [chat(q) for q, _ in questions], SamplingParams(max_new_tokens=40, temperature=0)
+    )
     eos = smollm2_backend.tokenizer.eos_token_id
     for i, (gen, (_, answer)) in enumerate(zip(batch.to_generations(), questions)):
         assert answer in gen.text, gen.text
@@ -208,3 +219,23 @@ def test_smollm2_sampling_varies_and_stops_on_strings(smollm2_backend):
     assert len({tuple(g.response_ids) for g in gens}) > 1  # group rewards can differ
     stopped = smollm2_backend.generate([prompt], SamplingParams(max_new_tokens=40, temperature=0, stop=[" "]))[0]
     assert stopped.finish_reason == "stop" and stopped.text.endswith(" ") and stopped.text.count(" ") == 1
+
+
+def test_works_on_a_peft_wrapped_policy(fresh_tiny_backend):
+    """The trainer wraps the policy in LoRA adapters; generation and log-probs must still hold."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        fresh_tiny_backend.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    backend = HFBackend(model, fresh_tiny_backend.tokenizer)
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+    for gen in backend.generate(PROMPTS[:2], params):
+        expected = _forward_logprobs(model, gen.prompt_ids, gen.response_ids, 1.0)
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+def test_empty_batch(tiny_backend):
+    batch = tiny_backend.generate_batch([], GREEDY)
+    assert len(batch) == 0 and batch.response_ids.shape == (0, 0)
+    assert tiny_backend.generate([], GREEDY) == []
