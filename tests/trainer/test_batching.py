@@ -261,3 +261,42 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(model, loss_type):
     for name, g in full.items():
         assert torch.allclose(accumulated[name], g, atol=1e-6, rtol=1e-4), name
     assert full["lm_head.weight"].abs().sum() > 0
+
+
+def test_bfloat16_model_scores_in_float32(model):
+    b = pack_calls(CALLS, PAD)
+    low = transformers.Qwen3ForCausalLM(model.config).to(torch.bfloat16)
+    low.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        got, want = token_logprobs(low, b), token_logprobs(model, b)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_matches_cpu(model):
+    from memfactory.trainer.grpo import grpo_loss
+
+    b = pack_calls(CALLS, PAD)
+    with torch.no_grad():
+        want = token_logprobs(model, b)
+    gpu_model = transformers.Qwen3ForCausalLM(model.config).cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    gb = b.to("cuda")
+    idx = split_micro_batches(gb, 2)[0]
+    mb = gb.select(idx)
+    logps = token_logprobs(gpu_model, gb, micro_batch_size=2)
+    assert logps.device.type == "cuda"
+    assert torch.allclose(logps.detach().cpu(), want, atol=1e-4)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5], device="cuda")
+    loss, stats = grpo_loss(
+        token_logprobs(gpu_model, mb),
+        mb.old_logps,
+        adv[idx],
+        mb.response_mask,
+        loss_type="dapo",
+        epsilon=0.2,
+        num_items_in_batch=gb.num_tokens,
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and stats["num_tokens"].device.type == "cuda"
