@@ -135,3 +135,18 @@ def truncate_text(text: str, limit: int, codec: Codec, mode: Truncate = "middle"
         return text, 0
     kept = truncate_sequence(pieces, limit, mode)
     return codec.decode(kept), len(pieces) - len(kept)
+
+
+def context_of(sample: Any) -> str:
+    """A sample's context as text; anything else (e.g. unresolved doc ids) is a data mistake, named."""
+    context = sample.context if sample.context is not None else ""
+    if not isinstance(context, str):
+        from memfactory.errors import DataError
+
+        source = sample.meta.get("source", "samples") if isinstance(sample.meta, dict) else "samples"
+        raise DataError(
+            str(source),
+            f"context must be text, got {type(context).__name__} (resolve document ids before running an agent)",
+            field=f"{sample.id}.context",
+        )
+    return context

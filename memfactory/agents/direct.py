@@ -16,7 +16,7 @@ from memfactory.agents.base import Agent
 from memfactory.backends.base import Backend
 from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.registry import register
-from memfactory.text import codec_for, strip_thinking, truncate_text
+from memfactory.text import codec_for, context_of, strip_thinking, truncate_text
 from memfactory.types import ChatPrompt, Sample, SamplingParams, Trajectory
 
 DIRECT_TEMPLATE = """Read the documents below and answer the question. Put the answer in \\boxed{{}}.
@@ -109,7 +109,7 @@ class DirectAgent(Agent):
         for index, sample in enumerate(samples):
             # Tokenise once per sample; the group members share the prompt.
             context, dropped = truncate_text(
-                sample.context or "", self.options.max_context_tokens, codec, self.options.truncate
+                context_of(sample), self.options.max_context_tokens, codec, self.options.truncate
             )
             prompt = self.prompt(context, sample.question)
             for _ in range(group_size):

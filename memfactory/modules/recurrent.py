@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.modules.base import MemoryModule
 from memfactory.registry import register
-from memfactory.text import Codec, chunk_sequence, codec_for, strip_thinking, truncate_sequence
+from memfactory.text import Codec, chunk_sequence, codec_for, context_of, strip_thinking, truncate_sequence
 from memfactory.types import ChatPrompt, Generation, Sample, SamplingParams, Trajectory
 
 # MemAgent's published prompt wording (BytedTsinghua-SIA/MemAgent), kept as the default text.
@@ -194,7 +194,7 @@ class RecurrentMemoryModule(MemoryModule):
         codec = codec_for(backend)
         states = []
         for index, sample in enumerate(samples):
-            chunks, total, dropped = self.split(sample.context or "", codec)
+            chunks, total, dropped = self.split(context_of(sample), codec)
             for _ in range(group_size):
                 trajectory = Trajectory(sample=sample, group=index)
                 if dropped:

@@ -112,3 +112,11 @@ def test_build_direct_agent_from_preset():
     }
     agent = build_agent(parse_preset(data))
     assert isinstance(agent, DirectAgent) and agent.options.max_context_tokens == 256 and agent.modules == {}
+
+
+def test_non_text_context_is_a_named_data_error(backend):
+    from memfactory.errors import DataError
+
+    sample = Sample("rec7", "Q?", ["x"], ["doc-1", "doc-2"])  # unresolved document ids
+    with pytest.raises(DataError, match="rec7.context"):
+        DirectAgent({}, DirectConfig()).run([sample], backend, params=SamplingParams(max_new_tokens=2))
