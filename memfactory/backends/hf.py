@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from memfactory.errors import MemFactoryError
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
@@ -165,6 +166,12 @@ class HFBackend:
 
     def render_prompt(self, prompt: ChatPrompt) -> list[int]:
         """Chat template (with the generation prompt) + ``assistant_prefix``, tokenised once."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            source = getattr(self.tokenizer, "name_or_path", "") or "this model"
+            raise MemFactoryError(
+                f"model.path {source!r}: the tokenizer has no chat template, so chat prompts cannot be "
+                "rendered; use an instruct/chat model (e.g. smollm2-135m-instruct or tiny://qwen3-mini)"
+            )
         text = self.tokenizer.apply_chat_template(
             prompt.messages, tokenize=False, add_generation_prompt=True, enable_thinking=self.enable_thinking
         )

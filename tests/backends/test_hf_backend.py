@@ -9,6 +9,7 @@ import torch
 
 from memfactory.backends.base import Backend
 from memfactory.backends.hf import GenerationBatch, HFBackend
+from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
 from memfactory.types import ChatPrompt, SamplingParams
 
@@ -239,3 +240,10 @@ def test_empty_batch(tiny_backend):
     batch = tiny_backend.generate_batch([], GREEDY)
     assert len(batch) == 0 and batch.response_ids.shape == (0, 0)
     assert tiny_backend.generate([], GREEDY) == []
+
+
+def test_tokenizer_without_chat_template_is_a_user_error(tiny_backend):
+    tokenizer = copy.deepcopy(tiny_backend.tokenizer)
+    tokenizer.chat_template = None
+    with pytest.raises(MemFactoryError, match="no chat template"):
+        HFBackend(tiny_backend.model, tokenizer).render_prompt(chat("Hi"))
