@@ -9,7 +9,8 @@ gets its own connection (Gradio handlers run on worker threads).
 Tables
 ------
 ``runs``: ``id`` TEXT primary key, ``name`` (preset name), ``preset_path``, ``run_dir``, ``status``
-(one of :data:`STATUSES`), ``pid``, ``created_at`` / ``started_at`` / ``ended_at`` (UNIX seconds,
+(one of :data:`STATUSES`), ``pid`` and ``pid_start`` (the process's start time, so a recycled pid
+is not mistaken for the trainer), ``created_at`` / ``started_at`` / ``ended_at`` (UNIX seconds,
 REAL), ``step``, ``total_steps``, ``best_reward``, ``last_reward``, ``error`` (text), ``meta``
 (JSON object: attention implementation, device, model path, ...).
 
@@ -63,6 +64,7 @@ _RUN_COLUMNS: dict[str, type] = {
     "run_dir": str,
     "status": str,
     "pid": int,
+    "pid_start": int,
     "created_at": float,
     "started_at": float,
     "ended_at": float,
@@ -85,6 +87,7 @@ class RunRecord:
     status: str = "created"
     preset_path: str | None = None
     pid: int | None = None
+    pid_start: int | None = None
     created_at: float | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -99,6 +102,12 @@ class RunRecord:
     def is_active(self) -> bool:
         """Created or running: the UI should show it as in progress."""
         return self.status in ACTIVE_STATUSES
+
+    def process_alive(self) -> bool:
+        """Whether this run's recorded process still runs (and is the same process, not a recycled pid)."""
+        if not is_alive(self.pid):
+            return False
+        return self.pid_start is None or process_start(self.pid) in (None, self.pid_start)
 
     @property
     def duration_s(self) -> float | None:
@@ -164,6 +173,21 @@ def is_alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return True  # no /proc (macOS): trust os.kill
     return state not in ("Z", "X")
+
+
+def process_start(pid: int | None) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None if unknown.
+
+    Stored with a run's pid so a recycled pid (a new, unrelated process) is not taken for the
+    trainer.
+    """
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def tail_lines(path: str | Path, n: int = LOG_TAIL_LINES, max_bytes: int = 64_000) -> list[str]:
@@ -266,6 +290,9 @@ class RunsDB:
     def _ensure_schema(self) -> None:
         with self._write("create tables") as db:
             db["runs"].create(_RUN_COLUMNS, pk="id", if_not_exists=True)
+            missing = {k: v for k, v in _RUN_COLUMNS.items() if k not in db["runs"].columns_dict}
+            for column, kind in missing.items():  # a database made by an older version
+                db["runs"].add_column(column, kind)
             db["metrics"].create(
                 {"run_id": str, "step": int, "key": str, "value": float, "time": float},
                 pk=("run_id", "step", "key"),
@@ -363,12 +390,14 @@ class RunsDB:
             if current is None:
                 raise MemFactoryError(f"no run {run_id!r} in {self.path}")
             if status == "running":
-                updates["pid"] = pid or os.getpid()
+                pid = pid or os.getpid()
                 updates["ended_at"] = None
+                updates["error"] = None  # a resumed run starts clean
                 if current[0] is None:
                     updates["started_at"] = now
-            elif pid is not None:
+            if pid is not None:
                 updates["pid"] = pid
+                updates["pid_start"] = process_start(pid)
             if status in TERMINAL_STATUSES:
                 updates["ended_at"] = now
             if error is not None:
@@ -424,7 +453,7 @@ class RunsDB:
         Refuses while the run's process is alive: stop it first.
         """
         record = self.require(run_id)
-        if record.status in ACTIVE_STATUSES and is_alive(record.pid):
+        if record.status in ACTIVE_STATUSES and record.process_alive():
             raise MemFactoryError(f"run {run_id} is still running (pid {record.pid}); stop it before deleting it")
         with self._write("delete a run") as db:
             db.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
@@ -444,7 +473,7 @@ class RunsDB:
         """
         changed = []
         for record in self.list_runs(status=ACTIVE_STATUSES):
-            if record.pid is None or is_alive(record.pid):
+            if record.pid is None or record.process_alive():
                 continue
             lines = tail_lines(Path(record.run_dir) / "stdout.log")
             message = f"the trainer process (pid {record.pid}) exited without reporting an end status"

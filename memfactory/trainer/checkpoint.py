@@ -201,12 +201,14 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     *,
     keep: int | None = 3,
+    tokenizer: Any | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-{step:06d}/`` atomically and return its path.
 
     ``extra`` (JSON-safe: e.g. samples seen, best reward, data position) comes back from
     :func:`load_checkpoint`. Afterwards only the newest ``keep`` checkpoints remain (None or 0
-    keeps all). Saving a step that already exists replaces it.
+    keeps all). Saving a step that already exists replaces it. With ``tokenizer``, its files go
+    into ``model/`` too, so a full-model checkpoint loads with ``from_pretrained(path / "model")``.
     """
     root = _checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -215,6 +217,8 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         _save_model(model, tmp / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "model"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:

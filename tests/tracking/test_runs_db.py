@@ -180,6 +180,15 @@ def test_reconcile_marks_a_run_with_a_dead_pid_failed_with_its_log_tail(tmp_path
         assert db.get(finished.id).status == "finished"
         assert db.reconcile() == []
 
+        # the same pid number now belonging to another process (pid reuse) is not the trainer
+        assert db.get(alive.id).pid_start is not None
+        db.update(alive.id, pid_start=db.get(alive.id).pid_start - 1)
+        assert db.reconcile() == [alive.id]
+        assert db.get(alive.id).status == "failed"
+        # resuming a failed run clears its old error
+        resumed = db.set_status(alive.id, "running", pid=sleeper.pid)
+        assert resumed.error is None and resumed.status == "running" and resumed.process_alive()
+
         with pytest.raises(MemFactoryError, match="still running"):
             db.delete(alive.id)
     finally:
@@ -288,3 +297,17 @@ def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
     assert code == 0 and db.get(crashed.id) is None
     code, out, err = _cli(["runs", "delete", run.id, "--db", str(db_path)], capsys)
     assert code == 2 and "still running" in err
+
+
+def test_a_database_from_an_older_schema_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, run_dir TEXT, status TEXT, pid INTEGER)")
+    conn.execute("INSERT INTO runs VALUES ('old-run', 'legacy', 'runs/old-run', 'finished', NULL)")
+    conn.commit()
+    conn.close()
+    db = RunsDB(path)
+    assert db.get("old-run").status == "finished" and db.get("old-run").pid_start is None
+    assert db.set_status(db.create_run("new", tmp_path / "n").id, "running").pid_start is not None

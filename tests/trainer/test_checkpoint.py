@@ -171,3 +171,19 @@ def test_peft_lora_model_saves_only_adapters_and_restores_them(tmp_path):
 
     with pytest.raises(MemFactoryError, match="LoRA adapters"):
         load_checkpoint(path, _model(0))
+
+
+def test_full_model_checkpoint_with_tokenizer_is_a_loadable_hf_folder(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from memfactory.backends.tiny import tiny_model_dir
+
+    source = tiny_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    path = save_checkpoint(tmp_path, 1, model, tokenizer=tokenizer)
+    reloaded = AutoModelForCausalLM.from_pretrained(path / "model")
+    again = AutoTokenizer.from_pretrained(path / "model")
+    assert again("hello world").input_ids == tokenizer("hello world").input_ids
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
