@@ -243,7 +243,10 @@ def parse_verdict(text: str) -> bool | None:
     description="An LLM compares the boxed answer with answers[0] (True/False); needs a judge backend",
 )
 class LLMJudge(Reward):
-    """MemFactory's long-context reward: 0 without a scorable answer, else a judge's True/False.
+    """MemFactory's long-context reward: 0 without a ``\\boxed{}`` answer, else a judge's True/False.
+
+    ``extract_mode`` is ``"boxed"`` as in MemFactory (set it to ``"auto"`` on a subclass to also
+    judge "the answer is ..." and raw answers).
 
     ``judge`` is any ``Backend``; it is asked greedily. Unparseable or failed verdicts are retried
     ``retries`` times, then counted in ``trajectory.counters["judge_failures"]``, warned about, and
@@ -252,7 +255,7 @@ class LLMJudge(Reward):
     """
 
     name = "llm_judge"
-    extract_mode: ExtractMode = "auto"
+    extract_mode: ExtractMode = "boxed"
     max_boxed_chars: int = MAX_BOXED_CHARS
 
     def __init__(self, judge: Any = None, retries: int = 2, prompt: str = JUDGE_PROMPT, max_new_tokens: int = 16):

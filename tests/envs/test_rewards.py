@@ -216,10 +216,19 @@ def test_llm_judge_scores_with_a_rule_backend():
         traj(r"\boxed{Paris"),
     ]
     assert reward.score(trajectories) == [1.0, 0.0, 0.0, 0.0]
-    # one batched request, only for scorable answers; the raw answer is still judged
-    assert judge.calls == 1 and len(judge.prompts) == 3
+    # one batched request, only for boxed answers (MemFactory: 0 without \boxed{}, no judge call)
+    assert judge.calls == 1 and len(judge.prompts) == 2
     assert "Gold answer: Paris" in judge.prompts[0] and "Predicted answer: the Paris" in judge.prompts[0]
     assert all(not t.counters for t in trajectories)
+
+
+def test_llm_judge_auto_mode_judges_unboxed_answers():
+    class AutoJudge(LLMJudge):
+        extract_mode = "auto"
+
+    judge = RuleJudgeBackend()
+    assert AutoJudge(judge=judge).score([traj("So the answer is Paris"), traj("Rome")]) == [1.0, 0.0]
+    assert len(judge.prompts) == 2
 
 
 def test_llm_judge_retries_transient_failures():
