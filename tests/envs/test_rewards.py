@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memfactory.envs.base import Reward
 from memfactory.envs.rewards import (
@@ -267,3 +269,25 @@ def test_llm_judge_with_a_real_random_model_counts_failures(tiny_backend):
         else:  # the rare parsed verdict must be a real 0/1
             assert s in (0.0, 1.0)
     assert sum(t.counters.get("judge_failures", 0) for t in trajectories) >= 1
+
+
+# --------------------------------------------------------------------------- properties
+
+_balanced = st.recursive(
+    st.text(alphabet=st.characters(blacklist_characters="{}\\"), max_size=8),
+    lambda inner: st.builds(lambda a, b: a + "{" + b + "}", inner, inner),
+    max_leaves=6,
+)
+
+
+@given(_balanced, st.text(alphabet=st.characters(blacklist_characters="\\"), max_size=20))
+def test_extract_boxed_returns_balanced_content(content, before):
+    assert extract_boxed(before + "\\boxed{" + content + "}") == content
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_sub_em_is_symmetric_and_bounded(a, b):
+    assert sub_em(a, b) == sub_em(b, a)
+    assert 0.0 <= f1(a, b) <= 1.0
+    assert em(a, b) <= sub_em(a, b)
+    assert normalize_answer(normalize_answer(a)) == normalize_answer(a)
