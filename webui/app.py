@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def tab_modules() -> list:
     """Modules under ``webui/tabs/`` that define ``build(ctx)``, ordered by their ``ORDER``."""
-    import webui.tabs as tabs
+    from webui import tabs
 
     modules, failures = [], []
     for info in pkgutil.iter_modules(tabs.__path__):
@@ -60,7 +60,7 @@ def build_app() -> gr.Blocks:
             for module in tab_modules():
                 try:
                     module.build(ctx)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.exception("tab %s failed", module.__name__)
                     name = module.__name__.rsplit(".", 1)[-1]
                     with gr.Tab(f"⚠️ {name}"):

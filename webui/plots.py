@@ -6,7 +6,9 @@ for the first of a few known keys. Missing data never raises: the figure says "n
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -115,7 +117,7 @@ def reward_distribution_figure(metrics: Any, last_steps: int = 10) -> go.Figure:
     for step, values in zip(rows["step"], rows[key]):
         numbers = [float(v) for v in _flatten(values)]
         if numbers:
-            fig.add_trace(go.Violin(y=numbers, name=f"step {int(step) if step == step else '?'}",
+            fig.add_trace(go.Violin(y=numbers, name=f"step {int(step) if pd.notna(step) else '?'}",
                                     box_visible=True, meanline_visible=True, points="all"))
     if not fig.data:
         return empty_figure("Reward distribution")
@@ -177,9 +179,10 @@ def _flatten(values: Any) -> list[Any]:
             out.extend(_flatten(value))
         return out
     try:
-        return [float(values)] if values == values else []
+        number = float(values)
     except (TypeError, ValueError):
         return []
+    return [number] if math.isfinite(number) else []
 
 
 def _layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = "") -> go.Figure:

@@ -1,24 +1,22 @@
 """Start, watch and stop ``python -m memfactory train`` runs from the UI.
 
 A run is its own process group (``start_new_session=True``) writing into ``runs/<id>/``, so it
-outlives a closed browser tab or a restarted UI; the UI only needs the pid (also written to
-``runs/<id>/runner.json``) to re-attach, tail its logs or abort it.
+outlives a closed browser tab or a restarted UI; the UI only needs the pid (the trainer records it
+in the runs database) to re-attach, tail its logs or abort it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 from webui.workspace import check_name, confine
 
@@ -40,32 +38,44 @@ def start_run(
     extra_args: Sequence[str] = (),
     run_id: str | None = None,
 ) -> tuple[str, int]:
-    """Copy the preset to ``runs/<id>/preset.yaml`` and launch training on it; return (run_id, pid)."""
-    preset_path = Path(preset_path)
+    """Launch ``memfactory train PRESET --run-id ID``, output to ``runs/<id>/stdout.log``; (run_id, pid).
+
+    The trainer itself copies the preset to ``runs/<id>/preset.yaml`` and records the run (and this
+    pid) in the runs database. ``MEMFACTORY_RUNNER=1`` tells it stdout already is the log file.
+    """
+    preset_path = Path(preset_path).resolve()
     if not preset_path.is_file():
         raise FileNotFoundError(preset_path)
     runs_dir = Path(runs_dir).resolve()
     run_id = check_name(run_id or new_run_id(preset_path.stem), "run id")
     run_dir = confine(runs_dir, run_id)
-    run_dir.mkdir(parents=True, exist_ok=False)
-    run_preset = run_dir / "preset.yaml"
-    shutil.copyfile(preset_path, run_preset)
-    command = [sys.executable, "-m", "memfactory", "train", str(run_preset), "--run-id", run_id, *extra_args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if run_dir.exists():
+        raise FileExistsError(run_dir)
+    command = [sys.executable, "-m", "memfactory", "train", str(preset_path), "--run-id", run_id,
+               "--runs-dir", str(runs_dir), "--no-progress", *extra_args]
+    pid = spawn(command, run_dir, cwd=runs_dir.parent, env={"MEMFACTORY_RUNNER": "1"})
+    return run_id, pid
+
+
+def spawn(
+    command: Sequence[str], run_dir: str | Path, *, cwd: str | Path | None = None, env: dict[str, str] | None = None
+) -> int:
+    """Start ``command`` in its own session with stdout+stderr appended to ``run_dir/stdout.log``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with open(run_dir / "stdout.log", "ab") as log:
         process = subprocess.Popen(
-            command,
+            list(command),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=runs_dir.parent,
-            env=env,
-            start_new_session=True,
+            cwd=cwd,
+            env=full_env,
+            start_new_session=True,  # its own process group: survives the UI, killable as a whole
         )
     _children[process.pid] = process
-    info = {"run_id": run_id, "pid": process.pid, "command": command, "started": time.time()}
-    (run_dir / "runner.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return run_id, process.pid
+    return process.pid
 
 
 def is_alive(pid: int) -> bool:
@@ -74,10 +84,7 @@ def is_alive(pid: int) -> bool:
         return False
     child = _children.get(pid)
     if child is not None:
-        if child.poll() is None:
-            return True
-        _children.pop(pid, None)
-        return False
+        return child.poll() is None  # poll() reaps it, so no zombie is left behind
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -136,11 +143,3 @@ def tail(path: str | Path, n: int = 50) -> str:
             data = handle.read(step) + data
     lines = deque(data.decode("utf-8", errors="replace").splitlines(), maxlen=n)
     return "\n".join(lines)
-
-
-def run_info(run_dir: str | Path) -> dict:
-    """What the runner wrote when it started the run (pid, command, start time), or {}."""
-    try:
-        return json.loads((Path(run_dir) / "runner.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

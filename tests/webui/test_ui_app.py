@@ -1,0 +1,41 @@
+"""The app builds from the registry, has the tabs, and relabels them for each locale."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui import i18n
+from webui.app import build_app, tab_modules
+
+
+def test_build_app_has_assemble_and_runs_tabs():
+    demo = build_app()
+    assert isinstance(demo, gr.Blocks)
+    tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    labels = [tab.label for tab in tabs]
+    assert "Assemble" in labels and "Runs" in labels
+    assert not any(label.startswith("⚠️") for label in labels), labels  # no tab failed to build
+    names = [m.__name__.rsplit(".", 1)[-1] for m in tab_modules()]
+    assert names.index("assemble") < names.index("runs")
+
+
+def test_every_label_has_english_and_chinese():
+    for key, entry in i18n.TEXT.items():
+        assert entry.get("en") and entry.get("zh"), key
+        assert entry["en"] != entry["zh"] or key.startswith("section."), key
+    assert i18n.t("tab.assemble", "zh") == "组装"
+    assert i18n.t("tab.assemble", "fr") == "Assemble"  # unknown locale falls back to English
+    assert i18n.t("empty_registry", "en", kinds="agent").count("agent") >= 1
+
+
+def test_labels_relabel_registered_components():
+    labels = i18n.Labels()
+    with gr.Blocks():
+        button = gr.Button("x")
+        box = gr.Textbox(label="y")
+        labels.add(button, "save", "value")
+        labels.add(box, "yaml")
+        labels.add(box, "cli", "info")  # two attributes of one component become one update
+    assert labels.components == [button, box]
+    assert labels.texts("zh") == [{"value": "💾 保存预设"}, {"label": "预设 (YAML)", "info": "等效命令"}]
+    assert len(labels.updates("en")) == 2

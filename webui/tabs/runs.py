@@ -1,0 +1,106 @@
+"""Runs tab: every run in the runs database, and several runs' reward curves on one chart.
+
+Reads ``<workspace>/runs/memfactory.db`` (memfactory.tracking.runs.RunsDB); a run whose metrics
+are not in the database yet is read from its ``metrics.jsonl``. Refreshing also marks runs whose
+trainer died as failed (``RunsDB.reconcile``), so nothing spins forever after a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from memfactory.errors import MemFactoryError
+from webui import plots, workspace
+from webui.i18n import t
+from webui.tabs import UIContext
+
+ORDER = 50
+COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "duration", "started (UTC)"]
+
+
+def open_db(path: str | Path | None = None):
+    from memfactory.tracking.runs import RunsDB
+
+    return RunsDB(path or workspace.runs_db())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _reward(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def runs_table(db) -> pd.DataFrame:
+    """One row per run, newest first (after marking runs with a dead trainer as failed)."""
+    db.reconcile()
+    rows = []
+    for run in db.list_runs():
+        steps = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
+        rows.append([run.id, run.status, run.name, steps, _reward(run.best_reward), _reward(run.last_reward),
+                     _duration(run.duration_s), run.iso(run.started_at or run.created_at)])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def run_metrics(db, run_id: str) -> pd.DataFrame:
+    """A run's metrics: from the database, else from its ``metrics.jsonl``."""
+    frame = db.metrics_frame(run_id)
+    if not frame.empty:
+        return frame
+    record = db.get(run_id)
+    if record is None:
+        return pd.DataFrame()
+    from memfactory.tracking.metrics import read_metrics
+
+    return pd.DataFrame(read_metrics(Path(record.run_dir) / "metrics.jsonl").records)
+
+
+def overlay(db, run_ids: list[str]) -> Any:
+    return plots.overlay_figure({run_id: run_metrics(db, run_id) for run_id in run_ids or []})
+
+
+def build(ctx: UIContext) -> None:
+    labels = ctx.labels
+    with gr.Tab(t("tab.runs"), id="runs", elem_id="mf-tab-runs") as tab:
+        labels.add(tab, "tab.runs")
+        note = gr.Markdown(elem_id="mf-runs-note")
+        with gr.Row():
+            selected = gr.Dropdown(choices=[], value=[], multiselect=True, label=t("runs_select"),
+                                   elem_id="mf-runs-select", scale=4)
+            labels.add(selected, "runs_select")
+            refresh = gr.Button(t("refresh"), elem_id="mf-runs-refresh", scale=1)
+            labels.add(refresh, "refresh", "value")
+        table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("runs_table"), elem_id="mf-runs-table")
+        labels.add(table, "runs_table")
+        chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay")
+        timer = gr.Timer(10.0)
+
+    def on_refresh(current: list[str]):
+        try:
+            frame = runs_table(open_db())
+        except MemFactoryError as exc:
+            return f"⚠️ {exc}", pd.DataFrame(columns=COLUMNS), gr.update()
+        ids = frame["run"].tolist()
+        keep = [run_id for run_id in current or [] if run_id in ids]
+        message = "" if ids else t("runs_empty")
+        return message, frame, gr.update(choices=ids, value=keep)
+
+    def on_select(run_ids: list[str]):
+        try:
+            return overlay(open_db(), run_ids)
+        except MemFactoryError as exc:
+            return plots.empty_figure("Reward by run", str(exc))
+
+    outputs = [note, table, selected]
+    refresh.click(on_refresh, selected, outputs).then(on_select, selected, chart)
+    timer.tick(on_refresh, selected, outputs, show_progress="hidden")
+    ctx.demo.load(on_refresh, selected, outputs, show_progress="hidden")
+    selected.change(on_select, selected, chart, show_progress="hidden")
