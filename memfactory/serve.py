@@ -170,16 +170,27 @@ class BatchStats:
 
 class Batcher:
     """Collects jobs for ``window_s`` after the first arrives (up to ``max_batch``) and runs each
-    group of equal sampling parameters as one ``backend.generate`` call on one worker thread."""
+    group of equal sampling parameters as one ``backend.generate`` call on one worker thread.
 
-    def __init__(self, backend: Backend, *, max_batch: int = 16, window_s: float = 0.005) -> None:
+    Closed-loop clients (each sends its next request when the previous answer arrives) tend to
+    split into two half-size groups that alternate: one queues while the other runs. So when a
+    batch is smaller than the largest one of the last ``recent_s`` seconds, the worker waits up
+    to ``catch_up_s`` for the rest to come back before it starts.
+    """
+
+    def __init__(self, backend: Backend, *, max_batch: int = 16, window_s: float = 0.005,
+                 catch_up_s: float = 0.05, recent_s: float = 2.0) -> None:
         self.backend = backend
         self.max_batch = max(1, max_batch)
         self.window_s = max(0.0, window_s)
+        self.catch_up_s = max(self.window_s, catch_up_s)
+        self.recent_s = recent_s
         self.stats = BatchStats()
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._recent: list[tuple[float, int]] = []  # (time, batch size) of recent batches
 
     def submit(self, prompt: ChatPrompt, params: SamplingParams) -> Future:
         self._ensure_started()
@@ -189,10 +200,10 @@ class Batcher:
 
     def stop(self) -> None:
         with self._lock:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join(timeout=30)
-                self._thread = None
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout=30)
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -200,25 +211,35 @@ class Batcher:
                 self._thread = threading.Thread(target=self._loop, name="memfactory-batcher", daemon=True)
                 self._thread.start()
 
+    def _expected_size(self, now: float) -> int:
+        self._recent = [(t, n) for t, n in self._recent if now - t <= self.recent_s]
+        return min(self.max_batch, max((n for _, n in self._recent), default=1))
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """The first job plus whatever arrives within the window (longer when a batch is short)."""
+        jobs = [first]
+        start = time.monotonic()
+        expected = self._expected_size(start)
+        while len(jobs) < self.max_batch:
+            # Whatever queued up while the previous batch ran is taken at once.
+            wait = self.window_s if len(jobs) >= expected else self.catch_up_s
+            remaining = start + wait - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
-            jobs = [first]
-            deadline = time.monotonic() + self.window_s
-            stopping = False
-            while len(jobs) < self.max_batch:
-                # Whatever queued up while the previous batch ran is taken at once.
-                remaining = deadline - time.monotonic()
-                try:
-                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                jobs.append(job)
+            jobs, stopping = self._collect(first)
+            self._recent.append((time.monotonic(), len(jobs)))
             groups: dict[tuple, list[_Job]] = {}
             for job in jobs:
                 groups.setdefault(_params_key(job.params), []).append(job)
@@ -231,7 +252,7 @@ class Batcher:
         live = [j for j in group if j.future.set_running_or_notify_cancel()]
         if not live:
             return
-        with self._lock:
+        with self._stats_lock:
             self.stats.requests += len(live)
             self.stats.batches += 1
             self.stats.max_batch = max(self.stats.max_batch, len(live))
