@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
 from memfactory.trainer.batching import pack_calls, token_logprobs
-from memfactory.trainer.grpo import group_advantages, grpo_loss
+from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class GRPOTrainer:
         return self.reference if self.reference is not None else self.policy
 
     # ------------------------------------------------------------------ one step
-    def rollout(self, samples: list[Sample]) -> list[Trajectory]:
+    def rollout(self, samples: list[Sample]) -> tuple[list[ModelCall], list[float], list[Trajectory]]:
+        """Sample ``group_size`` trajectories per prompt, score them, and pick the calls to train."""
         self.policy.eval()
         with torch.no_grad():
             trajectories = self.agent.run(
@@ -156,20 +158,12 @@ class GRPOTrainer:
             scale=self.cfg.scale_rewards,
         )
         for trajectory, advantage, kept in zip(trajectories, advantages, keep):
-            trajectory.advantage = advantage if (kept or not self.cfg.skip_equal_groups) else 0.0
+            trajectory.advantage = advantage
             trajectory.counters["skipped_group"] = 0.0 if kept else 1.0
-        return trajectories
-
-    def trainable_calls(self, trajectories: list[Trajectory]) -> tuple[list[ModelCall], list[float]]:
-        calls, advantages = [], []
-        for trajectory in trajectories:
-            if self.cfg.skip_equal_groups and trajectory.counters.get("skipped_group"):
-                continue
-            for call in trajectory.calls:
-                if call.trainable and call.response_ids:
-                    calls.append(call)
-                    advantages.append(trajectory.advantage)
-        return calls, advantages
+        if not self.cfg.skip_equal_groups:
+            keep = [True] * len(trajectories)
+        calls, call_advantages = calls_with_advantages(trajectories, advantages, keep, credit=self.cfg.credit)
+        return calls, call_advantages, trajectories
 
     def policy_update(self, buffers: list[tuple[list[ModelCall], list[float]]]) -> dict[str, float]:
         """``num_iterations`` passes over the buffered rollouts, one optimizer step each."""
@@ -251,12 +245,16 @@ class GRPOTrainer:
         step = self.step + 1
         buffers, trajectories = [], []
         for accum_index in range(cfg.grad_accum):
-            batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))
+            calls, advantages, batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))
             trajectories.extend(batch_trajectories)
-            buffers.append(self.trainable_calls(batch_trajectories))
+            buffers.append((calls, advantages))
         rollout_time = time.perf_counter() - started
         update_stats = self.policy_update(buffers)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A step whose groups all lacked signal makes no optimizer step; the schedule still
+            # advances so that it stays a function of the step number.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.step = step
         elapsed = time.perf_counter() - started
         metrics = self.step_metrics(trajectories, update_stats)

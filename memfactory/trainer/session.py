@@ -65,6 +65,7 @@ class TrainingSession:
                 meta={"agent": preset.agent, "model": preset.model.path, "env": preset.env.type},
             )
         self.status = "created"
+        self.error: str | None = None
         self.writer = MetricsWriter(self.run_dir)
 
     # ------------------------------------------------------------------ logging
@@ -134,13 +135,15 @@ class TrainingSession:
             if bar is not None:
                 bar.close()
             if sink is not None:
-                sink.finish()
+                state = {"finished": "success", "aborted": "aborted"}.get(self.status, "crashed")
+                sink.finish(state=state, error=self.error)
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
 
     def _finish(self, status: str, error: str | None = None) -> None:
         self.status = status
+        self.error = error
         self.db.set_status(self.run_id, status, error)
         log.info("run %s %s", self.run_id, status)
 
@@ -154,6 +157,7 @@ class TrainingSession:
             step = int(state["step"])
             log.info("resumed from %s (step %d)", checkpoint, step)
         trainer.step = step
+        self.db.update(self.run_id, total_steps=self.preset.trainer.steps)
         # Metrics stay continuous: whatever was logged after the checkpoint is re-done.
         self.writer.truncate_after(step)
         self.db.truncate_metrics(self.run_id, step)
