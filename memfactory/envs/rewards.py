@@ -259,16 +259,14 @@ class LLMJudge(Reward):
     max_boxed_chars: int = MAX_BOXED_CHARS
 
     def __init__(self, judge: Any = None, retries: int = 2, prompt: str = JUDGE_PROMPT, max_new_tokens: int = 16):
+        if judge is None:  # fail when the env is built, not after the first rollouts
+            raise MemFactoryError("reward 'llm_judge' needs a judge backend: build rewards with judge=<Backend>")
         self.judge = judge
         self.retries = retries
         self.prompt = prompt
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
 
     def score(self, trajectories: list[Trajectory]) -> list[float]:
-        if self.judge is None:
-            raise MemFactoryError(
-                "reward 'llm_judge' needs a judge backend (pass judge=<Backend> when building rewards)"
-            )
         scores = [0.0] * len(trajectories)
         pending: dict[int, ChatPrompt] = {}
         for i, trajectory in enumerate(trajectories):

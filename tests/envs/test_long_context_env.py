@@ -101,3 +101,13 @@ def test_preset_env_typo_is_reported():
     with pytest.raises(ConfigError) as info:
         parse_preset(data)
     assert any(path == "env.dta" and "did you mean 'data'" in message for path, message in info.value.problems)
+
+
+def test_llm_judge_reward_needs_a_judge_when_built(tiny_backend):
+    from memfactory.envs.build import build_rewards
+    from memfactory.errors import MemFactoryError
+
+    with pytest.raises(MemFactoryError, match="needs a judge backend"):
+        build_rewards({"llm_judge": 1.0})
+    rewards = build_rewards({"llm_judge": 1.0, "sub_em": 0.5}, judge=tiny_backend)
+    assert rewards["llm_judge"].judge is tiny_backend

@@ -244,7 +244,7 @@ def test_llm_judge_dead_backend_raises():
     with pytest.raises(MemFactoryError, match="every attempt"):
         LLMJudge(judge=judge, retries=1).score([traj(r"\boxed{Paris}")])
     with pytest.raises(MemFactoryError, match="needs a judge"):
-        LLMJudge().score([traj(r"\boxed{Paris}")])
+        LLMJudge()
 
 
 def test_llm_judge_unparseable_is_counted_not_silent(caplog):
