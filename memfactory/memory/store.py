@@ -196,6 +196,9 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._generation = 0  # bumped on this connection's writes (data_version ignores them)
         self._matrices: dict[str | None, _Matrix] = {}
+        # Rows added by the open write transaction, so cached matrices can be extended instead of
+        # rebuilt; None means the write changed something else and the caches must be dropped.
+        self._appended: list[tuple[str, str, bytes]] | None = None
         self._query_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._conn = self._connect()
         self.db = sqlite_utils.Database(self._conn)
@@ -251,15 +254,43 @@ class MemoryStore:
         """One IMMEDIATE transaction: everything inside commits together or not at all."""
         with self._lock, self._errors(action):
             self._conn.execute("BEGIN IMMEDIATE")
+            before = self._version()
+            self._appended = None
+            committed = False
             try:
                 yield
                 self._conn.execute("COMMIT")
+                committed = True
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
             finally:
                 self._generation += 1
+                appended, self._appended = self._appended, None
+                if committed and appended is not None:
+                    self._extend_matrices(before, appended)
+                elif committed:
+                    self._matrices = {}
+
+    def _extend_matrices(self, before: tuple[int, int], appended: list[tuple[str, str, bytes]]) -> None:
+        """After a write that only added rows: append them to the matrices that were current before it."""
+        after = self._version()
+        extended: dict[str | None, _Matrix] = {}
+        for scope, m in self._matrices.items():
+            if m.version != before:
+                continue
+            new = [(ident, blob) for ident, row_scope, blob in appended if scope is None or row_scope == scope]
+            if not new:
+                extended[scope] = _Matrix(after, m.ids, m.vectors_t)
+                continue
+            extra = np.frombuffer(b"".join(blob for _, blob in new), dtype=np.float32).reshape(len(new), -1)
+            if extra.shape[1] != m.vectors_t.shape[0]:
+                continue
+            # A new array (never in place): snapshots may share the old one.
+            vectors_t = np.concatenate([m.vectors_t, extra.T], axis=1)
+            extended[scope] = _Matrix(after, m.ids + [ident for ident, _ in new], vectors_t)
+        self._matrices = extended
 
     def _read(self, sql: str, params: Sequence[Any] = (), action: str = "read") -> list[tuple]:
         with self._lock, self._errors(action):
@@ -390,6 +421,8 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ writes
     def _insert(self, rows: list[dict[str, Any]], actor: str | None) -> None:
+        if self._appended is not None:
+            self._appended.extend((r["id"], r["scope"], r["embedding"]) for r in rows)
         self.db["memories"].insert_all(rows, batch_size=500)
         self.db["history"].insert_all(
             (
@@ -451,6 +484,7 @@ class MemoryStore:
         ]
         with self._write(f"add {len(rows)} memories"):
             self._record_embedder()
+            self._appended = []
             if ids is not None:
                 self._reject_existing([r["id"] for r in rows], "add")
             self._insert(rows, actor)
@@ -472,6 +506,7 @@ class MemoryStore:
     def _update_row(self, ident: str, vector: np.ndarray | None, *, text: str | None, key: Any, value: Any,
                     type: str | None, tags: Iterable[str] | None, actor: str | None, where: str) -> MemoryItem:
         old = self._current(ident, where)
+        self._appended = None
         changes: dict[str, Any] = {"updated_at": _now()}
         if text is not None:
             changes["text"] = self._check_text(text, where)
@@ -508,6 +543,7 @@ class MemoryStore:
 
     def _delete_row(self, ident: str, actor: str | None, where: str) -> MemoryItem:
         old = self._current(ident, where)
+        self._appended = None
         self._conn.execute("DELETE FROM memories WHERE id = ?", (ident,))
         self.db["history"].insert(
             {"memory_id": ident, "scope": old.scope, "op": "DELETE", "old_value": old.text, "new_value": None,
@@ -554,6 +590,7 @@ class MemoryStore:
             with self._write(f"apply {len(parsed)} memory operations"):
                 if texts:
                     self._record_embedder()
+                self._appended = []
                 row = 0
                 now = _now()
                 for index, o in enumerate(parsed):
