@@ -117,6 +117,7 @@ class Preset(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     env: EnvConfig
     rewards: dict[str, float] = Field(default_factory=lambda: {"sub_em": 1.0}, description="Reward name -> weight")
+    judge: ModelConfig | None = Field(None, description="Model behind the llm_judge reward (any backend)")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -214,6 +215,10 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
     check("backend", preset.model.backend, "model.backend")
     for reward in preset.rewards:
         check("reward", reward, f"rewards.{reward}")
+    if "llm_judge" in preset.rewards and preset.judge is None:
+        problems.append(("judge", "the llm_judge reward needs a judge model: judge: {backend: openai, base_url: ..., path: ...}"))
+    if preset.judge is not None:
+        check("backend", preset.judge.backend, "judge.backend")
     return problems
 
 

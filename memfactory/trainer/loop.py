@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from memfactory.agents.build import build_agent
+from memfactory.backends.build import build_backend
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import Preset
@@ -99,7 +100,8 @@ class GRPOTrainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.backend = HFBackend(self.policy, self.tokenizer, enable_thinking=preset.model.enable_thinking)
         self.agent = build_agent(preset)
-        self.env = build_env(preset)
+        judge = build_backend(preset.judge, where="judge.backend") if preset.judge is not None else None
+        self.env = build_env(preset, judge=judge)
         self.train_samples = self.env.samples("train")
         if not self.train_samples:
             raise MemFactoryError(f"env {preset.env.type!r} returned no training samples; check env.data")
@@ -223,7 +225,7 @@ class GRPOTrainer:
                             "The last good checkpoint is kept; try a lower trainer.lr or trainer.max_grad_norm."
                         )
                     self.accelerator.backward(scaled)
-                    stats.setdefault("loss", []).append(float(scaled))
+                    stats.setdefault("loss", []).append(float(scaled.detach()))
                     for key, value in parts.items():
                         stats.setdefault(key, []).append(float(value))
             grad_norm = self.accelerator.clip_grad_norm_(
@@ -253,7 +255,7 @@ class GRPOTrainer:
         with warnings.catch_warnings():
             # A step whose groups all lacked signal makes no optimizer step; the schedule still
             # advances so that it stays a function of the step number.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
         self.step = step
         elapsed = time.perf_counter() - started

@@ -1,0 +1,11 @@
+"""Build the backend a ModelConfig names, through the registry."""
+
+from __future__ import annotations
+
+from memfactory.backends.base import Backend
+from memfactory.config import ModelConfig
+from memfactory.registry import REGISTRY
+
+
+def build_backend(cfg: ModelConfig, *, where: str = "model.backend") -> Backend:
+    return REGISTRY.get("backend", cfg.backend, where=where).target.from_config(cfg)

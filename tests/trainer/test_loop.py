@@ -1,0 +1,88 @@
+"""The GRPO loop on the tiny model: updates happen only where groups carry signal."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memfactory.config import load_preset
+from memfactory.envs.base import Reward
+from memfactory.paths import presets_dir
+from memfactory.trainer.loop import GRPOTrainer, TrainingDiverged
+
+
+class VowelShare(Reward):
+    """A real, continuous reward: the share of vowels in the answer (varies between samples)."""
+
+    name = "vowels"
+
+    def score(self, trajectories):
+        out = []
+        for t in trajectories:
+            letters = [c for c in t.answer.lower() if c.isalpha()]
+            out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
+        return out
+
+
+class Constant(Reward):
+    def __init__(self, value: float):
+        self.value = value
+
+    def score(self, trajectories):
+        return [self.value] * len(trajectories)
+
+
+@pytest.fixture()
+def trainer(tmp_path, monkeypatch) -> GRPOTrainer:
+    monkeypatch.chdir(tmp_path)
+    preset = load_preset(presets_dir() / "tiny_test.yaml", ["trainer.steps=2", "trainer.lr=1e-2"])
+    return GRPOTrainer(preset)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def use_reward(trainer: GRPOTrainer, reward: Reward) -> None:
+    trainer.env.rewards = {"r": reward}
+    trainer.env.weights = {"r": 1.0}
+
+
+def test_step_with_signal_updates_the_policy_and_logs_metrics(trainer):
+    use_reward(trainer, VowelShare())
+    before = snapshot(trainer.policy)
+    result = trainer.train_step()
+    after = snapshot(trainer.policy)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    m = result.metrics
+    for key in ("reward/mean", "reward/std", "reward/r", "loss", "clip_ratio", "response_length/mean", "lr",
+                "time/step_s", "tokens_per_s", "skipped_group_fraction", "grad_norm"):
+        assert key in m, key
+    assert m["skipped_group_fraction"] < 1.0
+    assert len(result.trajectories) == 2 * 4
+    assert [len(g) for g in result.group_rewards] == [4, 4]
+    assert trainer.step == 1
+
+
+def test_groups_without_signal_are_skipped_and_nothing_moves(trainer):
+    use_reward(trainer, Constant(0.5))
+    before = snapshot(trainer.policy)
+    result = trainer.train_step()
+    assert result.metrics["skipped_group_fraction"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in snapshot(trainer.policy).items())
+
+
+def test_non_finite_reward_stops_with_a_clear_error(trainer):
+    use_reward(trainer, Constant(math.inf))
+    trainer.env.rewards["v"] = VowelShare()
+    trainer.env.weights["v"] = 1.0
+    with pytest.raises(TrainingDiverged, match="step 1"):
+        trainer.train_step()
+
+
+def test_batches_are_a_function_of_seed_and_step(trainer):
+    first = [s.id for s in trainer.batch_for_step(3, 0)]
+    assert first == [s.id for s in trainer.batch_for_step(3, 0)]
+    assert first != [s.id for s in trainer.batch_for_step(4, 0)] or len(trainer.train_samples) <= 2
