@@ -297,7 +297,9 @@ class MemoryStore:
             return self._conn.execute(sql, params).fetchall()
 
     def _init_schema(self) -> None:
-        tables = {r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type = 'table'", action="read its schema")}
+        tables = {
+            r[0] for r in self._read("SELECT name FROM sqlite_master WHERE type = 'table'", action="read its schema")
+        }
         if {"memories", "history", "meta"} <= tables:
             return  # an existing bank opens without taking the write lock
         with self._write("create its tables"):
@@ -341,7 +343,7 @@ class MemoryStore:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> MemoryStore:
+    def __enter__(self) -> MemoryStore:  # noqa: PYI034 - py310 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -357,13 +359,13 @@ class MemoryStore:
     def _check_embedder(self, embedder: Embedder) -> None:
         meta = self._meta()
         name = getattr(embedder, "name", type(embedder).__name__)
-        if "embedder" in meta and (meta["embedder"] != name or int(meta.get("dim", 0)) != int(embedder.dim)):
-            if self.count() > 0:
-                raise MemFactoryError(
-                    f"memory bank {self.path} holds embeddings from {meta['embedder']!r} ({meta.get('dim')} dims) "
-                    f"but was opened with {name!r} ({embedder.dim} dims); open it with "
-                    f"get_embedder({meta['embedder']!r}) or call reembed() to convert it"
-                )
+        differs = "embedder" in meta and (meta["embedder"] != name or int(meta.get("dim", 0)) != int(embedder.dim))
+        if differs and self.count() > 0:
+            raise MemFactoryError(
+                f"memory bank {self.path} holds embeddings from {meta['embedder']!r} ({meta.get('dim')} dims) "
+                f"but was opened with {name!r} ({embedder.dim} dims); open it with "
+                f"get_embedder({meta['embedder']!r}) or call reembed() to convert it"
+            )
 
     @property
     def embedder(self) -> Embedder:
@@ -386,7 +388,9 @@ class MemoryStore:
                 f"memory bank {self.path} holds embeddings from {meta['embedder']!r}; cannot add "
                 f"{name!r} vectors to it (call reembed() to convert the bank)"
             )
-        self.db["meta"].upsert_all([{"key": "embedder", "value": name}, {"key": "dim", "value": str(emb.dim)}], pk="key")
+        self.db["meta"].upsert_all(
+            [{"key": "embedder", "value": name}, {"key": "dim", "value": str(emb.dim)}], pk="key"
+        )
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embeds texts in one batch (duplicates encoded once) as unit float32 rows."""
@@ -426,8 +430,15 @@ class MemoryStore:
         self.db["memories"].insert_all(rows, batch_size=500)
         self.db["history"].insert_all(
             (
-                {"memory_id": r["id"], "scope": r["scope"], "op": "ADD", "old_value": None,
-                 "new_value": r["text"], "at": r["created_at"], "actor": actor}
+                {
+                    "memory_id": r["id"],
+                    "scope": r["scope"],
+                    "op": "ADD",
+                    "old_value": None,
+                    "new_value": r["text"],
+                    "at": r["created_at"],
+                    "actor": actor,
+                }
                 for r in rows
             ),
             batch_size=500,
@@ -445,8 +456,19 @@ class MemoryStore:
             raise MemFactoryError(f"{where}: scope must be a non-empty string, got {scope!r}")
         return scope
 
-    def _row(self, ident: str | None, text: str, vector: np.ndarray, *, scope: str, key: str | None,
-             value: str | None, type: str, tags: Iterable[str], now: str) -> dict[str, Any]:
+    def _row(
+        self,
+        ident: str | None,
+        text: str,
+        vector: np.ndarray,
+        *,
+        scope: str,
+        key: str | None,
+        value: str | None,
+        type: str,
+        tags: Iterable[str],
+        now: str,
+    ) -> dict[str, Any]:
         return {
             "id": ident or uuid.uuid4().hex,
             "scope": scope,
@@ -460,15 +482,42 @@ class MemoryStore:
             "updated_at": now,
         }
 
-    def add(self, text: str, *, scope: str = "default", key: str | None = None, value: str | None = None,
-            type: str = "fact", tags: Iterable[str] = (), actor: str | None = None, id: str | None = None) -> str:
+    def add(
+        self,
+        text: str,
+        *,
+        scope: str = "default",
+        key: str | None = None,
+        value: str | None = None,
+        type: str = "fact",
+        tags: Iterable[str] = (),
+        actor: str | None = None,
+        id: str | None = None,
+    ) -> str:
         """Stores one memory and returns its id (a new uuid unless ``id`` is given)."""
-        return self.add_many([text], scope=scope, key=key, value=value, type=type, tags=tags, actor=actor,
-                             ids=None if id is None else [id])[0]
+        return self.add_many(
+            [text],
+            scope=scope,
+            key=key,
+            value=value,
+            type=type,
+            tags=tags,
+            actor=actor,
+            ids=None if id is None else [id],
+        )[0]
 
-    def add_many(self, texts: Sequence[str], *, scope: str = "default", key: str | None = None,
-                 value: str | None = None, type: str = "fact", tags: Iterable[str] = (),
-                 actor: str | None = None, ids: Sequence[str] | None = None) -> list[str]:
+    def add_many(
+        self,
+        texts: Sequence[str],
+        *,
+        scope: str = "default",
+        key: str | None = None,
+        value: str | None = None,
+        type: str = "fact",
+        tags: Iterable[str] = (),
+        actor: str | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
         """Stores many memories with one embedding batch and one transaction."""
         texts = [self._check_text(t, f"add to {self.path} (text {i})") for i, t in enumerate(texts)]
         self._check_scope(scope, f"add to {self.path}")
@@ -478,8 +527,17 @@ class MemoryStore:
         vectors = self.encode(texts)
         now = _now()
         rows = [
-            self._row(None if ids is None else ids[i], t, vectors[i], scope=scope, key=key, value=value,
-                      type=type, tags=tags, now=now)
+            self._row(
+                None if ids is None else ids[i],
+                t,
+                vectors[i],
+                scope=scope,
+                key=key,
+                value=value,
+                type=type,
+                tags=tags,
+                now=now,
+            )
             for i, t in enumerate(texts)
         ]
         with self._write(f"add {len(rows)} memories"):
@@ -503,8 +561,19 @@ class MemoryStore:
             raise MemoryNotFound(f"{where}: no memory with id {ident!r} in {self.path}")
         return _item(row)
 
-    def _update_row(self, ident: str, vector: np.ndarray | None, *, text: str | None, key: Any, value: Any,
-                    type: str | None, tags: Iterable[str] | None, actor: str | None, where: str) -> MemoryItem:
+    def _update_row(
+        self,
+        ident: str,
+        vector: np.ndarray | None,
+        *,
+        text: str | None,
+        key: Any,
+        value: Any,
+        type: str | None,
+        tags: Iterable[str] | None,
+        actor: str | None,
+        where: str,
+    ) -> MemoryItem:
         old = self._current(ident, where)
         self._appended = None
         changes: dict[str, Any] = {"updated_at": _now()}
@@ -522,13 +591,29 @@ class MemoryStore:
             changes["tags"] = json.dumps([str(t) for t in tags])
         self.db["memories"].update(ident, changes)
         self.db["history"].insert(
-            {"memory_id": ident, "scope": old.scope, "op": "UPDATE", "old_value": old.text,
-             "new_value": changes.get("text", old.text), "at": changes["updated_at"], "actor": actor}
+            {
+                "memory_id": ident,
+                "scope": old.scope,
+                "op": "UPDATE",
+                "old_value": old.text,
+                "new_value": changes.get("text", old.text),
+                "at": changes["updated_at"],
+                "actor": actor,
+            }
         )
         return self._current(ident, where)
 
-    def update(self, id: str, text: str | None = None, *, key: Any = _UNSET, value: Any = _UNSET,
-               type: str | None = None, tags: Iterable[str] | None = None, actor: str | None = None) -> MemoryItem:
+    def update(
+        self,
+        id: str,
+        text: str | None = None,
+        *,
+        key: Any = _UNSET,
+        value: Any = _UNSET,
+        type: str | None = None,
+        tags: Iterable[str] | None = None,
+        actor: str | None = None,
+    ) -> MemoryItem:
         """Changes a memory (re-embedding only when the text changes) and returns the new version."""
         where = f"update {id!r}"
         vector = None
@@ -538,16 +623,32 @@ class MemoryStore:
         with self._write(where):
             if vector is not None:
                 self._record_embedder()
-            return self._update_row(id, vector, text=text, key=key, value=value, type=type,
-                                    tags=None if tags is None else list(tags), actor=actor, where=where)
+            return self._update_row(
+                id,
+                vector,
+                text=text,
+                key=key,
+                value=value,
+                type=type,
+                tags=None if tags is None else list(tags),
+                actor=actor,
+                where=where,
+            )
 
     def _delete_row(self, ident: str, actor: str | None, where: str) -> MemoryItem:
         old = self._current(ident, where)
         self._appended = None
         self._conn.execute("DELETE FROM memories WHERE id = ?", (ident,))
         self.db["history"].insert(
-            {"memory_id": ident, "scope": old.scope, "op": "DELETE", "old_value": old.text, "new_value": None,
-             "at": _now(), "actor": actor}
+            {
+                "memory_id": ident,
+                "scope": old.scope,
+                "op": "DELETE",
+                "old_value": old.text,
+                "new_value": None,
+                "at": _now(),
+                "actor": actor,
+            }
         )
         return old
 
@@ -568,8 +669,14 @@ class MemoryStore:
                 self._conn.execute("DELETE FROM history WHERE scope = ?", (scope,))
         return count
 
-    def apply(self, ops: Sequence[Operation | dict[str, Any]], *, actor: str | None = None,
-              scope: str = "default", raise_on_error: bool = True) -> ApplyResult:
+    def apply(
+        self,
+        ops: Sequence[Operation | dict[str, Any]],
+        *,
+        actor: str | None = None,
+        scope: str = "default",
+        raise_on_error: bool = True,
+    ) -> ApplyResult:
         """Applies a batch of ADD/UPDATE/DELETE/NONE operations in one transaction.
 
         Any invalid operation (unknown op, unknown id, empty text) rolls back the whole batch: with
@@ -598,8 +705,17 @@ class MemoryStore:
                     if o.op == "NONE":
                         result.skipped += 1
                     elif o.op == "ADD":
-                        new = self._row(o.id, o.text, vectors[row], scope=o.scope or scope, key=o.key,
-                                        value=o.value, type=o.type or "fact", tags=o.tags or (), now=now)
+                        new = self._row(
+                            o.id,
+                            o.text,
+                            vectors[row],
+                            scope=o.scope or scope,
+                            key=o.key,
+                            value=o.value,
+                            type=o.type or "fact",
+                            tags=o.tags or (),
+                            now=now,
+                        )
                         row += 1
                         if o.id is not None:
                             self._reject_existing([o.id], where)
@@ -610,10 +726,17 @@ class MemoryStore:
                         if o.text is not None:
                             vector = vectors[row]
                             row += 1
-                        self._update_row(o.id, vector, text=o.text,
-                                         key=_UNSET if o.key is None else o.key,
-                                         value=_UNSET if o.value is None else o.value,
-                                         type=o.type, tags=o.tags, actor=actor, where=where)
+                        self._update_row(
+                            o.id,
+                            vector,
+                            text=o.text,
+                            key=_UNSET if o.key is None else o.key,
+                            value=_UNSET if o.value is None else o.value,
+                            type=o.type,
+                            tags=o.tags,
+                            actor=actor,
+                            where=where,
+                        )
                         result.updated.append(o.id)
                     else:
                         self._delete_row(o.id, actor, where)
@@ -721,13 +844,15 @@ class MemoryStore:
             self._matrices[scope] = matrix
             return matrix
 
-    def search(self, query: str, k: int = 10, scope: str | None = None, *,
-               min_score: float | None = None) -> list[MemoryHit]:
+    def search(
+        self, query: str, k: int = 10, scope: str | None = None, *, min_score: float | None = None
+    ) -> list[MemoryHit]:
         """The ``k`` memories most similar to ``query`` (cosine), best first."""
         return self.search_vector(self._query_vector(str(query)), k, scope, min_score=min_score)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, scope: str | None = None, *,
-                      min_score: float | None = None) -> list[MemoryHit]:
+    def search_vector(
+        self, vector: np.ndarray, k: int = 10, scope: str | None = None, *, min_score: float | None = None
+    ) -> list[MemoryHit]:
         """Top-k by cosine for an already-embedded query (a unit float32 vector)."""
         if k <= 0:
             return []
@@ -738,8 +863,9 @@ class MemoryStore:
         scores = np.asarray(vector, dtype=np.float32) @ matrix.vectors_t
         return self._hits(matrix, scores, k, min_score)
 
-    def search_many(self, queries: Sequence[str], k: int = 10, scope: str | None = None, *,
-                    min_score: float | None = None) -> list[list[MemoryHit]]:
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, scope: str | None = None, *, min_score: float | None = None
+    ) -> list[list[MemoryHit]]:
         """``search`` for many queries with one embedding batch and one matrix product."""
         if k <= 0 or not queries:
             return [[] for _ in queries]

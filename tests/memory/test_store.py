@@ -33,12 +33,17 @@ def rows(store: MemoryStore) -> list[tuple]:
 
 def test_semantic_search_ranks_paraphrase_first(bank):
     bank.add_many(
-        ["My cat is named Bob", "I work as an accountant in Berlin", "I adore hiking in the mountains",
-         "The quarterly report is due on Friday", "I am allergic to peanuts"],
+        [
+            "My cat is named Bob",
+            "I work as an accountant in Berlin",
+            "I adore hiking in the mountains",
+            "The quarterly report is due on Friday",
+            "I am allergic to peanuts",
+        ],
         scope="user:alice",
     )
     hits = bank.search("Which outdoor activity does the user love?", k=3)
-    assert [h.item.text for h in hits][0] == "I adore hiking in the mountains"
+    assert hits[0].item.text == "I adore hiking in the mountains"
     assert hits[0].score > hits[1].score >= hits[2].score
     assert len(bank.search("anything", k=50)) == 5
     pets = bank.search("Does the user have any pets?", k=1)
@@ -46,11 +51,24 @@ def test_semantic_search_ranks_paraphrase_first(bank):
 
 
 def test_add_get_fields_and_embedding_stored_once(bank, minilm):
-    ident = bank.add("Alice's favourite food is sushi", scope="user:alice", key="favourite_food",
-                     value="sushi", type="preference", tags=["food", "likes"], actor="extractor")
+    ident = bank.add(
+        "Alice's favourite food is sushi",
+        scope="user:alice",
+        key="favourite_food",
+        value="sushi",
+        type="preference",
+        tags=["food", "likes"],
+        actor="extractor",
+    )
     item = bank.get(ident)
     assert (item.text, item.scope, item.key, item.value, item.type, item.tags) == (
-        "Alice's favourite food is sushi", "user:alice", "favourite_food", "sushi", "preference", ["food", "likes"])
+        "Alice's favourite food is sushi",
+        "user:alice",
+        "favourite_food",
+        "sushi",
+        "preference",
+        ["food", "likes"],
+    )
     assert item.created_at == item.updated_at
     blob = bank._conn.execute("SELECT embedding FROM memories WHERE id = ?", (ident,)).fetchone()[0]
     stored = np.frombuffer(blob, dtype=np.float32)
@@ -124,7 +142,8 @@ def test_snapshot_restore_isolation(bank, tmp_path):
     assert [m.text for m in bank.all()] == ["The user drinks coffee every morning"]
     assert [h.item.text for h in branch.search("What does the user drink?", k=5)] == ["The user switched to green tea"]
     assert [h.item.text for h in bank.search("What does the user drink?", k=5)] == [
-        "The user drinks coffee every morning"]
+        "The user drinks coffee every morning"
+    ]
 
     saved = bank.snapshot(tmp_path / "saved.db")
     bank.update(base, "The user quit coffee")
@@ -221,8 +240,10 @@ def test_embedder_mismatch_is_refused_then_reembed_converts(tmp_path, minilm):
 
 def test_top_k_order_matches_brute_force(tmp_path):
     store = MemoryStore(tmp_path / "rank.db", embedder=HashingEmbedder(128))
-    texts = [f"note {i} about {'tea coffee chess tennis paris berlin'.split()[i % 6]} and item {i * 7 % 13}"
-             for i in range(300)]
+    texts = [
+        f"note {i} about {['tea', 'coffee', 'chess', 'tennis', 'paris', 'berlin'][i % 6]} and item {i * 7 % 13}"
+        for i in range(300)
+    ]
     store.add_many(texts)
     query = "chess and item 5"
     hits = store.search(query, k=10)

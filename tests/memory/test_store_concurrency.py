@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 
 from memfactory.memory import HashingEmbedder, MemoryStore, Operation
@@ -14,8 +15,9 @@ def _writer(path: str, name: str, start, done) -> None:
     start.wait(60)  # both processes have opened the bank before either writes
     for i in range(PER_WORKER):
         if i % 3 == 2:  # mix single adds with small atomic batches
-            store.apply([Operation("ADD", text=f"{name} batch fact {i}", scope=f"user:{name}"), Operation("NONE")],
-                        actor=name)
+            store.apply(
+                [Operation("ADD", text=f"{name} batch fact {i}", scope=f"user:{name}"), Operation("NONE")], actor=name
+            )
         else:
             store.add(f"{name} fact {i}", scope=f"user:{name}", actor=name)
         if i % 10 == 0:
@@ -45,7 +47,7 @@ def test_two_processes_adding_concurrently_lose_nothing(tmp_path):
     assert {e.actor for e in history} == {"alice", "bob"}
     # The two writers really interleaved (not one after the other), so the locking was exercised.
     actors = [e.actor for e in history]
-    switches = sum(a != b for a, b in zip(actors, actors[1:]))
+    switches = sum(a != b for a, b in itertools.pairwise(actors))
     assert switches >= 1
     hits = store.search("bob batch fact 2", k=1, scope="user:bob")
     assert hits[0].item.text == "bob batch fact 2"
