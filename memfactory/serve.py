@@ -458,6 +458,20 @@ def load_backend(cfg_or_path: ModelConfig | str, checkpoint: str | None = None) 
     return HFBackend.from_config(cfg)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MemFactoryError(f"--host {host}: cannot resolve it ({exc})") from None
+    family, type_, proto, _, address = infos[0]
+    with socket.socket(family, type_, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise MemFactoryError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+
+
 def serve(
     cfg_or_path: ModelConfig | str = "tiny://qwen3-mini",
     host: str = DEFAULT_HOST,
@@ -472,6 +486,7 @@ def serve(
     """Load the model and serve it until interrupted (blocking)."""
     import uvicorn
 
+    _check_port_free(host, port)  # before the (slow) model load
     backend = load_backend(cfg_or_path, checkpoint)
     path = cfg_or_path.path if isinstance(cfg_or_path, ModelConfig) else str(cfg_or_path)
     model_name = name or (checkpoint and Path(checkpoint).name) or path
