@@ -201,10 +201,14 @@ class MemoryStore:
         self._appended: list[tuple[str, str, bytes]] | None = None
         self._query_cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._conn = self._connect()
-        self.db = sqlite_utils.Database(self._conn)
-        self._init_schema()
-        if embedder is not None:
-            self._check_embedder(embedder)
+        try:
+            self.db = sqlite_utils.Database(self._conn)
+            self._init_schema()
+            if embedder is not None:
+                self._check_embedder(embedder)
+        except BaseException:
+            self._conn.close()
+            raise
 
     # ------------------------------------------------------------------ connection and errors
     def _connect(self) -> sqlite3.Connection:
@@ -243,6 +247,8 @@ class MemoryStore:
                     f"raise MemoryStore(timeout=...)."
                 ) from exc
             raise MemFactoryError(f"memory bank {self.path}: cannot {action}: {message}") from exc
+        except sqlite3.IntegrityError as exc:
+            raise MemFactoryError(f"memory bank {self.path}: cannot {action}: {exc}; nothing was written") from exc
         except sqlite3.DatabaseError as exc:
             raise MemFactoryError(
                 f"memory bank {self.path} is unreadable ({exc}) while trying to {action}; "

@@ -74,6 +74,9 @@ def test_add_get_fields_and_embedding_stored_once(bank, minilm):
     stored = np.frombuffer(blob, dtype=np.float32)
     np.testing.assert_allclose(stored, minilm.encode([item.text])[0], atol=1e-5)
     assert bank.get("missing") is None
+    with pytest.raises(MemFactoryError, match="already exists"):
+        bank.add("a different text", id=ident)
+    assert bank.get(ident).text == "Alice's favourite food is sushi"
     # The bank records its vector space; reopening without an embedder picks the same one.
     again = MemoryStore(bank.path)
     assert again.embedder.name == minilm.name
