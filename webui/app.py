@@ -55,7 +55,7 @@ def build_app() -> gr.Blocks:
             lang = gr.Dropdown(choices=[(name, code) for code, name in LOCALES.items()], value="en",
                                label=t("lang"), elem_id="mf-lang", scale=0, min_width=140)
             labels.add(lang, "lang")
-        ctx = UIContext(demo=demo, labels=labels)
+        ctx = UIContext(demo=demo, labels=labels, lang=lang)
         with gr.Tabs(elem_id="mf-tabs"):
             for module in tab_modules():
                 try:

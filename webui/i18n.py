@@ -47,6 +47,7 @@ TEXT: dict[str, dict[str, str]] = {
     "download": {"en": "⬇️ Download YAML", "zh": "⬇️ 下载 YAML"},
     "reward_weight": {"en": "weight", "zh": "权重"},
     "valid": {"en": "✅ The preset is valid.", "zh": "✅ 预设有效。"},
+    "invalid": {"en": "❌ **Invalid preset**", "zh": "❌ **预设无效**"},
     "runs_table": {"en": "Runs", "zh": "运行"},
     "runs_select": {"en": "Runs to compare", "zh": "对比的运行"},
     "runs_empty": {"en": "No runs yet. Start one from the Train tab or `memfactory train <preset>`.",

@@ -108,17 +108,22 @@ def abort(pid: int, grace: float = 5.0) -> bool:
     """SIGTERM the run's process group, SIGKILL it after ``grace`` seconds; True if it was running."""
     if not is_alive(pid):
         return False
+    kill = os.killpg
     try:
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+    except ProcessLookupError:  # not a group leader (started from a terminal, not by us): just the process
+        kill = os.kill
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not is_alive(pid):
             return True
         time.sleep(0.05)
     try:
-        os.killpg(pid, signal.SIGKILL)
+        kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + 2.0

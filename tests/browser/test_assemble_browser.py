@@ -91,4 +91,5 @@ def test_locale_switch(page, tmp_path):
     page.get_by_role("tab", name=re.compile("组装")).wait_for()
     assert "记忆智能体" in page.locator("#mf-title").inner_text()
     page.get_by_text("保存预设").first.wait_for()
+    _wait_text(page, "#mf-problems", "预设")  # the validation summary follows the locale too
     page.screenshot(path=str(tmp_path / "locale_zh.png"), full_page=True)

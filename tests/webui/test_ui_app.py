@@ -39,3 +39,19 @@ def test_labels_relabel_registered_components():
     assert labels.components == [button, box]
     assert labels.texts("zh") == [{"value": "💾 保存预设"}, {"label": "预设 (YAML)", "info": "等效命令"}]
     assert len(labels.updates("en")) == 2
+
+
+def test_app_builds_with_an_empty_registry(monkeypatch):
+    """Before any component is registered the UI still starts and says what is missing."""
+    from memfactory import registry
+    from webui.preset_form import build_form, check
+
+    monkeypatch.setattr(registry.REGISTRY, "_entries", {kind: {} for kind in registry.KINDS})
+    monkeypatch.setattr(registry, "_loaded", True)
+    form = build_form()
+    assert form.empty_kinds == list(registry.KINDS)
+    _, preset, problems = check(form, form.defaults())
+    assert preset is None and any(path == "agent" for path, _ in problems)
+    demo = build_app()
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.elem_id == "mf-empty-registry"]
+    assert notes and "agent" in notes[0]

@@ -90,3 +90,39 @@ def test_new_run_id_is_a_safe_name():
     run_id = runner.new_run_id("a b/../c")
     assert "/" not in run_id and " " not in run_id
     assert Path(run_id).name == run_id
+
+
+@pytest.mark.xfail(reason="memfactory/trainer/session.py refuses a run folder that already holds the runner's "
+                          "stdout.log ('run folder ... already exists'); passes once it ignores that file",
+                   strict=False)
+def test_start_run_trains_the_tiny_preset(tmp_path):
+    """A real 2-step GRPO run on the tiny model, started the way the UI starts it."""
+    preset = Path(__file__).resolve().parents[2] / "presets" / "tiny_test.yaml"
+    if not preset.is_file():
+        pytest.skip("presets/tiny_test.yaml is not shipped")
+    runs = tmp_path / "runs"
+    run_id, pid = runner.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
+    assert _wait(lambda: not runner.is_alive(pid), 240)
+    log = runner.tail(runs / run_id / "stdout.log", 40)
+    assert runner.exit_code(pid) == 0, log
+    from memfactory.tracking.metrics import read_metrics
+
+    records = read_metrics(runs / run_id / "metrics.jsonl").records
+    assert [r["step"] for r in records] == [1, 2]
+    assert "reward" in runner.tail(runs / run_id / "stdout.log", 40)
+
+
+def test_abort_a_process_that_is_not_a_group_leader(tmp_path):
+    """A trainer started from a terminal shares its shell's group: only that process is stopped."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert os.getpgid(process.pid) != process.pid
+        assert runner.is_alive(process.pid)
+        assert runner.abort(process.pid, grace=5.0)
+        assert process.wait(10) == -15
+        assert runner.is_alive(os.getpid())  # the test process (same group) is untouched
+    finally:
+        if process.poll() is None:
+            process.kill()

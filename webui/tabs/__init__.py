@@ -18,4 +18,5 @@ from webui.i18n import Labels
 class UIContext:
     demo: Any  # the gr.Blocks being built
     labels: Labels
+    lang: Any = None  # the locale dropdown ("en" / "zh"), for handlers that write text
     shared: dict[str, Any] = field(default_factory=dict)

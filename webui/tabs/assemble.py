@@ -55,7 +55,7 @@ def problems_markdown(problems: list[tuple[str, str]], lang: str = "en") -> str:
     if not problems:
         return t("valid", lang)
     lines = [f"- `{path or '(top level)'}`: {message}" for path, message in problems]
-    return "❌ **Invalid preset**\n\n" + "\n".join(lines)
+    return t("invalid", lang) + "\n\n" + "\n".join(lines)
 
 
 def file_stem(save_name: str, data: dict[str, Any]) -> str:
@@ -226,7 +226,7 @@ def build(ctx: UIContext) -> None:
     n = len(widgets)
 
     def preview(*args: Any):
-        values, save_as, previous = list(args[:n]), args[n], args[n + 1]
+        values, save_as, previous, lang = list(args[:n]), args[n], args[n + 1], args[n + 2]
         data, preset, problems = check(form, values)
         stem = file_stem(save_as, data)
         text = preset.to_yaml() if preset else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -241,11 +241,12 @@ def build(ctx: UIContext) -> None:
                 updates.append(gr.skip())
         file_update = (gr.update(value=download_file(stem, text), interactive=True) if preset
                        else gr.update(value=None, interactive=False))
-        return [problems_markdown(problems), text, cli_command(stem), file_update, marks, *updates]
+        return [problems_markdown(problems, lang or "en"), text, cli_command(stem), file_update, marks, *updates]
 
     preview_outputs = [problems_md, yaml_code, cli, download, flagged, *widgets]
-    preview_inputs = [*widgets, save_name, flagged]
-    gr.on([w.change for w in widgets] + [save_name.change], preview, preview_inputs, preview_outputs,
+    lang = ctx.lang if ctx.lang is not None else gr.State("en")
+    preview_inputs = [*widgets, save_name, flagged, lang]
+    gr.on([w.change for w in widgets] + [save_name.change, lang.change], preview, preview_inputs, preview_outputs,
           trigger_mode="always_last", show_progress="hidden")
     ctx.demo.load(preview, preview_inputs, preview_outputs, show_progress="hidden")
 

@@ -80,7 +80,7 @@ def build(ctx: UIContext) -> None:
             labels.add(refresh, "refresh", "value")
         table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("runs_table"), elem_id="mf-runs-table")
         labels.add(table, "runs_table")
-        chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay")
+        chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay", show_label=False)
         timer = gr.Timer(10.0)
 
     def on_refresh(current: list[str]):
