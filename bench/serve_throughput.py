@@ -23,13 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from memfactory.backends.hf import HFBackend  # noqa: E402
-from memfactory.backends.openai_api import OpenAIBackend  # noqa: E402
-from memfactory.config import ModelConfig  # noqa: E402
-from memfactory.serve import ServerThread, create_app  # noqa: E402
-from memfactory.types import ChatPrompt, SamplingParams  # noqa: E402
+from memfactory.backends.hf import HFBackend
+from memfactory.backends.openai_api import OpenAIBackend
+from memfactory.config import ModelConfig
+from memfactory.serve import ServerThread, create_app
+from memfactory.types import ChatPrompt, SamplingParams
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Serving"
@@ -74,8 +74,8 @@ def main() -> int:
             local_t, http_t = [], []
             before = app.state.batcher.stats.as_dict()
             for _ in range(args.repeats):
-                local_t.append(timed(lambda: [backend.generate(prompts[i : i + c], params) for i in range(0, len(prompts), c)]))
-                http_t.append(timed(lambda: remote.extend(client.generate(prompts, params))))
+                local_t.append(timed(lambda c=c: [backend.generate(prompts[i : i + c], params) for i in range(0, len(prompts), c)]))
+                http_t.append(timed(lambda client=client, remote=remote: remote.extend(client.generate(prompts, params))))
             after = app.state.batcher.stats.as_dict()
             client.close()
             mismatches = sum(r.text != g.text for r, g in zip(remote[c:], reference * args.repeats))
@@ -87,12 +87,12 @@ def main() -> int:
 
     threads = os.environ.get("OMP_NUM_THREADS")
     lines = [
-        f"{args.requests} greedy requests × ≤{args.max_new_tokens} new tokens ({tokens} generated), model `{args.model}`, "
+        (f"{args.requests} greedy requests × ≤{args.max_new_tokens} new tokens ({tokens} generated), model `{args.model}`, "
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible), OMP_NUM_THREADS={threads}, "
         f"torch threads {torch.get_num_threads()}, median of {args.repeats} runs; server = uvicorn in a thread of the "
         "same process; in-process = `backend.generate` on batches of c prompts. "
         f"Load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end (a machine shared with other jobs: "
-        "absolute figures are noisy; both columns of a row are measured interleaved in the same run).",
+        "absolute figures are noisy; both columns of a row are measured interleaved in the same run)."),
         "",
         "| concurrency | in-process req/s | in-process tok/s | HTTP req/s | HTTP tok/s | HTTP / in-process | mean server batch |",
         "|---:|---:|---:|---:|---:|---:|---:|",

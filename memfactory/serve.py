@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -328,9 +328,9 @@ def create_app(
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return error(401, "invalid or missing API key", "authentication_error")
+        if (api_key and request.url.path.startswith("/v1/")
+                and request.headers.get("authorization", "") != f"Bearer {api_key}"):
+            return error(401, "invalid or missing API key", "authentication_error")
         return await call_next(request)
 
     @app.get("/health")

@@ -16,7 +16,6 @@ import pytest
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.cli import main as cli_main
-from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.serve import Batcher, ServerThread, apply_stop, create_app
 from memfactory.types import ChatPrompt, Generation, SamplingParams
@@ -26,8 +25,10 @@ GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def hf_backend() -> HFBackend:
-    return HFBackend.from_config(ModelConfig(path="tiny://qwen3-mini"))
+def hf_backend(tiny_backend) -> HFBackend:
+    """The session's read-only tiny model (tests/conftest.py); called in-process and served over HTTP,
+    never both at the same moment."""
+    return tiny_backend
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def _require_vllm() -> Any:
         raise MemFactoryError(NOT_INSTALLED)
     try:
         import vllm
-    except Exception as exc:  # a broken install (e.g. a torch mismatch) is a setup problem, not a bug here
+    except Exception as exc:  # noqa: BLE001 - a broken install (e.g. a torch mismatch) is a setup problem, not a bug here
         raise MemFactoryError(f"vLLM is installed but failed to import ({type(exc).__name__}: {exc}); {NOT_INSTALLED}") from None
     return vllm
 
