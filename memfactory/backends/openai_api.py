@@ -301,6 +301,9 @@ class OpenAIBackend:
             )
         elif status == 404:
             hint = f"; is {self.model!r} the served model name (see list_models()) and the URL right?"
+        elif status in (400, 422) and ("continue_final_message" in detail or "add_generation_prompt" in detail):
+            hint = ("; this server does not continue an assistant prefix (vLLM's continue_final_message "
+                    "extension; OpenAI's own API lacks it): drop ChatPrompt.assistant_prefix for this endpoint")
         elif status in RETRY_STATUS:
             hint = f" (gave up after {attempts} attempts)"
         else:

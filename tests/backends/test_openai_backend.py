@@ -231,3 +231,21 @@ def test_from_config_and_url_normalisation():
     assert normalise_base_url("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
     with pytest.raises(MemFactoryError, match="not an http"):
         normalise_base_url("127.0.0.1:8000")
+
+
+def test_a_server_without_prefix_support_gets_a_hint(server_factory):
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def strict(request: Request):
+        body = await request.json()
+        unknown = sorted(set(body) - {"model", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed"})
+        if unknown:  # what OpenAI's own API answers to vLLM's extensions
+            return JSONResponse({"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}}, status_code=400)
+        return completion("ok")
+
+    server = server_factory(app)
+    backend = OpenAIBackend(server.url, "m", max_retries=0)
+    assert backend.generate(prompts(1), SamplingParams())[0].text == "ok"
+    with pytest.raises(MemFactoryError, match="does not continue an assistant prefix"):
+        backend.generate([ChatPrompt([{"role": "user", "content": "q"}], assistant_prefix="A:")], SamplingParams())
