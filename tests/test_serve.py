@@ -323,3 +323,13 @@ def test_cli_serve_reports_a_busy_port(capsys):
         port = busy.getsockname()[1]
         assert cli_main(["serve", "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_preset_model_section_reaches_the_server(hf_backend, server):
+    from memfactory.config import ModelConfig
+    from memfactory.registry import REGISTRY
+
+    cfg = ModelConfig(backend="openai", path=NAME, base_url=f"http://127.0.0.1:{server.port}")  # /v1 is added
+    backend = REGISTRY.get("backend", cfg.backend).target.from_config(cfg)
+    prompts = chat_prompts(3)
+    assert [g.text for g in backend.generate(prompts, GREEDY)] == [g.text for g in hf_backend.generate(prompts, GREEDY)]
