@@ -29,6 +29,7 @@ TEXT: dict[str, dict[str, str]] = {
     "section.trainer": {"en": "Trainer (GRPO)", "zh": "训练器 (GRPO)"},
     "section.logging": {"en": "Logging", "zh": "日志"},
     "section.agent_options": {"en": "Agent options", "zh": "智能体选项"},
+    "section.model_options": {"en": "More model options", "zh": "更多模型选项"},
     "preset_name": {"en": "Preset name", "zh": "预设名称"},
     "description": {"en": "Description", "zh": "描述"},
     "agent": {"en": "Agent", "zh": "智能体"},

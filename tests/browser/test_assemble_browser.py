@@ -58,6 +58,14 @@ def test_assemble_save_reload(page, workspace, tmp_path):
     if "valid" not in problems or "Invalid" in problems:
         pytest.skip(f"the registry cannot make a valid preset here, so saving is not exercised: {problems}")
 
+    # The download button hands out the previewed YAML.
+    page.wait_for_selector("#mf-download:not([disabled])")
+    with page.expect_download() as download:
+        page.locator("#mf-download").click()
+    downloaded = yaml.safe_load(open(download.value.path(), encoding="utf-8"))
+    assert download.value.suggested_filename == "browser_preset.yaml"
+    assert downloaded["name"] == "browser_preset" and downloaded["trainer"]["steps"] == 7
+
     # Save writes presets/browser_preset.yaml in the workspace.
     page.locator("#mf-save").click()
     _wait_text(page, "#mf-status", "saved")
@@ -93,3 +101,30 @@ def test_locale_switch(page, tmp_path):
     page.get_by_text("保存预设").first.wait_for()
     _wait_text(page, "#mf-problems", "预设")  # the validation summary follows the locale too
     page.screenshot(path=str(tmp_path / "locale_zh.png"), full_page=True)
+
+
+def test_agent_choice_switches_the_module_slots(page, tmp_path):
+    """Choosing another agent shows that agent's module slots and hides the previous one's."""
+    from webui.preset_form import build_form, slot_key
+    from webui.tabs.assemble import elem_id
+
+    form = build_form()  # the same registry the app subprocess sees
+    with_slots = [agent for agent, slots in form.agents.items() if slots]
+    if not with_slots or len(form.agents) < 2:
+        pytest.skip(f"needs two agents, one with module slots; registered: {form.agents}")
+    first = with_slots[0]
+    other = next(agent for agent in form.agents if agent != first)
+    slot_id = "#" + elem_id(slot_key(first, next(iter(form.agents[first]))))
+
+    def choose(agent: str) -> None:
+        page.locator("#mf-agent input").click()
+        page.get_by_role("option", name=agent, exact=True).click()
+        page.wait_for_function(f"document.querySelector('#mf-yaml .cm-content')?.innerText.includes('agent: {agent}')")
+
+    choose(first)
+    page.locator(slot_id).wait_for(state="visible")
+    choose(other)
+    page.locator(slot_id).wait_for(state="hidden")
+    for slot in form.agents[other]:
+        page.locator("#" + elem_id(slot_key(other, slot))).wait_for(state="visible")
+    page.screenshot(path=str(tmp_path / "assemble_other_agent.png"), full_page=True)

@@ -167,7 +167,8 @@ def build(ctx: UIContext) -> None:
                 draw(lambda item: item.key in ("model.backend", "model.path"), per_row=2)
                 labels.add(widgets[form.index("model.backend")], "backend")
                 labels.add(widgets[form.index("model.path")], "model_path")
-                with gr.Accordion("model options", open=False):
+                with gr.Accordion(t("section.model_options"), open=False) as acc:
+                    labels.add(acc, "section.model_options")
                     draw(prefix("model."))
 
                 labels.add(gr.Markdown(t("section.env")), "section.env", "value")
