@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -62,7 +63,7 @@ def test_assemble_save_reload(page, workspace, tmp_path):
     page.wait_for_selector("#mf-download:not([disabled])")
     with page.expect_download() as download:
         page.locator("#mf-download").click()
-    downloaded = yaml.safe_load(open(download.value.path(), encoding="utf-8"))
+    downloaded = yaml.safe_load(Path(download.value.path()).read_text(encoding="utf-8"))
     assert download.value.suggested_filename == "browser_preset.yaml"
     assert downloaded["name"] == "browser_preset" and downloaded["trainer"]["steps"] == 7
 
