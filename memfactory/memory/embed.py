@@ -80,7 +80,7 @@ def _load_sentence_transformer(source: str, device: str):
                 if offline
                 else " Pass a local model folder, a reachable hub id, or 'minilm' (bundled)."
             )
-            raise MemFactoryError(f"could not load embedding model {source!r}: {exc}.{hint}") from exc
+            raise MemFactoryError(f"could not load embedding model {source!r}: {str(exc).rstrip('.')}.{hint}") from exc
         _MODELS[key] = model
         return model
 
