@@ -48,7 +48,7 @@ class _failed_tab:  # a stand-in module whose build() shows the import error
 def build_app() -> gr.Blocks:
     """The whole UI (not launched): tabs discovered from ``webui/tabs/``."""
     labels = Labels()
-    with gr.Blocks(title="MemFactory") as demo:
+    with gr.Blocks(title="MemFactory", delete_cache=(3600, 3600)) as demo:
         with gr.Row(equal_height=True):
             title = gr.Markdown(t("title"), elem_id="mf-title")
             labels.add(title, "title", "value")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -192,3 +193,14 @@ def test_save_and_load_in_the_workspace(registered, tmp_path, monkeypatch):
     assert any("gone" in note for note in notes) and loaded[form.index("name")] == "stale"
     assert "memfactory train presets/x.yaml" == tab.cli_command("x")
     assert tab.download_file("saved_one", text).endswith("saved_one.yaml")
+
+
+def test_download_files_are_pruned(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    paths = [tab.download_file("p", f"name: p{i}\n") for i in range(205)]
+    folders = list((tmp_path / "memfactory-ui").iterdir())
+    assert len(folders) <= 201
+    assert Path(paths[-1]).read_text() == "name: p204\n"
+    assert tab.download_file("../x", "name: q\n").endswith("/preset.yaml")  # a bad name never becomes a path

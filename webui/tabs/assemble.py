@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,24 @@ def download_file(stem: str, text: str) -> str:
         stem = workspace.check_name(stem)
     except MemFactoryError:
         stem = "preset"
-    folder = Path(tempfile.gettempdir()) / "memfactory-ui" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    root = Path(tempfile.gettempdir()) / "memfactory-ui"
+    folder = root / hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not folder.exists():
+        _prune(root)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.yaml"
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+def _prune(root: Path, keep: int = 200) -> None:
+    """Every edit of a valid preset makes one small file; keep only the newest ``keep`` folders."""
+    try:
+        folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    for folder in folders[:-keep] if len(folders) > keep else []:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save(form: PresetForm, values: list[Any], save_name: str, overwrite: bool) -> tuple[Path, str]:
