@@ -22,6 +22,7 @@ optimizer). The first ``--warmup`` steps of each are dropped; the median of the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -36,7 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 BENCH_EOS = "<|bench_never_eos|>"
 
@@ -133,7 +134,9 @@ def run_ours(model_dir: Path, args: argparse.Namespace, workdir: Path) -> tuple[
 # --------------------------------------------------------------------------- TRL
 
 
-def run_trl(model_dir: Path, prompt_ids: list[list[int]], args: argparse.Namespace, workdir: Path) -> tuple[list[float], dict]:
+def run_trl(
+    model_dir: Path, prompt_ids: list[list[int]], args: argparse.Namespace, workdir: Path
+) -> tuple[list[float], dict]:
     import datasets
     import trl
     from transformers import AutoTokenizer, TrainerCallback
@@ -181,7 +184,11 @@ def run_trl(model_dir: Path, prompt_ids: list[list[int]], args: argparse.Namespa
 
     dataset = datasets.Dataset.from_dict({"prompt": texts})
     trainer = trl.GRPOTrainer(
-        model=str(model_dir), reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
+        model=str(model_dir),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         callbacks=[Clock()],
     )
     generate = trainer._generate_single_turn
@@ -193,7 +200,7 @@ def run_trl(model_dir: Path, prompt_ids: list[list[int]], args: argparse.Namespa
 
     trainer._generate_single_turn = measured
     trainer.train()
-    times = [b - a for a, b in zip(ends, ends[1:])]
+    times = [b - a for a, b in itertools.pairwise(ends)]
     return times, {"same_prompt_tokens": same, "completion_length_mean": statistics.mean(lengths)}
 
 
@@ -217,16 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model_dir(workdir / "model")
         ours, prompts, our_info = run_ours(model_dir, args, workdir)
         our_med = statistics.median(ours[args.warmup :])
-        print(f"ours: median {our_med:.4f} s/step over {args.steps} steps "
-              f"(rollout {our_info['rollout_median_s']:.4f} s, update {our_info['update_median_s']:.4f} s, "
-              f"response length {our_info['response_length_mean']:.1f})", flush=True)
+        print(
+            f"ours: median {our_med:.4f} s/step over {args.steps} steps "
+            f"(rollout {our_info['rollout_median_s']:.4f} s, update {our_info['update_median_s']:.4f} s, "
+            f"response length {our_info['response_length_mean']:.1f})",
+            flush=True,
+        )
         if args.only == "ours":
             return 0
         trl_times, trl_info = run_trl(model_dir, prompts, args, workdir)
         trl_med = statistics.median(trl_times[args.warmup :])
-        print(f"trl:  median {trl_med:.4f} s/step over {len(trl_times) - args.warmup} steps "
-              f"(completion length {trl_info['completion_length_mean']:.1f}, "
-              f"prompt tokens identical: {trl_info['same_prompt_tokens']})", flush=True)
+        print(
+            f"trl:  median {trl_med:.4f} s/step over {len(trl_times) - args.warmup} steps "
+            f"(completion length {trl_info['completion_length_mean']:.1f}, "
+            f"prompt tokens identical: {trl_info['same_prompt_tokens']})",
+            flush=True,
+        )
     load_end = os.getloadavg()[0]
     ratio = our_med / trl_med
     import transformers
