@@ -51,7 +51,8 @@ class TrainingSession:
         else:
             self.run_id = run_id or new_run_id(preset.name)
             path = Path(preset.logging.runs_dir) / self.run_id
-            if path.exists() and any(path.iterdir()):
+            # The web UI's runner creates the folder and its stdout.log before we start.
+            if path.exists() and any(p.name != "stdout.log" for p in path.iterdir()):
                 raise MemFactoryError(f"run folder {path} already exists; pick another --run-id")
             self.run_dir = RunDir(path)
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
