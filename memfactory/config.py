@@ -50,6 +50,9 @@ class ModelConfig(Strict):
     checkpoint: str | None = Field(None, description="A run's checkpoint folder to load instead of the base weights")
     enable_thinking: bool = Field(False, description="Qwen3-style thinking in the chat template")
     seed: int = Field(0, description="Seed for tiny:// model construction")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Backend-specific options (e.g. timeout, concurrency for openai)"
+    )
 
 
 class EnvConfig(ComponentSpec):
@@ -212,13 +215,17 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
     env = check("env", preset.env.type, "env.type")
     if env is not None:
         check_options(env, preset.env.options, "env")
-    check("backend", preset.model.backend, "model.backend")
+    backend = check("backend", preset.model.backend, "model.backend")
+    if backend is not None:
+        check_options(backend, preset.model.options, "model.options")
     for reward in preset.rewards:
         check("reward", reward, f"rewards.{reward}")
     if "llm_judge" in preset.rewards and preset.judge is None:
         problems.append(("judge", "the llm_judge reward needs a judge model: judge: {backend: openai, base_url: ..., path: ...}"))
     if preset.judge is not None:
-        check("backend", preset.judge.backend, "judge.backend")
+        judge = check("backend", preset.judge.backend, "judge.backend")
+        if judge is not None:
+            check_options(judge, preset.judge.options, "judge.options")
     return problems
 
 

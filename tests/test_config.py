@@ -119,3 +119,20 @@ def test_overrides_parse_values_as_yaml():
 @pytest.mark.parametrize("path", sorted(presets_dir().glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_preset_validates(path: Path):
     load_preset(path)
+
+
+def test_backend_options_checked_against_the_backend_schema():
+    data = minimal()
+    data["model"] = {"backend": "openai", "path": "m", "base_url": "http://127.0.0.1:1/v1",
+                     "options": {"timeout": 5, "concurency": 2}}
+    found = dict(problems(data))
+    assert "model.options.concurency" in found
+    assert "did you mean 'concurrency'" in found["model.options.concurency"]
+    data["model"]["options"] = {"timeout": 5}
+    assert parse_preset(data).model.options == {"timeout": 5}
+
+
+def test_llm_judge_needs_a_judge_model():
+    data = minimal()
+    data["rewards"] = {"llm_judge": 1.0}
+    assert "judge" in dict(problems(data))

@@ -8,4 +8,6 @@ from memfactory.registry import REGISTRY
 
 
 def build_backend(cfg: ModelConfig, *, where: str = "model.backend") -> Backend:
-    return REGISTRY.get("backend", cfg.backend, where=where).target.from_config(cfg)
+    entry = REGISTRY.get("backend", cfg.backend, where=where)
+    options = entry.config.model_validate(cfg.options).model_dump(exclude_unset=True)
+    return entry.target.from_config(cfg, **options)
