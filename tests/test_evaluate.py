@@ -1,0 +1,231 @@
+"""avg@k evaluation: table arithmetic, per-set metrics, the workflow API on a real tiny model, resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from memfactory.backends.hf import HFBackend
+from memfactory.config import load_preset
+from memfactory.errors import MemFactoryError
+from memfactory.evaluate import (
+    ResultsStore,
+    build_table,
+    evaluate_workflow,
+    make_rows,
+    metric_for,
+    resolve_checkpoint,
+    run_eval,
+    score_trajectories,
+    without_chunk_cap,
+)
+from memfactory.paths import presets_dir
+from memfactory.types import Sample, SamplingParams, Trajectory
+
+TINY_PRESET = presets_dir() / "memagent_tiny_test.yaml"
+PARAMS = SamplingParams(max_new_tokens=6, temperature=1.0, stop=["}"])
+
+
+class CountingHFBackend(HFBackend):
+    """The real HF backend, counting how many prompts it was asked to complete."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.prompts = 0
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        self.prompts += len(prompts)
+        return super().generate(prompts, params)
+
+
+@pytest.fixture
+def counting_backend(tiny_backend) -> CountingHFBackend:
+    return CountingHFBackend(tiny_backend.model, tiny_backend.tokenizer)
+
+
+def record(row: str, set_name: str, sid: str, scores: list[float]) -> dict:
+    return {"row": row, "set": set_name, "sample_id": sid, "scores": scores, "score": sum(scores) / len(scores)}
+
+
+# --------------------------------------------------------------------------- table arithmetic
+
+
+def test_table_cells_are_avg_at_k_over_paths_and_questions():
+    records = [
+        record("base", "eval_50", "q1", [1, 0, 0, 1]),  # 0.5
+        record("base", "eval_50", "q2", [1, 1, 1, 0]),  # 0.75
+        record("base", "eval_fwe", "q1", [1 / 3, 2 / 3, 1, 0]),  # 0.5
+        record("rl", "eval_50", "q1", [1, 1, 1, 1]),
+        record("rl", "eval_50", "q2", [0, 0, 0, 1]),
+        record("rl", "eval_fwe", "q1", [0, 0, 0, 0]),
+        record("other", "eval_50", "q1", [1, 1, 1, 1]),  # a row not asked for is ignored
+    ]
+    table = build_table(records, ["base", "rl"], ["eval_50", "eval_fwe"], k=4)
+    assert table.cells["base"]["eval_50"] == pytest.approx(0.625)
+    assert table.cells["base"]["eval_fwe"] == pytest.approx(0.5)
+    assert table.average("base") == pytest.approx(0.5625)
+    assert table.cells["rl"]["eval_50"] == pytest.approx(0.625)
+    assert table.average("rl") == pytest.approx(0.3125)
+    assert table.counts["base"] == {"eval_50": 2, "eval_fwe": 1}
+
+    lines = table.markdown().splitlines()
+    assert lines[0] == "| model | eval_50 | eval_fwe | avg |"
+    assert lines[2] == "| base | 0.6250 | 0.5000 | 0.5625 |"
+    assert lines[3] == "| rl | 0.6250 | 0.0000 | 0.3125 |"
+    parsed = list(csv.reader(io.StringIO(table.csv())))
+    assert parsed == [["model", "eval_50", "eval_fwe", "avg"], ["base", "0.6250", "0.5000", "0.5625"],
+                      ["rl", "0.6250", "0.0000", "0.3125"]]
+
+
+def test_missing_cell_prints_a_dash_and_no_average():
+    table = build_table([record("a", "s1", "q", [1.0])], ["a"], ["s1", "s2"], k=1)
+    assert table.body() == [["a", "1.0000", "-", "-"]]
+
+
+# --------------------------------------------------------------------------- metric per set
+
+
+def test_each_sample_is_scored_with_its_sets_metric():
+    hotpot = Sample(id="h", question="q", answers=["apple", "pear", "fig"])
+    ruler = Sample(id="r", question="q", answers=["apple", "pear", "fig"], meta={"metric": "string_match_all"})
+    assert metric_for(hotpot) == "sub_em" and metric_for(ruler) == "string_match_all"
+    assert metric_for(hotpot, default="f1") == "f1"
+    answers = ["\\boxed{apple pear}", "nothing here"]
+    trajectories = [Trajectory(sample=s, answer=a) for s in (hotpot, ruler) for a in answers]
+    results = score_trajectories([hotpot, ruler], trajectories, k=2, latency_s=2.0)
+    assert [r.metric for r in results] == ["sub_em", "string_match_all"]
+    # sub_em: "apple" is inside "apple pear" -> 1; RULER: 2 of 3 gold words present
+    assert results[0].scores == [1.0, 0.0]
+    assert results[1].scores == pytest.approx([2 / 3, 0.0])
+    assert results[1].score == pytest.approx(1 / 3)
+    assert results[0].predictions == ["apple pear", "nothing here"]
+    assert results[0].latency_s == pytest.approx(1.0)
+
+
+def test_unknown_metric_is_a_user_error():
+    sample = Sample(id="x", question="q", answers=["a"])
+    with pytest.raises(MemFactoryError, match="sub_emm"):
+        score_trajectories([sample], [Trajectory(sample=sample, answer="a")], k=1, default_metric="sub_emm")
+
+
+# --------------------------------------------------------------------------- workflow on a real model
+
+
+def test_evaluate_workflow_runs_k_paths_per_sample(tiny_backend):
+    preset = load_preset(TINY_PRESET)
+    samples = [
+        Sample(id="a", question="Where does Mia live?", answers=["Quito"], context="Mia lives in Quito. " * 12),
+        Sample(id="b", question="What is Tom's job?", answers=["chef"], context="Tom works as a chef."),
+    ]
+    seen = []
+    results = evaluate_workflow(
+        preset, samples, k=3, params=PARAMS, backend=tiny_backend, batch_size=1,
+        on_progress=lambda done, total, finished: seen.append((done, total, [r.sample_id for r in finished])),
+    )
+    assert seen == [(1, 2, ["a"]), (2, 2, ["b"])]
+    assert [r.sample_id for r in results] == ["a", "b"]
+    for result in results:
+        assert result.k == 3 and len(result.answers) == 3 and len(result.traces) == 3
+        assert all(a.startswith("\\boxed{") for a in result.answers)  # the preset's answer prefix
+        assert all(0.0 <= s <= 1.0 for s in result.scores)
+        assert all(t > 0 for t in result.tokens) and all(p > 0 for p in result.prompt_tokens)
+        assert result.latency_s > 0
+        json.dumps(result.to_dict())  # JSON-friendly for samples.jsonl and the UI
+    # the long context needs more chunks (memory updates) than the short one
+    assert results[0].calls[0] > results[1].calls[0] >= 2
+    assert "memory" in results[0].traces[0][0]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_rerun_skips_done_samples_and_redoes_only_the_missing(tmp_path, counting_backend):
+    rows = make_rows([str(TINY_PRESET)], keep_chunk_cap=True)
+    out = tmp_path / "ev"
+    kwargs = dict(out=out, k=2, n=3, params=PARAMS, batch_size=1, progress=False, log=lambda _m: None,
+                  backend_factory=lambda preset: counting_backend)
+    table, folder = run_eval(rows, ["eval_docqa"], **kwargs)
+    first_prompts = counting_backend.prompts
+    assert first_prompts > 0 and table.counts[rows[0].label]["eval_docqa"] == 3
+    lines = (folder / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+    counting_backend.prompts = counting_backend.calls = 0
+    again, _ = run_eval(rows, ["eval_docqa"], **kwargs)
+    assert counting_backend.calls == 0  # nothing left to do
+    assert again.cells == table.cells
+
+    # an interrupted run: the last sample's line was cut off half-way
+    (folder / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    run_eval(rows, ["eval_docqa"], **kwargs)
+    assert 0 < counting_backend.prompts < first_prompts  # one sample redone, not three
+    done = ResultsStore(folder).records()
+    assert sorted(r["sample_id"] for r in done) == sorted(json.loads(line)["sample_id"] for line in lines)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, counting_backend):
+    rows = make_rows([str(TINY_PRESET)], keep_chunk_cap=True)
+    kwargs = dict(out=tmp_path, n=1, params=PARAMS, progress=False, backend_factory=lambda preset: counting_backend)
+    run_eval(rows, ["eval_docqa"], k=1, **kwargs)
+    with pytest.raises(MemFactoryError, match="k=1"):
+        run_eval(rows, ["eval_docqa"], k=2, **kwargs)
+
+
+# --------------------------------------------------------------------------- rows, checkpoints
+
+
+def test_rows_pair_checkpoints_with_targets(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    rows = make_rows([str(TINY_PRESET), str(TINY_PRESET)], ["none", str(weights)])
+    assert rows[0].checkpoint is None and rows[0].label == "memagent_tiny_test"
+    assert rows[1].checkpoint == str(weights) and rows[1].label == f"memagent_tiny_test + {weights}"
+    same = make_rows([str(TINY_PRESET), str(TINY_PRESET)])
+    assert [r.label for r in same] == ["memagent_tiny_test", "memagent_tiny_test #2"]
+    with pytest.raises(MemFactoryError, match="--checkpoint"):
+        make_rows([str(TINY_PRESET)], ["a", "b"])
+
+
+def test_default_preset_for_a_bare_model_and_no_chunk_cap():
+    (row,) = make_rows(["tiny://qwen3-mini"], overrides=["modules.memory.chunk_tokens=64"])
+    assert row.preset.agent == "memagent" and row.preset.model.path == "tiny://qwen3-mini"
+    assert row.preset.modules["memory"].options["chunk_tokens"] == 64
+    capped = load_preset(TINY_PRESET)
+    assert capped.modules["memory"].options["max_chunks"] == 3
+    assert "max_chunks" not in without_chunk_cap(capped).modules["memory"].options
+    with pytest.raises(MemFactoryError, match="unknown model"):
+        make_rows(["no-such-model"])
+
+
+def _fake_checkpoint(run_dir: Path, step: int) -> Path:
+    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
+    (ckpt / "model").mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
+    return ckpt / "model"
+
+
+def test_checkpoint_from_run_id_folder_or_step(tmp_path):
+    from memfactory.tracking.runs import RunsDB
+
+    run_dir = tmp_path / "runs" / "r1"
+    _fake_checkpoint(run_dir, 10)
+    newest = _fake_checkpoint(run_dir, 20)
+    (run_dir / "checkpoints" / "step-000030").mkdir()  # incomplete: no trainer_state.json
+    db_path = tmp_path / "runs" / "memfactory.db"
+    db = RunsDB(db_path)
+    db.create_run("memagent_tiny_test", str(run_dir), run_id="r1")
+    db.close()
+    assert resolve_checkpoint("r1", db_path) == str(newest)
+    assert resolve_checkpoint(str(run_dir), db_path) == str(newest)
+    assert resolve_checkpoint(str(newest.parent), db_path) == str(newest)
+    assert resolve_checkpoint(str(newest), db_path) == str(newest)
+    with pytest.raises(MemFactoryError, match="no run 'r2'"):
+        resolve_checkpoint("r2", db_path)
+    with pytest.raises(MemFactoryError, match="no runs database"):
+        resolve_checkpoint("r1", tmp_path / "missing.db")
