@@ -1,3 +1,3 @@
 """agents layer."""
 
-from memfactory.agents import direct, memagent  # noqa: F401  (registers agents)
+from memfactory.agents import direct, memagent, memory_r1, rmm  # noqa: F401  (registers agents)

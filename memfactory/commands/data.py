@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     synth = sub.add_parser("synth", help="write a seeded synthetic set in MemAgent's JSON format")
-    synth.add_argument("kind", choices=["hotpotqa", "fwe", "docqa"], help="which generator")
+    synth.add_argument("kind", choices=["hotpotqa", "fwe", "docqa", "locomo"], help="which generator")
     synth.add_argument("--n", type=int, default=None, help="number of samples (default 128; docqa 64)")
     synth.add_argument("--docs", type=int, default=50, help="hotpotqa: documents per question")
     synth.add_argument("--length", type=int, default=16384, help="fwe: context length in tokens")
@@ -21,11 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tokenizer", default=None, help="fwe: local tokenizer folder to measure length (default ~4 chars/token)"
     )
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--sessions", type=int, default=4, help="locomo: sessions per conversation")
     synth.add_argument("--out", required=True, help="output .json or .jsonl file")
     synth.set_defaults(func=run_synth)
 
     download = sub.add_parser("download", help="download a public data set (needs internet)")
-    download.add_argument("dataset", choices=["memagent"], help="MemAgent's BytedTsinghua-SIA/hotpotqa")
+    download.add_argument(
+        "dataset", choices=["memagent", "locomo"], help="MemAgent's BytedTsinghua-SIA/hotpotqa, or LoCoMo's locomo10.json"
+    )
     download.add_argument("--to", required=True, help="target folder (use it as env.data_dir)")
     download.add_argument(
         "--files", nargs="*", default=None, help="file patterns (default: eval_50/100/200.json and *.parquet)"
@@ -40,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     from memfactory.data.synth import synth_dataset, write_json
 
+    if args.kind == "locomo":
+        return _synth_locomo(args)
     kw = {}
     if args.kind == "hotpotqa":
         kw["docs"] = args.docs
@@ -57,6 +62,18 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_locomo(args: argparse.Namespace) -> int:
+    from memfactory.data.locomo import synth_locomo, write_locomo
+
+    try:
+        records = synth_locomo(args.n if args.n is not None else 4, args.seed, sessions=args.sessions)
+    except ValueError as exc:
+        raise MemFactoryError(str(exc)) from None
+    path = write_locomo(records, args.out)
+    print(f"wrote {len(records)} locomo conversations ({sum(len(r['qa']) for r in records)} questions) to {path}")
+    return 0
+
+
 def _load_tokenizer(folder: str):
     from transformers import AutoTokenizer
 
@@ -69,6 +86,11 @@ def _load_tokenizer(folder: str):
 def run_download(args: argparse.Namespace) -> int:
     from memfactory.data.download import download_memagent
 
+    if args.dataset == "locomo":
+        from memfactory.data.locomo import download_locomo
+
+        print(download_locomo(args.to))
+        return 0
     files = download_memagent(args.to, patterns=args.files)
     for path in files:
         print(path)

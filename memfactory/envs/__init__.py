@@ -1,2 +1,2 @@
 """envs layer."""
-from memfactory.envs import long_context, rewards  # noqa: F401  (registers env long_context and the rewards)
+from memfactory.envs import long_context, memory_bank, rewards  # noqa: F401  (registers the envs and the rewards)

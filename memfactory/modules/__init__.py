@@ -1,3 +1,3 @@
 """modules layer."""
 
-from memfactory.modules import recurrent  # noqa: F401  (registers the module)
+from memfactory.modules import extractor, recurrent, reranker, retriever, updater  # noqa: F401  (registers modules)

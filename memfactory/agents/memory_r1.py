@@ -1,0 +1,399 @@
+"""Memory-R1: a memory manager builds a bank from the conversation, an answer agent answers from it.
+
+Manager: the conversation is replayed step by step (``turns_per_call`` turns of one session at a
+time); the extractor turns each step into facts, the updater compares them with related memories
+and ADDs / UPDATEs / DELETEs (applied atomically). Every step of every episode in the batch goes
+into one ``backend.generate`` per module, so a batch costs ``2 x max_steps + 1`` calls.
+
+Answer agent: the question retrieves ``retriever.top_k`` memories; the model first names the ones
+that matter (distillation, a JSON list of ids) and then answers in ``\\boxed{}``.
+
+Which part trains (``train``):
+- ``manager``: each group member replays into its OWN snapshot of the starting bank, so members
+  never see each other's operations; the answer agent is frozen (non-trainable calls, greedy by
+  default), so the reward measures the bank the member built (Memory-R1's manager reward).
+- ``answer``: one bank per conversation, built with non-trainable calls and shared by all
+  members; only the answer calls train.
+- ``both``: per-member banks and every call trainable.
+
+Banks live in a temporary folder for the duration of ``run`` (SQLite files, removed afterwards),
+with real sentence embeddings (``embedder``). Trace entries for the UI: ``extract`` (facts),
+``op`` (op, id, old, new), ``retrieved`` (the memories the question found), ``answer`` (the
+distilled ids) and ``bank`` (the final memories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memfactory.agents.base import Agent
+from memfactory.backends.base import Backend
+from memfactory.calls import model_call, require_token_backend, response_tokens
+from memfactory.memory.embed import get_embedder
+from memfactory.memory.store import MemoryHit, MemoryStore
+from memfactory.modules.extractor import ExtractRequest, NaiveExtractor, check_placeholders
+from memfactory.modules.memory_ops import parse_id_list
+from memfactory.modules.retriever import NaiveRetriever
+from memfactory.modules.updater import NaiveUpdater, UpdateRequest
+from memfactory.registry import register
+from memfactory.text import chunk_sequence, context_of, strip_thinking
+from memfactory.types import ChatPrompt, Sample, SamplingParams, Trajectory
+
+ANSWER_TEMPLATE = """Memories from earlier conversations:
+{memories}
+
+Question: {question}
+
+First write the ids of the memories that answer the question as a JSON list, e.g. [0, 2]. Then give a short final answer in \\boxed{{}}."""
+
+PLAIN_ANSWER_TEMPLATE = """Memories from earlier conversations:
+{memories}
+
+Question: {question}
+
+Give a short answer in \\boxed{{}}."""
+
+
+# --------------------------------------------------------------------------- replaying a conversation
+
+
+@dataclass
+class Step:
+    session: int
+    date: str
+    dialogue: str
+
+
+def episode_steps(sample: Sample, turns_per_call: int) -> list[Step]:
+    """The conversation cut into extraction steps: ``meta["sessions"]`` (LoCoMo) or the context's lines."""
+    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    steps = []
+    if sessions:
+        for session in sessions:
+            lines = [f"{t['speaker']}: {t['text']}" for t in session.get("turns", [])]
+            for chunk in chunk_sequence(lines, turns_per_call):
+                steps.append(
+                    Step(
+                        int(session.get("session", len(steps) + 1)), str(session.get("date_time", "")), "\n".join(chunk)
+                    )
+                )
+        return steps
+    lines = [line for line in context_of(sample).splitlines() if line.strip()]
+    return [Step(1, "", "\n".join(chunk)) for chunk in chunk_sequence(lines, turns_per_call)]
+
+
+@dataclass
+class Episode:
+    """One bank being built: the trajectory that records the calls, the bank and how far it has read."""
+
+    trajectory: Trajectory
+    store: MemoryStore
+    steps: list[Step]
+    pos: int = 0
+
+
+def build_banks(
+    episodes: list[Episode],
+    extractor: NaiveExtractor,
+    updater: NaiveUpdater,
+    backend: Any,
+    params: SamplingParams,
+    *,
+    train: bool,
+    trainable: bool = True,
+) -> None:
+    """Replay every episode into its bank, one extraction call and one update call per step index."""
+    while True:
+        live = [e for e in episodes if e.pos < len(e.steps)]
+        if not live:
+            return
+        requests = []
+        for e in live:
+            step = e.steps[e.pos]
+            requests.append(
+                ExtractRequest(e.trajectory, step.dialogue, step.date, trace={"step": e.pos, "session": step.session})
+            )
+        results = extractor.generate(requests, backend, params, train=train, trainable=trainable)
+        updates = []
+        for e, result in zip(live, results):
+            if result.facts:
+                step = e.steps[e.pos]
+                updates.append(
+                    UpdateRequest(
+                        e.trajectory,
+                        e.store,
+                        result.facts,
+                        updater.related(e.store, result.facts),
+                        date=step.date,
+                        trace={"step": e.pos, "session": step.session},
+                    )
+                )
+        updater.generate(updates, backend, params, train=train, trainable=trainable)
+        for e in live:
+            e.pos += 1
+
+
+def copy_record(source: Trajectory, target: Trajectory) -> None:
+    """Give ``target`` the calls, trace and counters of a shared bank-building episode."""
+    target.calls.extend(source.calls)
+    target.trace.extend(source.trace)
+    for name, value in source.counters.items():
+        target.count(name, value)
+
+
+def conversation_key(sample: Sample) -> str:
+    meta = sample.meta if isinstance(sample.meta, dict) else {}
+    return str(meta.get("conversation_id") or f"{sample.id}:{hash(sample.context)}")
+
+
+class BankFolder:
+    """A temporary folder of SQLite banks for one ``run``; closes and removes them all at the end."""
+
+    def __init__(self, embedder: str):
+        self.embedder = get_embedder(embedder)
+        self._tmp = tempfile.TemporaryDirectory(prefix="memfactory-banks-")
+        self.stores: list[MemoryStore] = []
+
+    def new(self) -> MemoryStore:
+        store = MemoryStore(Path(self._tmp.name) / f"bank-{len(self.stores)}.db", embedder=self.embedder)
+        self.stores.append(store)
+        return store
+
+    def snapshot(self, base: MemoryStore) -> MemoryStore:
+        copy = base.snapshot(Path(self._tmp.name) / f"bank-{len(self.stores)}.db")
+        self.stores.append(copy)
+        return copy
+
+    def __enter__(self) -> BankFolder:  # noqa: PYI034 - py310 has no typing.Self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for store in self.stores:
+            with contextlib.suppress(Exception):  # closing is best effort; the folder goes anyway
+                store.close()
+        self._tmp.cleanup()
+
+
+# --------------------------------------------------------------------------- answering from memories
+
+
+def render_hits(hits: list[MemoryHit]) -> str:
+    if not hits:
+        return "(no memories)"
+    return "\n".join(
+        f"[{i}] {hit.item.text}" + (f" ({hit.item.tags[0]})" if hit.item.tags else "") for i, hit in enumerate(hits)
+    )
+
+
+def answer_with_memories(
+    trajectories: list[Trajectory],
+    memories: list[list[MemoryHit]],
+    backend: Any,
+    params: SamplingParams,
+    *,
+    template: str,
+    assistant_prefix: str,
+    system_prompt: str,
+    max_tokens: int,
+    train: bool,
+    trainable: bool,
+    module: str,
+) -> list[list[str]]:
+    """One batched answer call; returns per trajectory the memory ids its answer named (cited)."""
+    if not trajectories:
+        return []
+    if train:
+        require_token_backend(backend)
+    prompts = []
+    for trajectory, hits in zip(trajectories, memories):
+        text = template.format(memories=render_hits(hits), question=trajectory.sample.question)
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        prompts.append(ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=assistant_prefix))
+    generations = backend.generate(prompts, replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens)))
+    if len(generations) != len(prompts):
+        raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
+    cited_all = []
+    for trajectory, hits, prompt, generation in zip(trajectories, memories, prompts, generations):
+        trajectory.calls.append(model_call(module, prompt, generation, train=train, trainable=trainable))
+        trajectory.answer = prompt.assistant_prefix + generation.text
+        visible, terminated = strip_thinking(trajectory.answer)
+        if not terminated:
+            trajectory.count("unterminated_think")
+        head = visible.split("\\boxed{", 1)[0]
+        ids, _report = (
+            parse_id_list(head, [str(i) for i in range(len(hits))]) if hits and head.strip() else (None, None)
+        )
+        cited = [hits[int(i)].item.id for i in ids] if ids else []
+        if ids is None and hits:
+            trajectory.count("citations_unparsed")
+        trajectory.trace.append(
+            {"kind": "answer", "answer": trajectory.answer, "cited": cited, "tokens": response_tokens(generation)}
+        )
+        cited_all.append(cited)
+    return cited_all
+
+
+def bank_trace(store: MemoryStore, limit: int = 50) -> dict[str, Any]:
+    items = store.all()
+    return {
+        "kind": "bank",
+        "count": len(items),
+        "memories": [{"id": m.id, "text": m.text, "tags": m.tags} for m in items[:limit]],
+    }
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class MemoryR1Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: Literal["manager", "answer", "both"] = Field("manager", description="Which part's calls are trained")
+    embedder: str = Field(
+        "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
+    )
+    distill: bool = Field(True, description="The answer first lists the relevant memory ids, then answers")
+    answer_template: str | None = Field(
+        None, description="Answer prompt with {memories} and {question}; None = the distil or plain default"
+    )
+    answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. \\boxed{ for small models")
+    answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    frozen_answer_temperature: float | None = Field(
+        0.0,
+        ge=0.0,
+        description="Temperature of the answer agent while only the manager trains (None = rollout temperature)",
+    )
+    system_prompt: str = Field("", description="Optional system message for the answer call")
+
+    @field_validator("answer_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        return check_placeholders(value, {"memories", "question"}, {"memories", "question"}, "answer_template")
+
+    @property
+    def template(self) -> str:
+        if self.answer_template is not None:
+            return self.answer_template
+        return ANSWER_TEMPLATE if self.distill else PLAIN_ANSWER_TEMPLATE
+
+
+@register(
+    "agent",
+    "memory_r1",
+    description="Memory-R1: a manager extracts facts and ADD/UPDATE/DELETEs a memory bank; an answer agent distils and answers",
+    config=MemoryR1Config,
+    slots={"extractor": ["extractor"], "updater": ["updater"], "retriever": ["retriever"]},
+)
+class MemoryR1Agent(Agent):
+    options: MemoryR1Config
+
+    def __init__(self, modules: dict[str, Any] | None = None, options: MemoryR1Config | None = None):
+        modules = dict(modules or {})
+        modules.setdefault("extractor", NaiveExtractor())
+        modules.setdefault("updater", NaiveUpdater())
+        modules.setdefault("retriever", NaiveRetriever())
+        super().__init__(modules, options or MemoryR1Config())
+
+    @property
+    def extractor(self) -> NaiveExtractor:
+        return self.modules["extractor"]
+
+    @property
+    def updater(self) -> NaiveUpdater:
+        return self.modules["updater"]
+
+    @property
+    def retriever(self) -> NaiveRetriever:
+        return self.modules["retriever"]
+
+    def run(
+        self,
+        samples: list[Sample],
+        backend: Backend,
+        *,
+        params: SamplingParams,
+        group_size: int = 1,
+        train: bool = False,
+    ) -> list[Trajectory]:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if not samples:
+            return []
+        if train:
+            require_token_backend(backend)
+        mode = self.options.train
+        own_banks = train and mode in ("manager", "both")
+        answer_trains = train and mode in ("answer", "both")
+        trajectories = [Trajectory(sample=s, group=i) for i, s in enumerate(samples) for _ in range(group_size)]
+        turns = self.extractor.options.turns_per_call
+        with BankFolder(self.options.embedder) as folder:
+            if own_banks:
+                episodes = []
+                for i, sample in enumerate(samples):
+                    base = folder.new()
+                    steps = episode_steps(sample, turns)
+                    for trajectory in trajectories[i * group_size : (i + 1) * group_size]:
+                        episodes.append(Episode(trajectory, folder.snapshot(base), steps))
+                build_banks(episodes, self.extractor, self.updater, backend, params, train=True)
+                banks = [e.store for e in episodes]
+            else:
+                banks = self.shared_banks(samples, trajectories, folder, backend, params)
+            hits = self.retriever.generate([(bank, t.sample.question) for t, bank in zip(trajectories, banks)])
+            for trajectory, found in zip(trajectories, hits):
+                trajectory.trace.append(
+                    {
+                        "kind": "retrieved",
+                        "query": trajectory.sample.question,
+                        "memories": [{"id": h.item.id, "text": h.item.text, "score": round(h.score, 4)} for h in found],
+                    }
+                )
+            answer_params = params
+            if train and not answer_trains and self.options.frozen_answer_temperature is not None:
+                answer_params = replace(params, temperature=self.options.frozen_answer_temperature)
+            answer_with_memories(
+                trajectories,
+                hits,
+                backend,
+                answer_params,
+                template=self.options.template,
+                assistant_prefix=self.options.answer_prefix,
+                system_prompt=self.options.system_prompt,
+                max_tokens=self.options.answer_tokens,
+                train=train,
+                trainable=answer_trains,
+                module="memory_r1.answer",
+            )
+            for trajectory, bank in zip(trajectories, banks):
+                trajectory.trace.append(bank_trace(bank))
+        return trajectories
+
+    def shared_banks(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        folder: BankFolder,
+        backend: Any,
+        params: SamplingParams,
+    ) -> list[MemoryStore]:
+        """One bank per conversation (non-trainable calls), shared by its samples and group members."""
+        builders: dict[str, Episode] = {}
+        turns = self.extractor.options.turns_per_call
+        for sample in samples:
+            key = conversation_key(sample)
+            if key not in builders:
+                builders[key] = Episode(Trajectory(sample=sample, group=-1), folder.new(), episode_steps(sample, turns))
+        build_banks(list(builders.values()), self.extractor, self.updater, backend, params, train=False)
+        banks = []
+        for trajectory in trajectories:
+            builder = builders[conversation_key(trajectory.sample)]
+            copy_record(builder.trajectory, trajectory)
+            banks.append(builder.store)
+        return banks

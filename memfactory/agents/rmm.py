@@ -1,0 +1,197 @@
+"""RMM (Reflective Memory Management): retrieve -> rerank -> answer with citations.
+
+Prospective reflection builds the bank once per conversation: ``memory_source: reflect`` runs the
+extractor and updater over each session (topic facts merged into existing memories), ``turns``
+stores every dialogue turn verbatim with its session date (no model calls; cheap and exact).
+Retrospective reflection is the trained part: the retriever's top-n candidates go to the reranker,
+which keeps at most m; the answer names the memories it used (a JSON list of ids before the
+``\\boxed{}`` answer). The reranker's reward is the answer's correctness plus the ``citation``
+bonus: the share of its selected memories that the answer cites (``rerank_cited / rerank_selected``
+in the trajectory counters) — RMM's label-free signal.
+
+The bank is shared by a sample's group members (they differ only in reranking and answering), so
+group advantages compare reranker choices on identical candidates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memfactory.agents.base import Agent
+from memfactory.agents.memory_r1 import (
+    ANSWER_TEMPLATE,
+    BankFolder,
+    Episode,
+    answer_with_memories,
+    bank_trace,
+    build_banks,
+    conversation_key,
+    copy_record,
+    episode_steps,
+)
+from memfactory.backends.base import Backend
+from memfactory.calls import require_token_backend
+from memfactory.memory.store import MemoryStore, Operation
+from memfactory.modules.extractor import NaiveExtractor, check_placeholders
+from memfactory.modules.reranker import RerankRequest, RerankRetriever
+from memfactory.modules.retriever import NaiveRetriever
+from memfactory.modules.updater import NaiveUpdater
+from memfactory.registry import register
+from memfactory.text import context_of
+from memfactory.types import Sample, SamplingParams, Trajectory
+
+
+class RMMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: Literal["reranker", "answer", "both"] = Field("reranker", description="Which calls are trained")
+    memory_source: Literal["reflect", "turns"] = Field(
+        "reflect",
+        description="Build the bank with the extractor+updater (reflect) or store every turn verbatim (turns)",
+    )
+    embedder: str = Field(
+        "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
+    )
+    answer_template: str = Field(
+        ANSWER_TEMPLATE, description="Answer prompt with {memories} and {question}; asks for cited ids then \\boxed{}"
+    )
+    answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. '[' to start the citation list")
+    answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    system_prompt: str = Field("", description="Optional system message for the answer call")
+
+    @field_validator("answer_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        return check_placeholders(value, {"memories", "question"}, {"memories", "question"}, "answer_template")
+
+
+def add_turns(store: MemoryStore, sample: Sample) -> int:
+    """Store every turn of the sample's conversation as one memory (tagged with its session date)."""
+    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    ops = []
+    if sessions:
+        for session in sessions:
+            date = str(session.get("date_time", ""))
+            for turn in session.get("turns", []):
+                text = f"{turn['speaker']}: {turn['text']}".strip()
+                ops.append(
+                    Operation("ADD", text=text, key=str(turn.get("dia_id", "")) or None, tags=[date] if date else None)
+                )
+    else:
+        ops = [Operation("ADD", text=line.strip()) for line in context_of(sample).splitlines() if line.strip()]
+    if ops:
+        store.apply(ops, actor="turns")
+    return len(ops)
+
+
+@register(
+    "agent",
+    "rmm",
+    description="RMM: retrieve top-n, an LLM reranker keeps m, answer with citations; reranker trained with a citation bonus",
+    config=RMMConfig,
+    slots={"retriever": ["retriever"], "reranker": ["reranker"]},
+    optional_slots={"extractor": ["extractor"], "updater": ["updater"]},
+)
+class MemoryRMMAgent(Agent):
+    options: RMMConfig
+
+    def __init__(self, modules: dict[str, Any] | None = None, options: RMMConfig | None = None):
+        modules = dict(modules or {})
+        modules.setdefault("retriever", NaiveRetriever())
+        modules.setdefault("reranker", RerankRetriever())
+        modules.setdefault("extractor", NaiveExtractor())
+        modules.setdefault("updater", NaiveUpdater())
+        super().__init__(modules, options or RMMConfig())
+
+    @property
+    def retriever(self) -> NaiveRetriever:
+        return self.modules["retriever"]
+
+    @property
+    def reranker(self) -> RerankRetriever:
+        return self.modules["reranker"]
+
+    def run(
+        self,
+        samples: list[Sample],
+        backend: Backend,
+        *,
+        params: SamplingParams,
+        group_size: int = 1,
+        train: bool = False,
+    ) -> list[Trajectory]:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if not samples:
+            return []
+        if train:
+            require_token_backend(backend)
+        mode = self.options.train
+        trajectories = [Trajectory(sample=s, group=i) for i, s in enumerate(samples) for _ in range(group_size)]
+        with BankFolder(self.options.embedder) as folder:
+            banks = self.shared_banks(samples, trajectories, folder, backend, params)
+            # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
+            top_n = self.reranker.options.top_n
+            found = [
+                self.retriever.retrieve(banks[i * group_size], [sample.question], k=top_n)[0]
+                for i, sample in enumerate(samples)
+            ]
+            candidates = [found[i // group_size] for i in range(len(trajectories))]
+            selected = self.reranker.generate(
+                [RerankRequest(t, t.sample.question, c) for t, c in zip(trajectories, candidates)],
+                backend,
+                params,
+                train=train,
+                trainable=mode in ("reranker", "both"),
+            )
+            cited = answer_with_memories(
+                trajectories,
+                selected,
+                backend,
+                params,
+                template=self.options.answer_template,
+                assistant_prefix=self.options.answer_prefix,
+                system_prompt=self.options.system_prompt,
+                max_tokens=self.options.answer_tokens,
+                train=train,
+                trainable=mode in ("answer", "both"),
+                module="rmm.answer",
+            )
+            for trajectory, picked, ids, bank in zip(trajectories, selected, cited, banks):
+                chosen = {h.item.id for h in picked}
+                trajectory.count("rerank_cited", len(chosen & set(ids)))
+                trajectory.trace.append(bank_trace(bank))
+        return trajectories
+
+    def shared_banks(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        folder: BankFolder,
+        backend: Any,
+        params: SamplingParams,
+    ) -> list[MemoryStore]:
+        builders: dict[str, Episode] = {}
+        extractor: NaiveExtractor = self.modules["extractor"]
+        updater: NaiveUpdater = self.modules["updater"]
+        for sample in samples:
+            key = conversation_key(sample)
+            if key in builders:
+                continue
+            episode = Episode(Trajectory(sample=sample, group=-1), folder.new(), [])
+            if self.options.memory_source == "turns":
+                count = add_turns(episode.store, sample)
+                episode.trajectory.trace.append({"kind": "bank_built", "source": "turns", "memories": count})
+            else:
+                episode.steps = episode_steps(sample, extractor.options.turns_per_call)
+            builders[key] = episode
+        if self.options.memory_source == "reflect":
+            build_banks(list(builders.values()), extractor, updater, backend, params, train=False)
+        banks = []
+        for trajectory in trajectories:
+            builder = builders[conversation_key(trajectory.sample)]
+            copy_record(builder.trajectory, trajectory)
+            banks.append(builder.store)
+        return banks

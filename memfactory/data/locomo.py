@@ -1,0 +1,442 @@
+"""LoCoMo-format conversations: load and check them, generate a seeded synthetic set, download the real one.
+
+LoCoMo (snap-research/locomo, ``data/locomo10.json``) is a list of conversations::
+
+    {"sample_id": "conv-26",
+     "conversation": {"speaker_a": "Caroline", "speaker_b": "Melanie",
+                      "session_1_date_time": "1:56 pm on 8 May, 2023",
+                      "session_1": [{"speaker": "Caroline", "dia_id": "D1:1", "text": "..."}, ...], ...},
+     "qa": [{"question": "...", "answer": "...", "evidence": ["D1:3"], "category": 2}, ...]}
+
+Categories: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial (unanswerable; the
+item carries ``adversarial_answer`` instead of ``answer`` and is excluded by default).
+
+Every QA item becomes one ``Sample``: ``context`` is the whole transcript as text (for agents that
+just read it), ``answers=[str(answer)]`` and ``meta`` holds ``conversation_id``, ``category``,
+``evidence``, ``speakers`` and ``sessions`` (``[{"session": n, "date_time": ..., "turns": [...]}]``),
+which memory agents replay into their bank. ``memfactory eval`` can group scores by
+``meta["category"]``.
+
+The synthetic generator writes the same shape: two invented people chat over several sessions and
+their facts change (one moves city, changes a favourite food, loses a pet), so a memory manager
+needs UPDATE and DELETE, not just ADD. Its categories: 4 = a current fact (single-hop), 2 = when
+something changed (temporal), 3 = what a fact was before it changed, 1 = a fact reached through
+another (multi-hop), 5 = never mentioned (adversarial).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from memfactory.errors import DataError, MemFactoryError
+from memfactory.types import Sample
+
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+UNANSWERABLE = "Not mentioned in the conversation"
+LOCOMO_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
+_SESSION = re.compile(r"^session_(\d+)$")
+
+
+# --------------------------------------------------------------------------- loading and checking
+
+
+def read_locomo(path: str | Path) -> list[dict[str, Any]]:
+    """The raw conversation records of a LoCoMo .json file (a list, or one conversation object)."""
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise DataError(name, "file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(name, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(name, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        raise DataError(name, "expected a non-empty JSON list of LoCoMo conversations")
+    return data
+
+
+def _need(file: str, index: int, conv: str, obj: Any, key: str, path: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(file, f"conversation {conv!r} has no field {path!r}", record=index, field=path)
+    value = obj[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(
+            file,
+            f"conversation {conv!r}: {path!r} must be {names}, got {type(value).__name__}",
+            record=index,
+            field=path,
+        )
+    return value
+
+
+def parse_conversation(record: Any, file: str, index: int) -> dict[str, Any]:
+    """A checked, normalised conversation: ``{id, speakers, sessions, qa}``; DataError names the gap."""
+    if not isinstance(record, dict):
+        raise DataError(file, f"expected a conversation object, got {type(record).__name__}", record=index)
+    conv_id = str(record.get("sample_id", f"conv-{index}"))
+    conversation = _need(file, index, conv_id, record, "conversation", "conversation", dict)
+    speakers = [
+        str(_need(file, index, conv_id, conversation, key, f"conversation.{key}", str))
+        for key in ("speaker_a", "speaker_b")
+    ]
+    numbers = sorted(int(m.group(1)) for key in conversation if (m := _SESSION.match(key)))
+    if not numbers:
+        raise DataError(
+            file, f"conversation {conv_id!r} has no 'session_<n>' lists", record=index, field="conversation.session_1"
+        )
+    sessions = []
+    for n in numbers:
+        key = f"session_{n}"
+        turns_raw = _need(file, index, conv_id, conversation, key, f"conversation.{key}", list)
+        when = _need(file, index, conv_id, conversation, f"{key}_date_time", f"conversation.{key}_date_time", str)
+        turns = []
+        for t, turn in enumerate(turns_raw):
+            where = f"conversation.{key}[{t}]"
+            if not isinstance(turn, dict):
+                raise DataError(file, f"conversation {conv_id!r}: a turn must be an object", record=index, field=where)
+            entry = {
+                field: str(_need(file, index, conv_id, turn, field, f"{where}.{field}", (str, int)))
+                for field in ("speaker", "dia_id", "text")
+            }
+            if turn.get("blip_caption"):  # LoCoMo's shared images come with a caption
+                entry["text"] += f" [shares a photo: {turn['blip_caption']}]"
+            turns.append(entry)
+        sessions.append({"session": n, "date_time": when, "turns": turns})
+    qa_raw = _need(file, index, conv_id, record, "qa", "qa", list)
+    qa = []
+    for q, item in enumerate(qa_raw):
+        where = f"qa[{q}]"
+        question = str(_need(file, index, conv_id, item, "question", f"{where}.question", str))
+        category = _need(file, index, conv_id, item, "category", f"{where}.category", int)
+        if category == 5 and "answer" not in item:
+            answer = UNANSWERABLE
+        else:
+            answer = str(_need(file, index, conv_id, item, "answer", f"{where}.answer", (str, int, float)))
+        evidence = item.get("evidence", [])
+        if not isinstance(evidence, list):
+            raise DataError(
+                file, f"conversation {conv_id!r}: evidence must be a list", record=index, field=f"{where}.evidence"
+            )
+        entry = {"question": question, "answer": answer, "category": category, "evidence": [str(e) for e in evidence]}
+        if "adversarial_answer" in item:
+            entry["adversarial_answer"] = str(item["adversarial_answer"])
+        qa.append(entry)
+    return {"id": conv_id, "speakers": speakers, "sessions": sessions, "qa": qa}
+
+
+def transcript(sessions: list[dict[str, Any]]) -> str:
+    """The conversation as plain text, one line a turn, a header per session."""
+    lines = []
+    for session in sessions:
+        lines.append(f"[Session {session['session']}, {session['date_time']}]")
+        lines += [f"{t['speaker']}: {t['text']}" for t in session["turns"]]
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
+def conversations_to_samples(
+    conversations: list[dict[str, Any]],
+    source: str,
+    *,
+    exclude_categories: tuple[int, ...] | list[int] = (5,),
+) -> list[Sample]:
+    """One Sample per QA item (categories in ``exclude_categories`` skipped)."""
+    samples = []
+    excluded = set(exclude_categories)
+    for conv in conversations:
+        text = transcript(conv["sessions"])
+        for q, item in enumerate(conv["qa"]):
+            if item["category"] in excluded:
+                continue
+            meta = {
+                "source": source,
+                "format": "locomo",
+                "conversation_id": conv["id"],
+                "sample_id": conv["id"],
+                "qa_index": q,
+                "category": item["category"],
+                "category_name": CATEGORIES.get(item["category"], str(item["category"])),
+                "evidence": item["evidence"],
+                "speakers": conv["speakers"],
+                "sessions": conv["sessions"],
+            }
+            if "adversarial_answer" in item:
+                meta["adversarial_answer"] = item["adversarial_answer"]
+            samples.append(Sample(f"{conv['id']}/q{q}", item["question"], [item["answer"]], text, meta))
+    return samples
+
+
+def load_locomo(path: str | Path, *, exclude_categories: tuple[int, ...] | list[int] = (5,)) -> list[Sample]:
+    """Samples from a LoCoMo file or a ``synthetic://locomo?n=..&seed=..`` URI."""
+    source = str(path)
+    if source.startswith("synthetic://"):
+        params = parse_locomo_uri(source)
+        records = synth_locomo(**params)
+    else:
+        records = read_locomo(path)
+    conversations = [parse_conversation(r, source, i) for i, r in enumerate(records)]
+    samples = conversations_to_samples(conversations, source, exclude_categories=exclude_categories)
+    if not samples:
+        raise DataError(source, f"no QA items left after excluding categories {sorted(exclude_categories)}")
+    return samples
+
+
+def parse_locomo_uri(uri: str) -> dict[str, int]:
+    """``synthetic://locomo?n=4&seed=0&sessions=4`` -> keyword arguments of ``synth_locomo``."""
+    parsed = urlparse(uri)
+    kind = parsed.netloc or parsed.path.strip("/")
+    if parsed.scheme != "synthetic" or kind != "locomo":
+        raise DataError(uri, "expected synthetic://locomo?n=..&seed=..&sessions=..")
+    params: dict[str, int] = {"n": 4, "seed": 0}
+    for key, value in parse_qsl(parsed.query, keep_blank_values=True):
+        if key not in ("n", "seed", "sessions"):
+            raise DataError(uri, f"unknown parameter {key!r}; allowed: n, seed, sessions")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            raise DataError(uri, f"parameter {key!r} must be an integer, got {value!r}") from None
+    return params
+
+
+# --------------------------------------------------------------------------- synthetic conversations
+
+_FIRST = [
+    "Ava",
+    "Ben",
+    "Cleo",
+    "Dario",
+    "Esme",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonah",
+    "Kira",
+    "Luca",
+    "Mira",
+    "Nils",
+    "Orla",
+    "Pavel",
+    "Rosa",
+    "Soren",
+    "Tess",
+    "Ugo",
+    "Vera",
+    "Wren",
+    "Yusuf",
+    "Zoe",
+]
+_FOODS = ["dumplings", "lasagna", "sushi", "tacos", "curry", "paella", "ramen", "falafel", "risotto", "pho"]
+_HOBBIES = ["pottery", "climbing", "chess", "gardening", "rowing", "knitting", "archery", "birdwatching"]
+_JOBS = ["nurse", "architect", "baker", "pilot", "teacher", "librarian", "carpenter", "chemist"]
+_PETS = ["dog", "cat", "parrot", "rabbit"]
+_PET_NAMES = ["Biscuit", "Pepper", "Mango", "Ziggy", "Nova", "Toffee", "Luna", "Rocket", "Juno", "Olive"]
+_CITIES = [
+    "Tholand",
+    "Brevik",
+    "Maraston",
+    "Quillan",
+    "Dunmere",
+    "Caldor",
+    "Ostrava",
+    "Pelham",
+    "Vinterby",
+    "Larkhaven",
+    "Rosmoor",
+    "Ashby",
+]
+_FILLER = [
+    ("How has your week been?", "Busy but good, thanks for asking."),
+    ("Did you do anything fun at the weekend?", "Mostly relaxed at home, it was nice."),
+    ("The weather has been strange lately.", "Yes, sunny one day and rainy the next."),
+    ("Have you read anything good recently?", "A short mystery novel, quite gripping."),
+    ("I finally cleaned out my garage.", "That always feels great once it is done."),
+    ("Work has been hectic this month.", "I hope it calms down for you soon."),
+]
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+def _when(day: date, rng: random.Random) -> tuple[str, str]:
+    """LoCoMo's session time format and the short date used in answers."""
+    hour, minute = rng.randrange(1, 12), rng.randrange(0, 60)
+    half = rng.choice(["am", "pm"])
+    long = f"{hour}:{minute:02d} {half} on {day.day} {_MONTHS[day.month - 1]}, {day.year}"
+    return long, f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
+
+
+def _conversation(rng: random.Random, index: int, sessions: int) -> dict[str, Any]:
+    a, b = rng.sample(_FIRST, 2)
+    cities = rng.sample(_CITIES, 3)
+    foods = rng.sample(_FOODS, 2)
+    pet_kind, pet_name = rng.choice(_PETS), rng.choice(_PET_NAMES)
+    hobby_b, job_a, job_b = rng.choice(_HOBBIES), *rng.sample(_JOBS, 2)
+    sessions = max(3, sessions)
+    day = date(2023, rng.randrange(1, 10), rng.randrange(1, 28))
+    plan: list[list[tuple[str, str, str | None]]] = [[] for _ in range(sessions)]  # (speaker, text, fact tag)
+    # Session 1: the starting facts.
+    plan[0] += [
+        (a, f"I live in {cities[0]} now, close to the old harbour.", "city0"),
+        (b, f"Nice! My {pet_kind} {pet_name} would love the harbour walks.", "pet"),
+        (a, f"My favourite food has always been {foods[0]}.", "food0"),
+        (b, f"I spend most Sundays on {hobby_b}, it keeps me calm.", "hobby"),
+    ]
+    plan[1] += [
+        (a, f"I started a new job as a {job_a} this week.", "job_a"),
+        (b, f"Congratulations! I have been working as a {job_b} for years.", "job_b"),
+    ]
+    move = rng.randrange(1, sessions)
+    plan[move].append((a, f"Big news: I moved from {cities[0]} to {cities[1]} last weekend.", "city1"))
+    change = rng.randrange(1, sessions)
+    plan[change].append((a, f"These days I prefer {foods[1]} over {foods[0]}, funny how tastes change.", "food1"))
+    loss = sessions - 1
+    plan[loss].append((b, f"Sadly I had to give {pet_name} away, so I do not have a {pet_kind} anymore.", "pet_gone"))
+
+    conversation: dict[str, Any] = {"speaker_a": a, "speaker_b": b}
+    evidence: dict[str, str] = {}
+    dates: dict[str, str] = {}
+    for s in range(sessions):
+        long, short = _when(day, rng)
+        day += timedelta(days=rng.randrange(5, 20))
+        conversation[f"session_{s + 1}_date_time"] = long
+        ask, reply = rng.choice(_FILLER)
+        turns_spec = [(a, ask, None), (b, reply, None), *plan[s]]
+        turns = []
+        for t, (speaker, text, tag) in enumerate(turns_spec):
+            dia = f"D{s + 1}:{t + 1}"
+            turns.append({"speaker": speaker, "dia_id": dia, "text": text})
+            if tag:
+                evidence[tag], dates[tag] = dia, short
+        conversation[f"session_{s + 1}"] = turns
+
+    qa = [
+        {
+            "question": f"Which city does {a} live in now?",
+            "answer": cities[1],
+            "evidence": [evidence["city1"]],
+            "category": 4,
+        },
+        {
+            "question": f"What is {a}'s favourite food now?",
+            "answer": foods[1],
+            "evidence": [evidence["food1"]],
+            "category": 4,
+        },
+        {"question": f"What does {a} work as?", "answer": job_a, "evidence": [evidence["job_a"]], "category": 4},
+        {
+            "question": f"What hobby does {b} do on Sundays?",
+            "answer": hobby_b,
+            "evidence": [evidence["hobby"]],
+            "category": 4,
+        },
+        {
+            "question": f"Does {b} still have a {pet_kind}?",
+            "answer": "No",
+            "evidence": [evidence["pet_gone"]],
+            "category": 4,
+        },
+        {
+            "question": f"When did {a} move to {cities[1]}?",
+            "answer": dates["city1"],
+            "evidence": [evidence["city1"]],
+            "category": 2,
+        },
+        {
+            "question": f"Which city did {a} live in before moving?",
+            "answer": cities[0],
+            "evidence": [evidence["city0"], evidence["city1"]],
+            "category": 3,
+        },
+        {
+            "question": f"What was the name of {b}'s {pet_kind}?",
+            "answer": pet_name,
+            "evidence": [evidence["pet"]],
+            "category": 1,
+        },
+        {"question": f"What is {b}'s favourite food?", "adversarial_answer": foods[0], "evidence": [], "category": 5},
+    ]
+    return {"sample_id": f"synth-{index}", "conversation": conversation, "qa": qa}
+
+
+def synth_locomo(n: int = 4, seed: int = 0, sessions: int = 4) -> list[dict[str, Any]]:
+    """``n`` seeded LoCoMo-shaped conversations (``sessions`` sessions each, at least 3)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = random.Random(f"locomo/{seed}")
+    return [_conversation(rng, i, sessions) for i in range(n)]
+
+
+def write_locomo(records: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download_locomo(to_dir: str | Path, url: str = LOCOMO_URL, timeout: float = 30.0) -> Path:
+    """Fetch the public ``locomo10.json`` into ``to_dir``; one-line MemFactoryError when offline."""
+    import os
+
+    import httpx
+
+    target = Path(to_dir) / "locomo10.json"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise MemFactoryError(
+            f"cannot download LoCoMo: HF_HUB_OFFLINE is set. Unset it on a machine with internet access, "
+            f"or copy locomo10.json (from {url}) into {target.parent} by hand."
+        )
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MemFactoryError(
+            f"could not download LoCoMo from {url} ({type(exc).__name__}: {first[:200]}); check the internet "
+            f"connection, or copy locomo10.json into {target.parent} by hand"
+        ) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(response.content)
+    records = read_locomo(target)  # fail now, not during a run, if the file is not LoCoMo
+    for i, record in enumerate(records):
+        parse_conversation(record, str(target), i)
+    return target
+
+
+__all__ = [
+    "CATEGORIES",
+    "UNANSWERABLE",
+    "conversations_to_samples",
+    "download_locomo",
+    "load_locomo",
+    "parse_conversation",
+    "read_locomo",
+    "synth_locomo",
+    "transcript",
+    "write_locomo",
+]
