@@ -29,6 +29,7 @@ from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
+from memfactory.trainer import distributed as dist
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
@@ -44,8 +45,32 @@ class TrainingDiverged(MemFactoryError):
 class StepResult:
     step: int
     metrics: dict[str, float]
+    # This process's trajectories; metrics and group_rewards cover every process's.
     trajectories: list[Trajectory] = field(default_factory=list)
     group_rewards: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class TrajectoryStats:
+    """What the step metrics need of one trajectory: small enough to gather from every rank."""
+
+    reward: float
+    rewards: dict[str, float]
+    counters: dict[str, float]
+    group: Any
+    response_lengths: list[int]
+    prompt_tokens: int
+
+    @classmethod
+    def of(cls, t: Trajectory, group: Any = None) -> TrajectoryStats:
+        return cls(
+            reward=t.reward,
+            rewards=dict(t.rewards),
+            counters=dict(t.counters),
+            group=t.group if group is None else group,
+            response_lengths=[c.num_response_tokens for c in t.calls],
+            prompt_tokens=sum(len(c.prompt_ids) for c in t.calls),
+        )
 
 
 def set_seed(seed: int) -> None:
@@ -168,8 +193,14 @@ class GRPOTrainer:
         return calls, call_advantages, trajectories
 
     def policy_update(self, buffers: list[tuple[list[ModelCall], list[float]]]) -> dict[str, float]:
-        """``num_iterations`` passes over the buffered rollouts, one optimizer step each."""
+        """``num_iterations`` passes over the buffered rollouts, one optimizer step each.
+
+        With several processes the normalisers are global and every rank runs the same number of
+        forward/backward passes (see :mod:`memfactory.trainer.distributed`).
+        """
         cfg = self.cfg
+        acc = self.accelerator
+        world = dist.world(acc)
         stats: dict[str, list[float]] = {}
         self.model.train()
         prepared = []
@@ -180,8 +211,9 @@ class GRPOTrainer:
             adv = torch.tensor(advantages, dtype=torch.float32)
             old, ref = None, None
             with torch.no_grad():
+                # No-grad scoring uses the unwrapped model: no DDP collectives, any number of calls.
                 if cfg.num_iterations > 1:
-                    old = token_logprobs(self.model, batch, temperature=max(cfg.temperature, 1e-6),
+                    old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
                                          micro_batch_size=cfg.micro_batch_size)
                 if cfg.beta > 0:
                     with self.reference_context():
@@ -189,25 +221,37 @@ class GRPOTrainer:
                                              temperature=max(cfg.temperature, 1e-6),
                                              micro_batch_size=cfg.micro_batch_size)
             prepared.append((batch, adv, old, ref))
-        if not prepared:
-            return {}
-        total_tokens = sum(float(b.response_mask.sum()) for b, *_ in prepared)
-        total_seqs = sum(b.response_mask.shape[0] for b, *_ in prepared)
+        micro = [
+            (batch, adv, old, ref, slice(start, start + cfg.micro_batch_size))
+            for batch, adv, old, ref in prepared
+            for start in range(0, batch.response_mask.shape[0], cfg.micro_batch_size)
+        ]
+        local_tokens = sum(float(b.response_mask.sum()) for b, *_ in prepared)
+        local_seqs = sum(b.response_mask.shape[0] for b, *_ in prepared)
+        total_tokens, total_seqs = dist.all_reduce(acc, [local_tokens, float(local_seqs)])
+        if total_seqs == 0:
+            return {}  # no rank has anything to train on: all skip the optimizer step together
+        total_seqs = int(total_seqs)
+        passes = int(dist.all_reduce(acc, [float(len(micro))], op="max")[0]) if world > 1 else len(micro)
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for batch, adv, old, ref in prepared:
-                n = batch.response_mask.shape[0]
-                for start in range(0, n, cfg.micro_batch_size):
-                    index = slice(start, start + cfg.micro_batch_size)
-                    micro = batch.select(index)
-                    width = micro.response_width  # trimming only drops trailing padding columns
-                    logps = token_logprobs(self.model, micro, temperature=max(cfg.temperature, 1e-6))
+            for k in range(passes):
+                # Gradients are synchronised once, on the last pass of every rank.
+                sync = world == 1 or k == passes - 1
+                with nullcontext() if sync else acc.no_sync(self.model):
+                    if k >= len(micro):
+                        acc.backward(dist.idle_loss(self.model, self.tokenizer.pad_token_id, acc.device))
+                        continue
+                    batch, adv, old, ref, index = micro[k]
+                    mb = batch.select(index)
+                    width = mb.response_width  # trimming only drops trailing padding columns
+                    logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6))
                     old_logps = old[index, :width] if old is not None else logps.detach()
                     loss, parts = grpo_loss(
                         logps,
                         old_logps,
                         adv[index],
-                        micro.response_mask,
+                        mb.response_mask,
                         loss_type=cfg.loss_type,
                         epsilon=cfg.epsilon,
                         epsilon_high=cfg.epsilon_high,
@@ -217,18 +261,19 @@ class GRPOTrainer:
                         num_items_in_batch=total_tokens,
                         num_sequences_in_batch=total_seqs,
                     )
-                    # Normalised over the whole step's batch, so micro-batch losses simply add up.
-                    scaled = loss
-                    if not torch.isfinite(scaled):
+                    # Normalised over the whole step's batch (all ranks), so micro-batch losses simply
+                    # add up; one process raises here, several find out from the synced grad norm.
+                    if not torch.isfinite(loss) and world == 1:
                         raise TrainingDiverged(
-                            f"loss became {float(scaled)} at step {self.step + 1}; stopping. "
+                            f"loss became {float(loss)} at step {self.step + 1}; stopping. "
                             "The last good checkpoint is kept; try a lower trainer.lr or trainer.max_grad_norm."
                         )
-                    self.accelerator.backward(scaled)
-                    stats.setdefault("loss", []).append(float(scaled.detach()))
+                    # DDP averages gradients over ranks; the normalisers are global, so scale back up.
+                    acc.backward(loss * world if world > 1 else loss)
+                    stats.setdefault("loss", []).append(float(loss.detach()))
                     for key, value in parts.items():
                         stats.setdefault(key, []).append(float(value))
-            grad_norm = self.accelerator.clip_grad_norm_(
+            grad_norm = acc.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
             )
             if not math.isfinite(float(grad_norm)):
@@ -236,8 +281,17 @@ class GRPOTrainer:
                 raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {self.step + 1}; stopping.")
             self.optimizer.step()
             stats.setdefault("grad_norm", []).append(float(grad_norm))
+        loss_sum = float(np.sum(stats.get("loss", [0.0])))
+        if world > 1:
+            # Means of the per-micro-batch statistics over all ranks; the loss is a global sum.
+            loss_sum = dist.all_reduce(acc, [loss_sum])[0]
+            merged: dict[str, list[float]] = {}
+            for rank_stats in dist.gather_objects(acc, {k: v for k, v in stats.items() if k != "grad_norm"}):
+                for key, values in rank_stats.items():
+                    merged.setdefault(key, []).extend(values)
+            stats = merged | {"grad_norm": stats["grad_norm"]}
         out = {key: float(np.mean(values)) for key, values in stats.items()}
-        out["loss"] = float(np.sum(stats["loss"])) / cfg.num_iterations
+        out["loss"] = loss_sum / cfg.num_iterations
         return out
 
     def train_step(self) -> StepResult:
@@ -259,7 +313,13 @@ class GRPOTrainer:
             self.scheduler.step()
         self.step = step
         elapsed = time.perf_counter() - started
-        metrics = self.step_metrics(trajectories, update_stats)
+        stats = [TrajectoryStats.of(t) for t in trajectories]
+        if dist.world(self.accelerator) > 1:
+            # Metrics and reward distributions over every rank's trajectories (group ids per rank).
+            gathered = dist.gather_objects(self.accelerator, stats)
+            stats = [TrajectoryStats(**{**vars(s), "group": (rank, s.group)})
+                     for rank, part in enumerate(gathered) for s in part]
+        metrics = self.step_metrics(stats, update_stats)
         metrics.update(
             {
                 "time/step_s": elapsed,
@@ -269,14 +329,17 @@ class GRPOTrainer:
                 "tokens_per_s": metrics["tokens/total"] / max(elapsed, 1e-9),
             }
         )
-        groups: dict[int, list[float]] = {}
-        for trajectory in trajectories:
-            groups.setdefault(trajectory.group, []).append(trajectory.reward)
+        groups: dict[Any, list[float]] = {}
+        for item in stats:
+            groups.setdefault(item.group, []).append(item.reward)
         return StepResult(step, metrics, trajectories, list(groups.values()))
 
-    def step_metrics(self, trajectories: list[Trajectory], update: dict[str, float]) -> dict[str, float]:
+    def step_metrics(
+        self, trajectories: list[TrajectoryStats] | list[Trajectory], update: dict[str, float]
+    ) -> dict[str, float]:
+        trajectories = [t if isinstance(t, TrajectoryStats) else TrajectoryStats.of(t) for t in trajectories]
         rewards = np.array([t.reward for t in trajectories], dtype=np.float64)
-        lengths = [c.num_response_tokens for t in trajectories for c in t.calls]
+        lengths = [n for t in trajectories for n in t.response_lengths]
         metrics: dict[str, float] = {
             "reward/mean": float(rewards.mean()) if len(rewards) else 0.0,
             "reward/std": float(rewards.std()) if len(rewards) else 0.0,
@@ -285,7 +348,7 @@ class GRPOTrainer:
             "response_length/mean": float(np.mean(lengths)) if lengths else 0.0,
             "response_length/max": float(np.max(lengths)) if lengths else 0.0,
             "calls_per_trajectory": len(lengths) / max(len(trajectories), 1),
-            "tokens/total": float(sum(lengths) + sum(len(c.prompt_ids) for t in trajectories for c in t.calls)),
+            "tokens/total": float(sum(lengths) + sum(t.prompt_tokens for t in trajectories)),
             "loss": update.get("loss", 0.0),
             "kl": update.get("kl", 0.0),
             "clip_ratio": update.get("clip_ratio/region_mean", update.get("clip_ratio", 0.0)),

@@ -22,6 +22,7 @@ from memfactory.tracking.metrics import MetricsWriter, RunDir
 from memfactory.tracking.runs import RunsDB, new_run_id
 from memfactory.tracking.swanlab_sink import SwanLabSink
 from memfactory.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from memfactory.trainer.distributed import DebugRecorder, broadcast_object, is_main_env
 
 log = logging.getLogger("memfactory.train")
 
@@ -40,8 +41,20 @@ def _raise_abort(signum: int, _frame: Any) -> None:
 class TrainingSession:
     def __init__(self, preset: Preset, *, run_id: str | None = None, resume: str | None = None):
         self.preset = preset
-        self.db = RunsDB(preset.logging.runs_db)
         self.resume = resume is not None
+        # Under `accelerate launch` only rank 0 writes (run folder, runs DB, SwanLab, checkpoints).
+        self.is_main = is_main_env()
+        self.debug = DebugRecorder()
+        if not self.is_main:
+            self.status = "created"
+            self.error = None
+            self.db = None
+            self.writer = None
+            # A new run's id comes from rank 0 once the processes are connected (see run()).
+            self.run_id = resume or run_id
+            self.run_dir = RunDir(RunsDB(preset.logging.runs_db).require(resume).run_dir) if resume else None
+            return
+        self.db = RunsDB(preset.logging.runs_db)
         if resume is not None:
             record = self.db.require(resume)
             if record.status == "running" and RunsDB.is_alive(record.pid) and record.pid != os.getpid():
@@ -82,9 +95,14 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ the run
     def run(self, *, progress: bool = True) -> None:
-        handler = self._attach_log_file()
+        if self.is_main:
+            handler = self._attach_log_file()
+        else:
+            handler = None
+            logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
         previous = {sig: signal.signal(sig, _raise_abort) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.db.set_status(self.run_id, "running", pid=os.getpid())
+        if self.is_main:
+            self.db.set_status(self.run_id, "running", pid=os.getpid())
         self.status = "running"
         log.info("run %s: %s (agent %s, model %s)", self.run_id, self.preset.name, self.preset.agent,
                  self.preset.model.path)
@@ -95,8 +113,14 @@ class TrainingSession:
 
             trainer = GRPOTrainer(self.preset)
             self.trainer = trainer
+            self.run_id = broadcast_object(trainer.accelerator, self.run_id)
             if self.resume:
                 self._restore(trainer)
+            if not self.is_main:
+                trainer.fit(lambda result: self._on_step(trainer, result, None, None))
+                self.debug.write(trainer, self.run_id)
+                self._finish("finished")
+                return
             self.db.update_meta(
                 self.run_id,
                 attn_implementation=trainer.attn_implementation,
@@ -118,6 +142,7 @@ class TrainingSession:
 
                 bar = tqdm(total=self.preset.trainer.steps, initial=trainer.step, desc=self.run_id, unit="step")
             trainer.fit(lambda result: self._on_step(trainer, result, sink, bar))
+            self.debug.write(trainer, self.run_id)
             self._finish("finished")
         except RunAborted as exc:
             log.warning("aborted: %s", exc)
@@ -145,7 +170,8 @@ class TrainingSession:
     def _finish(self, status: str, error: str | None = None) -> None:
         self.status = status
         self.error = error
-        self.db.set_status(self.run_id, status, error)
+        if self.is_main:
+            self.db.set_status(self.run_id, status, error)
         log.info("run %s %s", self.run_id, status)
 
     def _restore(self, trainer: Any) -> None:
@@ -158,6 +184,8 @@ class TrainingSession:
             step = int(state["step"])
             log.info("resumed from %s (step %d)", checkpoint, step)
         trainer.step = step
+        if not self.is_main:
+            return
         self.db.update(self.run_id, total_steps=self.preset.trainer.steps)
         # Metrics stay continuous: whatever was logged after the checkpoint is re-done.
         self.writer.truncate_after(step)
@@ -165,6 +193,9 @@ class TrainingSession:
         self.db.update_progress(self.run_id, step)
 
     def _on_step(self, trainer: Any, result: Any, sink: Any, bar: Any) -> None:
+        self.debug.on_step(result)
+        if not self.is_main:
+            return
         cfg = self.preset.trainer
         step, metrics = result.step, result.metrics
         self.writer.write(step, metrics)

@@ -1,0 +1,136 @@
+"""What the trainer needs to run correctly under ``accelerate launch`` (all no-ops on one process).
+
+Design (DDP; see docs/distributed.md):
+
+* Each rank rolls out its own slice of the step's prompts (``GRPOTrainer.batch_for_step``).
+* Loss normalisers (sequences, tokens) are summed over all ranks, and each rank's loss is
+  multiplied by the number of processes, so DDP's gradient *average* is exactly the gradient of
+  the global mean loss — the same update one process would make on the whole batch.
+* DDP all-reduces gradients inside ``backward`` and may broadcast buffers in ``forward``, so every
+  rank must run the same number of training forward/backward passes. Ranks agree on the largest
+  number of micro-batches; a rank with fewer (or with nothing to train on: all its groups were
+  skipped) runs zero-valued passes over one token (:func:`idle_loss`), which touch every
+  parameter, so gradients stay in sync. Only the last pass synchronises (``no_sync`` before it).
+  When no rank has anything to train on, all skip the optimizer step together.
+* Step metrics are computed over all ranks' trajectories (gathered), the run id is decided by
+  rank 0 and broadcast, and only rank 0 writes the run folder, the runs database, SwanLab and
+  checkpoints.
+
+``MEMFACTORY_DIST_DEBUG=DIR`` makes every rank write ``DIR/rank-<i>.json`` at the end of a run
+(run id, the sample ids it rolled out per step, optimizer steps taken, a checksum of its trainable
+parameters) — the multi-process test compares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEBUG_ENV = "MEMFACTORY_DIST_DEBUG"
+
+
+def env_rank() -> int:
+    """This process's global rank as ``accelerate launch`` / torchrun set it (0 when not launched)."""
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return 0
+
+
+def is_main_env() -> bool:
+    return env_rank() == 0
+
+
+def world(accelerator: Any) -> int:
+    return int(getattr(accelerator, "num_processes", 1))
+
+
+def broadcast_object(accelerator: Any, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    if world(accelerator) == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def gather_objects(accelerator: Any, obj: Any) -> list[Any]:
+    """One ``obj`` per rank, in rank order, on every rank."""
+    if world(accelerator) == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([obj]))
+
+
+def all_reduce(accelerator: Any, values: list[float], op: str = "sum") -> list[float]:
+    """Element-wise sum or max of ``values`` over ranks (float64)."""
+    if world(accelerator) == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def idle_loss(model: torch.nn.Module, token_id: int, device: torch.device) -> torch.Tensor:
+    """A zero-valued loss from a one-token forward pass: every parameter gets a (zero) gradient."""
+    ids = torch.full((1, 1), int(token_id), dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+    return logits.float().sum() * 0.0
+
+
+# ----------------------------------------------------------------------------- test mode
+
+
+class DebugRecorder:
+    """Per-rank record for tests; active only when ``MEMFACTORY_DIST_DEBUG`` names a folder."""
+
+    def __init__(self) -> None:
+        folder = os.environ.get(DEBUG_ENV)
+        self.folder = Path(folder) if folder else None
+        self.steps: list[dict[str, Any]] = []
+
+    @property
+    def active(self) -> bool:
+        return self.folder is not None
+
+    def on_step(self, result: Any) -> None:
+        if self.active:
+            ids = sorted({t.sample.id for t in result.trajectories})
+            kept = sum(1 for t in result.trajectories if not t.counters.get("skipped_group"))
+            self.steps.append(
+                {"step": result.step, "sample_ids": ids, "trajectories": len(result.trajectories), "trained": kept}
+            )
+
+    def write(self, trainer: Any, run_id: str | None) -> None:
+        if not self.active or trainer is None:
+            return
+        acc = trainer.accelerator
+        params = [(n, p) for n, p in trainer.policy.named_parameters() if p.requires_grad]
+        digest = hashlib.sha256()
+        for name, param in params:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+        steps = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
+        record = {
+            "rank": acc.process_index,
+            "num_processes": acc.num_processes,
+            "run_id": run_id,
+            "steps": self.steps,
+            "optimizer_steps": max(steps) if steps else 0.0,
+            "param_sha256": digest.hexdigest(),
+            "param_sum": float(sum(p.detach().double().sum() for _, p in params)),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank-{acc.process_index}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
