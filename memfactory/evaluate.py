@@ -113,8 +113,13 @@ def _prediction(scorer: Any, trajectory: Trajectory) -> str | None:
 
 
 def score_trajectories(
-    samples: Sequence[Sample], trajectories: Sequence[Trajectory], k: int, *, default_metric: str = DEFAULT_METRIC,
-    judge: Any = None, latency_s: float = 0.0,
+    samples: Sequence[Sample],
+    trajectories: Sequence[Trajectory],
+    k: int,
+    *,
+    default_metric: str = DEFAULT_METRIC,
+    judge: Any = None,
+    latency_s: float = 0.0,
 ) -> list[SampleResult]:
     """Group ``k`` consecutive trajectories per sample and score each with its sample's metric."""
     if len(trajectories) != len(samples) * k:
@@ -186,7 +191,9 @@ def evaluate_workflow(
 
     if params is None:
         t = preset.trainer
-        params = SamplingParams(max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p, stop=list(t.stop))
+        params = SamplingParams(
+            max_new_tokens=t.max_new_tokens, temperature=t.temperature, top_p=t.top_p, stop=list(t.stop)
+        )
     backend = backend if backend is not None else build_backend(preset.model)
     agent = agent if agent is not None else build_agent(preset)
     if judge is None and preset.judge is not None and _needs_judge(samples, default_metric):
@@ -258,7 +265,9 @@ def _check_model(target: str) -> None:
     local = Path(target).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise MemFactoryError(f"model {target!r} is a folder but holds no config.json (not a saved transformers model)")
+            raise MemFactoryError(
+                f"model {target!r} is a folder but holds no config.json (not a saved transformers model)"
+            )
         return
     if local.exists():
         raise MemFactoryError(f"{target!r} is a file but neither a preset (.yaml) nor a model folder")
@@ -301,9 +310,7 @@ def resolve_checkpoint(value: str, runs_db: str | Path = "runs/memfactory.db") -
         finally:
             db.close()
         return from_run_dir(Path(record.run_dir), f"run {value!r}")
-    raise MemFactoryError(
-        f"--checkpoint {value!r} is neither a folder nor a run id (no runs database at {db_path})"
-    )
+    raise MemFactoryError(f"--checkpoint {value!r} is neither a folder nor a run id (no runs database at {db_path})")
 
 
 def without_chunk_cap(preset: Preset) -> Preset:
@@ -350,7 +357,9 @@ def make_rows(
             f"got {len(checkpoints)} --checkpoint values for {len(targets)} models; give one for all, "
             "or one per model in order (use 'none' for the base weights)"
         )
-    per_target = list(checkpoints) * len(targets) if len(checkpoints) == 1 else list(checkpoints) or [None] * len(targets)
+    per_target = (
+        list(checkpoints) * len(targets) if len(checkpoints) == 1 else list(checkpoints) or [None] * len(targets)
+    )
     rows: list[EvalRow] = []
     seen: dict[str, int] = {}
     for target, ckpt in zip(targets, per_target):
@@ -369,7 +378,9 @@ def make_rows(
     return rows
 
 
-def load_sets(preset: Preset, sets: Sequence[str], *, data_dir: str | None = None, n: int | None = None) -> dict[str, list[Sample]]:
+def load_sets(
+    preset: Preset, sets: Sequence[str], *, data_dir: str | None = None, n: int | None = None
+) -> dict[str, list[Sample]]:
     """Each named set's samples from the preset's environment (``data_dir`` overrides its folder)."""
     from memfactory.envs.build import build_env
 
@@ -420,7 +431,9 @@ class ResultsStore:
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        needs_newline = (
+            self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        )
         with self.path.open("a", encoding="utf-8") as fh:
             if needs_newline:  # the previous run died mid-line; start clean
                 fh.write("\n")
@@ -453,7 +466,10 @@ class Table:
         return ["model", *self.sets, "avg"]
 
     def body(self) -> list[list[str]]:
-        return [[row, *(self._fmt(self.cells[row][s]) for s in self.sets), self._fmt(self.average(row))] for row in self.rows]
+        return [
+            [row, *(self._fmt(self.cells[row][s]) for s in self.sets), self._fmt(self.average(row))]
+            for row in self.rows
+        ]
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
@@ -468,7 +484,9 @@ class Table:
         return buffer.getvalue()
 
 
-def build_table(records: Sequence[dict[str, Any]], rows: Sequence[str], sets: Sequence[str], k: int, digits: int = 4) -> Table:
+def build_table(
+    records: Sequence[dict[str, Any]], rows: Sequence[str], sets: Sequence[str], k: int, digits: int = 4
+) -> Table:
     """avg@k: the mean of every path's score over the questions of each (row, set)."""
     sums: dict[tuple[str, str], float] = {}
     paths: dict[tuple[str, str], int] = {}
@@ -503,8 +521,12 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
                     f"{folder} holds an eval with {key}={old[key]!r}, not {manifest[key]!r}; "
                     "resume with the same settings or choose another --out"
                 )
-        manifest = {**old, **manifest, "rows": sorted(set(old.get("rows", [])) | set(manifest["rows"])),
-                    "sets": sorted(set(old.get("sets", [])) | set(manifest["sets"]))}
+        manifest = {
+            **old,
+            **manifest,
+            "rows": sorted(set(old.get("rows", [])) | set(manifest["rows"])),
+            "sets": sorted(set(old.get("sets", [])) | set(manifest["sets"])),
+        }
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -537,14 +559,20 @@ def run_eval(
     _check_manifest(
         folder,
         {
-            "k": k, "temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
-            "metric": default_metric, "rows": [r.label for r in rows], "sets": list(sets),
+            "k": k,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
+            "metric": default_metric,
+            "rows": [r.label for r in rows],
+            "sets": list(sets),
             "models": {r.label: {"path": r.preset.model.path, "checkpoint": r.checkpoint} for r in rows},
         },
     )
     done = store.done()
     todo = {
-        row.label: {s: [x for x in data[row.label][s] if (row.label, s, x.id) not in done] for s in sets} for row in rows
+        row.label: {s: [x for x in data[row.label][s] if (row.label, s, x.id) not in done] for s in sets}
+        for row in rows
     }
     total = sum(len(v) for per in todo.values() for v in per.values())
     skipped = sum(len(data[r.label][s]) for r in rows for s in sets) - total
@@ -576,12 +604,20 @@ def run_eval(
                 if bar is not None:
                     bar.set_description(f"{row.label[:30]} {set_name}")
 
-                def record(done_n: int, total_n: int, finished: list[SampleResult], _set: str = set_name) -> None:
+                def record(
+                    done_n: int, total_n: int, finished: list[SampleResult], _set: str = set_name, _row: EvalRow = row
+                ) -> None:
                     stamp = time.time()
                     store.append(
                         [
-                            {"row": row.label, "set": _set, "model": row.preset.model.path,
-                             "checkpoint": row.checkpoint, "time": stamp, **r.to_dict()}
+                            {
+                                "row": _row.label,
+                                "set": _set,
+                                "model": _row.preset.model.path,
+                                "checkpoint": _row.checkpoint,
+                                "time": stamp,
+                                **r.to_dict(),
+                            }
                             for r in finished
                         ]
                     )
@@ -589,8 +625,16 @@ def run_eval(
                         bar.update(len(finished))
 
                 evaluate_workflow(
-                    row.preset, samples, k=k, params=params, on_progress=record, backend=backend, agent=agent,
-                    batch_size=batch_size, default_metric=default_metric, judge=judge,
+                    row.preset,
+                    samples,
+                    k=k,
+                    params=params,
+                    on_progress=record,
+                    backend=backend,
+                    agent=agent,
+                    batch_size=batch_size,
+                    default_metric=default_metric,
+                    judge=judge,
                 )
             del backend, agent
     finally:

@@ -12,7 +12,18 @@ TINY_PRESET = str(presets_dir() / "memagent_tiny_test.yaml")
 
 
 def test_missing_set_exits_2_and_lists_the_available_ones(tmp_path, capsys):
-    code = main(["eval", TINY_PRESET, "--sets", "eval_docqa,eval_nope", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "eval",
+            TINY_PRESET,
+            "--sets",
+            "eval_docqa,eval_nope",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "eval_nope" in err and "Available:" in err and "eval_docqa" in err
@@ -33,11 +44,29 @@ def test_unknown_model_and_bad_arguments_exit_2(tmp_path, capsys):
 
 def test_eval_writes_table_csv_and_samples(tmp_path, capsys):
     out = tmp_path / "ev"
-    code = main([
-        "eval", TINY_PRESET, "tiny://qwen3-mini", "--sets", "eval_docqa,eval_fwe_1024", "--k", "2", "--n", "2",
-        "--max-new-tokens", "4", "--set", "modules.memory.chunk_tokens=512", "--set", "modules.memory.max_chunks=2",
-        "--keep-chunk-cap", "--out", str(out), "--no-progress",
-    ])
+    code = main(
+        [
+            "eval",
+            TINY_PRESET,
+            "tiny://qwen3-mini",
+            "--sets",
+            "eval_docqa,eval_fwe_1024",
+            "--k",
+            "2",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--set",
+            "modules.memory.chunk_tokens=512",
+            "--set",
+            "modules.memory.max_chunks=2",
+            "--keep-chunk-cap",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0
     assert "| model | eval_docqa | eval_fwe_1024 | avg |" in stdout and "avg@2" in stdout

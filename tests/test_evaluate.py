@@ -79,8 +79,11 @@ def test_table_cells_are_avg_at_k_over_paths_and_questions():
     assert lines[2] == "| base | 0.6250 | 0.5000 | 0.5625 |"
     assert lines[3] == "| rl | 0.6250 | 0.0000 | 0.3125 |"
     parsed = list(csv.reader(io.StringIO(table.csv())))
-    assert parsed == [["model", "eval_50", "eval_fwe", "avg"], ["base", "0.6250", "0.5000", "0.5625"],
-                      ["rl", "0.6250", "0.0000", "0.3125"]]
+    assert parsed == [
+        ["model", "eval_50", "eval_fwe", "avg"],
+        ["base", "0.6250", "0.5000", "0.5625"],
+        ["rl", "0.6250", "0.0000", "0.3125"],
+    ]
 
 
 def test_missing_cell_prints_a_dash_and_no_average():
@@ -125,7 +128,12 @@ def test_evaluate_workflow_runs_k_paths_per_sample(tiny_backend):
     ]
     seen = []
     results = evaluate_workflow(
-        preset, samples, k=3, params=PARAMS, backend=tiny_backend, batch_size=1,
+        preset,
+        samples,
+        k=3,
+        params=PARAMS,
+        backend=tiny_backend,
+        batch_size=1,
         on_progress=lambda done, total, finished: seen.append((done, total, [r.sample_id for r in finished])),
     )
     assert seen == [(1, 2, ["a"]), (2, 2, ["b"])]
@@ -148,8 +156,16 @@ def test_evaluate_workflow_runs_k_paths_per_sample(tiny_backend):
 def test_rerun_skips_done_samples_and_redoes_only_the_missing(tmp_path, counting_backend):
     rows = make_rows([str(TINY_PRESET)], keep_chunk_cap=True)
     out = tmp_path / "ev"
-    kwargs = dict(out=out, k=2, n=3, params=PARAMS, batch_size=1, progress=False, log=lambda _m: None,
-                  backend_factory=lambda preset: counting_backend)
+    kwargs = {
+        "out": out,
+        "k": 2,
+        "n": 3,
+        "params": PARAMS,
+        "batch_size": 1,
+        "progress": False,
+        "log": lambda _m: None,
+        "backend_factory": lambda preset: counting_backend,
+    }
     table, folder = run_eval(rows, ["eval_docqa"], **kwargs)
     first_prompts = counting_backend.prompts
     assert first_prompts > 0 and table.counts[rows[0].label]["eval_docqa"] == 3
@@ -171,7 +187,13 @@ def test_rerun_skips_done_samples_and_redoes_only_the_missing(tmp_path, counting
 
 def test_resume_with_other_settings_is_refused(tmp_path, counting_backend):
     rows = make_rows([str(TINY_PRESET)], keep_chunk_cap=True)
-    kwargs = dict(out=tmp_path, n=1, params=PARAMS, progress=False, backend_factory=lambda preset: counting_backend)
+    kwargs = {
+        "out": tmp_path,
+        "n": 1,
+        "params": PARAMS,
+        "progress": False,
+        "backend_factory": lambda preset: counting_backend,
+    }
     run_eval(rows, ["eval_docqa"], k=1, **kwargs)
     with pytest.raises(MemFactoryError, match="k=1"):
         run_eval(rows, ["eval_docqa"], k=2, **kwargs)
