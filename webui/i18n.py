@@ -50,6 +50,7 @@ TEXT: dict[str, dict[str, str]] = {
     "valid": {"en": "✅ The preset is valid.", "zh": "✅ 预设有效。"},
     "invalid": {"en": "❌ **Invalid preset**", "zh": "❌ **预设无效**"},
     "runs_table": {"en": "Runs", "zh": "运行"},
+    "run_details": {"en": "One run in detail", "zh": "单个运行详情"},
     "runs_select": {"en": "Runs to compare", "zh": "对比的运行"},
     "runs_empty": {"en": "No runs yet. Start one from the Train tab or `memfactory train <preset>`.",
                    "zh": "暂无运行记录。请在训练页或用 `memfactory train <预设>` 启动。"},

@@ -31,3 +31,10 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
     page.wait_for_selector("#mf-runs-overlay .js-plotly-plot .scatterlayer .trace")
     page.keyboard.press("Escape")
     page.screenshot(path=str(tmp_path / "runs_overlay.png"), full_page=True)
+
+    # One run in detail: its own figures (reward with std band, ...).
+    page.get_by_text("One run in detail").first.click()
+    page.locator("#mf-run-detail input").click()
+    page.get_by_role("option", name=run_id).click()
+    page.wait_for_selector("#mf-run-plot-reward .js-plotly-plot .scatterlayer .trace")
+    page.screenshot(path=str(tmp_path / "run_detail.png"), full_page=True)

@@ -92,9 +92,6 @@ def test_new_run_id_is_a_safe_name():
     assert Path(run_id).name == run_id
 
 
-@pytest.mark.xfail(reason="memfactory/trainer/session.py refuses a run folder that already holds the runner's "
-                          "stdout.log ('run folder ... already exists'); passes once it ignores that file",
-                   strict=False)
 def test_start_run_trains_the_tiny_preset(tmp_path):
     """A real 2-step GRPO run on the tiny model, started the way the UI starts it."""
     preset = Path(__file__).resolve().parents[2] / "presets" / "tiny_test.yaml"

@@ -40,3 +40,22 @@ def test_dead_trainer_is_marked_failed_on_refresh(tmp_path):
     run = db.create_run("p", tmp_path / "r", run_id="dead").id
     db.set_status(run, "running", pid=2**22 + 12345)  # no such process
     assert runs_tab.runs_table(db).set_index("run").loc["dead", "status"] == "failed"
+
+
+def test_run_details_figures_and_log(tmp_path):
+    db = RunsDB(tmp_path / "memfactory.db")
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    run = db.create_run("p", run_dir, run_id="r1").id
+    db.log_metrics(run, 1, {"reward/mean": 0.2, "reward/std": 0.1, "loss": 0.5, "kl": 0.0, "clip_ratio": 0.1,
+                            "response_length/mean": 12.0})
+    (run_dir / "samples.jsonl").write_text(json.dumps({"step": 1, "rewards": [[0.0, 1.0], [0.5, 0.5]]}) + "\n")
+    (run_dir / "stdout.log").write_text("loading\nstep 1/1 reward 0.2\n")
+    db.set_status(run, "failed", error="boom")
+    figures, log = runs_tab.run_details(db, "r1")
+    assert set(figures) == {"reward", "distribution", "loss", "kl", "length", "clip"}
+    assert sorted(figures["distribution"].data[0].y) == [0.0, 0.5, 0.5, 1.0]
+    assert figures["length"].data[0].y[0] == 12.0
+    assert "step 1/1" in log and "boom" in log
+    empty, log = runs_tab.run_details(db, None)
+    assert log == "" and all("no data yet" in f.layout.annotations[0].text for f in empty.values())

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from memfactory.errors import MemFactoryError
-from webui import plots, workspace
+from webui import plots, runner, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
 
@@ -67,6 +67,22 @@ def overlay(db, run_ids: list[str]) -> Any:
     return plots.overlay_figure({run_id: run_metrics(db, run_id) for run_id in run_ids or []})
 
 
+def run_details(db, run_id: str | None) -> tuple[dict[str, Any], str]:
+    """One run's figures (reward, distribution, loss, KL, length, clip) and the tail of its log."""
+    from memfactory.tracking.metrics import read_metrics
+
+    record = db.get(run_id) if run_id else None
+    if record is None:
+        return plots.all_figures(None), ""
+    figures = plots.all_figures(run_metrics(db, run_id))
+    samples = read_metrics(Path(record.run_dir) / "samples.jsonl").records
+    figures["distribution"] = plots.reward_distribution_figure(samples)
+    log = runner.tail(Path(record.run_dir) / "stdout.log", 40)
+    if record.error:
+        log = f"{log}\n\n[error] {record.error}".strip()
+    return figures, log
+
+
 def build(ctx: UIContext) -> None:
     labels = ctx.labels
     with gr.Tab(t("tab.runs"), id="runs", elem_id="mf-tab-runs") as tab:
@@ -81,17 +97,35 @@ def build(ctx: UIContext) -> None:
         table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("runs_table"), elem_id="mf-runs-table")
         labels.add(table, "runs_table")
         chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay", show_label=False)
+        with gr.Accordion(t("run_details"), open=False) as details:
+            labels.add(details, "run_details")
+            detail_run = gr.Dropdown(choices=[], value=None, label=t("run_details"), elem_id="mf-run-detail")
+            labels.add(detail_run, "run_details")
+            detail_plots = {}
+            for row in (("reward", "distribution"), ("loss", "kl"), ("length", "clip")):
+                with gr.Row():
+                    for name in row:
+                        detail_plots[name] = gr.Plot(show_label=False, elem_id=f"mf-run-plot-{name}")
+            log_box = gr.Textbox(label="stdout.log", lines=10, max_lines=20, interactive=False, elem_id="mf-run-log")
         timer = gr.Timer(10.0)
 
-    def on_refresh(current: list[str]):
+    def on_refresh(current: list[str], detail: str | None):
         try:
             frame = runs_table(open_db())
         except MemFactoryError as exc:
-            return f"⚠️ {exc}", pd.DataFrame(columns=COLUMNS), gr.update()
+            return f"⚠️ {exc}", pd.DataFrame(columns=COLUMNS), gr.update(), gr.update()
         ids = frame["run"].tolist()
         keep = [run_id for run_id in current or [] if run_id in ids]
         message = "" if ids else t("runs_empty")
-        return message, frame, gr.update(choices=ids, value=keep)
+        return (message, frame, gr.update(choices=ids, value=keep),
+                gr.update(choices=ids, value=detail if detail in ids else None))
+
+    def on_detail(run_id: str | None):
+        try:
+            figures, log = run_details(open_db(), run_id)
+        except MemFactoryError as exc:
+            figures, log = plots.all_figures(None), str(exc)
+        return [*(figures[name] for name in detail_plots), log]
 
     def on_select(run_ids: list[str]):
         try:
@@ -99,8 +133,11 @@ def build(ctx: UIContext) -> None:
         except MemFactoryError as exc:
             return plots.empty_figure("Reward by run", str(exc))
 
-    outputs = [note, table, selected]
-    refresh.click(on_refresh, selected, outputs).then(on_select, selected, chart)
-    timer.tick(on_refresh, selected, outputs, show_progress="hidden")
-    ctx.demo.load(on_refresh, selected, outputs, show_progress="hidden")
+    outputs = [note, table, selected, detail_run]
+    detail_outputs = [*detail_plots.values(), log_box]
+    refresh.click(on_refresh, [selected, detail_run], outputs).then(on_select, selected, chart).then(
+        on_detail, detail_run, detail_outputs)
+    timer.tick(on_refresh, [selected, detail_run], outputs, show_progress="hidden")
+    ctx.demo.load(on_refresh, [selected, detail_run], outputs, show_progress="hidden")
     selected.change(on_select, selected, chart, show_progress="hidden")
+    detail_run.input(on_detail, detail_run, detail_outputs, show_progress="hidden")
