@@ -82,6 +82,31 @@ def all_reduce(accelerator: Any, values: list[float], op: str = "sum") -> list[f
     return tensor.tolist()
 
 
+def require_replicated_weights(accelerator: Any) -> None:
+    """Refuse sharded weights (FSDP, DeepSpeed ZeRO-3) with a clear error instead of a hang.
+
+    Every rank generates its own rollouts with ``model.generate`` on its own schedule (different
+    prompts, lengths, numbers of agent calls). With sharded weights each forward pass is a
+    collective, so ranks would have to generate in lockstep; the loop does not do that yet.
+    """
+    from accelerate.utils import DistributedType
+
+    kind = getattr(accelerator, "distributed_type", None)
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    sharded = kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+    )
+    if sharded:
+        from memfactory.errors import MemFactoryError
+
+        raise MemFactoryError(
+            f"accelerate distributed_type {kind.value}: the GRPO loop needs the full weights on every process for "
+            "rollouts, so sharded training (FSDP, DeepSpeed ZeRO-3) is not supported yet; use DDP "
+            "(presets/accelerate/ddp.yaml), with trainer.lora and/or model.dtype bfloat16 to fit memory "
+            "(see docs/distributed.md)"
+        )
+
+
 def idle_loss(model: torch.nn.Module, token_id: int, device: torch.device) -> torch.Tensor:
     """A zero-valued loss from a one-token forward pass: every parameter gets a (zero) gradient."""
     ids = torch.full((1, 1), int(token_id), dtype=torch.long, device=device)

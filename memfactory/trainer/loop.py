@@ -106,6 +106,7 @@ class GRPOTrainer:
         self.cfg = preset.trainer
         set_seed(self.cfg.seed)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        dist.require_replicated_weights(self.accelerator)
         model, self.tokenizer = load_model_and_tokenizer(preset.model)
         if self.cfg.lora is not None:
             model = attach_lora(model, self.cfg.lora)

@@ -87,3 +87,24 @@ def test_two_process_training_is_consistent(tmp_path):
     expected_steps = sum(1 for a, b in trained if a or b)
     assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == expected_steps > 0
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+
+
+def test_sharded_weights_are_refused_with_a_clear_error():
+    from types import SimpleNamespace
+
+    import pytest
+    from accelerate.utils import DistributedType
+
+    from memfactory.errors import MemFactoryError
+    from memfactory.trainer.distributed import require_replicated_weights
+
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        require_replicated_weights(SimpleNamespace(distributed_type=kind))  # replicated: fine
+    with pytest.raises(MemFactoryError, match="FSDP.*not supported yet.*ddp.yaml"):
+        require_replicated_weights(SimpleNamespace(distributed_type=DistributedType.FSDP))
+    zero3 = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)),
+    )
+    with pytest.raises(MemFactoryError, match="ZeRO-3"):
+        require_replicated_weights(zero3)
