@@ -204,3 +204,17 @@ def test_download_files_are_pruned(tmp_path, monkeypatch):
     assert len(folders) <= 201
     assert Path(paths[-1]).read_text() == "name: p204\n"
     assert tab.download_file("../x", "name: q\n").endswith("/preset.yaml")  # a bad name never becomes a path
+
+
+def test_every_registered_agent_and_env_assembles_from_defaults():
+    """With the real registry: picking any agent/env and leaving the forms at their defaults is valid."""
+    form = build_form()
+    if not form.agents or not form.envs:
+        pytest.skip(f"nothing to assemble yet: empty kinds {form.empty_kinds}")
+    for agent in form.agents:
+        for env in form.envs:
+            values = _values_for(form, **{"agent": agent, "env.type": env})
+            data, preset, problems = check(form, values)
+            assert problems == [], (agent, env, problems)
+            assert preset.agent == agent and preset.env.type == env
+            assert set(data["modules"]) == set(form.agents[agent])
