@@ -91,8 +91,8 @@ def add_turns(store: MemoryStore, sample: Sample) -> int:
     "rmm",
     description="RMM: retrieve top-n, an LLM reranker keeps m, answer with citations; reranker trained with a citation bonus",
     config=RMMConfig,
-    slots={"retriever": ["retriever"], "reranker": ["reranker"]},
-    optional_slots={"extractor": ["extractor"], "updater": ["updater"]},
+    # extractor/updater build the bank with memory_source "reflect" (unused with "turns").
+    slots={"retriever": ["retriever"], "reranker": ["reranker"], "extractor": ["extractor"], "updater": ["updater"]},
 )
 class MemoryRMMAgent(Agent):
     options: RMMConfig

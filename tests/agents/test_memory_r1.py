@@ -1,0 +1,107 @@
+"""Memory-R1 agent on the tiny model: which calls train, per-member banks, shared banks, trace, cleanup."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+
+import pytest
+
+from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config, episode_steps
+from memfactory.data.locomo import load_locomo
+from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
+from memfactory.modules.retriever import NaiveRetriever, RetrieverConfig
+from memfactory.modules.updater import NaiveUpdater, UpdaterConfig
+from memfactory.types import Sample, SamplingParams
+
+PARAMS = SamplingParams(max_new_tokens=10, temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return load_locomo("synthetic://locomo?n=1&seed=3&sessions=3")[:2]
+
+
+def _agent(mode: str, **extra) -> MemoryR1Agent:
+    # Fallbacks make a random model's output land in the bank, so bank contents are observable.
+    modules = {
+        "extractor": NaiveExtractor(ExtractorConfig(turns_per_call=8, max_tokens=10, fallback="lines")),
+        "updater": NaiveUpdater(UpdaterConfig(max_tokens=10, fallback="add")),
+        "retriever": NaiveRetriever(RetrieverConfig(top_k=4)),
+    }
+    return MemoryR1Agent(modules, MemoryR1Config(train=mode, embedder="hashing", **extra))
+
+
+def _banks_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "memfactory-banks-*")))
+
+
+def test_episode_steps_follow_sessions(samples):
+    steps = episode_steps(samples[0], 3)
+    sessions = samples[0].meta["sessions"]
+    assert len(steps) == sum(-(-len(s["turns"]) // 3) for s in sessions)
+    assert steps[0].date == sessions[0]["date_time"] and steps[0].dialogue.count("\n") == 2
+    plain = episode_steps(Sample("p", "q", ["a"], context="A: one\n\nB: two\nA: three"), 2)
+    assert [s.dialogue for s in plain] == ["A: one\nB: two", "A: three"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "manager_trains", "answer_trains"),
+    [("manager", True, False), ("answer", False, True), ("both", True, True)],
+)
+def test_train_modes_mark_the_right_calls(tiny_backend, samples, mode, manager_trains, answer_trains):
+    before = _banks_dirs()
+    trajectories = _agent(mode).run(samples, tiny_backend, params=PARAMS, group_size=2, train=True)
+    assert _banks_dirs() == before  # temporary banks are removed
+    assert [t.group for t in trajectories] == [0, 0, 1, 1]
+    steps = len(episode_steps(samples[0], 8))
+    for t in trajectories:
+        manager = [c for c in t.calls if c.module in ("extractor.extract", "updater.update")]
+        (answer,) = [c for c in t.calls if c.module == "memory_r1.answer"]
+        assert len([c for c in manager if c.module == "extractor.extract"]) == steps
+        assert all(c.trainable == manager_trains for c in manager)
+        assert answer.trainable == answer_trains and answer.response_ids and answer.logprobs
+        kinds = [e["kind"] for e in t.trace]
+        assert kinds[-3:] == ["retrieved", "answer", "bank"]
+        assert t.counters["extract_calls"] == steps
+        assert t.answer
+
+
+def test_each_member_builds_its_own_bank(tiny_backend, samples):
+    trajectories = _agent("manager").run(samples[:1], tiny_backend, params=PARAMS, group_size=3, train=True)
+    banks = []
+    for t in trajectories:
+        added = {e["new"] for e in t.trace if e["kind"] == "op" and e["op"] == "ADD"}
+        bank = next(e for e in t.trace if e["kind"] == "bank")
+        texts = {m["text"] for m in bank["memories"]}
+        assert texts and texts <= added  # only this member's own ADDs are in its bank
+        banks.append(frozenset(texts))
+    assert len(set(banks)) > 1  # sampled managers built different banks
+
+
+def test_shared_bank_in_answer_mode_and_inference(tiny_backend, samples):
+    trajectories = _agent("answer").run(samples, tiny_backend, params=PARAMS, group_size=2, train=True)
+    banks = {tuple(m["id"] for m in next(e for e in t.trace if e["kind"] == "bank")["memories"]) for t in trajectories}
+    assert len(banks) == 1  # both questions of the conversation, all members: one bank
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+    first = _agent("manager").run(samples[:1], tiny_backend, params=greedy, group_size=1, train=False)
+    again = _agent("manager").run(samples[:1], tiny_backend, params=greedy, group_size=1, train=False)
+    assert first[0].answer == again[0].answer
+    assert not any(c.trainable for c in first[0].calls)
+    retrieved = next(e for e in first[0].trace if e["kind"] == "retrieved")
+    assert len(retrieved["memories"]) <= 4 and retrieved["query"] == samples[0].question
+
+
+def test_distilled_ids_come_from_the_answer(tiny_backend, samples):
+    agent = _agent("answer", answer_prefix="[0] \\boxed{", distill=True)
+    (t,) = agent.run(samples[:1], tiny_backend, params=PARAMS, group_size=1, train=False)
+    retrieved = next(e for e in t.trace if e["kind"] == "retrieved")["memories"]
+    answer = next(e for e in t.trace if e["kind"] == "answer")
+    assert t.answer.startswith("[0] \\boxed{")
+    assert answer["cited"] == ([retrieved[0]["id"]] if retrieved else [])
+
+
+def test_template_is_checked():
+    with pytest.raises(ValueError, match="memories"):
+        MemoryR1Config(answer_template="{question} only")

@@ -1,0 +1,155 @@
+"""LoCoMo loader, synthetic generator, shipped set and the `memfactory data ... locomo` commands."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from memfactory.cli import main
+from memfactory.data.locomo import (
+    UNANSWERABLE,
+    download_locomo,
+    load_locomo,
+    parse_conversation,
+    read_locomo,
+    synth_locomo,
+    transcript,
+)
+from memfactory.errors import DataError, MemFactoryError
+from memfactory.paths import assets_dir
+
+SHIPPED = assets_dir() / "data" / "locomo_synth.json"
+
+
+def _real_shaped() -> dict:
+    """A record shaped exactly like locomo10.json (extra keys, an image turn, an adversarial item)."""
+    return {
+        "sample_id": "conv-26",
+        "conversation": {
+            "speaker_a": "Caroline",
+            "speaker_b": "Melanie",
+            "session_1_date_time": "1:56 pm on 8 May, 2023",
+            "session_1": [
+                {"speaker": "Caroline", "dia_id": "D1:1", "text": "Hey Mel!"},
+                {
+                    "speaker": "Melanie",
+                    "dia_id": "D1:2",
+                    "text": "Look at this",
+                    "img_url": ["x"],
+                    "blip_caption": "a dog on a beach",
+                },
+            ],
+            "session_2_date_time": "1:14 pm on 25 May, 2023",
+            "session_2": [{"speaker": "Caroline", "dia_id": "D2:1", "text": "I went to a support group yesterday."}],
+        },
+        "qa": [
+            {
+                "question": "When did Caroline go to the support group?",
+                "answer": "24 May 2023",
+                "evidence": ["D2:1"],
+                "category": 2,
+            },
+            {"question": "How many dogs?", "answer": 2, "evidence": ["D1:2"], "category": 1},
+            {"question": "What did Caroline paint?", "adversarial_answer": "a sunset", "evidence": [], "category": 5},
+        ],
+        "observation": {},
+        "session_summary": {},
+        "event_summary": {},
+    }
+
+
+def test_real_shaped_record_loads(tmp_path):
+    path = tmp_path / "locomo10.json"
+    path.write_text(json.dumps([_real_shaped()]))
+    samples = load_locomo(path)
+    assert [s.id for s in samples] == ["conv-26/q0", "conv-26/q1"]  # category 5 excluded by default
+    first = samples[0]
+    assert first.answers == ["24 May 2023"] and samples[1].answers == ["2"]
+    assert first.meta["category"] == 2 and first.meta["category_name"] == "temporal"
+    assert first.meta["evidence"] == ["D2:1"] and first.meta["conversation_id"] == "conv-26"
+    assert [s["session"] for s in first.meta["sessions"]] == [1, 2]
+    assert "[shares a photo: a dog on a beach]" in first.meta["sessions"][0]["turns"][1]["text"]
+    assert first.context.startswith("[Session 1, 1:56 pm on 8 May, 2023]\nCaroline: Hey Mel!")
+    everything = load_locomo(path, exclude_categories=[])
+    assert everything[2].answers == [UNANSWERABLE] and everything[2].meta["adversarial_answer"] == "a sunset"
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (lambda r: r["conversation"].pop("speaker_b"), "conversation.speaker_b"),
+        (lambda r: r["conversation"].pop("session_2_date_time"), "conversation.session_2_date_time"),
+        (lambda r: r["conversation"]["session_1"][0].pop("text"), "conversation.session_1[0].text"),
+        (lambda r: r["qa"][1].pop("answer"), "qa[1].answer"),
+        (lambda r: r["qa"][0].pop("category"), "qa[0].category"),
+        (lambda r: r.pop("qa"), "qa"),
+    ],
+)
+def test_missing_fields_name_file_conversation_and_field(tmp_path, damage, field):
+    good = _real_shaped()
+    bad = copy.deepcopy(good)
+    damage(bad)
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps([good, bad]))
+    with pytest.raises(DataError) as info:
+        load_locomo(path)
+    message = str(info.value)
+    assert str(path) in message and "record 1" in message and "'conv-26'" in message and repr(field) in message
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_locomo(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        read_locomo(tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(DataError, match="non-empty"):
+        read_locomo(tmp_path / "empty.json")
+
+
+def test_synth_is_seeded_and_needs_updates_and_deletes():
+    assert synth_locomo(2, seed=5) == synth_locomo(2, seed=5)
+    assert synth_locomo(2, seed=5) != synth_locomo(2, seed=6)
+    record = synth_locomo(1, seed=0, sessions=5)[0]
+    conv = parse_conversation(record, "synth", 0)
+    assert len(conv["sessions"]) == 5
+    text = transcript(conv["sessions"])
+    assert "moved from" in text and "anymore" in text  # a changed fact and a deleted one
+    by_q = {q["question"]: q for q in conv["qa"]}
+    current = next(q for q in conv["qa"] if "live in now" in q["question"])
+    before = next(q for q in conv["qa"] if "before moving" in q["question"])
+    assert current["answer"] != before["answer"] and current["answer"] in text and before["answer"] in text
+    dia_ids = {t["dia_id"] for s in conv["sessions"] for t in s["turns"]}
+    assert all(set(q["evidence"]) <= dia_ids for q in by_q.values())
+    assert {q["category"] for q in conv["qa"]} == {1, 2, 3, 4, 5}
+
+
+def test_shipped_set_is_the_seeded_synth():
+    assert read_locomo(SHIPPED) == json.loads(json.dumps(synth_locomo(4, seed=0)))
+    samples = load_locomo(SHIPPED)
+    assert len(samples) == 32 and {s.meta["category"] for s in samples} == {1, 2, 3, 4}
+
+
+def test_cli_synth_and_offline_download(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "l.json"
+    assert main(["data", "synth", "locomo", "--n", "3", "--sessions", "3", "--seed", "1", "--out", str(out)]) == 0
+    assert "3 locomo conversations" in capsys.readouterr().out
+    assert read_locomo(out) == json.loads(json.dumps(synth_locomo(3, seed=1, sessions=3)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["data", "download", "locomo", "--to", str(tmp_path / "dl")]) == 2
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(MemFactoryError, match="could not download LoCoMo"):
+        download_locomo(tmp_path / "dl", url="http://127.0.0.1:9/locomo10.json", timeout=2)
+
+
+def test_synthetic_uri_errors():
+    assert len(load_locomo("synthetic://locomo?n=1&seed=2")) == 8
+    with pytest.raises(DataError, match="unknown parameter"):
+        load_locomo("synthetic://locomo?docs=3")
+    with pytest.raises(DataError, match="integer"):
+        load_locomo("synthetic://locomo?n=x")
