@@ -191,6 +191,26 @@ def render_hits(hits: list[MemoryHit]) -> str:
     )
 
 
+def cited_ids(visible: str, count: int) -> list[str] | None:
+    """The short ids an answer names, before its ``\\boxed{}`` or, failing that, after it; None if none."""
+    valid = [str(i) for i in range(count)]
+    start = visible.find("\\boxed{")
+    if start < 0:
+        return parse_id_list(visible, valid)[0] if visible.strip() else None
+    head = visible[:start]
+    ids = parse_id_list(head, valid)[0] if head.strip() else None
+    if ids is None:
+        depth, end = 0, None
+        for j in range(start + len("\\boxed{") - 1, len(visible)):
+            depth += {"{": 1, "}": -1}.get(visible[j], 0)
+            if depth == 0:
+                end = j + 1
+                break
+        tail = visible[end:] if end is not None else ""
+        ids = parse_id_list(tail, valid)[0] if tail.strip() else None
+    return ids
+
+
 def answer_with_memories(
     trajectories: list[Trajectory],
     memories: list[list[MemoryHit]],
@@ -204,6 +224,7 @@ def answer_with_memories(
     train: bool,
     trainable: bool,
     module: str,
+    stop: list[str] | None = None,
 ) -> list[list[str]]:
     """One batched answer call; returns per trajectory the memory ids its answer named (cited)."""
     if not trajectories:
@@ -215,7 +236,10 @@ def answer_with_memories(
         text = template.format(memories=render_hits(hits), question=trajectory.sample.question)
         system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompts.append(ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=assistant_prefix))
-    generations = backend.generate(prompts, replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens)))
+    call_params = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
+    if stop is not None:
+        call_params.stop = list(stop)
+    generations = backend.generate(prompts, call_params)
     if len(generations) != len(prompts):
         raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
     cited_all = []
@@ -225,10 +249,7 @@ def answer_with_memories(
         visible, terminated = strip_thinking(trajectory.answer)
         if not terminated:
             trajectory.count("unterminated_think")
-        head = visible.split("\\boxed{", 1)[0]
-        ids, _report = (
-            parse_id_list(head, [str(i) for i in range(len(hits))]) if hits and head.strip() else (None, None)
-        )
+        ids = cited_ids(visible, len(hits)) if hits else None
         cited = [hits[int(i)].item.id for i in ids] if ids else []
         if ids is None and hits:
             trajectory.count("citations_unparsed")
@@ -264,6 +285,9 @@ class MemoryR1Config(BaseModel):
     )
     answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. \\boxed{ for small models")
     answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    answer_stop: list[str] | None = Field(
+        None, description="Stop strings of the answer call (None = the trainer's stop)"
+    )
     frozen_answer_temperature: float | None = Field(
         0.0,
         ge=0.0,
@@ -370,6 +394,7 @@ class MemoryR1Agent(Agent):
                 train=train,
                 trainable=answer_trains,
                 module="memory_r1.answer",
+                stop=self.options.answer_stop,
             )
             for trajectory, bank in zip(trajectories, banks):
                 trajectory.trace.append(bank_trace(bank))

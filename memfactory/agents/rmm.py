@@ -59,6 +59,9 @@ class RMMConfig(BaseModel):
     )
     answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. '[' to start the citation list")
     answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    answer_stop: list[str] | None = Field(
+        None, description="Stop strings of the answer call (None = the trainer's stop)"
+    )
     system_prompt: str = Field("", description="Optional system message for the answer call")
 
     @field_validator("answer_template")
@@ -158,6 +161,7 @@ class MemoryRMMAgent(Agent):
                 train=train,
                 trainable=mode in ("answer", "both"),
                 module="rmm.answer",
+                stop=self.options.answer_stop,
             )
             for trajectory, picked, ids, bank in zip(trajectories, selected, cited, banks):
                 chosen = {h.item.id for h in picked}

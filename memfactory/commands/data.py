@@ -98,9 +98,10 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from memfactory.data.locomo import is_locomo, load_locomo
     from memfactory.data.memagent import load_samples
 
-    samples = load_samples(args.path)
+    samples = load_locomo(args.path, exclude_categories=[]) if is_locomo(args.path) else load_samples(args.path)
     formats = Counter(s.meta.get("format", "?") for s in samples)
     chars = [len(s.context) for s in samples]
     print(

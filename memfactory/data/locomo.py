@@ -14,8 +14,8 @@ item carries ``adversarial_answer`` instead of ``answer`` and is excluded by def
 Every QA item becomes one ``Sample``: ``context`` is the whole transcript as text (for agents that
 just read it), ``answers=[str(answer)]`` and ``meta`` holds ``conversation_id``, ``category``,
 ``evidence``, ``speakers`` and ``sessions`` (``[{"session": n, "date_time": ..., "turns": [...]}]``),
-which memory agents replay into their bank. ``memfactory eval`` can group scores by
-``meta["category"]``.
+which memory agents replay into their bank. ``meta["metric"] = "f1"`` makes ``memfactory eval``
+score LoCoMo with token F1 (its usual metric), and ``meta["category"]`` lets it group by category.
 
 The synthetic generator writes the same shape: two invented people chat over several sessions and
 their facts change (one moves city, changes a favourite food, loses a pet), so a memory manager
@@ -162,6 +162,7 @@ def conversations_to_samples(
             meta = {
                 "source": source,
                 "format": "locomo",
+                "metric": "f1",  # LoCoMo's usual answer metric; `memfactory eval` reads meta["metric"]
                 "conversation_id": conv["id"],
                 "sample_id": conv["id"],
                 "qa_index": q,
@@ -190,6 +191,21 @@ def load_locomo(path: str | Path, *, exclude_categories: tuple[int, ...] | list[
     if not samples:
         raise DataError(source, f"no QA items left after excluding categories {sorted(exclude_categories)}")
     return samples
+
+
+def is_locomo(path: str | Path) -> bool:
+    """True for a ``synthetic://locomo`` URI or a .json file whose first record has a ``conversation``."""
+    text = str(path)
+    if text.startswith("synthetic://"):
+        return urlparse(text).netloc == "locomo"
+    if not text.lower().endswith(".json") or not Path(text).is_file():
+        return False
+    try:
+        data = json.loads(Path(text).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    first = data[0] if isinstance(data, list) and data else data
+    return isinstance(first, dict) and "conversation" in first
 
 
 def parse_locomo_uri(uri: str) -> dict[str, int]:
@@ -433,6 +449,7 @@ __all__ = [
     "UNANSWERABLE",
     "conversations_to_samples",
     "download_locomo",
+    "is_locomo",
     "load_locomo",
     "parse_conversation",
     "read_locomo",

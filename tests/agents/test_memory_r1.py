@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config, episode_steps
+from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config, cited_ids, episode_steps
 from memfactory.data.locomo import load_locomo
 from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
 from memfactory.modules.retriever import NaiveRetriever, RetrieverConfig
@@ -105,3 +105,18 @@ def test_distilled_ids_come_from_the_answer(tiny_backend, samples):
 def test_template_is_checked():
     with pytest.raises(ValueError, match="memories"):
         MemoryR1Config(answer_template="{question} only")
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        ("[0, 2] \\boxed{Brevik}", ["0", "2"]),
+        ("\\boxed{Brevik} [1]", ["1"]),
+        ("\\boxed{a{b}} I used 2 and 0", ["2", "0"]),
+        ("\\boxed{Brevik}", None),
+        ("\\boxed{unclosed [1]", None),
+        ("[1]", ["1"]),
+    ],
+)
+def test_citations_before_or_after_the_boxed_answer(text, ids):
+    assert cited_ids(text, 3) == ids

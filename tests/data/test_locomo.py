@@ -67,7 +67,7 @@ def test_real_shaped_record_loads(tmp_path):
     assert [s.id for s in samples] == ["conv-26/q0", "conv-26/q1"]  # category 5 excluded by default
     first = samples[0]
     assert first.answers == ["24 May 2023"] and samples[1].answers == ["2"]
-    assert first.meta["category"] == 2 and first.meta["category_name"] == "temporal"
+    assert first.meta["category"] == 2 and first.meta["category_name"] == "temporal" and first.meta["metric"] == "f1"
     assert first.meta["evidence"] == ["D2:1"] and first.meta["conversation_id"] == "conv-26"
     assert [s["session"] for s in first.meta["sessions"]] == [1, 2]
     assert "[shares a photo: a dog on a beach]" in first.meta["sessions"][0]["turns"][1]["text"]
@@ -138,6 +138,8 @@ def test_cli_synth_and_offline_download(tmp_path, capsys, monkeypatch):
     assert main(["data", "synth", "locomo", "--n", "3", "--sessions", "3", "--seed", "1", "--out", str(out)]) == 0
     assert "3 locomo conversations" in capsys.readouterr().out
     assert read_locomo(out) == json.loads(json.dumps(synth_locomo(3, seed=1, sessions=3)))
+    assert main(["data", "check", str(out)]) == 0
+    assert "27 samples (locomo 27)" in capsys.readouterr().out  # 9 questions each, adversarial included
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["data", "download", "locomo", "--to", str(tmp_path / "dl")]) == 2
     err = capsys.readouterr().err
