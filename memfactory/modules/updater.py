@@ -5,7 +5,8 @@ UUID; ``memory_ops.parse_operations`` maps them back and turns unknown ids or op
 (counted). The batch of one call goes through ``MemoryStore.apply`` in a single transaction, so a
 failed batch leaves the bank exactly as it was (counted as ``apply_failed``). An unparseable
 response applies nothing unless ``fallback: add`` (then every new fact is ADDed, counted as
-``update_fallback``). Trace entries: ``{"kind": "op", op, id, old, new, applied, ...}``.
+``update_fallback``); ``add_if_empty`` also ADDs them when the response has no applicable operation,
+so a model too small to manage memory still fills the bank (for training its answer agent). Trace entries: ``{"kind": "op", op, id, old, new, applied, ...}``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class UpdaterConfig(BaseModel):
     max_related: int = Field(10, ge=0, description="At most this many existing memories shown per call")
     max_tokens: int = Field(256, ge=1, description="Cap on the new tokens of one update")
     max_ops: int = Field(32, ge=1, description="Operations kept per call (the rest are dropped and counted)")
-    fallback: Literal["none", "add"] = Field(
-        "none", description="What an unparseable response does: nothing, or ADD every new fact"
+    fallback: Literal["none", "add", "add_if_empty"] = Field(
+        "none",
+        description="none: an unparseable response changes nothing; add: it ADDs every new fact; "
+        "add_if_empty: so does a response with no applicable operation (for models too small to manage memory)",
     )
     assistant_prefix: str = Field("", description="Text that opens the assistant turn, e.g. '['")
     stop: list[str] = Field(default_factory=list, description="Stop strings for update calls")
@@ -155,7 +158,10 @@ class NaiveUpdater(MemoryModule):
             trajectory.count("unterminated_think")
         for name, amount in report.warnings.items():
             trajectory.count(name, amount)
-        if not report.parsed and self.options.fallback == "add":
+        idle = not any(o.op != "NONE" for o in ops)
+        if (not report.parsed and self.options.fallback != "none") or (
+            idle and self.options.fallback == "add_if_empty"
+        ):
             ops = [Operation("ADD", text=f.text, key=f.key or None, type=f.type) for f in request.facts]
             trajectory.count("update_fallback")
         if request.date:

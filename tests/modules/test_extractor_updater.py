@@ -150,3 +150,19 @@ def test_reranker_selects_from_candidates_or_falls_back(tmp_path, tiny_backend):
     # A parseable answer picks and orders.
     prompt = reranker.prompt(requests[0])
     assert "[2]" in prompt.messages[-1]["content"]
+
+
+def test_add_if_empty_fills_the_bank_only_when_nothing_applies(tmp_path):
+    store = _bank(tmp_path)
+    updater = NaiveUpdater(UpdaterConfig(fallback="add_if_empty"))
+    idle = UpdateRequest(_trajectory(), store, [Fact("Ava rows on Sundays")], [store.get("m0")])
+    updater.apply_response(
+        idle, updater.prompt(idle), Generation(text='[{"op": "UPDATE", "id": "9", "text": "x"}]'), train=False
+    )
+    assert store.count() == 4 and any(m.text == "Ava rows on Sundays" for m in store.all())
+    assert idle.trajectory.counters["update_fallback"] == 1 and idle.trajectory.counters["unknown_memory_id"] == 1
+    acting = UpdateRequest(_trajectory(), store, [Fact("Ava left Tholand")], [store.get("m0")])
+    updater.apply_response(
+        acting, updater.prompt(acting), Generation(text='[{"op": "DELETE", "id": "0"}]'), train=False
+    )
+    assert store.count() == 3 and store.get("m0") is None and "update_fallback" not in acting.trajectory.counters
