@@ -57,6 +57,29 @@ def start_run(
     return run_id, pid
 
 
+def resume_run(
+    run_id: str,
+    *,
+    runs_dir: str | Path,
+    preset_path: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Continue ``runs/<run_id>/`` from its last checkpoint (``memfactory train ... --resume``); its pid.
+
+    The run's own preset copy (``runs/<id>/preset.yaml``) is trained unless ``preset_path`` is given;
+    output is appended to the same ``stdout.log``.
+    """
+    runs_dir = Path(runs_dir).resolve()
+    run_id = check_name(run_id, "run id")
+    run_dir = confine(runs_dir, run_id)
+    preset = Path(preset_path).resolve() if preset_path is not None else run_dir / "preset.yaml"
+    if not preset.is_file():
+        raise FileNotFoundError(preset)
+    command = [sys.executable, "-m", "memfactory", "train", str(preset), "--resume", run_id,
+               "--runs-dir", str(runs_dir), "--no-progress", *extra_args]
+    return spawn(command, run_dir, cwd=runs_dir.parent, env={"MEMFACTORY_RUNNER": "1"})
+
+
 def spawn(
     command: Sequence[str], run_dir: str | Path, *, cwd: str | Path | None = None, env: dict[str, str] | None = None
 ) -> int:
