@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"ours: median {our_med:.4f} s/step over {args.steps} steps "
             f"(rollout {our_info['rollout_median_s']:.4f} s, update {our_info['update_median_s']:.4f} s, "
-            f"response length {our_info['response_length_mean']:.1f})",
+            f"response length {our_info['response_length_mean']:.1f}, "
+            f"prompt length {statistics.mean(len(p) for p in prompts):.0f} tokens)",
             flush=True,
         )
         if args.only == "ours":
