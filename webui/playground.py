@@ -158,7 +158,10 @@ def build_preset(spec: WorkflowSpec, settings: RunSettings) -> Any:
         if path:
             model = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": {}})
         if spec.checkpoint.strip():
-            folder = resolve_checkpoint(spec.checkpoint.strip(), workspace.runs_db())
+            try:
+                folder = resolve_checkpoint(spec.checkpoint.strip(), workspace.runs_db())
+            except MemFactoryError as exc:  # its message names the CLI flag; the UI has a field
+                raise MemFactoryError(str(exc).replace("--checkpoint ", "checkpoint ", 1)) from None
             model = model.model_copy(update={"checkpoint": folder})
     return preset.model_copy(update={"model": model})
 
@@ -320,6 +323,8 @@ def run_comparison(
             _fail(result, exc)
         result.seconds = time.perf_counter() - began
         report(i, 1.0, f"{result.label}: {'failed' if result.error else 'done'}")
+    if progress is not None:
+        progress(1.0, "done")
     return results
 
 
