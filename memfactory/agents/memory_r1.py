@@ -12,8 +12,8 @@ Which part trains (``train``):
 - ``manager``: each group member replays into its OWN snapshot of the starting bank, so members
   never see each other's operations; the answer agent is frozen (non-trainable calls, greedy by
   default), so the reward measures the bank the member built (Memory-R1's manager reward).
-- ``answer``: one bank per conversation, built with non-trainable calls and shared by all
-  members; only the answer calls train.
+- ``answer``: one bank per conversation, built with non-trainable (greedy by default) calls and
+  shared by all members; only the answer calls train.
 - ``both``: per-member banks and every call trainable.
 
 Banks live in a temporary folder for the duration of ``run`` (SQLite files, removed afterwards),
@@ -180,6 +180,70 @@ class BankFolder:
         self._tmp.cleanup()
 
 
+class BankCache:
+    """Conversation banks kept between inference calls (``memfactory eval`` sends a few questions at a
+    time; LoCoMo has ~150 per conversation, so rebuilding per batch would replay it ~40 times).
+
+    Valid only while the weights cannot change: any training rollout drops it, and so does a call
+    with another backend or other sampling settings.
+    """
+
+    def __init__(self) -> None:
+        self.folder: BankFolder | None = None
+        self.signature: tuple | None = None
+        self.episodes: dict[str, Episode] = {}
+
+    def clear(self) -> None:
+        if self.folder is not None:
+            self.folder.__exit__()
+        self.folder, self.signature, self.episodes = None, None, {}
+
+    def prepare(self, backend: Any, params: SamplingParams, embedder: str) -> BankFolder:
+        signature = (
+            id(backend),
+            embedder,
+            params.temperature,
+            params.top_p,
+            params.top_k,
+            params.max_new_tokens,
+            tuple(params.stop),
+            params.seed,
+        )
+        if signature != self.signature:
+            self.clear()
+            self.folder = BankFolder(embedder)
+            self.signature = signature
+        assert self.folder is not None
+        return self.folder
+
+
+def shared_episodes(
+    samples: list[Sample],
+    folder: BankFolder,
+    cache: BankCache | None,
+    start: Any,
+) -> tuple[dict[str, Episode], list[Episode]]:
+    """One episode per conversation, from the cache when it has one; ``start(episode)`` prepares a new one.
+
+    Returns all episodes by conversation key and the new ones (still to be built; the caller
+    caches them with ``cache.episodes.update`` once they are built).
+    """
+    episodes: dict[str, Episode] = {}
+    new: list[Episode] = []
+    for sample in samples:
+        key = conversation_key(sample)
+        if key in episodes:
+            continue
+        if cache is not None and key in cache.episodes:
+            episodes[key] = cache.episodes[key]
+            continue
+        episode = Episode(Trajectory(sample=sample, group=-1), folder.new(), [])
+        start(episode)
+        episodes[key] = episode
+        new.append(episode)
+    return episodes, new
+
+
 # --------------------------------------------------------------------------- answering from memories
 
 
@@ -293,7 +357,16 @@ class MemoryR1Config(BaseModel):
         ge=0.0,
         description="Temperature of the answer agent while only the manager trains (None = rollout temperature)",
     )
+    frozen_manager_temperature: float | None = Field(
+        0.0,
+        ge=0.0,
+        description="Temperature of the manager while only the answer agent trains (None = rollout temperature)",
+    )
     system_prompt: str = Field("", description="Optional system message for the answer call")
+    reuse_banks: bool = Field(
+        True,
+        description="In inference, keep each conversation's bank for later calls (dropped by any training rollout)",
+    )
 
     @field_validator("answer_template")
     @classmethod
@@ -325,6 +398,7 @@ class MemoryR1Agent(Agent):
         modules.setdefault("updater", NaiveUpdater())
         modules.setdefault("retriever", NaiveRetriever())
         super().__init__(modules, options or MemoryR1Config())
+        self.bank_cache = BankCache()
 
     @property
     def extractor(self) -> NaiveExtractor:
@@ -360,6 +434,7 @@ class MemoryR1Agent(Agent):
         turns = self.extractor.options.turns_per_call
         with BankFolder(self.options.embedder) as folder:
             if own_banks:
+                self.bank_cache.clear()
                 episodes = []
                 for i, sample in enumerate(samples):
                     base = folder.new()
@@ -369,7 +444,7 @@ class MemoryR1Agent(Agent):
                 build_banks(episodes, self.extractor, self.updater, backend, params, train=True)
                 banks = [e.store for e in episodes]
             else:
-                banks = self.shared_banks(samples, trajectories, folder, backend, params)
+                banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
             hits = self.retriever.generate([(bank, t.sample.question) for t, bank in zip(trajectories, banks)])
             for trajectory, found in zip(trajectories, hits):
                 trajectory.trace.append(
@@ -407,18 +482,30 @@ class MemoryR1Agent(Agent):
         folder: BankFolder,
         backend: Any,
         params: SamplingParams,
+        *,
+        train: bool = False,
     ) -> list[MemoryStore]:
         """One bank per conversation (non-trainable calls), shared by its samples and group members."""
-        builders: dict[str, Episode] = {}
+        cache = None
+        if train or not self.options.reuse_banks:
+            self.bank_cache.clear()
+        else:
+            cache = self.bank_cache
+            folder = cache.prepare(backend, params, self.options.embedder)
         turns = self.extractor.options.turns_per_call
-        for sample in samples:
-            key = conversation_key(sample)
-            if key not in builders:
-                builders[key] = Episode(Trajectory(sample=sample, group=-1), folder.new(), episode_steps(sample, turns))
-        build_banks(list(builders.values()), self.extractor, self.updater, backend, params, train=False)
+
+        def start(episode: Episode) -> None:
+            episode.steps = episode_steps(episode.trajectory.sample, turns)
+
+        episodes, new = shared_episodes(samples, folder, cache, start)
+        if train and self.options.frozen_manager_temperature is not None:
+            params = replace(params, temperature=self.options.frozen_manager_temperature)
+        build_banks(new, self.extractor, self.updater, backend, params, train=False)
+        if cache is not None:
+            cache.episodes.update({conversation_key(e.trajectory.sample): e for e in new})
         banks = []
         for trajectory in trajectories:
-            builder = builders[conversation_key(trajectory.sample)]
-            copy_record(builder.trajectory, trajectory)
-            banks.append(builder.store)
+            episode = episodes[conversation_key(trajectory.sample)]
+            copy_record(episode.trajectory, trajectory)
+            banks.append(episode.store)
         return banks

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from memfactory.agents.base import Agent
 from memfactory.agents.memory_r1 import (
     ANSWER_TEMPLATE,
+    BankCache,
     BankFolder,
     Episode,
     answer_with_memories,
@@ -30,6 +31,7 @@ from memfactory.agents.memory_r1 import (
     conversation_key,
     copy_record,
     episode_steps,
+    shared_episodes,
 )
 from memfactory.backends.base import Backend
 from memfactory.calls import require_token_backend
@@ -63,6 +65,10 @@ class RMMConfig(BaseModel):
         None, description="Stop strings of the answer call (None = the trainer's stop)"
     )
     system_prompt: str = Field("", description="Optional system message for the answer call")
+    reuse_banks: bool = Field(
+        True,
+        description="In inference, keep each conversation's bank for later calls (dropped by any training rollout)",
+    )
 
     @field_validator("answer_template")
     @classmethod
@@ -107,6 +113,7 @@ class MemoryRMMAgent(Agent):
         modules.setdefault("extractor", NaiveExtractor())
         modules.setdefault("updater", NaiveUpdater())
         super().__init__(modules, options or RMMConfig())
+        self.bank_cache = BankCache()
 
     @property
     def retriever(self) -> NaiveRetriever:
@@ -134,7 +141,7 @@ class MemoryRMMAgent(Agent):
         mode = self.options.train
         trajectories = [Trajectory(sample=s, group=i) for i, s in enumerate(samples) for _ in range(group_size)]
         with BankFolder(self.options.embedder) as folder:
-            banks = self.shared_banks(samples, trajectories, folder, backend, params)
+            banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
             # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
             top_n = self.reranker.options.top_n
             found = [
@@ -176,26 +183,33 @@ class MemoryRMMAgent(Agent):
         folder: BankFolder,
         backend: Any,
         params: SamplingParams,
+        *,
+        train: bool = False,
     ) -> list[MemoryStore]:
-        builders: dict[str, Episode] = {}
+        """One bank per conversation (prospective reflection, never trained), reused between inference calls."""
         extractor: NaiveExtractor = self.modules["extractor"]
         updater: NaiveUpdater = self.modules["updater"]
-        for sample in samples:
-            key = conversation_key(sample)
-            if key in builders:
-                continue
-            episode = Episode(Trajectory(sample=sample, group=-1), folder.new(), [])
+        cache = None
+        if train or not self.options.reuse_banks:
+            self.bank_cache.clear()
+        else:
+            cache = self.bank_cache
+            folder = cache.prepare(backend, params, self.options.embedder)
+
+        def start(episode: Episode) -> None:
             if self.options.memory_source == "turns":
-                count = add_turns(episode.store, sample)
+                count = add_turns(episode.store, episode.trajectory.sample)
                 episode.trajectory.trace.append({"kind": "bank_built", "source": "turns", "memories": count})
             else:
-                episode.steps = episode_steps(sample, extractor.options.turns_per_call)
-            builders[key] = episode
-        if self.options.memory_source == "reflect":
-            build_banks(list(builders.values()), extractor, updater, backend, params, train=False)
+                episode.steps = episode_steps(episode.trajectory.sample, extractor.options.turns_per_call)
+
+        episodes, new = shared_episodes(samples, folder, cache, start)
+        build_banks(new, extractor, updater, backend, params, train=False)
+        if cache is not None:
+            cache.episodes.update({conversation_key(e.trajectory.sample): e for e in new})
         banks = []
         for trajectory in trajectories:
-            builder = builders[conversation_key(trajectory.sample)]
-            copy_record(builder.trajectory, trajectory)
-            banks.append(builder.store)
+            episode = episodes[conversation_key(trajectory.sample)]
+            copy_record(episode.trajectory, trajectory)
+            banks.append(episode.store)
         return banks

@@ -120,3 +120,22 @@ def test_template_is_checked():
 )
 def test_citations_before_or_after_the_boxed_answer(text, ids):
     assert cited_ids(text, 3) == ids
+
+
+def test_inference_reuses_conversation_banks_until_training(tiny_backend, samples):
+    agent = _agent("answer")
+    greedy = SamplingParams(max_new_tokens=8, temperature=0.0)
+
+    def bank_ids(trajectories):
+        return [
+            tuple(m["id"] for m in next(e for e in t.trace if e["kind"] == "bank")["memories"]) for t in trajectories
+        ]
+
+    first = bank_ids(agent.run(samples[:1], tiny_backend, params=greedy, train=False))
+    second = bank_ids(agent.run(samples[1:2], tiny_backend, params=greedy, train=False))  # same conversation
+    assert first == second and first[0]  # the same bank (same memory ids), not a replay
+    assert len(agent.bank_cache.episodes) == 1
+    other = bank_ids(agent.run(samples[:1], tiny_backend, params=SamplingParams(max_new_tokens=6), train=False))
+    assert other != first  # other sampling settings: rebuilt
+    agent.run(samples[:1], tiny_backend, params=PARAMS, group_size=2, train=True)
+    assert agent.bank_cache.episodes == {} and agent.bank_cache.folder is None
