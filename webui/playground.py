@@ -354,7 +354,7 @@ def summary_frame(results: Sequence[WorkflowResult]) -> pd.DataFrame:
         rows.append({
             "workflow": r.label,
             "model": r.model,
-            "status": "ok" if r.ok else f"error: {r.error.splitlines()[0] if r.error else ''}",
+            "status": "ok" if r.ok else _short(f"error: {r.error.splitlines()[0] if r.error else ''}"),
             "samples": len(r.samples),
             "avg score": None if not scores else round(_mean(scores), 4),
             "avg latency (s)": None if latency is None else round(latency, 3),
@@ -362,6 +362,10 @@ def summary_frame(results: Sequence[WorkflowResult]) -> pd.DataFrame:
             "total tokens": sum(tokens),
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _normalized(result: SampleResult) -> str:
@@ -431,7 +435,8 @@ def styled_comparison(results: Sequence[WorkflowResult]) -> Any:
     """The comparison frame with disagreeing samples' rows highlighted (a pandas Styler)."""
     frame = comparison_frame(results)
     marks = frame["disagree"].astype(bool).tolist() if not frame.empty else []
-    return frame.style.apply(lambda row: [DISAGREE_STYLE if marks[row.name] else "" for _ in row], axis=1)
+    styler = frame.style.apply(lambda row: [DISAGREE_STYLE if marks[row.name] else "" for _ in row], axis=1)
+    return styler.format(precision=3, na_rep="-")
 
 
 # --------------------------------------------------------------------------- per-sample view and traces
@@ -492,13 +497,13 @@ def sample_html(results: Sequence[WorkflowResult], sample_id: str | None) -> str
     for r in results:
         s = _by_id(r).get(sid)
         if s is None:
-            inner = f"<i>{_esc(r.error or 'not answered')}</i>"
+            inner = f"<div style='overflow-wrap:anywhere'><i>{_esc(r.error or 'not answered')}</i></div>"
         else:
             answer = s.answers[0] if s.answers else ""
             trace = s.traces[0] if s.traces else []
             inner = (f"<div><b>score</b> {s.score:.3f} · <b>latency</b> {s.latency_s:.2f}s · "
                      f"<b>tokens</b> {sum(s.tokens)}</div>"
-                     f"<pre class='mf-pg-answer'>{_esc(answer)}</pre>"
+                     f"<pre class='mf-pg-answer' style='white-space:pre-wrap;overflow-wrap:anywhere'>{_esc(answer)}</pre>"
                      f"<details open><summary>memory trace ({len(trace)} steps)</summary>{trace_html(trace)}</details>")
         columns.append(f"<div class='mf-pg-col' style='flex:1;min-width:0;border:1px solid #ddd;"
                        f"border-radius:6px;padding:8px'><h4>{_esc(r.label)}</h4>{inner}</div>")
