@@ -106,9 +106,14 @@ def default_data_dir() -> Path:
 
 def eval_set_choices(data_dir: str | Path | None = None) -> list[str]:
     """Eval sets visible from the data folder (MemAgent's, when downloaded) and the shipped demo sets."""
-    from memfactory.data.memagent import list_eval_sets
+    from memfactory.data.memagent import eval_search_dirs, list_eval_sets
 
-    names = list_eval_sets(data_dir if data_dir is not None else default_data_dir())
+    folder = data_dir if data_dir is not None else default_data_dir()
+    names = set(list_eval_sets(folder))
+    # LoCoMo-format sets (for memory-bank agents: Memory-R1, RMM) sit beside them
+    for path in eval_search_dirs(folder):
+        if path.is_dir():
+            names |= {p.stem for p in path.glob("locomo*.json")}
     return sorted(names, key=lambda n: (n != DEFAULT_SET, n))
 
 
@@ -231,8 +236,8 @@ def _close(backend: Any) -> None:
     if callable(close):
         try:
             close()
-        except Exception:  # noqa: BLE001 - closing a client must not fail a run
-            pass
+        except Exception:  # closing a client must not fail a run
+            log.debug("closing %r failed", backend, exc_info=True)
 
 
 # --------------------------------------------------------------------------- running
@@ -463,6 +468,14 @@ def trace_rows(trace: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
                          + (" (kept previous)" if entry.get("kept_previous") else "")))
         elif "answer" in entry:
             rows.append(("answer", str(entry["answer"])))
+        elif kind == "extract":
+            facts = [str(f.get("value") or f.get("text") or f) for f in entry.get("facts") or []]
+            where = f"extract (session {entry['session']})" if "session" in entry else "extract"
+            rows.append((where, "; ".join(facts) or "(no facts)"))
+        elif kind == "retrieved":
+            memories = entry.get("memories") or []
+            shown = "; ".join(str(m.get("text") or m.get("id")) if isinstance(m, dict) else str(m) for m in memories[:5])
+            rows.append((f"retrieved ({len(memories)})", f"query: {entry.get('query', '')} → {shown or '(none)'}"))
         elif kind == "bank":
             memories = entry.get("memories") or []
             shown = "; ".join(f"[{m.get('id')}] {m.get('text')}" for m in memories[:10])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -98,7 +99,9 @@ def test_sample_view_and_memory_traces():
     memagent_trace = [{"step": 0, "chunk": 0, "memory": "Alice likes <b>red</b>", "tokens": 5, "kept_previous": False},
                       {"step": 1, "chunk": 1, "memory": "Alice likes red; Bob", "tokens": 6, "kept_previous": True},
                       {"step": 2, "answer": "\\boxed{red}", "tokens": 3}]
-    bank_trace = [{"kind": "op", "op": "ADD", "id": "m1", "old": None, "new": "Alice likes red", "applied": True},
+    bank_trace = [{"kind": "extract", "step": 0, "session": 1, "parsed": True,
+                   "facts": [{"key": "city", "value": "Alice likes red"}]},
+                  {"kind": "op", "op": "ADD", "id": "m1", "old": None, "new": "Alice likes red", "applied": True},
                   {"kind": "op", "op": "UPDATE", "id": "m1", "old": "Alice likes red", "new": "Alice likes blue",
                    "applied": True},
                   {"kind": "op", "op": "DELETE", "id": "m2", "old": "stale", "new": None, "applied": False},
@@ -106,10 +109,13 @@ def test_sample_view_and_memory_traces():
     assert pg.trace_rows(memagent_trace) == [("chunk 0", "Alice likes <b>red</b>"),
                                              ("chunk 1", "Alice likes red; Bob (kept previous)"),
                                              ("answer", "\\boxed{red}")]
-    assert pg.trace_rows(bank_trace) == [("ADD m1", "new: Alice likes red"),
+    bank_trace.append({"kind": "retrieved", "query": "colour?", "memories": [{"id": "m1", "text": "Alice likes blue"}]})
+    assert pg.trace_rows(bank_trace) == [("extract (session 1)", "Alice likes red"),
+                                         ("ADD m1", "new: Alice likes red"),
                                          ("UPDATE m1", "old: Alice likes red → new: Alice likes blue"),
                                          ("DELETE m2", "old: stale (not applied)"),
-                                         ("bank (1)", "[m1] Alice likes blue")]
+                                         ("bank (1)", "[m1] Alice likes blue"),
+                                         ("retrieved (1)", "query: colour? → Alice likes blue")]
     a = workflow("memagent", [result("s0", "red", 1.0, trace=memagent_trace)])
     b = workflow("bank", [result("s0", "blue", 0.0, trace=bank_trace)])
     c = workflow("dead", [], error="cannot reach the server")
@@ -198,7 +204,7 @@ def test_failing_workflows_do_not_stop_the_others(ws, cache):
     ok = by["direct"]
     assert ok.ok and [s.sample_id for s in ok.samples] == ["eval_docqa-0", "eval_docqa-1"]
     assert all(len(s.answers) == 1 and s.tokens[0] > 0 and s.latency_s > 0 for s in ok.samples)
-    assert seen[-1][0] == pytest.approx(1.0) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert seen[-1][0] == pytest.approx(1.0) and all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     summary = pg.summary_frame(results).set_index("workflow")
     assert summary.loc["direct", "samples"] == 2 and summary.loc["invalid", "status"].startswith("error:")
 

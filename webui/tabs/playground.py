@@ -132,7 +132,7 @@ def build(ctx: UIContext) -> None:
 
     flat = [w for slot in slots for w in slot]
 
-    def on_run(eval_set_v, n_v, temp_v, max_tokens_v, model_v, *values, progress=gr.Progress()):
+    def on_run(eval_set_v, n_v, temp_v, max_tokens_v, model_v, *values, progress=gr.Progress()):  # noqa: B008 - Gradio's way
         try:
             specs = specs_from(list(values))
             settings = settings_from(eval_set_v, n_v, temp_v, max_tokens_v, model_v)
