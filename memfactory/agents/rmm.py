@@ -15,6 +15,7 @@ group advantages compare reranker choices on identical candidates.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -63,6 +64,12 @@ class RMMConfig(BaseModel):
     answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
     answer_stop: list[str] | None = Field(
         None, description="Stop strings of the answer call (None = the trainer's stop)"
+    )
+    frozen_answer_temperature: float | None = Field(
+        0.0,
+        ge=0.0,
+        description="Temperature of the answer while only the reranker trains, so its reward reflects the "
+        "selection (None = rollout temperature)",
     )
     system_prompt: str = Field("", description="Optional system message for the answer call")
     reuse_banks: bool = Field(
@@ -156,11 +163,14 @@ class MemoryRMMAgent(Agent):
                 train=train,
                 trainable=mode in ("reranker", "both"),
             )
+            answer_params = params
+            if train and mode == "reranker" and self.options.frozen_answer_temperature is not None:
+                answer_params = replace(params, temperature=self.options.frozen_answer_temperature)
             cited = answer_with_memories(
                 trajectories,
                 selected,
                 backend,
-                params,
+                answer_params,
                 template=self.options.answer_template,
                 assistant_prefix=self.options.answer_prefix,
                 system_prompt=self.options.system_prompt,
