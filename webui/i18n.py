@@ -37,8 +37,8 @@ TEXT: dict[str, dict[str, str]] = {
     "pg.summary": {"en": "Summary (avg score per workflow)", "zh": "汇总（各工作流平均得分）"},
     "pg.table": {"en": "Per sample (⚠️ = workflows disagree)", "zh": "逐样本（⚠️ = 工作流结果不一致）"},
     "pg.sample": {"en": "Sample (side by side, with memory traces)", "zh": "样本（并排查看，含记忆轨迹）"},
-    "pg.csv": {"en": "⬇️ CSV", "zh": "⬇️ CSV"},
-    "pg.json": {"en": "⬇️ JSON", "zh": "⬇️ JSON"},
+    "pg.csv": {"en": "⬇️ Download CSV", "zh": "⬇️ 下载 CSV"},
+    "pg.json": {"en": "⬇️ Download JSON", "zh": "⬇️ 下载 JSON"},
     "empty_registry": {
         "en": "⚠️ Nothing is registered yet for: {kinds}. Install or import the packages that register "
               "agents, modules, environments, rewards and backends, then restart the UI.",
