@@ -91,3 +91,9 @@ def test_playground_compares_two_workflows(page, tmp_path):
     summary = page.locator("#mf-pg-summary").inner_text()
     assert "dead api" in summary and summary.count("ok") >= 2 and "error" in summary
     page.screenshot(path=str(tmp_path / "playground_dead_endpoint.png"), full_page=True)
+
+    # the locale switch relabels the tab's widgets
+    page.locator("#mf-lang input").click()
+    page.get_by_role("option", name="中文").click()
+    page.wait_for_function("document.querySelector('#mf-pg-run')?.innerText.includes('开始对比')")
+    assert "评测集" in page.locator("#mf-pg-set").inner_text()

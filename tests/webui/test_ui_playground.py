@@ -264,3 +264,18 @@ def test_tab_reads_widget_values():
     settings = pg_tab.settings_from("eval_synth_20", 3.0, None, 0, " tiny://qwen3-mini ")
     assert (settings.eval_set, settings.n, settings.temperature, settings.max_new_tokens, settings.model_override) == (
         "eval_synth_20", 3, 0.0, None, TINY)
+
+
+def test_export_folders_are_pruned(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = tmp_path / "memfactory-ui"
+    for i in range(5):
+        folder = root / f"playground-old{i}"
+        folder.mkdir(parents=True)
+        os.utime(folder, (1000 + i, 1000 + i))
+    fresh = pg_tab.export_folder(keep=2)
+    assert fresh.parent == root and not fresh.exists()
+    assert sorted(p.name for p in root.iterdir()) == ["playground-old3", "playground-old4"]

@@ -7,6 +7,7 @@ the ones it does not need), so rerunning with other settings does not reload Smo
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import uuid
@@ -28,8 +29,16 @@ _CACHE = pg.BackendCache(max_items=pg.MAX_WORKFLOWS)
 _LOCK = threading.Lock()  # one comparison at a time: they share the cache and the CPU
 
 
-def export_folder() -> Path:
-    return Path(tempfile.gettempdir()) / "memfactory-ui" / f"playground-{uuid.uuid4().hex[:12]}"
+def export_folder(keep: int = 50) -> Path:
+    """A fresh folder for one run's downloads; only the newest ``keep`` such folders are kept."""
+    root = Path(tempfile.gettempdir()) / "memfactory-ui"
+    try:
+        old = sorted(root.glob("playground-*"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        old = []
+    for folder in old[:-keep] if len(old) > keep else []:
+        shutil.rmtree(folder, ignore_errors=True)
+    return root / f"playground-{uuid.uuid4().hex[:12]}"
 
 
 def specs_from(values: list[Any]) -> list[pg.WorkflowSpec]:
