@@ -161,7 +161,10 @@ def build_preset(spec: WorkflowSpec, settings: RunSettings) -> Any:
     else:
         path = spec.model.strip() or settings.model_override.strip()
         if path:
-            model = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": {}})
+            # another base model: the preset's own checkpoint (trained on its model) no longer applies
+            options = dict(model.options) if model.backend == "hf" else {}
+            model = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": options,
+                                             "checkpoint": None})
         if spec.checkpoint.strip():
             try:
                 folder = resolve_checkpoint(spec.checkpoint.strip(), workspace.runs_db())

@@ -279,3 +279,23 @@ def test_export_folders_are_pruned(tmp_path, monkeypatch):
     fresh = pg_tab.export_folder(keep=2)
     assert fresh.parent == root and not fresh.exists()
     assert sorted(p.name for p in root.iterdir()) == ["playground-old3", "playground-old4"]
+
+
+def test_model_override_and_endpoint_presets(ws):
+    from memfactory.paths import presets_dir
+
+    text = (presets_dir() / "tiny_test.yaml").read_text().replace("path: tiny://qwen3-mini",
+                                                                   "path: tiny://qwen3-mini\n  checkpoint: /trained")
+    (ws / "presets" / "with_ckpt.yaml").write_text(text.replace("name: tiny_test", "name: with_ckpt"))
+    spec = pg.WorkflowSpec(preset="with_ckpt")
+    assert pg.build_preset(spec, pg.RunSettings()).model.checkpoint == "/trained"
+    other = pg.build_preset(spec, pg.RunSettings(model_override="smollm2-135m-instruct")).model
+    assert other.path == "smollm2-135m-instruct" and other.checkpoint is None  # trained on another model
+    endpoint = pg.build_preset(pg.WorkflowSpec(base_url="http://127.0.0.1:1", model="served", api_key_env="K"),
+                               pg.RunSettings(model_override=TINY))
+    assert endpoint.agent == "direct" and endpoint.model.backend == "openai" and endpoint.model.path == "served"
+    assert endpoint.model.api_key_env == "K" and endpoint.model.options == pg.ENDPOINT_OPTIONS
+    with pytest.raises(Exception, match="served model name"):
+        pg.build_preset(pg.WorkflowSpec(base_url="http://127.0.0.1:1"), pg.RunSettings())
+    with pytest.raises(Exception, match="choose a preset"):
+        pg.build_preset(pg.WorkflowSpec(), pg.RunSettings())
