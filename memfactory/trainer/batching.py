@@ -152,9 +152,10 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (possibly PEFT-wrapped) model's forward takes ``logits_to_keep``."""
-    target = model
-    get_base = getattr(model, "get_base_model", None)
+    """Whether the (possibly PEFT- and DDP-wrapped) model's forward takes ``logits_to_keep``."""
+    # DDP's forward is (*inputs, **kwargs) and passes keyword arguments on to .module
+    target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    get_base = getattr(target, "get_base_model", None)
     if callable(get_base):
         target = get_base()
     try:
