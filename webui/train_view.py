@@ -24,7 +24,7 @@ from memfactory.tracking.metrics import read_metrics
 from webui import runner, workspace
 
 DEFAULT_PRESET = "tiny_cpu_demo"
-LOG_LINES = 30
+LOG_LINES = 20
 ETA_WINDOW = 20
 ACTIVE = ("starting", "running")
 

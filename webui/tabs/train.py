@@ -59,11 +59,14 @@ def build(ctx: UIContext) -> None:
             preset = gr.Dropdown(choices=presets, value=train_view.default_preset(presets), label=t("train_preset"),
                                  elem_id="mf-train-preset", scale=3)
             labels.add(preset, "train_preset")
-            start_btn = gr.Button(t("train_start"), variant="primary", elem_id="mf-train-start", scale=1)
+            # actions wait for the page load to pick the run to follow (else that pick could replace a new start)
+            start_btn = gr.Button(t("train_start"), variant="primary", elem_id="mf-train-start", scale=1,
+                                  interactive=False)
             labels.add(start_btn, "train_start", "value")
-            abort_btn = gr.Button(t("train_abort"), variant="stop", elem_id="mf-train-abort", scale=1)
+            abort_btn = gr.Button(t("train_abort"), variant="stop", elem_id="mf-train-abort", scale=1,
+                                  interactive=False)
             labels.add(abort_btn, "train_abort", "value")
-            resume_btn = gr.Button(t("train_resume"), elem_id="mf-train-resume", scale=1)
+            resume_btn = gr.Button(t("train_resume"), elem_id="mf-train-resume", scale=1, interactive=False)
             labels.add(resume_btn, "train_resume", "value")
         with gr.Row(equal_height=True):
             run_pick = gr.Dropdown(choices=[], value=None, label=t("train_run"), elem_id="mf-train-run", scale=4)
@@ -87,7 +90,7 @@ def build(ctx: UIContext) -> None:
                                          elem_id="mf-train-sample-index", scale=2)
                 labels.add(sample_index, "train_sample_index")
             sample_md = gr.Markdown(elem_id="mf-train-sample")
-        log_box = gr.Textbox(label=t("train_log"), lines=12, max_lines=12, interactive=False, autoscroll=True,
+        log_box = gr.Textbox(label=t("train_log"), lines=10, max_lines=train_view.LOG_LINES, interactive=False, autoscroll=True,
                              elem_id="mf-train-log")
         labels.add(log_box, "train_log")
         timer = gr.Timer(TICK_S)
@@ -146,16 +149,18 @@ def build(ctx: UIContext) -> None:
     refresh_outputs = [status, progress, *plot_list, sample_md, sample_step, log_box, run_pick, seen]
     timer.tick(refresh, refresh_inputs, refresh_outputs, show_progress="hidden", concurrency_limit=None)
 
-    def on_load():
-        try:
-            run_id = train_view.pick_run(open_db())
-        except MemFactoryError as exc:
-            gr.Warning(_message(exc).splitlines()[0])
-            run_id = None
-        choices = workspace.list_presets()
-        return train_view.Attached(run_id=run_id).to_dict(), {}, gr.update(choices=choices)
+    def on_load(state: dict):
+        att = train_view.Attached.of(state)
+        if not att.run_id:
+            try:
+                att = train_view.Attached(run_id=train_view.pick_run(open_db()))
+            except MemFactoryError as exc:
+                gr.Warning(_message(exc).splitlines()[0])
+        enable = gr.update(interactive=True)
+        return att.to_dict(), {}, gr.update(choices=workspace.list_presets()), enable, enable, enable
 
-    ctx.demo.load(on_load, None, [attached, seen, preset], show_progress="hidden").then(
+    ctx.demo.load(on_load, attached, [attached, seen, preset, start_btn, abort_btn, resume_btn],
+                  show_progress="hidden").then(
         refresh, refresh_inputs, refresh_outputs, show_progress="hidden")
 
     # ---------------------------------------------------------------- actions

@@ -1,0 +1,234 @@
+"""The Train tab in chromium, on real tiny training runs started by the app as subprocesses.
+
+Start a long run, watch its curve grow, abort it; run a short one to the end; restart the UI
+server on the same workspace and find a running job re-attached and still progressing.
+The app here is this module's own process (it gets restarted), on its own temporary workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = float(os.environ.get("MEMFACTORY_UI_START_TIMEOUT", "120"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class App:
+    """``python app.py`` on a workspace; restartable (the trainer processes it started live on)."""
+
+    def __init__(self, workspace: Path, log_dir: Path) -> None:
+        self.workspace, self.log_dir = workspace, log_dir
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.starts = 0
+
+    def start(self) -> str:
+        port = _free_port()
+        self.starts += 1
+        log_path = self.log_dir / f"app{self.starts}.log"
+        env = dict(os.environ, MEMFACTORY_WORKSPACE=str(self.workspace), OMP_NUM_THREADS="1",
+                   GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"app.py exited with {self.process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer within {START_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+
+def _preset(workspace: Path, name: str, **trainer) -> None:
+    data = yaml.safe_load((ROOT / "presets" / "tiny_test.yaml").read_text())
+    data["name"] = name
+    data["trainer"].update(trainer)
+    (workspace / "presets" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("train-workspace")
+    (workspace / "presets").mkdir()
+    (workspace / "runs").mkdir()
+    _preset(workspace, "tiny_long", steps=3000, save_every=1000, sample_every=5)
+    _preset(workspace, "tiny_short", steps=3, save_every=3, sample_every=1)
+    (workspace / "presets" / "tiny_broken.yaml").write_text("name: tiny_broken\nagent: direct\ntrainer: {steps: 0}\n")
+    server = App(workspace, tmp_path_factory.mktemp("train-app"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        _kill_trainers(workspace)
+
+
+def _kill_trainers(workspace: Path) -> None:
+    """No training process outlives the tests (they are separate process groups by design)."""
+    from memfactory.tracking.runs import RunsDB
+
+    db_path = workspace / "runs" / "memfactory.db"
+    if not db_path.exists():
+        return
+    for run in RunsDB(db_path).list_runs(status=("created", "running")):
+        if run.pid and run.process_alive():
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture()
+def train_page(browser, app):
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    _open(page, app.url)
+    yield page
+    page.close()
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#mf-tabs", timeout=60_000)
+    page.get_by_role("tab", name="Train", exact=True).first.click()
+    page.wait_for_selector("#mf-train-status")
+
+
+def _choose(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _status(page) -> str:
+    return page.locator("#mf-train-status").inner_text()
+
+
+def _step(page) -> int:
+    value = page.locator("#mf-train-progress .mf-train-progress").get_attribute("data-step")
+    return int(value or 0)
+
+
+def _wait_status(page, word: str, timeout: float = 90) -> None:
+    page.wait_for_function("w => document.querySelector('#mf-train-status')?.innerText.includes(w)", arg=word,
+                           timeout=timeout * 1000)
+
+
+def _wait_step(page, at_least: int, timeout: float = 90) -> int:
+    page.wait_for_function(
+        "n => Number(document.querySelector('#mf-train-progress .mf-train-progress')?.dataset.step || 0) >= n",
+        arg=at_least, timeout=timeout * 1000)
+    return _step(page)
+
+
+REWARD_POINTS = """() => {
+  const plot = document.querySelector('#mf-train-plot-reward .js-plotly-plot');
+  const trace = plot && (plot._fullData || []).find(t => t.name === 'reward (mean)');
+  return trace ? trace._length : 0;  // drawn points (plot.data holds plotly's packed arrays)
+}"""
+
+
+def test_start_watch_and_abort(train_page, tmp_path):
+    page = train_page
+    _choose(page, "#mf-train-preset", "tiny_long")
+    page.locator("#mf-train-start").click()
+    _wait_status(page, "running", 120)
+    first = _wait_step(page, 2, 120)
+    page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
+    later = _wait_step(page, first + 2, 60)
+    assert later > first
+    assert page.evaluate(REWARD_POINTS) >= 2
+    progress = page.locator("#mf-train-progress").inner_text()
+    assert "/ 3000" in progress and "ETA" in progress
+    page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('step ')")
+    page.screenshot(path=str(tmp_path / "train_running.png"), full_page=True)
+
+    page.locator("#mf-train-abort").click()
+    _wait_status(page, "aborted", 60)
+    status = _status(page)
+    assert "tiny_long" in status and "aborted" in status
+    page.screenshot(path=str(tmp_path / "train_aborted.png"), full_page=True)
+
+
+def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_path):
+    page = train_page
+    _choose(page, "#mf-train-preset", "tiny_broken")
+    page.locator("#mf-train-start").click()
+    page.get_by_text("trainer.steps").first.wait_for(timeout=30_000)  # the ConfigError in a warning toast
+
+    _choose(page, "#mf-train-preset", "tiny_short")
+    page.locator("#mf-train-start").click()
+    _wait_status(page, "finished", 120)
+    assert "tiny_short" in _status(page)
+    assert _wait_step(page, 3, 10) == 3
+    page.wait_for_function(f"({REWARD_POINTS})() == 3", timeout=20_000)
+    sample = page.locator("#mf-train-sample").inner_text()
+    assert "Question" in sample and "Reward" in sample and "sub_em" in sample
+    _choose(page, "#mf-train-sample-step", "step 1")
+    page.wait_for_function("() => document.querySelector('#mf-train-sample')?.innerText.includes('Step 1 ')")
+    page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('finished')")
+    page.screenshot(path=str(tmp_path / "train_finished.png"), full_page=True)
+
+
+def test_restarted_ui_reattaches_to_a_running_job(browser, app, tmp_path):
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        _open(page, app.url)
+        _choose(page, "#mf-train-preset", "tiny_long")
+        page.locator("#mf-train-start").click()
+        _wait_status(page, "running", 120)
+        _wait_step(page, 1, 120)
+        run_id = page.locator("#mf-train-status code").first.inner_text()
+
+        app.stop()  # the trainer is its own process group: it keeps training
+        app.start()
+        _open(page, app.url)
+        _wait_status(page, run_id, 30)
+        _wait_status(page, "running", 30)
+        before = _wait_step(page, 1, 30)
+        after = _wait_step(page, before + 2, 60)
+        assert after > before
+        page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "train_reattached.png"), full_page=True)
+
+        page.locator("#mf-train-abort").click()
+        _wait_status(page, "aborted", 60)
+    finally:
+        page.close()
