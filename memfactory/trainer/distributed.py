@@ -12,6 +12,8 @@ Design (DDP; see docs/distributed.md):
   skipped) runs zero-valued passes over one token (:func:`idle_loss`), which touch every
   parameter, so gradients stay in sync. Only the last pass synchronises (``no_sync`` before it).
   When no rank has anything to train on, all skip the optimizer step together.
+* Every step seeds each rank's RNGs from (seed, step, rank): independent samples per rank and
+  exact resumption (:func:`reseed_for_step`).
 * Step metrics are computed over all ranks' trajectories (gathered), the run id is decided by
   rank 0 and broadcast, and only rank 0 writes the run folder, the runs database, SwanLab and
   checkpoints.
@@ -105,6 +107,25 @@ def require_replicated_weights(accelerator: Any) -> None:
             "(presets/accelerate/ddp.yaml), with trainer.lora and/or model.dtype bfloat16 to fit memory "
             "(see docs/distributed.md)"
         )
+
+
+def reseed_for_step(accelerator: Any, seed: int, step: int) -> None:
+    """With several processes, seed every RNG from (seed, step, rank) at the start of a step.
+
+    Ranks then sample independently of each other (one shared seed would give every rank the same
+    random draws), and a resumed run continues exactly as an uninterrupted one would, although a
+    checkpoint holds only rank 0's RNG state. One process keeps its single running RNG stream.
+    """
+    if world(accelerator) == 1:
+        return
+    import random
+
+    import numpy as np
+
+    value = int.from_bytes(hashlib.sha256(f"{seed}/{step}/{accelerator.process_index}".encode()).digest()[:8], "little")
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value % 2**63)
 
 
 def idle_loss(model: torch.nn.Module, token_id: int, device: torch.device) -> torch.Tensor:

@@ -300,6 +300,7 @@ class GRPOTrainer:
         cfg = self.cfg
         started = time.perf_counter()
         step = self.step + 1
+        dist.reseed_for_step(self.accelerator, cfg.seed, step)
         buffers, trajectories = [], []
         for accum_index in range(cfg.grad_accum):
             calls, advantages, batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))

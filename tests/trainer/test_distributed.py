@@ -1,13 +1,17 @@
 """``memfactory train`` under ``accelerate launch`` with two CPU processes (DDP over gloo).
 
-One real launch (~30 s on two busy cores) of the tiny preset, checked through the per-rank
-records that ``MEMFACTORY_DIST_DEBUG`` makes every rank write, the run folder and the runs DB:
+Real launches (~25 s each on two busy cores) of the tiny preset, checked through the per-rank
+records that ``MEMFACTORY_DIST_DEBUG`` makes every rank write, the run folder and the runs DB.
+``tests/trainer/dist_train_entry.py`` is ``python -m memfactory`` plus a test-only reward that
+gives the tiny model a signal on even samples only. A 4-step run checks that
 
 * it finishes, with one run row and one run folder, named by rank 0 and known to rank 1;
 * each rank rolled out its own slice of every step's prompts (disjoint, together the full batch);
 * the reward spreads over all ranks' groups (samples.jsonl holds every group's rewards);
 * on steps where one rank had nothing to train on (all its groups skipped) and the other had,
   both still took the optimizer step, and the parameters end bit-identical on both ranks.
+
+A 2-step run resumed to 4 steps must then match the 4-step run exactly (rollouts and weights).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from memfactory.paths import presets_dir, project_root
 from memfactory.tracking.runs import RunsDB
@@ -40,8 +46,9 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def test_two_process_training_is_consistent(tmp_path):
-    debug = tmp_path / "debug"
+def launch(cwd: Path, *args: str) -> list[dict]:
+    """``accelerate launch`` two CPU processes of ``memfactory train``; returns the ranks' debug records."""
+    debug = cwd / "debug"
     env = dict(os.environ, OMP_NUM_THREADS="1", MEMFACTORY_DIST_DEBUG=str(debug), HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), env.get("PYTHONPATH")]))
     cmd = [
@@ -52,13 +59,22 @@ def test_two_process_training_is_consistent(tmp_path):
         "--set", "rewards={test_even_vowels: 1.0}",
         "--set", f"trainer.batch_size={BATCH}",
         "--set", "trainer.micro_batch_size=4",
-        "--set", f"trainer.steps={STEPS}",
-        "--set", f"trainer.save_every={STEPS}",
+        "--set", "trainer.save_every=2",
+        *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((debug / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
-    ranks = [json.loads((debug / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("ddp")
+    return root, launch(root, "--set", f"trainer.steps={STEPS}")
+
+
+def test_two_process_training_is_consistent(uninterrupted):
+    tmp_path, ranks = uninterrupted
     assert [r["num_processes"] for r in ranks] == [2, 2]
 
     # one run: rank 0 named it, rank 1 learned the id, only rank 0 wrote
@@ -68,7 +84,7 @@ def test_two_process_training_is_consistent(tmp_path):
     assert ranks[0]["run_id"] == ranks[1]["run_id"] == runs[0].id
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == [runs[0].id]
     run_dir = tmp_path / "runs" / runs[0].id
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step-{STEPS:06d}"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", f"step-{STEPS:06d}"]
 
     # rollouts were split: per step, disjoint prompt sets that together make the whole batch
     for s0, s1 in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True):
@@ -87,6 +103,20 @@ def test_two_process_training_is_consistent(tmp_path):
     expected_steps = sum(1 for a, b in trained if a or b)
     assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == expected_steps > 0
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+
+
+def test_resume_under_two_processes_continues_exactly(uninterrupted, tmp_path):
+    """2 steps, then --resume to 4: the same prompts, optimizer steps and weights as 4 in one go."""
+    _, whole = uninterrupted
+    launch(tmp_path, "--run-id", "part", "--set", "trainer.steps=2")
+    resumed = launch(tmp_path, "--resume", "part", "--set", f"trainer.steps={STEPS}")
+    for rank in (0, 1):
+        assert resumed[rank]["run_id"] == "part"
+        assert resumed[rank]["steps"] == whole[rank]["steps"][2:]  # steps 3 and 4, same rollouts
+        assert resumed[rank]["optimizer_steps"] == whole[rank]["optimizer_steps"]
+        assert resumed[rank]["param_sha256"] == whole[rank]["param_sha256"]
+    (record,) = RunsDB(tmp_path / "runs" / "memfactory.db").list_runs()
+    assert record.id == "part" and record.status == "finished" and record.step == STEPS
 
 
 def test_sharded_weights_are_refused_with_a_clear_error():
