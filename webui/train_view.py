@@ -101,12 +101,9 @@ def validate_preset(name: str | None) -> Path:
 
 
 def run_choices(db) -> list[tuple[str, str]]:
-    """(label, run id) for every run, newest first: ``<id> · running · 12/300``."""
-    out = []
-    for run in db.list_runs():
-        steps = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
-        out.append((f"{run.id} · {run.status} · {steps}", run.id))
-    return out
+    """(label, run id) for every run, newest first: ``<id> · running`` (no step count, so the list only
+    changes when a run starts or ends, not under an open dropdown every tick)."""
+    return [(f"{run.id} · {run.status}", run.id) for run in db.list_runs()]
 
 
 def pick_run(db) -> str | None:

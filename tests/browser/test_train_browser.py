@@ -90,6 +90,10 @@ def app(tmp_path_factory):
     (workspace / "runs").mkdir()
     _preset(workspace, "tiny_long", steps=3000, save_every=1000, sample_every=5)
     _preset(workspace, "tiny_short", steps=3, save_every=3, sample_every=1)
+    _preset(workspace, "tiny_crash", steps=3)  # valid, but its model cannot load: the trainer fails
+    crash = yaml.safe_load((workspace / "presets" / "tiny_crash.yaml").read_text())
+    crash["model"]["path"] = "tiny://no-such-model"
+    (workspace / "presets" / "tiny_crash.yaml").write_text(yaml.safe_dump(crash))
     (workspace / "presets" / "tiny_broken.yaml").write_text("name: tiny_broken\nagent: direct\ntrainer: {steps: 0}\n")
     server = App(workspace, tmp_path_factory.mktemp("train-app"))
     server.start()
@@ -171,7 +175,7 @@ def test_start_watch_and_abort(train_page, tmp_path):
     _wait_status(page, "running", 120)
     first = _wait_step(page, 2, 120)
     page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
-    later = _wait_step(page, first + 2, 60)
+    later = _wait_step(page, first + 1, 60)
     assert later > first
     assert page.evaluate(REWARD_POINTS) >= 2
     progress = page.locator("#mf-train-progress").inner_text()
@@ -187,7 +191,12 @@ def test_start_watch_and_abort(train_page, tmp_path):
 
 
 def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_path):
+    from memfactory.tracking.runs import RunsDB
+    from webui import runner
+
     page = train_page
+    # a run started outside this tab (as from the CLI) that crashes: it can be picked and shows its error
+    crash_id, _ = runner.start_run(app.workspace / "presets" / "tiny_crash.yaml", runs_dir=app.workspace / "runs")
     _choose(page, "#mf-train-preset", "tiny_broken")
     page.locator("#mf-train-start").click()
     page.get_by_text("trainer.steps").first.wait_for(timeout=30_000)  # the ConfigError in a warning toast
@@ -204,6 +213,16 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
     page.wait_for_function("() => document.querySelector('#mf-train-sample')?.innerText.includes('Step 1 ')")
     page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('finished')")
     page.screenshot(path=str(tmp_path / "train_finished.png"), full_page=True)
+
+    db = RunsDB(app.workspace / "runs" / "memfactory.db")
+    deadline = time.monotonic() + 90
+    while not ((run := db.get(crash_id)) and run.status == "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    page.locator("#mf-train-refresh").click()
+    _choose(page, "#mf-train-run", f"{crash_id} · failed")
+    _wait_status(page, "no-such-model", 30)
+    assert "failed" in _status(page)
+    page.screenshot(path=str(tmp_path / "train_crashed.png"), full_page=True)
 
 
 def test_restarted_ui_reattaches_to_a_running_job(browser, app, tmp_path):
@@ -223,7 +242,7 @@ def test_restarted_ui_reattaches_to_a_running_job(browser, app, tmp_path):
         _wait_status(page, run_id, 30)
         _wait_status(page, "running", 30)
         before = _wait_step(page, 1, 30)
-        after = _wait_step(page, before + 2, 60)
+        after = _wait_step(page, before + 1, 60)
         assert after > before
         page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
         page.screenshot(path=str(tmp_path / "train_reattached.png"), full_page=True)
