@@ -247,11 +247,14 @@ def shared_episodes(
 # --------------------------------------------------------------------------- answering from memories
 
 
-def render_hits(hits: list[MemoryHit]) -> str:
+def render_hits(hits: list[MemoryHit], numbered: bool = True) -> str:
+    """Memories for a prompt, ``[i]`` numbered when the answer should name them (small models
+    otherwise tend to answer with a number)."""
     if not hits:
         return "(no memories)"
     return "\n".join(
-        f"[{i}] {hit.item.text}" + (f" ({hit.item.tags[0]})" if hit.item.tags else "") for i, hit in enumerate(hits)
+        (f"[{i}] " if numbered else "- ") + hit.item.text + (f" ({hit.item.tags[0]})" if hit.item.tags else "")
+        for i, hit in enumerate(hits)
     )
 
 
@@ -289,6 +292,7 @@ def answer_with_memories(
     trainable: bool,
     module: str,
     stop: list[str] | None = None,
+    numbered: bool = True,
 ) -> list[list[str]]:
     """One batched answer call; returns per trajectory the memory ids its answer named (cited)."""
     if not trajectories:
@@ -297,7 +301,7 @@ def answer_with_memories(
         require_token_backend(backend)
     prompts = []
     for trajectory, hits in zip(trajectories, memories):
-        text = template.format(memories=render_hits(hits), question=trajectory.sample.question)
+        text = template.format(memories=render_hits(hits, numbered), question=trajectory.sample.question)
         system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompts.append(ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=assistant_prefix))
     call_params = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
@@ -313,9 +317,9 @@ def answer_with_memories(
         visible, terminated = strip_thinking(trajectory.answer)
         if not terminated:
             trajectory.count("unterminated_think")
-        ids = cited_ids(visible, len(hits)) if hits else None
+        ids = cited_ids(visible, len(hits)) if hits and numbered else None
         cited = [hits[int(i)].item.id for i in ids] if ids else []
-        if ids is None and hits:
+        if ids is None and hits and numbered:
             trajectory.count("citations_unparsed")
         trajectory.trace.append(
             {"kind": "answer", "answer": trajectory.answer, "cited": cited, "tokens": response_tokens(generation)}
@@ -343,7 +347,10 @@ class MemoryR1Config(BaseModel):
     embedder: str = Field(
         "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
     )
-    distill: bool = Field(True, description="The answer first lists the relevant memory ids, then answers")
+    distill: bool = Field(
+        True,
+        description="The answer first lists the relevant memory ids, then answers (off: memories are not numbered)",
+    )
     answer_template: str | None = Field(
         None, description="Answer prompt with {memories} and {question}; None = the distil or plain default"
     )
@@ -470,6 +477,7 @@ class MemoryR1Agent(Agent):
                 trainable=answer_trains,
                 module="memory_r1.answer",
                 stop=self.options.answer_stop,
+                numbered=self.options.distill,
             )
             for trajectory, bank in zip(trajectories, banks):
                 trajectory.trace.append(bank_trace(bank))

@@ -139,3 +139,11 @@ def test_inference_reuses_conversation_banks_until_training(tiny_backend, sample
     assert other != first  # other sampling settings: rebuilt
     agent.run(samples[:1], tiny_backend, params=PARAMS, group_size=2, train=True)
     assert agent.bank_cache.episodes == {} and agent.bank_cache.folder is None
+
+
+def test_plain_answers_see_unnumbered_memories(tiny_backend, samples):
+    (t,) = _agent("answer", distill=False).run(samples[:1], tiny_backend, params=PARAMS, train=False)
+    answer_call = t.calls[-1]
+    retrieved = next(e for e in t.trace if e["kind"] == "retrieved")["memories"]
+    assert retrieved and f"- {retrieved[0]['text']}" in answer_call.prompt_text and "[0]" not in answer_call.prompt_text
+    assert next(e for e in t.trace if e["kind"] == "answer")["cited"] == []
