@@ -503,6 +503,19 @@ def build_table(
     return Table(list(rows), list(sets), cells, counts, k, digits)
 
 
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def default_out_dir() -> Path:
     return Path("evals") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -637,6 +650,7 @@ def run_eval(
                     judge=judge,
                 )
             del backend, agent
+            _free_accelerator_memory()  # the next row loads another model
     finally:
         if bar is not None:
             bar.close()
