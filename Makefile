@@ -29,8 +29,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
-# Main job: the tiny CPU GRPO demo end to end (the web-UI issue switches this to app.py).
+# Main job: the web UI on 127.0.0.1:7860 (offline, CPU); the Train tab preselects the CPU demo.
 demo: venv
+	$(PY) app.py $(APP_ARGS)
+
+# The CPU GRPO demo in the terminal: trains SmolLM2 + LoRA and prints its reward table.
+demo-train: venv
 	$(PY) -m memfactory demo
 
 test: dev browser
