@@ -109,7 +109,7 @@ def build(ctx: UIContext) -> None:
             db = open_db()
             view = train_view.poll(db, att)
             choices = train_view.run_choices(db)
-        except MemFactoryError as exc:
+        except (MemFactoryError, OSError) as exc:  # e.g. a locked database: say so, try again next tick
             return [f"⚠️ {_message(exc)}", gr.skip(), *[gr.skip()] * len(plot_list), gr.skip(), gr.skip(), gr.skip(),
                     gr.skip(), last]
         labels_now = _labels(lang_code)
@@ -181,7 +181,7 @@ def build(ctx: UIContext) -> None:
         att = train_view.Attached.of(state)
         try:
             att, what = train_view.abort(open_db(), att)
-        except MemFactoryError as exc:
+        except (MemFactoryError, OSError) as exc:
             gr.Warning(_message(exc))
             return gr.skip(), gr.skip()
         gr.Info(f"{att.run_id}: {what}")
