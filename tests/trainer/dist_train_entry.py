@@ -5,6 +5,10 @@
 gives the tiny random model a learning signal: the share of vowels in the answer, but only for
 samples with an even index (odd ones score a constant, so their groups are skipped). That makes
 some steps leave one rank with nothing to train on while the other has work.
+
+``... dist_train_entry.py gradient-check DIR`` instead compares, on every rank, the gradient that
+``GRPOTrainer.policy_update`` leaves under DDP (each rank holding an uneven slice of a fixed
+batch) with the single-process gradient of the whole batch, for each loss type.
 """
 
 import sys
@@ -28,7 +32,56 @@ class EvenVowels(Reward):
         return out
 
 
+def gradient_check(out: str) -> int:
+    """Each rank: the single-process gradient of the WHOLE batch (unwrapped model, no DDP), then
+    ``policy_update`` on this rank's uneven slice under DDP; write the largest difference."""
+    import json
+
+    import torch
+
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+    from memfactory.trainer.batching import pack_calls, token_logprobs
+    from memfactory.trainer.grpo import grpo_loss
+    from memfactory.trainer.loop import GRPOTrainer
+    from memfactory.types import ModelCall
+
+    preset = load_preset(
+        presets_dir() / "tiny_test.yaml",
+        ["trainer.micro_batch_size=2", "trainer.max_grad_norm=1e9", "trainer.max_new_tokens=6"],
+    )  # fmt: skip
+    trainer = GRPOTrainer(preset)
+    acc = trainer.accelerator
+    gen = torch.Generator().manual_seed(7)
+    calls = []
+    for p, r in [(5, 6), (3, 2), (7, 4), (2, 5), (4, 1), (6, 3)]:
+        prompt = torch.randint(3, 1900, (p,), generator=gen).tolist()
+        response = torch.randint(3, 1900, (r,), generator=gen).tolist()
+        calls.append(ModelCall(module="m", prompt_ids=prompt, response_ids=response, logprobs=[0.0] * r, text=""))
+    advantages = [1.2, -0.7, 0.4, -1.1, 0.9, -0.3]
+    mine = slice(0, 5) if acc.process_index == 0 else slice(5, 6)  # 3 micro-batches vs 1 (+2 idle passes)
+
+    params = [p for p in trainer.policy.parameters() if p.requires_grad]
+    batch = pack_calls(calls, pad_id=trainer.tokenizer.pad_token_id)
+    result = {}
+    for loss_type in ("grpo", "dr_grpo", "dapo"):
+        trainer.cfg = trainer.cfg.model_copy(update={"loss_type": loss_type})
+        trainer.policy.train()
+        logps = token_logprobs(trainer.policy, batch)
+        loss, _ = grpo_loss(logps, logps.detach(), torch.tensor(advantages), batch.response_mask,
+                            loss_type=loss_type, epsilon=0.2, max_completion_length=6)  # fmt: skip
+        reference = torch.autograd.grad(loss, params)
+        trainer.policy_update([(calls[mine], advantages[mine])])  # steps the optimizer; the grads stay
+        diff = max(float((p.grad - g).abs().max()) for p, g in zip(params, reference))
+        result[loss_type] = {"max_diff": diff, "max_grad": max(float(g.abs().max()) for g in reference)}
+    with open(f"{out}/grad-{acc.process_index}.json", "w") as fh:
+        json.dump(result, fh)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["gradient-check"]:
+        sys.exit(gradient_check(sys.argv[2]))
     from memfactory.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,8 @@ gives the tiny model a signal on even samples only. A 4-step run checks that
 * on steps where one rank had nothing to train on (all its groups skipped) and the other had,
   both still took the optimizer step, and the parameters end bit-identical on both ranks.
 
-A 2-step run resumed to 4 steps must then match the 4-step run exactly (rollouts and weights).
+That run resumed from its step-2 checkpoint must then redo steps 3-4 exactly (rollouts, weights),
+and the gradient DDP leaves must equal the single-process gradient of the whole batch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -46,24 +49,35 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def launch(cwd: Path, *args: str) -> list[dict]:
-    """``accelerate launch`` two CPU processes of ``memfactory train``; returns the ranks' debug records."""
-    debug = cwd / "debug"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MEMFACTORY_DIST_DEBUG=str(debug), HF_HUB_OFFLINE="1")
+def accelerate_launch(cwd: Path, *script_args: str, debug: Path | None = None) -> None:
+    """Two CPU processes of ``dist_train_entry.py`` under ``accelerate launch`` (DDP over gloo)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if debug is not None:
+        env["MEMFACTORY_DIST_DEBUG"] = str(debug)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), env.get("PYTHONPATH")]))
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(presets_dir() / "accelerate" / "ddp_cpu.yaml"),
         "--main_process_port", str(free_port()),
-        str(ENTRY), "train", str(presets_dir() / "tiny_test.yaml"), "--no-progress",
+        str(ENTRY), *script_args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def launch(cwd: Path, *args: str) -> list[dict]:
+    """``memfactory train`` of the tiny preset on two processes; returns the ranks' debug records."""
+    debug = cwd / "debug"
+    accelerate_launch(
+        cwd,
+        "train", str(presets_dir() / "tiny_test.yaml"), "--no-progress",
         "--set", "rewards={test_even_vowels: 1.0}",
         "--set", f"trainer.batch_size={BATCH}",
         "--set", "trainer.micro_batch_size=4",
         "--set", "trainer.save_every=2",
         *args,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        debug=debug,
+    )  # fmt: skip
     return [json.loads((debug / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
@@ -106,17 +120,38 @@ def test_two_process_training_is_consistent(uninterrupted):
 
 
 def test_resume_under_two_processes_continues_exactly(uninterrupted, tmp_path):
-    """2 steps, then --resume to 4: the same prompts, optimizer steps and weights as 4 in one go."""
-    _, whole = uninterrupted
-    launch(tmp_path, "--run-id", "part", "--set", "trainer.steps=2")
-    resumed = launch(tmp_path, "--resume", "part", "--set", f"trainer.steps={STEPS}")
+    """Resumed from its step-2 checkpoint, the 4-step run redoes steps 3-4 exactly: same prompts,
+    optimizer steps and weights (each rank's RNG is seeded from seed, step and rank)."""
+    root, whole = uninterrupted
+    shutil.copytree(root / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("memfactory.db*"))
+    src, dst = sqlite3.connect(root / "runs" / "memfactory.db"), sqlite3.connect(tmp_path / "runs" / "memfactory.db")
+    src.backup(dst)  # a consistent copy, WAL included
+    src.close()
+    dst.close()
+    (run_id,) = [r.id for r in RunsDB(tmp_path / "runs" / "memfactory.db").list_runs()]
+    shutil.rmtree(tmp_path / "runs" / run_id / "checkpoints" / f"step-{STEPS:06d}")
+    resumed = launch(tmp_path, "--resume", run_id, "--set", f"trainer.steps={STEPS}")
     for rank in (0, 1):
-        assert resumed[rank]["run_id"] == "part"
+        assert resumed[rank]["run_id"] == run_id
         assert resumed[rank]["steps"] == whole[rank]["steps"][2:]  # steps 3 and 4, same rollouts
         assert resumed[rank]["optimizer_steps"] == whole[rank]["optimizer_steps"]
         assert resumed[rank]["param_sha256"] == whole[rank]["param_sha256"]
     (record,) = RunsDB(tmp_path / "runs" / "memfactory.db").list_runs()
-    assert record.id == "part" and record.status == "finished" and record.step == STEPS
+    assert record.status == "finished" and record.step == STEPS
+    metrics = [json.loads(x) for x in (tmp_path / "runs" / run_id / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_ddp_gradient_is_the_single_process_gradient_of_the_whole_batch(tmp_path):
+    """Global normalisers x world size under DDP's average = the one-process gradient, per loss type,
+    with uneven slices (rank 0: 5 sequences in 3 micro-batches; rank 1: 1 sequence and 2 idle passes)."""
+    accelerate_launch(tmp_path, "gradient-check", str(tmp_path))
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"grad-{rank}.json").read_text())
+        assert sorted(result) == ["dapo", "dr_grpo", "grpo"]
+        for loss_type, r in result.items():
+            assert r["max_grad"] > 1e-2, loss_type
+            assert r["max_diff"] < 1e-5, (loss_type, r)
 
 
 def test_sharded_weights_are_refused_with_a_clear_error():
