@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, result))
         print(name, result, flush=True)
     print()
-    print("| configuration | trainable params | s/step | update s | reference copy | peak RSS MB | checkpoint model MB | checkpoint total MB |")
+    print(
+        "| configuration | trainable params | s/step | update s | reference copy | peak RSS MB | checkpoint model MB | checkpoint total MB |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|---:|")
     for name, r in rows:
         share = 100 * r["trainable"] / r["total"]
