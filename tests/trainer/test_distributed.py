@@ -110,6 +110,10 @@ def test_two_process_training_is_consistent(uninterrupted):
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [len(s["rewards"]) for s in samples] == [BATCH] * STEPS
     assert all(len(group) == 4 for s in samples for group in s["rewards"])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for m, s in zip(metrics, samples, strict=True):
+        rewards = [r for group in s["rewards"] for r in group]
+        assert m["reward/mean"] == pytest.approx(sum(rewards) / len(rewards))
 
     # some step had one rank idle (all groups skipped) while the other trained: both stepped anyway
     trained = [(s0["trained"], s1["trained"]) for s0, s1 in zip(ranks[0]["steps"], ranks[1]["steps"])]
