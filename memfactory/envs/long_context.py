@@ -34,6 +34,7 @@ class LongContextOptions(BaseModel):
     )
     data_dir: str = Field("data", description="Folder holding downloaded eval sets (then assets/data is searched)")
     eval_size: int | None = Field(None, ge=1, description="Use at most this many samples of each eval set")
+    train_size: int | None = Field(None, ge=1, description="Use at most this many training samples (after the held-out split)")
     test_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of the training source held out as 'test'")
     seed: int = Field(0, description="Seed of the train/test split")
 
@@ -69,7 +70,7 @@ class LongContextEnv(Environment):
         order = list(range(len(samples)))
         random.Random(self.options.seed).shuffle(order)
         test_idx = set(order[:held])
-        train = [s for i, s in enumerate(samples) if i not in test_idx]
+        train = [s for i, s in enumerate(samples) if i not in test_idx][: self.options.train_size]
         test = [s for i, s in enumerate(samples) if i in test_idx]
         return train, test
 

@@ -152,9 +152,19 @@ class GRPOTrainer:
         )
 
     def batch_for_step(self, step: int, accum_index: int) -> list[Sample]:
-        """The prompts of one rollout batch; a pure function of (seed, step) so resume is exact."""
-        rng = random.Random(f"{self.cfg.seed}/{step}/{accum_index}")
-        batch = rng.sample(self.train_samples, k=min(self.cfg.batch_size, len(self.train_samples)))
+        """The prompts of one rollout batch; a pure function of (seed, step) so resume is exact.
+
+        Epochs as in TRL's sampler: each epoch visits the training prompts in a fresh seeded
+        order, ``batch_size`` at a time (a last partial batch is dropped), so every prompt is seen
+        once per epoch before any is seen again.
+        """
+        n = len(self.train_samples)
+        size = min(self.cfg.batch_size, n)
+        index = (step - 1) * self.cfg.grad_accum + accum_index
+        epoch, position = divmod(index, max(n // size, 1))
+        order = list(range(n))
+        random.Random(f"{self.cfg.seed}/epoch/{epoch}").shuffle(order)
+        batch = [self.train_samples[i] for i in order[position * size : (position + 1) * size]]
         if self.accelerator.num_processes > 1:
             batch = batch[self.accelerator.process_index :: self.accelerator.num_processes]
         return batch

@@ -86,3 +86,15 @@ def test_batches_are_a_function_of_seed_and_step(trainer):
     first = [s.id for s in trainer.batch_for_step(3, 0)]
     assert first == [s.id for s in trainer.batch_for_step(3, 0)]
     assert first != [s.id for s in trainer.batch_for_step(4, 0)] or len(trainer.train_samples) <= 2
+
+
+def test_each_epoch_visits_every_training_prompt_once(trainer):
+    n = len(trainer.train_samples)
+    per_epoch = n // trainer.cfg.batch_size
+    for epoch in range(2):
+        seen = [s.id for step in range(1 + epoch * per_epoch, 1 + (epoch + 1) * per_epoch)
+                for s in trainer.batch_for_step(step, 0)]
+        assert len(seen) == len(set(seen)) == per_epoch * trainer.cfg.batch_size
+    first = [s.id for s in trainer.batch_for_step(1, 0)]
+    later = [s.id for s in trainer.batch_for_step(1 + per_epoch, 0)]
+    assert first != later  # a fresh order each epoch
