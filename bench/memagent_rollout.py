@@ -169,7 +169,7 @@ def bench_generate(backend: HFBackend, batch: int, max_new_tokens: int, repeats:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--lengths", type=int, nargs=4, default=[512, 1024, 2048, 4096])
+    parser.add_argument("--lengths", type=int, nargs=4, default=[512, 1024, 1536, 2048])
     parser.add_argument("--chunk", type=int, default=256, help="context tokens per chunk (fixed)")
     parser.add_argument("--memory-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
