@@ -56,7 +56,8 @@ def build_app() -> gr.Blocks:
                                label=t("lang"), elem_id="mf-lang", scale=0, min_width=140)
             labels.add(lang, "lang")
         ctx = UIContext(demo=demo, labels=labels, lang=lang)
-        with gr.Tabs(elem_id="mf-tabs"):
+        with gr.Tabs(elem_id="mf-tabs") as tabs:
+            ctx.shared["tabs"] = tabs  # a handler returning gr.Tabs(selected=<tab id>) switches tab
             for module in tab_modules():
                 try:
                     module.build(ctx)

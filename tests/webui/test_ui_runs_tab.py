@@ -59,3 +59,109 @@ def test_run_details_figures_and_log(tmp_path):
     assert "step 1/1" in log and "boom" in log
     empty, log = runs_tab.run_details(db, None)
     assert log == "" and all("no data yet" in f.layout.annotations[0].text for f in empty.values())
+
+
+def _finished_run(db, runs_dir, run_id, preset_text="name: from_run\n"):
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "preset.yaml").write_text(preset_text)
+    (run_dir / "metrics.jsonl").write_text("")
+    db.create_run("from_run", run_dir, run_id=run_id)
+    db.set_status(run_id, "running")
+    db.set_status(run_id, "finished")
+    return run_dir
+
+
+def test_run_preset_file_is_confined_to_the_workspace(tmp_path, monkeypatch):
+    import pytest
+
+    from memfactory.errors import MemFactoryError
+    from webui import workspace
+
+    monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
+    runs_dir = workspace.runs_dir()
+    db = RunsDB(workspace.runs_db())
+    run_dir = _finished_run(db, runs_dir, "inside")
+    assert runs_tab.run_preset_file(db, "inside") == (run_dir / "preset.yaml").resolve()
+
+    outside = tmp_path / "elsewhere" / "outside"
+    outside.mkdir(parents=True)
+    (outside / "preset.yaml").write_text("name: x\n")
+    db.create_run("x", outside, run_id="outside")
+    with pytest.raises(MemFactoryError, match="outside"):
+        runs_tab.run_preset_file(db, "outside")
+
+    # a preset.yaml that is a symlink out of the workspace is refused as well
+    sneaky = runs_dir / "sneaky"
+    sneaky.mkdir()
+    (sneaky / "preset.yaml").symlink_to(outside / "preset.yaml")
+    db.create_run("s", sneaky, run_id="sneaky")
+    with pytest.raises(MemFactoryError, match="outside"):
+        runs_tab.run_preset_file(db, "sneaky")
+
+    (run_dir / "preset.yaml").unlink()
+    with pytest.raises(MemFactoryError, match="no preset.yaml"):
+        runs_tab.run_preset_file(db, "inside")
+    with pytest.raises(MemFactoryError, match="no run|unknown|nope"):
+        runs_tab.run_preset_file(db, "nope")
+    with pytest.raises(MemFactoryError, match="pick a run"):
+        runs_tab.run_preset_file(db, None)
+
+
+def test_run_preset_fills_the_assemble_form(tmp_path, monkeypatch):
+    """The Runs tab hands a run's preset.yaml to Assemble's loader: the form shows its values."""
+    from memfactory.paths import presets_dir
+    from webui import workspace
+    from webui.preset_form import build_form
+    from webui.tabs import assemble
+
+    monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
+    db = RunsDB(workspace.runs_db())
+    text = (presets_dir() / "tiny_test.yaml").read_text().replace("steps: 3", "steps: 7")
+    _finished_run(db, workspace.runs_dir(), "r", text)
+    form = build_form()
+    values, notes = assemble.load_file(form, runs_tab.run_preset_file(db, "r"))
+    assert values[form.index("name")] == "tiny_test"
+    assert values[form.index("trainer.steps")] == 7
+    assert values[form.index("model.path")] == "tiny://qwen3-mini"
+
+
+def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from memfactory.errors import MemFactoryError
+    from webui import workspace
+
+    monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
+    runs_dir = workspace.runs_dir()
+    db = RunsDB(workspace.runs_db())
+    done = _finished_run(db, runs_dir, "done")
+    keep = _finished_run(db, runs_dir, "keep")
+    db.log_metrics("done", 1, {"reward/mean": 0.5})
+
+    with pytest.raises(MemFactoryError, match="tick"):
+        runs_tab.delete_run(db, "done", confirmed=False)
+    assert db.get("done") is not None and done.is_dir()
+
+    live_dir = runs_dir / "live"
+    live_dir.mkdir()
+    db.create_run("p", live_dir, run_id="live")
+    db.set_status("live", "running", pid=os.getpid())  # this process: alive
+    with pytest.raises(MemFactoryError, match="still running"):
+        runs_tab.delete_run(db, "live", confirmed=True)
+    assert db.get("live") is not None and live_dir.is_dir()
+
+    message = runs_tab.delete_run(db, "done", confirmed=True)
+    assert "deleted run done" in message and "folder" in message
+    assert db.get("done") is None and not done.exists() and db.metrics_frame("done").empty
+    assert db.get("keep") is not None and (keep / "preset.yaml").is_file()
+    assert "done" not in runs_tab.runs_table(db)["run"].tolist()
+
+    # a run recorded with a folder outside the workspace: the row goes, the folder stays
+    outside = tmp_path / "elsewhere" / "far"
+    outside.mkdir(parents=True)
+    db.create_run("p", outside, run_id="far")
+    message = runs_tab.delete_run(db, "far", confirmed=True)
+    assert db.get("far") is None and outside.is_dir() and "left in place" in message

@@ -108,6 +108,12 @@ def save(form: PresetForm, values: list[Any], save_name: str, overwrite: bool) -
 def load(form: PresetForm, name: str) -> tuple[list[Any], list[str], Path]:
     """Widget values for a saved preset, with notes (validation problems, fields the form cannot show)."""
     path = workspace.find_preset(name)
+    values, notes = load_file(form, path)
+    return values, notes, path
+
+
+def load_file(form: PresetForm, path: Path) -> tuple[list[Any], list[str]]:
+    """Widget values for the preset file ``path`` (the caller has checked where it is), with notes."""
     notes: list[str] = []
     try:
         data = load_preset(path).model_dump(mode="json", exclude_none=True)
@@ -117,7 +123,7 @@ def load(form: PresetForm, name: str) -> tuple[list[Any], list[str], Path]:
         if not isinstance(data, dict):
             raise
     values, more = to_values(form, data)
-    return values, notes + more, path
+    return values, notes + more
 
 
 # --------------------------------------------------------------------------- the tab
@@ -287,6 +293,12 @@ def build(ctx: UIContext) -> None:
 
     save_btn.click(on_save, [*widgets, save_name, overwrite], [status, choices])
 
+    def loaded(values: list[Any], notes: list[str], path: Path, save_as: str) -> list[Any]:
+        message = f"📂 loaded `{path}`"
+        if notes:
+            message += "\n\n" + "\n".join(f"- {note}" for note in notes)
+        return [message, save_as, *values]
+
     def on_load(name: str):
         if not name:
             return ["⚠️ choose a saved preset first", gr.update(), *[gr.skip()] * n]
@@ -295,11 +307,25 @@ def build(ctx: UIContext) -> None:
         except (MemFactoryError, OSError, yaml.YAMLError) as exc:
             gr.Warning(str(exc).splitlines()[0])
             return [f"❌ {exc}", gr.update(), *[gr.skip()] * n]
-        message = f"📂 loaded `{path}`"
-        if notes:
-            message += "\n\n" + "\n".join(f"- {note}" for note in notes)
-        return [message, path.stem, *values]
+        return loaded(values, notes, path, path.stem)
 
-    load_btn.click(on_load, choices, [status, save_name, *widgets])
+    def fill_from_file(path: Path) -> list[Any]:
+        """Updates for ``load_outputs`` showing the preset file ``path`` (confined by the caller).
+
+        Raises MemFactoryError / OSError / yaml.YAMLError when it cannot be read; the form is then untouched.
+        """
+        values, notes = load_file(form, Path(path))
+        name = str(values[form.index("name")] or "").strip()
+        try:
+            save_as = workspace.check_name(name)
+        except MemFactoryError:
+            save_as = ""
+        return loaded(values, notes, Path(path), save_as)
+
+    load_outputs = [status, save_name, *widgets]
+    load_btn.click(on_load, choices, load_outputs)
+    # for other tabs (Runs: "open in Assemble"): outputs, and a function filling them from a preset file
+    ctx.shared["assemble_load_outputs"] = load_outputs
+    ctx.shared["assemble_load_file"] = fill_from_file
     refresh_btn.click(lambda: gr.update(choices=workspace.list_presets()), None, choices)
     ctx.demo.load(lambda: gr.update(choices=workspace.list_presets()), None, choices)

@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+import yaml
 
 from memfactory.errors import MemFactoryError
 from webui import plots, runner, workspace
@@ -83,6 +84,49 @@ def run_details(db, run_id: str | None) -> tuple[dict[str, Any], str]:
     return figures, log
 
 
+def run_preset_file(db, run_id: str | None) -> Path:
+    """``runs/<id>/preset.yaml`` of a run, refused unless it lies inside the workspace's runs folder."""
+    if not run_id:
+        raise MemFactoryError("pick a run first")
+    record = db.require(run_id)
+    if not record.run_dir:
+        raise MemFactoryError(f"run {run_id} has no folder recorded")
+    path = workspace.confine(workspace.runs_dir(), Path(record.run_dir) / "preset.yaml")
+    if not path.is_file():
+        raise MemFactoryError(f"run {run_id} has no preset.yaml in {record.run_dir}")
+    return path
+
+
+def delete_run(db, run_id: str | None, confirmed: bool) -> str:
+    """Delete a finished run's row and metrics, and its folder when that lies in the workspace's runs folder.
+
+    Refuses without ``confirmed`` and (RunsDB.delete) while the run's trainer is alive. Returns a
+    message saying what was removed; a folder outside the runs folder is never touched.
+    """
+    if not run_id:
+        raise MemFactoryError("pick a run first")
+    if not confirmed:
+        raise MemFactoryError(f"tick '{t('runs_delete_confirm')}' to delete run {run_id}")
+    record = db.require(run_id)
+    folder: Path | None = None
+    if record.run_dir:
+        runs_root = workspace.runs_dir().resolve()
+        try:
+            candidate = workspace.confine(runs_root, record.run_dir)
+        except MemFactoryError:
+            candidate = None
+        if candidate is not None and candidate.parent == runs_root and candidate.name == run_id:
+            folder = candidate
+    db.delete(run_id, remove_files=folder is not None)
+    if folder is None:
+        kept = f"; its folder {record.run_dir} is outside {workspace.runs_dir()} and was left in place" \
+            if record.run_dir and Path(record.run_dir).exists() else ""
+        return f"deleted run {run_id}{kept}"
+    if folder.exists():
+        return f"deleted run {run_id} from the database, but its folder {folder} could not be removed"
+    return f"deleted run {run_id} and its folder {folder}"
+
+
 def build(ctx: UIContext) -> None:
     labels = ctx.labels
     with gr.Tab(t("tab.runs"), id="runs", elem_id="mf-tab-runs") as tab:
@@ -97,6 +141,20 @@ def build(ctx: UIContext) -> None:
         table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("runs_table"), elem_id="mf-runs-table")
         labels.add(table, "runs_table")
         chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay", show_label=False)
+        with gr.Group():
+            with gr.Row(equal_height=True):
+                manage_run = gr.Dropdown(choices=[], value=None, label=t("runs_manage"), elem_id="mf-run-manage",
+                                         scale=3)
+                labels.add(manage_run, "runs_manage")
+                open_btn = gr.Button(t("runs_open"), elem_id="mf-run-open", scale=1)
+                labels.add(open_btn, "runs_open", "value")
+            with gr.Row(equal_height=True):
+                confirm = gr.Checkbox(value=False, label=t("runs_delete_confirm"), elem_id="mf-run-delete-confirm",
+                                      scale=3)
+                labels.add(confirm, "runs_delete_confirm")
+                delete_btn = gr.Button(t("runs_delete"), variant="stop", elem_id="mf-run-delete", scale=1)
+                labels.add(delete_btn, "runs_delete", "value")
+        manage_note = gr.Markdown(elem_id="mf-run-manage-note")
         with gr.Accordion(t("run_details"), open=False) as details:
             labels.add(details, "run_details")
             detail_run = gr.Dropdown(choices=[], value=None, label=t("run_details"), elem_id="mf-run-detail")
@@ -109,16 +167,17 @@ def build(ctx: UIContext) -> None:
             log_box = gr.Textbox(label="stdout.log", lines=10, max_lines=20, interactive=False, elem_id="mf-run-log")
         timer = gr.Timer(10.0)
 
-    def on_refresh(current: list[str], detail: str | None):
+    def on_refresh(current: list[str], detail: str | None, managed: str | None):
         try:
             frame = runs_table(open_db())
         except MemFactoryError as exc:
-            return f"⚠️ {exc}", pd.DataFrame(columns=COLUMNS), gr.update(), gr.update()
+            return f"⚠️ {exc}", pd.DataFrame(columns=COLUMNS), gr.update(), gr.update(), gr.update()
         ids = frame["run"].tolist()
         keep = [run_id for run_id in current or [] if run_id in ids]
         message = "" if ids else t("runs_empty")
         return (message, frame, gr.update(choices=ids, value=keep),
-                gr.update(choices=ids, value=detail if detail in ids else None))
+                gr.update(choices=ids, value=detail if detail in ids else None),
+                gr.update(choices=ids, value=managed if managed in ids else None))
 
     def on_detail(run_id: str | None):
         try:
@@ -133,11 +192,44 @@ def build(ctx: UIContext) -> None:
         except MemFactoryError as exc:
             return plots.empty_figure("Reward by run", str(exc))
 
-    outputs = [note, table, selected, detail_run]
+    outputs = [note, table, selected, detail_run, manage_run]
+    inputs = [selected, detail_run, manage_run]
     detail_outputs = [*detail_plots.values(), log_box]
-    refresh.click(on_refresh, [selected, detail_run], outputs).then(on_select, selected, chart).then(
+    refresh.click(on_refresh, inputs, outputs).then(on_select, selected, chart).then(
         on_detail, detail_run, detail_outputs)
-    timer.tick(on_refresh, [selected, detail_run], outputs, show_progress="hidden")
-    ctx.demo.load(on_refresh, [selected, detail_run], outputs, show_progress="hidden")
+    timer.tick(on_refresh, inputs, outputs, show_progress="hidden")
+    ctx.demo.load(on_refresh, inputs, outputs, show_progress="hidden")
+
+    def on_delete(run_id: str | None, confirmed: bool):
+        try:
+            message = delete_run(open_db(), run_id, bool(confirmed))
+        except MemFactoryError as exc:
+            gr.Warning(str(exc).splitlines()[0])
+            return f"❌ {exc}", gr.update()
+        gr.Info(message)
+        return f"🗑️ {message}", False
+
+    delete_btn.click(on_delete, [manage_run, confirm], [manage_note, confirm]).success(
+        on_refresh, inputs, outputs).then(on_select, selected, chart)
+
+    # "open in Assemble": the Assemble tab fills its form from the run's preset.yaml, then is shown
+    fill = ctx.shared.get("assemble_load_file")
+    form_outputs = ctx.shared.get("assemble_load_outputs")
+    tabs = ctx.shared.get("tabs")
+    if fill is None or form_outputs is None or tabs is None:
+        open_btn.interactive = False
+        return
+
+    def on_open(run_id: str | None):
+        skip = [gr.skip()] * (len(form_outputs) + 2)
+        try:
+            path = run_preset_file(open_db(), run_id)
+            updates = fill(path)
+        except (MemFactoryError, OSError, yaml.YAMLError) as exc:
+            gr.Warning(str(exc).splitlines()[0])
+            return [f"❌ {exc}", *skip[1:]]
+        return [f"📂 {run_id}: `{path}`", gr.Tabs(selected="assemble"), *updates]
+
+    open_btn.click(on_open, manage_run, [manage_note, tabs, *form_outputs])
     selected.change(on_select, selected, chart, show_progress="hidden")
     detail_run.input(on_detail, detail_run, detail_outputs, show_progress="hidden")
