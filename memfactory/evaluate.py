@@ -14,6 +14,10 @@ Two entry points:
   ``samples.jsonl`` under the output folder as each batch finishes, and a rerun with the same
   folder skips the (row, set, sample) triples already there. ``table.md`` / ``table.csv`` are
   rewritten at the end from everything in ``samples.jsonl``.
+
+Sets whose samples carry ``meta["category"]`` (LoCoMo: 1 multi-hop ... 5 adversarial, named by
+``meta["category_name"]``) also get a per-category table (rows = models, columns = categories +
+overall, avg@k), written to ``categories.md`` / ``categories.csv``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class SampleResult:
     calls: list[int]  # model calls of each path
     traces: list[list[dict[str, Any]]]  # each path's memory evolution
     counters: dict[str, float] = field(default_factory=dict)  # summed over the paths
+    category: int | str | None = None  # sample.meta["category"] (LoCoMo-shaped sets), else None
+    category_name: str | None = None  # sample.meta["category_name"], else None
 
     @property
     def k(self) -> int:
@@ -83,6 +89,13 @@ def metric_for(sample: Sample, default: str = DEFAULT_METRIC) -> str:
     """The set's own metric (RULER loaders put ``string_match_all`` in meta), else ``default``."""
     metric = sample.meta.get("metric") if isinstance(sample.meta, dict) else None
     return str(metric) if metric else default
+
+
+def category_of(sample: Sample) -> tuple[int | str | None, str | None]:
+    """``(category, category_name)`` from the sample's meta; ``(None, None)`` for sets without."""
+    meta = sample.meta if isinstance(sample.meta, dict) else {}
+    category, name = meta.get("category"), meta.get("category_name")
+    return category, (str(name) if name is not None else None)
 
 
 def _scorers(names: set[str], judge: Any = None) -> dict[str, Any]:
@@ -142,6 +155,7 @@ def score_trajectories(
             for key, value in t.counters.items():
                 counters[key] = counters.get(key, 0.0) + value
         tokens = [_path_tokens(t) for t in paths]
+        category, category_name = category_of(sample)
         results.append(
             SampleResult(
                 sample_id=sample.id,
@@ -157,6 +171,8 @@ def score_trajectories(
                 calls=[len(t.calls) for t in paths],
                 traces=[list(t.trace) for t in paths],
                 counters=counters,
+                category=category,
+                category_name=category_name,
             )
         )
     return results
@@ -443,8 +459,110 @@ class ResultsStore:
 
 
 @dataclass
+class CategoryTable:
+    """avg@k per (row, category) of one set, plus the set's overall avg@k (all its questions).
+
+    ``categories`` are column labels (the category name, else the category itself), ordered by
+    category; ``cells[row][name]`` is None where that row answered no question of the category.
+    """
+
+    set: str
+    rows: list[str]
+    categories: list[str]
+    cells: dict[str, dict[str, float | None]]
+    overall: dict[str, float | None]
+    counts: dict[str, dict[str, int]]  # questions per (row, category)
+    k: int
+    digits: int = 4
+
+    def _fmt(self, value: float | None) -> str:
+        return "-" if value is None else f"{value:.{self.digits}f}"
+
+    def header(self) -> list[str]:
+        return ["model", *self.categories, "overall"]
+
+    def body(self) -> list[list[str]]:
+        return [
+            [row, *(self._fmt(self.cells[row][c]) for c in self.categories), self._fmt(self.overall[row])]
+            for row in self.rows
+        ]
+
+    def markdown(self) -> str:
+        lines = [f"{self.set}: avg@{self.k} per category", ""]
+        lines += ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
+        lines += ["| " + " | ".join(cells) + " |" for cells in self.body()]
+        return "\n".join(lines) + "\n"
+
+
+def _category_sort_key(category: Any) -> tuple[int, Any]:
+    return (0, category) if isinstance(category, (int, float)) else (1, str(category))
+
+
+def build_category_tables(
+    records: Sequence[dict[str, Any]], rows: Sequence[str], sets: Sequence[str], k: int, digits: int = 4
+) -> list[CategoryTable]:
+    """One :class:`CategoryTable` for each set in which any evaluated record has a category."""
+    tables = []
+    for set_name in sets:
+        mine = [r for r in records if r.get("set") == set_name and r.get("row") in rows]
+        labelled = [r for r in mine if r.get("category") is not None]
+        if not labelled:
+            continue
+        order: dict[str, tuple[int, Any]] = {}
+        for r in labelled:
+            name = str(r.get("category_name") or r["category"])
+            key = _category_sort_key(r["category"])
+            order[name] = min(order.get(name, key), key)
+        names = sorted(order, key=lambda n: (order[n], n))
+        sums: dict[tuple[str, str], float] = {}
+        paths: dict[tuple[str, str], int] = {}
+        counts = {row: {name: 0 for name in names} for row in rows}
+        for r in mine:
+            scores = [float(x) for x in (r.get("scores") or [r["score"]])]
+            keys = [(r["row"], "")]  # "" = overall, every question of the set
+            if r.get("category") is not None:
+                name = str(r.get("category_name") or r["category"])
+                keys.append((r["row"], name))
+                counts[r["row"]][name] += 1
+            for key in keys:
+                sums[key] = sums.get(key, 0.0) + sum(scores)
+                paths[key] = paths.get(key, 0) + len(scores)
+
+        def mean(key: tuple[str, str]) -> float | None:
+            return sums[key] / paths[key] if paths.get(key) else None
+
+        cells = {row: {name: mean((row, name)) for name in names} for row in rows}
+        overall = {row: mean((row, "")) for row in rows}
+        tables.append(CategoryTable(set_name, list(rows), names, cells, overall, counts, k, digits))
+    return tables
+
+
+def categories_markdown(tables: Sequence[CategoryTable]) -> str:
+    return "\n".join(t.markdown() for t in tables)
+
+
+def categories_csv(tables: Sequence[CategoryTable]) -> str:
+    """All sets in one CSV: ``set, model, <every category of any set>, overall`` ('-' = none)."""
+    columns: list[str] = []
+    for t in tables:
+        columns += [c for c in t.categories if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["set", "model", *columns, "overall"])
+    for t in tables:
+        for row in t.rows:
+            writer.writerow(
+                [t.set, row, *(t._fmt(t.cells[row].get(c)) for c in columns), t._fmt(t.overall[row])]
+            )
+    return buffer.getvalue()
+
+
+@dataclass
 class Table:
-    """avg@k per (row, set); ``cells[row][set]`` is None where nothing was evaluated."""
+    """avg@k per (row, set); ``cells[row][set]`` is None where nothing was evaluated.
+
+    ``categories`` holds a per-category table for every set whose samples carry a category.
+    """
 
     rows: list[str]
     sets: list[str]
@@ -452,6 +570,7 @@ class Table:
     counts: dict[str, dict[str, int]]
     k: int
     digits: int = 4
+    categories: list[CategoryTable] = field(default_factory=list)
 
     def average(self, row: str) -> float | None:
         values = [self.cells[row][s] for s in self.sets]
@@ -500,7 +619,8 @@ def build_table(
         paths[key] = paths.get(key, 0) + len(scores)
         counts[key[0]][key[1]] += 1
     cells = {r: {s: (sums[(r, s)] / paths[(r, s)] if paths.get((r, s)) else None) for s in sets} for r in rows}
-    return Table(list(rows), list(sets), cells, counts, k, digits)
+    categories = build_category_tables(records, rows, sets, k, digits)
+    return Table(list(rows), list(sets), cells, counts, k, digits, categories)
 
 
 def _free_accelerator_memory() -> None:
@@ -657,4 +777,9 @@ def run_eval(
     table = build_table(store.records(), [r.label for r in rows], list(sets), k)
     (folder / "table.md").write_text(table.markdown(), encoding="utf-8")
     (folder / "table.csv").write_text(table.csv(), encoding="utf-8")
+    for name in ("categories.md", "categories.csv"):  # a rerun without categories leaves none stale
+        (folder / name).unlink(missing_ok=True)
+    if table.categories:
+        (folder / "categories.md").write_text(categories_markdown(table.categories), encoding="utf-8")
+        (folder / "categories.csv").write_text(categories_csv(table.categories), encoding="utf-8")
     return table, folder

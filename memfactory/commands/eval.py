@@ -2,7 +2,8 @@
 
 Prints the paper's Table 2 shape (rows = models/checkpoints, columns = sets + average, cells =
 avg@k) and writes table.md, table.csv and samples.jsonl under --out; rerunning with the same
---out resumes where an interrupted eval stopped.
+--out resumes where an interrupted eval stopped. Sets whose samples carry a category (LoCoMo)
+also get a per-category table, printed after the main one and written to categories.md/.csv.
 """
 
 from __future__ import annotations
@@ -121,5 +122,11 @@ def run(args: argparse.Namespace) -> int:
     print(table.markdown(), end="")
     counts = ", ".join(f"{s}: {table.counts[table.rows[0]][s]}" for s in table.sets)
     print(f"questions per set ({table.rows[0]}): {counts}")
-    print(f"wrote {folder}/table.md, table.csv, samples.jsonl")
+    for cat in table.categories:  # LoCoMo-shaped sets: avg@k per question category
+        print()
+        print(cat.markdown(), end="")
+        per = ", ".join(f"{c}: {cat.counts[cat.rows[0]][c]}" for c in cat.categories)
+        print(f"questions per category ({cat.rows[0]}): {per}")
+    extra = ", categories.md, categories.csv" if table.categories else ""
+    print(f"wrote {folder}/table.md, table.csv, samples.jsonl{extra}")
     return 0
