@@ -527,12 +527,9 @@ def build_category_tables(
             for key in keys:
                 sums[key] = sums.get(key, 0.0) + sum(scores)
                 paths[key] = paths.get(key, 0) + len(scores)
-
-        def mean(key: tuple[str, str]) -> float | None:
-            return sums[key] / paths[key] if paths.get(key) else None
-
-        cells = {row: {name: mean((row, name)) for name in names} for row in rows}
-        overall = {row: mean((row, "")) for row in rows}
+        means = {key: sums[key] / paths[key] for key in sums if paths[key]}
+        cells = {row: {name: means.get((row, name)) for name in names} for row in rows}
+        overall = {row: means.get((row, "")) for row in rows}
         tables.append(CategoryTable(set_name, list(rows), names, cells, overall, counts, k, digits))
     return tables
 
@@ -551,9 +548,7 @@ def categories_csv(tables: Sequence[CategoryTable]) -> str:
     writer.writerow(["set", "model", *columns, "overall"])
     for t in tables:
         for row in t.rows:
-            writer.writerow(
-                [t.set, row, *(t._fmt(t.cells[row].get(c)) for c in columns), t._fmt(t.overall[row])]
-            )
+            writer.writerow([t.set, row, *(t._fmt(t.cells[row].get(c)) for c in columns), t._fmt(t.overall[row])])
     return buffer.getvalue()
 
 
