@@ -120,7 +120,9 @@ class RecurrentConfig(BaseModel):
         description="Final-answer prompt with {prompt} (or {question}) and {memory}; None = MemAgent's for answer_format",
     )
     answer_prefix: str = Field(
-        "", description="Text that opens the final assistant turn, e.g. \\boxed{ for small models"
+        "",
+        description="Text that opens the final assistant turn, e.g. \\boxed{ for small models; when empty, "
+        "a sample's own meta['answer_prefix'] (RULER sets carry one) opens it instead; a non-empty value wins",
     )
     system_prompt: str = Field("", description="Optional system message for every call")
     update_stop: list[str] = Field(
@@ -215,10 +217,21 @@ class RecurrentMemoryModule(MemoryModule):
         )
         return ChatPrompt(self._messages(text))
 
+    def answer_prefix(self, sample: Sample) -> str:
+        """The configured ``answer_prefix``; when empty, the sample's ``meta["answer_prefix"]``.
+
+        RULER records carry an answer prefix for exactly this purpose (e.g. fwe's "Answer: ...
+        the three most frequently appeared words are:"); an explicit option overrides it.
+        """
+        if self.options.answer_prefix:
+            return self.options.answer_prefix
+        own = sample.meta.get("answer_prefix") if isinstance(sample.meta, dict) else None
+        return own if isinstance(own, str) else ""
+
     def answer_prompt(self, state: MemoryState) -> ChatPrompt:
         question = state.sample.question
         text = self.options.final_template.format(prompt=question, question=question, memory=state.memory)
-        return ChatPrompt(self._messages(text), assistant_prefix=self.options.answer_prefix)
+        return ChatPrompt(self._messages(text), assistant_prefix=self.answer_prefix(state.sample))
 
     def update_params(self, params: SamplingParams) -> SamplingParams:
         return replace(
