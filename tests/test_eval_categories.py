@@ -98,6 +98,7 @@ def test_locomo_eval_reports_per_category_scores(tmp_path, capsys):
     md = (out / "categories.md").read_text()
     assert "| " + " | ".join(["model", *names, "overall"]) + " |" in md
     assert "| " + " | ".join(expected) + " |" in md
+    assert "(locomo_synth: f1)" in printed  # the header names the metric the set was scored with
     # printed after the main table; overall equals the main table's cell
     assert printed.index("| model | locomo_synth | avg |") < printed.index("per category")
     main_row = next(line for line in (out / "table.md").read_text().splitlines() if "memory_r1_tiny_cpu" in line)

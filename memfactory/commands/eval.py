@@ -114,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
         default_metric=args.metric,
         progress=not args.no_progress,
     )
+    from memfactory.evaluate import ResultsStore
+
+    metrics: dict[str, set[str]] = {}  # the metric each set was scored with, from the per-sample results
+    for r in ResultsStore(folder).records():
+        if r["row"] in table.rows and r.get("metric"):
+            metrics.setdefault(r["set"], set()).add(r["metric"])
+    per_set = "; ".join(f"{s}: {', '.join(sorted(metrics[s]))}" for s in table.sets if s in metrics)
     print()
     print(
-        f"avg@{args.k} ({args.metric}; string_match_all for RULER sets), temperature {args.temperature}, "
+        f"avg@{args.k} ({per_set or args.metric}), temperature {args.temperature}, "
         f"top-p {args.top_p}, max {params.max_new_tokens} new tokens"
     )
     print(table.markdown(), end="")
