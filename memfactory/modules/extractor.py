@@ -8,17 +8,16 @@ are tolerated; ``fallback: lines`` reads a non-JSON response line by line). Ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memfactory.calls import model_call, require_token_backend
-from memfactory.modules.base import MemoryModule
+from memfactory.modules.llm_module import LLMModule
 from memfactory.modules.memory_ops import Fact, ParseReport, parse_facts
 from memfactory.registry import register
 from memfactory.text import strip_thinking
-from memfactory.types import ChatPrompt, SamplingParams, Trajectory
+from memfactory.types import SamplingParams, Trajectory
 
 EXTRACT_TEMPLATE = """Read this part of a conversation ({date}) and write down the facts worth remembering about the people: who they are, where they live, what they like, what they own, what happened and when. A fact that changed should say how it is now.
 
@@ -99,23 +98,15 @@ class ExtractResult:
     description="Memory extractor: dialogue turns -> JSON list of facts {key, value, type, tags}",
     config=ExtractorConfig,
 )
-class NaiveExtractor(MemoryModule):
+class NaiveExtractor(LLMModule):
     name: ClassVar[str] = "extractor"
     options: ExtractorConfig
 
     def __init__(self, options: ExtractorConfig | None = None):
         super().__init__(options or ExtractorConfig())
 
-    def prompt(self, request: ExtractRequest) -> ChatPrompt:
-        opts = self.options
-        text = opts.template.format(dialogue=request.dialogue, date=request.date or "date unknown")
-        system = [{"role": "system", "content": opts.system_prompt}] if opts.system_prompt else []
-        return ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=opts.assistant_prefix)
-
-    def call_params(self, params: SamplingParams) -> SamplingParams:
-        return replace(
-            params, max_new_tokens=min(params.max_new_tokens, self.options.max_tokens), stop=list(self.options.stop)
-        )
+    def user_text(self, request: ExtractRequest) -> str:
+        return self.options.template.format(dialogue=request.dialogue, date=request.date or "date unknown")
 
     def generate(
         self,
@@ -127,40 +118,20 @@ class NaiveExtractor(MemoryModule):
         trainable: bool = True,
     ) -> list[ExtractResult]:
         """Extract facts for every request in ONE backend call."""
-        if not requests:
-            return []
-        if train:
-            require_token_backend(backend)
-        prompts = [self.prompt(r) for r in requests]
-        generations = backend.generate(prompts, self.call_params(params))
-        if len(generations) != len(prompts):
-            raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
+        prompts, generations = self.call_backend(requests, backend, params, train=train)
         results = []
         for request, prompt, generation in zip(requests, prompts, generations):
             trajectory = request.trajectory
-            trajectory.calls.append(
-                model_call(f"{self.name}.extract", prompt, generation, train=train, trainable=trainable)
-            )
+            self.record(trajectory, "extract", prompt, generation, train=train, trainable=trainable)
             facts, report = parse_facts(prompt.assistant_prefix + generation.text, max_facts=self.options.max_facts)
             if not report.parsed and self.options.fallback == "lines":
                 facts = lines_as_facts(generation.text, self.options.max_facts)
                 trajectory.count("extract_fallback")
             trajectory.count("extract_calls")
             trajectory.count("extract_parsed", float(report.parsed))
-            if not report.terminated:
-                trajectory.count("unterminated_think")
-            for name, amount in report.warnings.items():
-                trajectory.count(name, amount)
+            self.count_report(trajectory, report)
             trajectory.trace.append(
                 {"kind": "extract", **request.trace, "parsed": report.parsed, "facts": [f.to_dict() for f in facts]}
             )
             results.append(ExtractResult(facts, report))
         return results
-
-    def rollout(self, requests: list[ExtractRequest], backend: Any, params: SamplingParams) -> list[ExtractResult]:
-        """Trainable extraction with the training backend (the reward comes from the episode's answer)."""
-        return self.generate(requests, backend, params, train=True)
-
-    def inference(self, requests: list[ExtractRequest], backend: Any, params: SamplingParams) -> list[ExtractResult]:
-        """Extraction with any backend; calls are recorded for display only."""
-        return self.generate(requests, backend, params, train=False)

@@ -10,18 +10,17 @@ retrieval never breaks because the policy wrote garbage. Counters: ``rerank_call
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memfactory.calls import model_call, require_token_backend
 from memfactory.memory.store import MemoryHit
-from memfactory.modules.base import MemoryModule
 from memfactory.modules.extractor import check_placeholders
+from memfactory.modules.llm_module import LLMModule
 from memfactory.modules.memory_ops import parse_id_list
 from memfactory.registry import register
-from memfactory.types import ChatPrompt, SamplingParams, Trajectory
+from memfactory.types import SamplingParams, Trajectory
 
 RERANK_TEMPLATE = """Question: {question}
 
@@ -72,24 +71,17 @@ def render_candidates(hits: list[MemoryHit]) -> str:
     description="LLM reranker: picks and orders at most m of the top-n retrieved memories (trainable, RMM)",
     config=RerankerConfig,
 )
-class RerankRetriever(MemoryModule):
+class RerankRetriever(LLMModule):
     name: ClassVar[str] = "reranker"
     options: RerankerConfig
 
     def __init__(self, options: RerankerConfig | None = None):
         super().__init__(options or RerankerConfig())
 
-    def prompt(self, request: RerankRequest) -> ChatPrompt:
+    def user_text(self, request: RerankRequest) -> str:
         opts = self.options
-        text = opts.template.format(
+        return opts.template.format(
             question=request.question, candidates=render_candidates(request.candidates[: opts.top_n]), top_m=opts.top_m
-        )
-        system = [{"role": "system", "content": opts.system_prompt}] if opts.system_prompt else []
-        return ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=opts.assistant_prefix)
-
-    def call_params(self, params: SamplingParams) -> SamplingParams:
-        return replace(
-            params, max_new_tokens=min(params.max_new_tokens, self.options.max_tokens), stop=list(self.options.stop)
         )
 
     def generate(
@@ -107,21 +99,12 @@ class RerankRetriever(MemoryModule):
         for i, request in enumerate(requests):
             if not request.candidates:
                 request.trajectory.trace.append({"kind": "rerank", **request.trace, "candidates": [], "selected": []})
-        if not asking:
-            return out
-        if train:
-            require_token_backend(backend)
-        prompts = [self.prompt(requests[i]) for i in asking]
-        generations = backend.generate(prompts, self.call_params(params))
-        if len(generations) != len(prompts):
-            raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
+        prompts, generations = self.call_backend([requests[i] for i in asking], backend, params, train=train)
         m = self.options.top_m
         for i, prompt, generation in zip(asking, prompts, generations):
             request = requests[i]
             trajectory = request.trajectory
-            trajectory.calls.append(
-                model_call(f"{self.name}.rerank", prompt, generation, train=train, trainable=trainable)
-            )
+            self.record(trajectory, "rerank", prompt, generation, train=train, trainable=trainable)
             candidates = request.candidates[: self.options.top_n]
             ids, report = parse_id_list(
                 prompt.assistant_prefix + generation.text, [str(j) for j in range(len(candidates))], limit=m
@@ -149,9 +132,3 @@ class RerankRetriever(MemoryModule):
             )
             out[i] = selected
         return out
-
-    def rollout(self, requests: list[RerankRequest], backend: Any, params: SamplingParams) -> list[list[MemoryHit]]:
-        return self.generate(requests, backend, params, train=True)
-
-    def inference(self, requests: list[RerankRequest], backend: Any, params: SamplingParams) -> list[list[MemoryHit]]:
-        return self.generate(requests, backend, params, train=False)

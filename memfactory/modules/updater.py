@@ -12,15 +12,14 @@ so a model too small to manage memory still fills the bank (for training its ans
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memfactory.calls import model_call, require_token_backend
 from memfactory.memory.store import ApplyResult, MemoryItem, MemoryStore, Operation
-from memfactory.modules.base import MemoryModule
 from memfactory.modules.extractor import check_placeholders
+from memfactory.modules.llm_module import LLMModule
 from memfactory.modules.memory_ops import Fact, ParseReport, apply_operations, parse_operations
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, SamplingParams, Trajectory
@@ -93,7 +92,7 @@ def render_memories(items: list[MemoryItem]) -> str:
     description="Memory manager: new facts + related memories -> ADD/UPDATE/DELETE/NONE, applied atomically",
     config=UpdaterConfig,
 )
-class NaiveUpdater(MemoryModule):
+class NaiveUpdater(LLMModule):
     name: ClassVar[str] = "updater"
     options: UpdaterConfig
 
@@ -110,17 +109,9 @@ class NaiveUpdater(MemoryModule):
                 seen.setdefault(hit.item.id, hit.item)
         return list(seen.values())[: self.options.max_related]
 
-    def prompt(self, request: UpdateRequest) -> ChatPrompt:
-        opts = self.options
+    def user_text(self, request: UpdateRequest) -> str:
         facts = "\n".join(json.dumps({"fact": f.text}, ensure_ascii=False) for f in request.facts) or "(none)"
-        text = opts.template.format(memories=render_memories(request.related), facts=facts)
-        system = [{"role": "system", "content": opts.system_prompt}] if opts.system_prompt else []
-        return ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=opts.assistant_prefix)
-
-    def call_params(self, params: SamplingParams) -> SamplingParams:
-        return replace(
-            params, max_new_tokens=min(params.max_new_tokens, self.options.max_tokens), stop=list(self.options.stop)
-        )
+        return self.options.template.format(memories=render_memories(request.related), facts=facts)
 
     def generate(
         self,
@@ -132,14 +123,7 @@ class NaiveUpdater(MemoryModule):
         trainable: bool = True,
     ) -> list[UpdateResult]:
         """Decide and apply the operations of every request; ONE backend call for all of them."""
-        if not requests:
-            return []
-        if train:
-            require_token_backend(backend)
-        prompts = [self.prompt(r) for r in requests]
-        generations = backend.generate(prompts, self.call_params(params))
-        if len(generations) != len(prompts):
-            raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} prompts")
+        prompts, generations = self.call_backend(requests, backend, params, train=train)
         return [
             self.apply_response(request, prompt, generation, train=train, trainable=trainable)
             for request, prompt, generation in zip(requests, prompts, generations)
@@ -149,15 +133,12 @@ class NaiveUpdater(MemoryModule):
         self, request: UpdateRequest, prompt: ChatPrompt, generation: Any, *, train: bool, trainable: bool = True
     ) -> UpdateResult:
         trajectory = request.trajectory
-        trajectory.calls.append(model_call(f"{self.name}.update", prompt, generation, train=train, trainable=trainable))
+        self.record(trajectory, "update", prompt, generation, train=train, trainable=trainable)
         id_map = {str(i): item.id for i, item in enumerate(request.related)}
         ops, report = parse_operations(prompt.assistant_prefix + generation.text, id_map, max_ops=self.options.max_ops)
         trajectory.count("update_calls")
         trajectory.count("update_parsed", float(report.parsed))
-        if not report.terminated:
-            trajectory.count("unterminated_think")
-        for name, amount in report.warnings.items():
-            trajectory.count(name, amount)
+        self.count_report(trajectory, report)
         idle = not any(o.op != "NONE" for o in ops)
         if (not report.parsed and self.options.fallback != "none") or (
             idle and self.options.fallback == "add_if_empty"
@@ -178,9 +159,3 @@ class NaiveUpdater(MemoryModule):
         if not entries:
             trajectory.trace.append({"kind": "op", **request.trace, "op": "NONE", "parsed": report.parsed})
         return UpdateResult(ops, result, report)
-
-    def rollout(self, requests: list[UpdateRequest], backend: Any, params: SamplingParams) -> list[UpdateResult]:
-        return self.generate(requests, backend, params, train=True)
-
-    def inference(self, requests: list[UpdateRequest], backend: Any, params: SamplingParams) -> list[UpdateResult]:
-        return self.generate(requests, backend, params, train=False)
