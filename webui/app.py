@@ -66,6 +66,10 @@ def build_app() -> gr.Blocks:
                     name = module.__name__.rsplit(".", 1)[-1]
                     with gr.Tab(f"⚠️ {name}"):
                         gr.Markdown(f"This tab failed to load:\n\n```\n{exc}\n```")
+        # Tabs first: the frontend registers a tab under its index among *all* children of gr.Tabs, but lists
+        # the tab bar by its index among the tabs alone; a gr.State a tab creates outside its gr.Tab shifts the
+        # two apart, and the clicked tab's button then shows twice.
+        tabs.children.sort(key=lambda child: not isinstance(child, gr.Tab))
         lang.change(labels.updates, lang, labels.components, show_progress="hidden")
     return demo
 

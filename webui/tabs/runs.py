@@ -134,17 +134,19 @@ def build(ctx: UIContext) -> None:
         note = gr.Markdown(elem_id="mf-runs-note")
         with gr.Row():
             selected = gr.Dropdown(choices=[], value=[], multiselect=True, label=t("runs_select"),
-                                   elem_id="mf-runs-select", scale=4)
+                                   elem_id="mf-runs-select", scale=4, allow_custom_value=True)
             labels.add(selected, "runs_select")
             refresh = gr.Button(t("refresh"), elem_id="mf-runs-refresh", scale=1)
             labels.add(refresh, "refresh", "value")
         table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("runs_table"), elem_id="mf-runs-table")
         labels.add(table, "runs_table")
         chart = gr.Plot(value=plots.empty_figure("Reward by run"), elem_id="mf-runs-overlay", show_label=False)
+        # the run dropdowns take any value (allow_custom_value): a run deleted between a refresh and an event
+        # must not fail Gradio's choices check; every handler looks the id up in the database anyway
         with gr.Group():
             with gr.Row(equal_height=True):
                 manage_run = gr.Dropdown(choices=[], value=None, label=t("runs_manage"), elem_id="mf-run-manage",
-                                         scale=3)
+                                         scale=3, allow_custom_value=True)
                 labels.add(manage_run, "runs_manage")
                 open_btn = gr.Button(t("runs_open"), elem_id="mf-run-open", scale=1)
                 labels.add(open_btn, "runs_open", "value")
@@ -157,7 +159,8 @@ def build(ctx: UIContext) -> None:
         manage_note = gr.Markdown(elem_id="mf-run-manage-note")
         with gr.Accordion(t("run_details"), open=False) as details:
             labels.add(details, "run_details")
-            detail_run = gr.Dropdown(choices=[], value=None, label=t("run_details"), elem_id="mf-run-detail")
+            detail_run = gr.Dropdown(choices=[], value=None, label=t("run_details"), elem_id="mf-run-detail",
+                                     allow_custom_value=True)
             labels.add(detail_run, "run_details")
             detail_plots = {}
             for row in (("reward", "distribution"), ("loss", "kl"), ("length", "clip")):
@@ -205,11 +208,11 @@ def build(ctx: UIContext) -> None:
             message = delete_run(open_db(), run_id, bool(confirmed))
         except MemFactoryError as exc:
             gr.Warning(str(exc).splitlines()[0])
-            return f"❌ {exc}", gr.update()
+            return f"❌ {exc}", gr.update(), gr.update()
         gr.Info(message)
-        return f"🗑️ {message}", False
+        return f"🗑️ {message}", False, None
 
-    delete_btn.click(on_delete, [manage_run, confirm], [manage_note, confirm]).success(
+    delete_btn.click(on_delete, [manage_run, confirm], [manage_note, confirm, manage_run]).success(
         on_refresh, inputs, outputs).then(on_select, selected, chart)
 
     # "open in Assemble": the Assemble tab fills its form from the run's preset.yaml, then is shown
