@@ -165,3 +165,24 @@ def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
     db.create_run("p", outside, run_id="far")
     message = runs_tab.delete_run(db, "far", confirmed=True)
     assert db.get("far") is None and outside.is_dir() and "left in place" in message
+
+
+def test_app_wires_open_in_assemble_and_keeps_tabs_first(tmp_path, monkeypatch):
+    """The built app: gr.Tabs lists its tabs before any other child (else the frontend doubles a tab's
+    button), and the Runs tab's 'open' button writes the tab switch and Assemble's form widgets."""
+    import gradio as gr
+
+    from webui import workspace
+    from webui.app import build_app
+
+    monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
+    demo = build_app()
+    tabs = next(b for b in demo.blocks.values() if isinstance(b, gr.Tabs))
+    kinds = [isinstance(child, gr.Tab) for child in tabs.children]
+    assert kinds == sorted(kinds, reverse=True) and sum(kinds) >= 2
+    by_elem = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    open_btn, name_box = by_elem["mf-run-open"], by_elem["mf-name"]
+    wired = [fn for fn in demo.fns.values() if any(t[0] == open_btn._id for t in fn.targets)]
+    assert len(wired) == 1
+    outputs = {block._id for block in wired[0].outputs}
+    assert tabs._id in outputs and name_box._id in outputs and by_elem["mf-save-name"]._id in outputs
