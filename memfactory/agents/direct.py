@@ -13,8 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory.agents.base import Agent
+from memfactory.agents.common import check_run
 from memfactory.backends.base import Backend
-from memfactory.calls import model_call, require_token_backend, response_tokens
+from memfactory.calls import model_call, response_tokens
 from memfactory.registry import register
 from memfactory.text import codec_for, context_of, strip_thinking, truncate_text
 from memfactory.types import ChatPrompt, Sample, SamplingParams, Trajectory
@@ -97,12 +98,8 @@ class DirectAgent(Agent):
         group_size: int = 1,
         train: bool = False,
     ) -> list[Trajectory]:
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if not samples:
+        if not check_run(samples, backend, group_size, train):
             return []
-        if train:
-            require_token_backend(backend)
         codec = codec_for(backend)
         trajectories: list[Trajectory] = []
         prompts: list[ChatPrompt] = []

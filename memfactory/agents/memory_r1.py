@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory.agents.base import Agent
+from memfactory.agents.common import check_run, group_trajectories
 from memfactory.backends.base import Backend
 from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.memory.embed import get_embedder
@@ -244,6 +245,48 @@ def shared_episodes(
     return episodes, new
 
 
+def conversation_banks(
+    samples: list[Sample],
+    trajectories: list[Trajectory],
+    folder: BankFolder,
+    backend: Any,
+    params: SamplingParams,
+    *,
+    bank_cache: BankCache,
+    reuse: bool,
+    embedder: str,
+    start: Any,
+    extractor: NaiveExtractor,
+    updater: NaiveUpdater,
+    train: bool = False,
+    build_temperature: float | None = None,
+) -> list[MemoryStore]:
+    """One bank per conversation (non-trainable calls), shared by its samples and group members.
+
+    In inference with ``reuse`` the banks live on in ``bank_cache`` for later calls; training or
+    ``reuse=False`` drops them. ``start`` prepares a new episode (its steps, or a bank filled
+    without model calls); ``build_temperature`` overrides the sampling temperature of the build.
+    """
+    cache = None
+    if train or not reuse:
+        bank_cache.clear()
+    else:
+        cache = bank_cache
+        folder = cache.prepare(backend, params, embedder)
+    episodes, new = shared_episodes(samples, folder, cache, start)
+    if build_temperature is not None:
+        params = replace(params, temperature=build_temperature)
+    build_banks(new, extractor, updater, backend, params, train=False)
+    if cache is not None:
+        cache.episodes.update({conversation_key(e.trajectory.sample): e for e in new})
+    banks = []
+    for trajectory in trajectories:
+        episode = episodes[conversation_key(trajectory.sample)]
+        copy_record(episode.trajectory, trajectory)
+        banks.append(episode.store)
+    return banks
+
+
 # --------------------------------------------------------------------------- answering from memories
 
 
@@ -428,16 +471,12 @@ class MemoryR1Agent(Agent):
         group_size: int = 1,
         train: bool = False,
     ) -> list[Trajectory]:
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if not samples:
+        if not check_run(samples, backend, group_size, train):
             return []
-        if train:
-            require_token_backend(backend)
         mode = self.options.train
         own_banks = train and mode in ("manager", "both")
         answer_trains = train and mode in ("answer", "both")
-        trajectories = [Trajectory(sample=s, group=i) for i, s in enumerate(samples) for _ in range(group_size)]
+        trajectories = group_trajectories(samples, group_size)
         turns = self.extractor.options.turns_per_call
         with BankFolder(self.options.embedder) as folder:
             if own_banks:
@@ -494,26 +533,23 @@ class MemoryR1Agent(Agent):
         train: bool = False,
     ) -> list[MemoryStore]:
         """One bank per conversation (non-trainable calls), shared by its samples and group members."""
-        cache = None
-        if train or not self.options.reuse_banks:
-            self.bank_cache.clear()
-        else:
-            cache = self.bank_cache
-            folder = cache.prepare(backend, params, self.options.embedder)
         turns = self.extractor.options.turns_per_call
 
         def start(episode: Episode) -> None:
             episode.steps = episode_steps(episode.trajectory.sample, turns)
 
-        episodes, new = shared_episodes(samples, folder, cache, start)
-        if train and self.options.frozen_manager_temperature is not None:
-            params = replace(params, temperature=self.options.frozen_manager_temperature)
-        build_banks(new, self.extractor, self.updater, backend, params, train=False)
-        if cache is not None:
-            cache.episodes.update({conversation_key(e.trajectory.sample): e for e in new})
-        banks = []
-        for trajectory in trajectories:
-            episode = episodes[conversation_key(trajectory.sample)]
-            copy_record(episode.trajectory, trajectory)
-            banks.append(episode.store)
-        return banks
+        return conversation_banks(
+            samples,
+            trajectories,
+            folder,
+            backend,
+            params,
+            bank_cache=self.bank_cache,
+            reuse=self.options.reuse_banks,
+            embedder=self.options.embedder,
+            start=start,
+            extractor=self.extractor,
+            updater=self.updater,
+            train=train,
+            build_temperature=self.options.frozen_manager_temperature if train else None,
+        )

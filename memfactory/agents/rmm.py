@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory.agents.base import Agent
+from memfactory.agents.common import check_run, group_trajectories
 from memfactory.agents.memory_r1 import (
     ANSWER_TEMPLATE,
     BankCache,
@@ -28,14 +29,10 @@ from memfactory.agents.memory_r1 import (
     Episode,
     answer_with_memories,
     bank_trace,
-    build_banks,
-    conversation_key,
-    copy_record,
+    conversation_banks,
     episode_steps,
-    shared_episodes,
 )
 from memfactory.backends.base import Backend
-from memfactory.calls import require_token_backend
 from memfactory.memory.store import MemoryStore, Operation
 from memfactory.modules.extractor import NaiveExtractor, check_placeholders
 from memfactory.modules.reranker import RerankRequest, RerankRetriever
@@ -139,14 +136,10 @@ class MemoryRMMAgent(Agent):
         group_size: int = 1,
         train: bool = False,
     ) -> list[Trajectory]:
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if not samples:
+        if not check_run(samples, backend, group_size, train):
             return []
-        if train:
-            require_token_backend(backend)
         mode = self.options.train
-        trajectories = [Trajectory(sample=s, group=i) for i, s in enumerate(samples) for _ in range(group_size)]
+        trajectories = group_trajectories(samples, group_size)
         with BankFolder(self.options.embedder) as folder:
             banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
             # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
@@ -199,12 +192,6 @@ class MemoryRMMAgent(Agent):
         """One bank per conversation (prospective reflection, never trained), reused between inference calls."""
         extractor: NaiveExtractor = self.modules["extractor"]
         updater: NaiveUpdater = self.modules["updater"]
-        cache = None
-        if train or not self.options.reuse_banks:
-            self.bank_cache.clear()
-        else:
-            cache = self.bank_cache
-            folder = cache.prepare(backend, params, self.options.embedder)
 
         def start(episode: Episode) -> None:
             if self.options.memory_source == "turns":
@@ -213,13 +200,17 @@ class MemoryRMMAgent(Agent):
             else:
                 episode.steps = episode_steps(episode.trajectory.sample, extractor.options.turns_per_call)
 
-        episodes, new = shared_episodes(samples, folder, cache, start)
-        build_banks(new, extractor, updater, backend, params, train=False)
-        if cache is not None:
-            cache.episodes.update({conversation_key(e.trajectory.sample): e for e in new})
-        banks = []
-        for trajectory in trajectories:
-            episode = episodes[conversation_key(trajectory.sample)]
-            copy_record(episode.trajectory, trajectory)
-            banks.append(episode.store)
-        return banks
+        return conversation_banks(
+            samples,
+            trajectories,
+            folder,
+            backend,
+            params,
+            bank_cache=self.bank_cache,
+            reuse=self.options.reuse_banks,
+            embedder=self.options.embedder,
+            start=start,
+            extractor=extractor,
+            updater=updater,
+            train=train,
+        )
