@@ -9,14 +9,10 @@ split name, so the eval command can score any source. Rewards come from the base
 
 from __future__ import annotations
 
-import math
-import random
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from memfactory.data.memagent import find_eval_set, load_samples
-from memfactory.envs.base import Environment
-from memfactory.errors import DataError
+from memfactory.envs.held_out import HeldOutEnv
 from memfactory.registry import register
 from memfactory.types import Sample
 
@@ -34,7 +30,9 @@ class LongContextOptions(BaseModel):
     )
     data_dir: str = Field("data", description="Folder holding downloaded eval sets (then assets/data is searched)")
     eval_size: int | None = Field(None, ge=1, description="Use at most this many samples of each eval set")
-    train_size: int | None = Field(None, ge=1, description="Use at most this many training samples (after the held-out split)")
+    train_size: int | None = Field(
+        None, ge=1, description="Use at most this many training samples (after the held-out split)"
+    )
     test_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of the training source held out as 'test'")
     seed: int = Field(0, description="Seed of the train/test split")
 
@@ -45,14 +43,9 @@ class LongContextOptions(BaseModel):
     description="Long-context QA (MemAgent HotpotQA / RULER files or synthetic sets); answer rewards",
     config=LongContextOptions,
 )
-class LongContextEnv(Environment):
+class LongContextEnv(HeldOutEnv):
     options: LongContextOptions
-
-    def __init__(self, options, rewards, weights):
-        if not isinstance(options, LongContextOptions):
-            options = LongContextOptions.model_validate(options if isinstance(options, dict) else options.model_dump())
-        super().__init__(options, rewards, weights)
-        self._cache: dict[str, list[Sample]] = {}
+    options_model = LongContextOptions
 
     def _source(self) -> list[Sample]:
         if "__source__" not in self._cache:
@@ -60,33 +53,13 @@ class LongContextEnv(Environment):
         return self._cache["__source__"]
 
     def _split(self) -> tuple[list[Sample], list[Sample]]:
-        samples = self._source()
-        held = math.ceil(len(samples) * self.options.test_fraction) if self.options.test_fraction > 0 else 0
-        if held >= len(samples):
-            raise DataError(
-                self.options.data,
-                f"test_fraction {self.options.test_fraction} leaves no training samples out of {len(samples)}",
-            )
-        order = list(range(len(samples)))
-        random.Random(self.options.seed).shuffle(order)
-        test_idx = set(order[:held])
-        train = [s for i, s in enumerate(samples) if i not in test_idx][: self.options.train_size]
-        test = [s for i, s in enumerate(samples) if i in test_idx]
-        return train, test
+        train, test = super()._split()
+        return train[: self.options.train_size], test
 
-    def samples(self, split: str = "train") -> list[Sample]:
-        if split in ("train", "test"):
-            train, test = self._split()
-            return train if split == "train" else self._cap(test)
-        if split not in self._cache:
-            if split.startswith("synthetic://"):
-                self._cache[split] = load_samples(split)
+    def _eval_set(self, name: str) -> list[Sample]:
+        if name not in self._cache:
+            if name.startswith("synthetic://"):
+                self._cache[name] = load_samples(name)
             else:
-                self._cache[split] = load_samples(find_eval_set(split, self.options.data_dir))
-        return self._cap(self._cache[split])
-
-    def eval_names(self) -> list[str]:
-        return list(self.options.eval)
-
-    def _cap(self, samples: list[Sample]) -> list[Sample]:
-        return samples[: self.options.eval_size] if self.options.eval_size else list(samples)
+                self._cache[name] = load_samples(find_eval_set(name, self.options.data_dir))
+        return self._cache[name]

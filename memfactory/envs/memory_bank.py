@@ -17,14 +17,13 @@ Splits: ``train`` / ``test`` (a seeded hold-out of the ``data`` QA items), or an
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from memfactory.data.locomo import load_locomo
-from memfactory.envs.base import Environment, Reward
+from memfactory.envs.base import Reward
+from memfactory.envs.held_out import HeldOutEnv
 from memfactory.errors import DataError
 from memfactory.registry import register
 from memfactory.types import Sample, Trajectory
@@ -76,14 +75,9 @@ class MemoryBankOptions(BaseModel):
     description="Long-term memory QA over LoCoMo-format conversations (Memory-R1, RMM); per-category scores",
     config=MemoryBankOptions,
 )
-class MemoryBankEnv(Environment):
+class MemoryBankEnv(HeldOutEnv):
     options: MemoryBankOptions
-
-    def __init__(self, options, rewards, weights):
-        if not isinstance(options, MemoryBankOptions):
-            options = MemoryBankOptions.model_validate(options if isinstance(options, dict) else options.model_dump())
-        super().__init__(options, rewards, weights)
-        self._cache: dict[str, list[Sample]] = {}
+    options_model = MemoryBankOptions
 
     def _load(self, name: str) -> list[Sample]:
         if name not in self._cache:
@@ -91,30 +85,11 @@ class MemoryBankEnv(Environment):
             self._cache[name] = load_locomo(path, exclude_categories=self.options.exclude_categories)
         return self._cache[name]
 
-    def _split(self) -> tuple[list[Sample], list[Sample]]:
-        samples = self._load(self.options.data)
-        held = math.ceil(len(samples) * self.options.test_fraction) if self.options.test_fraction > 0 else 0
-        if held >= len(samples):
-            raise DataError(
-                self.options.data,
-                f"test_fraction {self.options.test_fraction} leaves no training samples of {len(samples)}",
-            )
-        order = list(range(len(samples)))
-        random.Random(self.options.seed).shuffle(order)
-        test = set(order[:held])
-        return [s for i, s in enumerate(samples) if i not in test], [s for i, s in enumerate(samples) if i in test]
+    def _source(self) -> list[Sample]:
+        return self._load(self.options.data)
 
-    def samples(self, split: str = "train") -> list[Sample]:
-        if split in ("train", "test"):
-            train, test = self._split()
-            return train if split == "train" else self._cap(test)
-        return self._cap(self._load(split))
-
-    def eval_names(self) -> list[str]:
-        return list(self.options.eval)
-
-    def _cap(self, samples: list[Sample]) -> list[Sample]:
-        return samples[: self.options.eval_size] if self.options.eval_size else list(samples)
+    def _eval_set(self, name: str) -> list[Sample]:
+        return self._load(name)
 
 
 # --------------------------------------------------------------------------- memory rewards
