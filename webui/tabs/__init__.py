@@ -3,7 +3,9 @@
 A tab module defines ``ORDER: int`` (position, lower first) and ``build(ctx: UIContext) -> None``,
 which draws its components inside the ``gr.Tab`` it opens and wires its events. ``ctx.labels``
 relabels components on a locale switch; ``ctx.shared`` lets tabs hand components to each other
-(e.g. the Assemble tab publishes ``ctx.shared["preset_choices"]``, its saved-presets dropdown).
+(e.g. the Assemble tab publishes ``ctx.shared["preset_choices"]``, its saved-presets dropdown, and
+``"assemble_load_outputs"`` / ``"assemble_load_file"``: the components a preset fills and
+``fill(path) -> updates`` for them; the app publishes ``"tabs"``, the ``gr.Tabs`` to switch tab with).
 """
 
 from __future__ import annotations
