@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.modules.base import MemoryModule
+from memfactory.modules.extractor import check_placeholders
 from memfactory.registry import register
 from memfactory.text import Codec, chunk_sequence, codec_for, context_of, strip_thinking, truncate_sequence
 from memfactory.types import ChatPrompt, Generation, Sample, SamplingParams, Trajectory
@@ -74,21 +75,9 @@ ANSWER_TEMPLATES = {"boxed": ANSWER_TEMPLATE_BOXED, "answer_is": ANSWER_TEMPLATE
 
 
 def _check_template(template: str, required: set[str], allowed: set[str], what: str) -> str:
-    """A template must format with our placeholder names; say which one is wrong if not."""
-    try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise ValueError(
-            f"{what} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
-        ) from None
-    unknown = sorted(n for n in names if n not in allowed)
-    if unknown:
-        raise ValueError(
-            f"{what} has unknown placeholder(s) {unknown}; use {', '.join('{' + a + '}' for a in sorted(allowed))}"
-        )
-    missing = sorted(r for r in required if r not in names)
-    if missing:
-        raise ValueError(f"{what} must contain {', '.join('{' + m + '}' for m in missing)}")
+    """A template must format with our placeholder names and hold the problem; say which one is wrong if not."""
+    check_placeholders(template, required, allowed, what)
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     if not names & {"prompt", "question"}:
         raise ValueError(f"{what} must contain the problem as {{prompt}} or {{question}}")
     return template
