@@ -102,19 +102,20 @@ def test_smollm2_missing_package_names_the_pip_command(monkeypatch):
 
 
 @pytest.mark.timeout(600)  # the first call on a machine converts the GGUF (~25 s); cached after
-def test_smollm2_converts_once_and_reloads_fast():
+def test_smollm2_converts_once_and_reloads_from_the_cache():
     folder = sources.smollm2_dir()
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     config_text = (folder / "config.json").read_text()
     assert "quantization_config" not in config_text  # a plain float checkpoint, no GGUF quantizer
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
     cfg = ModelConfig(path="smollm2-135m-instruct")
-    load_model_and_tokenizer(cfg)  # warms the one-time imports
-    times = []
-    for _ in range(3):  # best of 3: the test machine's cores are shared with other jobs
-        began = time.perf_counter()
+    for _ in range(2):
         model, tokenizer = load_model_and_tokenizer(cfg)
-        times.append(time.perf_counter() - began)
-    assert min(times) < 1.0, f"cached loads took {times}"
+    # Later loads read the cached safetensors and never convert the GGUF again. (How fast that
+    # is gets measured in bench/, not asserted here: wall-clock tests are flaky on shared cores.)
+    assert weights.stat().st_mtime_ns == stamp
+    assert sources.smollm2_dir() == folder
     assert model.config.model_type == "llama" and 130e6 < model.num_parameters() < 140e6
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.padding_side == "left"
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
