@@ -95,7 +95,9 @@ def test_shared_bank_in_answer_mode_and_inference(tiny_backend, samples):
 
 def test_distilled_ids_come_from_the_answer(tiny_backend, samples):
     agent = _agent("answer", answer_prefix="[0] \\boxed{", distill=True)
-    (t,) = agent.run(samples[:1], tiny_backend, params=PARAMS, group_size=1, train=False)
+    # Greedy: a sampled continuation may emit "</think>", which (rightly) hides the prefix.
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    (t,) = agent.run(samples[:1], tiny_backend, params=greedy, group_size=1, train=False)
     retrieved = next(e for e in t.trace if e["kind"] == "retrieved")["memories"]
     answer = next(e for e in t.trace if e["kind"] == "answer")
     assert t.answer.startswith("[0] \\boxed{")
