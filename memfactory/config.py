@@ -63,6 +63,9 @@ class LoraConfig(Strict):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the frozen base model in 4-bit (nf4) or 8-bit; needs bitsandbytes and CUDA"
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
         description="Module names that get adapters",

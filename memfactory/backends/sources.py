@@ -152,13 +152,17 @@ def resolve_model_path(path: str, *, seed: int = 0) -> str:
 
 
 def _from_pretrained(
-    model_source: str, cfg: ModelConfig, what: str, tokenizer_source: str | None = None
+    model_source: str, cfg: ModelConfig, what: str, tokenizer_source: str | None = None, quantization: Any = None
 ) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    extra = {"quantization_config": quantization} if quantization is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_source, dtype=resolve_dtype(cfg.dtype), attn_implementation=pick_attn_implementation(cfg.attn)
+            model_source,
+            dtype=resolve_dtype(cfg.dtype),
+            attn_implementation=pick_attn_implementation(cfg.attn),
+            **extra,
         )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or model_source)
     except (OSError, ValueError) as exc:
@@ -174,13 +178,16 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_model_and_tokenizer(cfg: ModelConfig, *, trainable_adapter: bool = False) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    cfg: ModelConfig, *, trainable_adapter: bool = False, quantization: Any = None
+) -> tuple[Any, Any]:
     """Load ``cfg.path`` (then ``cfg.checkpoint`` if set) with ``cfg.dtype`` and ``cfg.attn``.
 
     A checkpoint with ``adapter_config.json`` is a peft adapter loaded on top of the base model
     (a ``PeftModel``); one with ``config.json`` is a full set of weights that replaces the base
     (its own tokenizer is used when it saved one, else the base's). ``trainable_adapter`` loads
     a peft adapter with its weights trainable (to continue training); otherwise it is frozen.
+    ``quantization`` (a transformers ``BitsAndBytesConfig``) loads the base weights quantized (QLoRA).
     """
     source = resolve_model_path(cfg.path, seed=cfg.seed)
     if cfg.checkpoint:
@@ -190,7 +197,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, trainable_adapter: bool = Fals
         if (ckpt / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base, tokenizer = _from_pretrained(source, cfg, "model.path")
+            base, tokenizer = _from_pretrained(source, cfg, "model.path", quantization=quantization)
             try:
                 model = PeftModel.from_pretrained(base, str(ckpt), is_trainable=trainable_adapter)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -199,14 +206,14 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, trainable_adapter: bool = Fals
                 ) from exc
         elif (ckpt / "config.json").is_file():
             tokenizer_source = str(ckpt) if _has_tokenizer(ckpt) else source
-            model, tokenizer = _from_pretrained(str(ckpt), cfg, "model.checkpoint", tokenizer_source)
+            model, tokenizer = _from_pretrained(str(ckpt), cfg, "model.checkpoint", tokenizer_source, quantization)
         else:
             raise MemFactoryError(
                 f"model.checkpoint {cfg.checkpoint!r} holds neither adapter_config.json (a peft adapter) "
                 "nor config.json (saved model weights)"
             )
     else:
-        model, tokenizer = _from_pretrained(source, cfg, "model.path")
+        model, tokenizer = _from_pretrained(source, cfg, "model.path", quantization=quantization)
     model.eval()
     return model, prepare_tokenizer(tokenizer)
 

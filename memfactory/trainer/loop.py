@@ -95,6 +95,25 @@ def attach_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def qlora_quantization(lora: Any) -> Any | None:
+    """The bitsandbytes config for ``trainer.lora.quantize`` (QLoRA), or None for plain LoRA."""
+    if lora is None or lora.quantize == "none":
+        return None
+    from memfactory.export import require_qlora
+
+    require_qlora()  # bitsandbytes + CUDA, or a clear error naming what is missing
+    from transformers import BitsAndBytesConfig
+
+    if lora.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
 class GRPOTrainer:
     """Owns the policy, optimizer, agent and environment for one run."""
 
@@ -107,7 +126,12 @@ class GRPOTrainer:
         set_seed(self.cfg.seed)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         dist.require_replicated_weights(self.accelerator)
-        model, self.tokenizer = load_model_and_tokenizer(preset.model)
+        quantization = qlora_quantization(self.cfg.lora)
+        model, self.tokenizer = load_model_and_tokenizer(preset.model, quantization=quantization)
+        if quantization is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if self.cfg.lora is not None:
             model = attach_lora(model, self.cfg.lora)
         self.reference = None

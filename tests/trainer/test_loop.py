@@ -98,3 +98,15 @@ def test_each_epoch_visits_every_training_prompt_once(trainer):
     first = [s.id for s in trainer.batch_for_step(1, 0)]
     later = [s.id for s in trainer.batch_for_step(1 + per_epoch, 0)]
     assert first != later  # a fresh order each epoch
+
+
+def test_qlora_without_bitsandbytes_and_cuda_is_a_clear_error(tmp_path, monkeypatch):
+    from memfactory.errors import MemFactoryError
+
+    monkeypatch.chdir(tmp_path)
+    preset = load_preset(presets_dir() / "tiny_test.yaml", ["trainer.lora.quantize=4bit"])
+    assert preset.trainer.lora is not None and preset.trainer.lora.quantize == "4bit"
+    if torch.cuda.is_available():
+        pytest.skip("this machine could run QLoRA; the error path is for CPU-only machines")
+    with pytest.raises(MemFactoryError, match="QLoRA .* needs .*CUDA"):
+        GRPOTrainer(preset)
