@@ -176,6 +176,49 @@ def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:
     return model
 
 
+def _option_problems(entry: Any, options: Any, where: str) -> list[tuple[str, str]]:
+    """A component's options checked against the schema its registry entry declared."""
+    try:
+        entry.config.model_validate(options)
+    except ValidationError as exc:
+        problems = []
+        for path, message in _pydantic_problems(exc, where):
+            if message == "unknown key":
+                key = path.rsplit(".", 1)[-1]
+                close = difflib.get_close_matches(key, list(entry.config.model_fields), n=1, cutoff=0.6)
+                if close:
+                    message += f"; did you mean {close[0]!r}?"
+            problems.append((path, message))
+        return problems
+    return []
+
+
+def _raw_component_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Component options checked on the raw dict, for presets whose overall shape is already wrong.
+
+    So one validation reports every problem at once instead of the shape errors first and the
+    option errors only after those are fixed.
+    """
+    parts: list[tuple[str, Any, Any, str]] = []  # (kind, registry name, options, path prefix)
+    modules = data.get("modules")
+    for slot, spec in (modules.items() if isinstance(modules, dict) else []):
+        if isinstance(spec, dict):
+            parts.append(("module", spec.get("type"), {k: v for k, v in spec.items() if k != "type"}, f"modules.{slot}"))
+    env = data.get("env")
+    if isinstance(env, dict):
+        parts.append(("env", env.get("type"), {k: v for k, v in env.items() if k != "type"}, "env"))
+    parts.append(("agent", data.get("agent"), data.get("agent_options") or {}, "agent_options"))
+    for key in ("model", "judge"):
+        model = data.get(key)
+        if isinstance(model, dict):
+            parts.append(("backend", model.get("backend", "hf"), model.get("options") or {}, f"{key}.options"))
+    problems: list[tuple[str, str]] = []
+    for kind, name, options, where in parts:
+        if isinstance(name, str) and name in REGISTRY.names(kind):
+            problems.extend(_option_problems(REGISTRY.get(kind, name), options, where))
+    return problems
+
+
 def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
 
@@ -187,16 +230,7 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
         return REGISTRY.get(kind, name)
 
     def check_options(entry: Any, options: dict[str, Any], where: str) -> None:
-        try:
-            entry.config.model_validate(options)
-        except ValidationError as exc:
-            for path, message in _pydantic_problems(exc, where):
-                if message == "unknown key":
-                    key = path.rsplit(".", 1)[-1]
-                    close = difflib.get_close_matches(key, list(entry.config.model_fields), n=1, cutoff=0.6)
-                    if close:
-                        message += f"; did you mean {close[0]!r}?"
-                problems.append((path, message))
+        problems.extend(_option_problems(entry, options, where))
 
     agent = check("agent", preset.agent, "agent")
     if agent is not None:
@@ -239,7 +273,10 @@ def parse_preset(data: Any, source: str = "<preset>") -> Preset:
     try:
         preset = Preset.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _pydantic_problems(exc)) from None
+        problems = _pydantic_problems(exc)
+        seen = {path for path, _ in problems}
+        problems += [problem for problem in _raw_component_problems(data) if problem[0] not in seen]
+        raise ConfigError(source, problems) from None
     problems = _registry_problems(preset)
     if problems:
         raise ConfigError(source, problems)

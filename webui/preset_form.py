@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from memfactory.config import LoggingConfig, ModelConfig, Preset, TrainerConfig, parse_preset
 from memfactory.errors import ConfigError
 from memfactory.registry import KINDS, REGISTRY
@@ -178,40 +176,11 @@ def _ordered(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(data: dict[str, Any]) -> tuple[Preset | None, list[tuple[str, str]]]:
-    """``parse_preset`` on the dict: the preset, or the ConfigError's (path, message) problems.
-
-    parse_preset checks component options only once the preset's shape is valid; the form wants
-    every problem at once, so component options are also checked on their own here.
-    """
+    """``parse_preset`` on the dict: the preset, or every (path, message) problem at once."""
     try:
         return parse_preset(data, "<assemble>"), []
     except ConfigError as exc:
-        problems = list(exc.problems)
-    seen = {path for path, _ in problems}
-    problems += [extra for extra in _component_problems(data) if extra[0] not in seen]
-    return None, problems
-
-
-def _component_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
-    parts: list[tuple[str, str, Any, str]] = []  # (kind, name, options, path prefix)
-    for slot, spec in (data.get("modules") or {}).items():
-        if isinstance(spec, dict):
-            parts.append(("module", spec.get("type"), {k: v for k, v in spec.items() if k != "type"}, f"modules.{slot}"))
-    env = data.get("env")
-    if isinstance(env, dict):
-        parts.append(("env", env.get("type"), {k: v for k, v in env.items() if k != "type"}, "env"))
-    parts.append(("agent", data.get("agent"), data.get("agent_options") or {}, "agent_options"))
-    problems = []
-    for kind, name, options, prefix in parts:
-        if name not in REGISTRY.names(kind):
-            continue
-        try:
-            REGISTRY.get(kind, name).config.model_validate(options)
-        except ValidationError as exc:
-            for error in exc.errors():
-                path = ".".join([prefix, *(str(p) for p in error["loc"])])
-                problems.append((path, "unknown key" if error["type"] == "extra_forbidden" else error["msg"]))
-    return problems
+        return None, list(exc.problems)
 
 
 def check(form: PresetForm, values: list[Any]) -> tuple[dict[str, Any], Preset | None, list[tuple[str, str]]]:
