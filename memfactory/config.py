@@ -72,6 +72,23 @@ class LoraConfig(Strict):
     )
 
 
+class RolloutConfig(Strict):
+    """Which engine samples the rollouts and how often it receives the policy's weights."""
+
+    engine: Literal["policy", "hf", "vllm"] = Field(
+        "policy",
+        description="policy = the training model generates; hf = a separate transformers copy; "
+        "vllm = an in-process vLLM engine (GPU, extra memfactory[vllm]) as in TRL's colocate mode",
+    )
+    sync_every: int = Field(1, ge=1, description="Push the policy's weights into a separate engine every N optimizer steps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="The engine's weights dtype (None = model.dtype)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Engine options, e.g. gpu_memory_utilization / max_model_len for vllm"
+    )
+
+
 class TrainerConfig(Strict):
     algo: Literal["grpo"] = "grpo"
     steps: int = Field(60, ge=1, description="Optimizer steps (not questions)")
@@ -99,6 +116,7 @@ class TrainerConfig(Strict):
     )
     skip_equal_groups: bool = Field(True, description="Drop groups whose rewards are all equal (no signal)")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout engine and its weight sync")
     save_every: int = Field(20, ge=1, description="Checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1)
     sample_every: int = Field(5, ge=1, description="Write whole trajectories to samples.jsonl every N steps")
@@ -255,6 +273,11 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
     backend = check("backend", preset.model.backend, "model.backend")
     if backend is not None:
         check_options(backend, preset.model.options, "model.options")
+    rollout = preset.trainer.rollout
+    if rollout.engine == "vllm":
+        check_options(REGISTRY.get("backend", "vllm"), rollout.options, "trainer.rollout.options")
+    elif rollout.options:
+        problems.append(("trainer.rollout.options", f"engine {rollout.engine!r} takes no options (only vllm does)"))
     for reward in preset.rewards:
         check("reward", reward, f"rewards.{reward}")
     if "llm_judge" in preset.rewards and preset.judge is None:

@@ -24,7 +24,6 @@ import torch
 
 from memfactory.agents.build import build_agent
 from memfactory.backends.build import build_backend
-from memfactory.backends.hf import HFBackend
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import Preset
 from memfactory.envs.build import build_env
@@ -32,6 +31,7 @@ from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
+from memfactory.trainer.rollout_engine import RolloutEngine
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class GRPOTrainer:
             num_training_steps=self.cfg.steps,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.backend = HFBackend(self.policy, self.tokenizer, enable_thinking=preset.model.enable_thinking)
+        self.engine = RolloutEngine(preset, self.policy, self.tokenizer)
         self.agent = build_agent(preset)
         judge = build_backend(preset.judge, where="judge.backend") if preset.judge is not None else None
         self.env = build_env(preset, judge=judge)
@@ -162,6 +162,11 @@ class GRPOTrainer:
     @property
     def policy(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def backend(self) -> Any:
+        """The backend rollouts are sampled with (the policy itself, or a separate engine)."""
+        return self.engine.backend
 
     @property
     def trainable_parameters(self) -> int:
@@ -335,6 +340,7 @@ class GRPOTrainer:
         started = time.perf_counter()
         step = self.step + 1
         dist.reseed_for_step(self.accelerator, cfg.seed, step)
+        engine_stats = self.engine.prepare(self.step)
         buffers, trajectories = [], []
         for accum_index in range(cfg.grad_accum):
             calls, advantages, batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))
@@ -363,6 +369,7 @@ class GRPOTrainer:
                 "time/update_s": elapsed - rollout_time,
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 "tokens_per_s": metrics["tokens/total"] / max(elapsed, 1e-9),
+                **engine_stats,
             }
         )
         groups: dict[Any, list[float]] = {}
@@ -416,6 +423,8 @@ class GRPOTrainer:
         self.policy.eval()
         params = self.sampling_params()
         params.temperature = temperature
+        if self.engine.separate and self.engine.synced_at != self.step:
+            self.engine.sync(self.step)  # evaluate the current policy, not a lagging engine
         with torch.no_grad():
             trajectories = self.agent.run(samples, self.backend, params=params, group_size=1, train=False)
         self.env.score(trajectories)

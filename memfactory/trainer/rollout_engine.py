@@ -1,0 +1,180 @@
+"""Where GRPO rollouts are sampled, and how that engine is kept in step with the policy.
+
+``trainer.rollout.engine``:
+
+* ``policy`` (default): the training model itself generates (``HFBackend`` over the policy);
+  always current, nothing to synchronise.
+* ``hf``: a separate transformers copy of the model (its own dtype, e.g. bfloat16 for sampling
+  while the trainer keeps float32 master weights).
+* ``vllm``: an in-process vLLM engine (optional extra ``memfactory[vllm]``, GPU), as TRL's
+  colocate mode: same process, same GPU, weights pushed in after optimizer steps.
+
+A separate engine receives the policy's weights every ``sync_every`` optimizer steps (and once
+before the first rollout, so a resumed run samples from its checkpoint). With LoRA the pushed
+weights are the merged ones, ``W + scale * B @ A``, computed per layer from peft's
+``get_delta_weight`` without touching the training weights (no merge/unmerge round trip). Names
+are the base model's own (``model.layers.0.self_attn.q_proj.weight``), which is what a
+``transformers`` state dict and vLLM's ``load_weights`` both take.
+
+Between syncs the engine lags the policy by up to ``sync_every - 1`` steps; the recorded
+rollout log-probs are the engine's, while the GRPO ratio is taken against the policy's own
+log-probs (recomputed when ``num_iterations > 1``), as TRL does without its importance-sampling
+correction. The lag is logged as ``rollout/policy_lag``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from memfactory.backends.hf import HFBackend
+from memfactory.config import ModelConfig, Preset
+from memfactory.errors import MemFactoryError
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _lora_layers(base: torch.nn.Module) -> dict[str, Any]:
+    """``{module name: peft LoRA layer}`` for every layer that carries an active adapter."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a dependency; without it there are no adapters to merge
+        return {}
+    return {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+
+
+def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's full weights under the base model's parameter names, LoRA folded in.
+
+    Yields detached tensors; for LoRA layers a new merged tensor (the training weights are not
+    modified). Adapter parameters themselves are not yielded.
+    """
+    base = _base_model(model)
+    lora = _lora_layers(base)
+    merged: dict[str, torch.Tensor] = {}
+    for module_name, layer in lora.items():
+        adapters = [a for a in getattr(layer, "active_adapters", []) if a in getattr(layer, "lora_A", {})]
+        if not adapters or getattr(layer, "merged", False):
+            continue
+        weight = layer.get_base_layer().weight.detach()
+        delta = sum(layer.get_delta_weight(a) for a in adapters)
+        merged[f"{module_name}.base_layer.weight"] = (weight + delta.to(weight.dtype)).detach()
+    with torch.no_grad():
+        for name, param in base.named_parameters():
+            if ".lora_" in name or "lora_magnitude" in name:
+                continue
+            tensor = merged.get(name, param.detach())
+            yield name.replace(".base_layer.", "."), tensor
+
+
+class HFEngine(HFBackend):
+    """A second transformers copy of the model that only samples; weights arrive by ``load_weights``."""
+
+    def load_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        own = dict(self.model.named_parameters())
+        seen = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                target = own.get(name)
+                if target is None:
+                    raise MemFactoryError(f"rollout engine: the policy has weight {name!r}, which the engine lacks")
+                if target.shape != tensor.shape:
+                    raise MemFactoryError(
+                        f"rollout engine: weight {name!r} is {tuple(tensor.shape)} in the policy, "
+                        f"{tuple(target.shape)} in the engine"
+                    )
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+                seen.add(name)
+        missing = sorted(set(own) - seen)
+        if missing:
+            raise MemFactoryError(f"rollout engine: the policy sent no value for {len(missing)} weights, e.g. {missing[0]!r}")
+
+
+def _engine_model_config(preset: Preset) -> ModelConfig:
+    """The engine loads the base model; the policy's weights (checkpoint, LoRA) arrive by sync."""
+    rollout = preset.trainer.rollout
+    updates: dict[str, Any] = {"checkpoint": None}
+    if rollout.dtype is not None:
+        updates["dtype"] = rollout.dtype
+    return preset.model.model_copy(update=updates)
+
+
+def build_engine(preset: Preset) -> Any:
+    """The separate rollout engine ``trainer.rollout.engine`` names (``hf`` or ``vllm``)."""
+    rollout = preset.trainer.rollout
+    cfg = _engine_model_config(preset)
+    if rollout.engine == "hf":
+        from memfactory.backends.sources import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(cfg)
+        model.to("cuda" if torch.cuda.is_available() else "cpu").requires_grad_(False)
+        return HFEngine(model, tokenizer, enable_thinking=cfg.enable_thinking, name="hf-engine",
+                        micro_batch_size=preset.trainer.micro_batch_size)
+    if rollout.engine == "vllm":
+        from memfactory.backends.sources import resolve_model_path
+        from memfactory.backends.vllm_engine import VLLMBackend, VLLMOptions
+
+        # tiny:// and the embedded SmolLM2 resolve to local folders vLLM can load.
+        cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path, seed=cfg.seed)})
+        options = VLLMOptions.model_validate(rollout.options).model_dump(exclude_none=True)
+        return VLLMBackend.from_config(cfg, **options)
+    raise MemFactoryError(f"trainer.rollout.engine {rollout.engine!r} is not a separate engine")
+
+
+class RolloutEngine:
+    """Owns the backend rollouts use and pushes the policy's weights into it when due."""
+
+    def __init__(self, preset: Preset, policy: torch.nn.Module, tokenizer: Any):
+        self.options = preset.trainer.rollout
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.enable_thinking = preset.model.enable_thinking
+        if self.options.engine == "policy":
+            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=self.enable_thinking)
+        else:
+            self.backend = build_engine(preset)
+            engine_vocab = getattr(self.backend, "tokenizer", None)
+            if engine_vocab is not None and engine_vocab.get_vocab() != tokenizer.get_vocab():
+                raise MemFactoryError(
+                    "trainer.rollout.engine: the engine's tokenizer differs from the policy's; "
+                    "token ids recorded in rollouts would not mean the same tokens"
+                )
+        self.synced_at: int | None = None
+        self.syncs = 0
+        self.last_sync_s = 0.0
+
+    def policy_backend(self) -> HFBackend:
+        """A backend over the training model itself (what ``engine: policy`` samples with)."""
+        if not self.separate:
+            return self.backend
+        return HFBackend(self.policy, self.tokenizer, enable_thinking=self.enable_thinking)
+
+    @property
+    def separate(self) -> bool:
+        return self.options.engine != "policy"
+
+    def prepare(self, completed_steps: int) -> dict[str, float]:
+        """Before a rollout: push weights if none were pushed yet or ``sync_every`` steps passed."""
+        if not self.separate:
+            return {}
+        due = self.synced_at is None or completed_steps - self.synced_at >= self.options.sync_every
+        if due:
+            self.sync(completed_steps)
+        return {
+            "rollout/policy_lag": float(completed_steps - (self.synced_at or 0)),
+            "time/sync_s": self.last_sync_s if due else 0.0,
+        }
+
+    def sync(self, completed_steps: int) -> None:
+        started = time.perf_counter()
+        self.backend.load_weights(policy_weights(self.policy))
+        self.synced_at = completed_steps
+        self.syncs += 1
+        self.last_sync_s = time.perf_counter() - started

@@ -1,0 +1,115 @@
+"""A separate rollout engine (trainer.rollout) on the tiny model: weights pushed, LoRA merged, lag logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memfactory.backends.vllm_engine import vllm_available
+from memfactory.config import load_preset
+from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.paths import presets_dir
+from memfactory.trainer.loop import GRPOTrainer
+from memfactory.trainer.rollout_engine import HFEngine, policy_weights
+from memfactory.types import ChatPrompt, SamplingParams
+from tests.trainer.test_loop import VowelShare, use_reward
+
+
+def tiny_trainer(tmp_path, monkeypatch, *overrides: str) -> GRPOTrainer:
+    monkeypatch.chdir(tmp_path)
+    preset = load_preset(presets_dir() / "tiny_test.yaml", ["trainer.lr=1e-2", *overrides])
+    trainer = GRPOTrainer(preset)
+    use_reward(trainer, VowelShare())  # a reward with variance in every group, so every step updates
+    return trainer
+
+
+def engine_params(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.backend.model.named_parameters()}
+
+
+def assert_engine_matches_policy(trainer: GRPOTrainer) -> None:
+    engine = dict(trainer.backend.model.named_parameters())
+    for name, tensor in policy_weights(trainer.policy):
+        assert torch.allclose(engine[name], tensor.to(engine[name].dtype), atol=1e-6), name
+
+
+def greedy_texts(backend) -> list[str]:
+    prompts = [ChatPrompt([{"role": "user", "content": f"Tell me about {w}."}]) for w in ("cats", "rivers")]
+    return [g.text for g in backend.generate(prompts, SamplingParams(max_new_tokens=8, temperature=0.0))]
+
+
+def test_default_engine_is_the_policy_itself(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, monkeypatch)
+    assert trainer.backend.model is trainer.policy
+    result = trainer.train_step()
+    assert "rollout/policy_lag" not in result.metrics
+
+
+def test_hf_engine_is_a_separate_copy_synced_after_every_step(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf")
+    assert isinstance(trainer.backend, HFEngine)
+    assert trainer.backend.model is not trainer.policy
+    trainer.train_step()  # synced before the rollout, then the policy moved
+    moved = engine_params(trainer)
+    assert any(not torch.equal(moved[n], t) for n, t in policy_weights(trainer.policy)), "policy did not move"
+    result = trainer.train_step()  # step 2 pushes step 1's weights first
+    assert result.metrics["rollout/policy_lag"] == 0.0
+    assert trainer.engine.syncs == 2
+    trainer.engine.sync(trainer.step)
+    assert_engine_matches_policy(trainer)
+    assert greedy_texts(trainer.backend) == greedy_texts(trainer.engine.policy_backend())
+
+
+def test_sync_every_n_steps_lets_the_engine_lag(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.sync_every=2")
+    lags = [trainer.train_step().metrics["rollout/policy_lag"] for _ in range(3)]
+    assert lags == [0.0, 1.0, 0.0]  # synced before steps 1 and 3 only
+    assert trainer.engine.syncs == 2
+    stale = engine_params(trainer)
+    assert any(not torch.equal(stale[n], t) for n, t in policy_weights(trainer.policy))
+
+
+def test_lora_weights_are_merged_into_the_engine_without_touching_the_adapters(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.lora={r: 4, alpha: 8}")
+    trainer.train_step()
+    adapters = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if "lora_" in n}
+    assert adapters and any(float(p.abs().sum()) > 0 for n, p in adapters.items() if "lora_B" in n)
+    trainer.engine.sync(trainer.step)
+    names = dict(policy_weights(trainer.policy))
+    assert not any("lora_" in n or "base_layer" in n for n in names)
+    assert set(names) == {n for n, _ in trainer.backend.model.named_parameters()}
+    assert_engine_matches_policy(trainer)
+    # The merged engine generates what the adapted policy generates; the adapters are unchanged.
+    assert greedy_texts(trainer.backend) == greedy_texts(trainer.engine.policy_backend())
+    assert all(torch.equal(p, adapters[n]) for n, p in trainer.policy.named_parameters() if "lora_" in n)
+
+
+def test_resumed_run_syncs_the_checkpoint_into_the_engine(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf")
+    with torch.no_grad():
+        for p in trainer.policy.parameters():
+            p.add_(0.01)  # as if a checkpoint had been loaded into the policy after the engine was built
+    stats = trainer.engine.prepare(trainer.step)  # what train_step does before its first rollout
+    assert trainer.engine.syncs == 1 and stats["rollout/policy_lag"] == 0.0
+    assert_engine_matches_policy(trainer)
+    assert trainer.engine.prepare(trainer.step)["time/sync_s"] == 0.0  # not again within the same step
+
+
+def test_engine_dtype_and_options_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.rollout.options"):
+        load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.options={gpu_memory_utilization: 0.3}"])
+    with pytest.raises(ConfigError, match="trainer.rollout.options.gpu_memory_utilization"):
+        load_preset(
+            presets_dir() / "tiny_test.yaml",
+            ["trainer.rollout.engine=vllm", "trainer.rollout.options={gpu_memory_utilization: 3}"],
+        )
+    with pytest.raises(ConfigError, match="trainer.rollout.engine"):
+        load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.engine=sglang"])
+
+
+@pytest.mark.skipif(vllm_available(), reason="vllm is installed: the real engine is covered by the GPU check")
+def test_vllm_engine_without_vllm_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preset = load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.engine=vllm"])
+    with pytest.raises(MemFactoryError, match=r"memfactory\[vllm\]"):
+        GRPOTrainer(preset)
