@@ -16,7 +16,7 @@ from memfactory.errors import MemFactoryError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import memfactory.commands as commands
+    from memfactory import commands
 
     parser = argparse.ArgumentParser(
         prog="memfactory",

@@ -434,7 +434,7 @@ class ServerThread:
         self._thread.join(timeout=30)
         self._sock.close()
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> ServerThread:  # noqa: PYI034 - py310 has no typing.Self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,7 +1,10 @@
 """Text generation backends. Importing this package registers the built-in ones."""
 
+from memfactory.backends import (  # noqa: F401  (register "hf", "openai", "vllm")
+    hf,
+    openai_api,
+    vllm_engine,
+)
 from memfactory.backends.base import Backend
-from memfactory.backends import hf  # noqa: F401  (registers "hf")
-from memfactory.backends import openai_api, vllm_engine  # noqa: F401  (register "openai", "vllm")
 
 __all__ = ["Backend"]

@@ -183,7 +183,7 @@ class OpenAIBackend:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
-    def __enter__(self) -> OpenAIBackend:
+    def __enter__(self) -> OpenAIBackend:  # noqa: PYI034 - py310 has no typing.Self
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from memfactory.cli import main
 from memfactory.paths import presets_dir
 from memfactory.tracking.runs import RunsDB

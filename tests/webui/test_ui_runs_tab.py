@@ -120,7 +120,7 @@ def test_run_preset_fills_the_assemble_form(tmp_path, monkeypatch):
     text = (presets_dir() / "tiny_test.yaml").read_text().replace("steps: 3", "steps: 7")
     _finished_run(db, workspace.runs_dir(), "r", text)
     form = build_form()
-    values, notes = assemble.load_file(form, runs_tab.run_preset_file(db, "r"))
+    values, _notes = assemble.load_file(form, runs_tab.run_preset_file(db, "r"))
     assert values[form.index("name")] == "tiny_test"
     assert values[form.index("trainer.steps")] == 7
     assert values[form.index("model.path")] == "tiny://qwen3-mini"
