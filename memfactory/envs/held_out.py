@@ -3,7 +3,8 @@
 Both read a training source, hold out a seeded ``test_fraction`` of it as ``test`` (never trained
 on), look any other split name up as an eval set, cap eval sets at ``eval_size`` and cache what
 they loaded. Subclasses say how to load the source and an eval set; their options model (set as
-``options_model``) must have ``data``, ``eval``, ``eval_size``, ``test_fraction`` and ``seed``.
+``options_model``) must have ``data``, ``eval``, ``eval_size``, ``train_size``, ``test_fraction``
+and ``seed``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class HeldOutEnv(Environment):
         """A split other than train/test: an eval set name, a file or a synthetic:// URI."""
 
     def _split(self) -> tuple[list[Sample], list[Sample]]:
-        """(train, test): a seeded shuffle of the source, the first ``test_fraction`` of it held out."""
+        """(train, test): a seeded shuffle of the source, the first ``test_fraction`` of it held out.
+
+        ``train_size`` then keeps the first that many training samples (a small set that GRPO
+        revisits every few steps, as the CPU demos use).
+        """
         samples = self._source()
         held = math.ceil(len(samples) * self.options.test_fraction) if self.options.test_fraction > 0 else 0
         if held >= len(samples):
@@ -51,7 +56,7 @@ class HeldOutEnv(Environment):
         test_idx = set(order[:held])
         train = [s for i, s in enumerate(samples) if i not in test_idx]
         test = [s for i, s in enumerate(samples) if i in test_idx]
-        return train, test
+        return train[: self.options.train_size], test
 
     def samples(self, split: str = "train") -> list[Sample]:
         if split in ("train", "test"):

@@ -52,10 +52,6 @@ class LongContextEnv(HeldOutEnv):
             self._cache["__source__"] = load_samples(self.options.data)
         return self._cache["__source__"]
 
-    def _split(self) -> tuple[list[Sample], list[Sample]]:
-        train, test = super()._split()
-        return train[: self.options.train_size], test
-
     def _eval_set(self, name: str) -> list[Sample]:
         if name not in self._cache:
             if name.startswith("synthetic://"):

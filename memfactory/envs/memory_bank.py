@@ -65,6 +65,9 @@ class MemoryBankOptions(BaseModel):
         description="QA categories left out (5 = adversarial, excluded by LoCoMo's usual protocol)",
     )
     eval_size: int | None = Field(None, ge=1, description="Use at most this many samples of each eval set")
+    train_size: int | None = Field(
+        None, ge=1, description="Use at most this many training QA items (after the held-out split)"
+    )
     test_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="Share of the QA items held out as 'test'")
     seed: int = Field(0, description="Seed of the train/test split")
 

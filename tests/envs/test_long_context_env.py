@@ -36,6 +36,13 @@ def test_train_and_test_are_disjoint_and_cover_the_source():
     assert len(make_env(data="synthetic://docqa?n=40", test_fraction=0.0).samples("train")) == 40
 
 
+def test_train_size_keeps_the_first_training_samples_and_the_same_test_split():
+    full = make_env(data="synthetic://docqa?n=40&seed=0", test_fraction=0.25)
+    small = make_env(data="synthetic://docqa?n=40&seed=0", test_fraction=0.25, train_size=7)
+    assert [s.id for s in small.samples("train")] == [s.id for s in full.samples("train")][:7]
+    assert [s.id for s in small.samples("test")] == [s.id for s in full.samples("test")]
+
+
 def test_synthetic_kinds():
     hot = make_env(data="synthetic://hotpotqa?n=8&docs=20").samples("train")
     assert all(s.meta["num_docs"] == 20 for s in hot)

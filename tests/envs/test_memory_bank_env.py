@@ -32,6 +32,12 @@ def test_splits_are_disjoint_seeded_and_cover_the_source():
     assert sample.meta["sessions"] and sample.meta["category"] in (1, 2, 3, 4) and sample.answers
 
 
+def test_train_size_keeps_the_first_training_items_and_the_same_test_split():
+    full, small = _env(data="locomo_synth", seed=3), _env(data="locomo_synth", seed=3, train_size=5)
+    assert [s.id for s in small.samples("train")] == [s.id for s in full.samples("train")][:5]
+    assert [s.id for s in small.samples("test")] == [s.id for s in full.samples("test")]
+
+
 def test_eval_sets_categories_and_caps(tmp_path):
     write_locomo(synth_locomo(2, seed=9), tmp_path / "mine.json")
     env = _env(data="locomo_synth", data_dir=str(tmp_path), eval=["mine"], eval_size=5, exclude_categories=[])
