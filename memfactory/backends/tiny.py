@@ -62,7 +62,23 @@ ARCHITECTURES: dict[str, dict] = {
         "initializer_range": 0.5,
         "tie_word_embeddings": True,
     },
+    # Qwen3-1.7B's shape with random weights, for GPU benchmarks (bench/gpu_check.py): the real
+    # vocabulary size, so the LM head costs what it costs; ids past the local tokenizer's 2000
+    # decode to nothing. Saved in bfloat16 (3.4 GB); it knows no language.
+    "qwen3-1.7b-shape": {
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 40960,
+        "rope_theta": 1000000.0,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
 }
+SAVED_DTYPE = {"qwen3-1.7b-shape": "bfloat16"}  # default float32
 VOCAB_SIZE = 2000
 
 _COMMON_WORDS = """
@@ -158,18 +174,18 @@ def build_model(name: str, tokenizer, seed: int = 0):
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
+    arch = {"vocab_size": len(tokenizer), **ARCHITECTURES[name]}
     config = Qwen3Config(
-        vocab_size=len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
-        **ARCHITECTURES[name],
+        **arch,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return model.float().eval()
+    return model.to(getattr(torch, SAVED_DTYPE.get(name, "float32"))).eval()
 
 
 def parse_tiny_path(path: str) -> str:
