@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv dev demo demo-train test test-fast bench lint clean browser
+.PHONY: venv dev demo demo-train test test-fast test-learning bench lint clean browser
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -38,10 +38,14 @@ demo-train: venv
 	$(PY) -m memfactory demo
 
 test: dev browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not learning" $(PYTEST_ARGS)
 
 test-fast: dev
-	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser and not learning" $(PYTEST_ARGS)
+
+# Whole CPU training runs of the agents' shipped presets (20-30 minutes each), asserting a rising reward.
+test-learning: dev
+	$(PY) -m pytest -m learning -s $(PYTEST_ARGS)
 
 bench: dev
 	OMP_NUM_THREADS=1 $(PY) bench/grpo_step.py

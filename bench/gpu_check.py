@@ -6,7 +6,9 @@ locally: no download), it measures
 1. generation tokens/s with the ``hf`` backend, sdpa and (if flash-attn imports) FlashAttention-2;
 2. generation tokens/s with the in-process vLLM engine, if vllm imports;
 3. one GRPO step (group 8) with full fine-tuning and with LoRA: seconds, peak GPU memory, tokens/s;
-4. one MemAgent GRPO step, group 8, over a 4-chunk context: seconds, peak memory, tokens/s.
+4. one MemAgent GRPO step, group 8, over a 4-chunk context: seconds, peak memory, tokens/s;
+5. LoRA GRPO steps with rollouts on the in-process vLLM engine (``trainer.rollout.engine: vllm``,
+   merged weights pushed after every step), if vllm imports.
 
 Every section runs on its own; a failure is recorded with its error and the rest go on.
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
@@ -85,11 +87,9 @@ def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
 
 def vllm_generation(path: str, batch: int, new_tokens: int) -> dict:
     from memfactory.backends.sources import resolve_model_path
-    from memfactory.backends.vllm_engine import VLLMBackend, vllm_available
+    from memfactory.backends.vllm_engine import VLLMBackend
     from memfactory.types import SamplingParams
 
-    if not vllm_available():
-        return {"skipped": "vllm is not installed in this environment"}
     backend = VLLMBackend(resolve_model_path(path), dtype="bfloat16", gpu_memory_utilization=0.4)
     backend.generate(_prompts(2, 64), SamplingParams(max_new_tokens=4))
     started = time.perf_counter()
@@ -128,6 +128,7 @@ def grpo_steps(preset_name: str, overrides: list[str], steps: int = 2) -> dict:
     out = {
         "seconds": round(m["time/step_s"], 2),
         "rollout_s": round(m["time/rollout_s"], 2),
+        "sync_s": round(m.get("time/sync_s", 0.0), 3),
         "update_s": round(m["time/update_s"], 2),
         "tokens": int(m["tokens/total"]),
         "tokens_per_s": round(m["tokens_per_s"], 1),
@@ -158,10 +159,14 @@ def sections(shape: str) -> dict:
     plan = {
         "generate_hf_sdpa": lambda: generation(path, "sdpa", batch, new),
         "generate_hf_flash_attention_2": lambda: _flash(lambda: generation(path, "flash_attention_2", batch, new)),
-        "generate_vllm": lambda: vllm_generation(path, batch, new) if _cuda() else {"skipped": "no CUDA"},
+        "generate_vllm": lambda: _vllm(lambda: vllm_generation(path, batch, new)),
         "grpo_step_full": lambda: grpo_steps("tiny_test", grpo),
         "grpo_step_lora": lambda: grpo_steps("tiny_test", [*grpo, lora]),
         "memagent_grpo_step_4_chunks": lambda: grpo_steps("memagent_tiny_test", memagent),
+        # rollouts on an in-process vLLM engine, LoRA weights merged and pushed after every step
+        "grpo_step_lora_vllm_engine": lambda: _vllm(lambda: grpo_steps("tiny_test", [
+            *grpo, lora, "trainer.rollout.engine=vllm", "trainer.rollout.dtype=bfloat16",
+            "trainer.rollout.options={gpu_memory_utilization: 0.3, max_model_len: 4096}"], steps=3)),
     }
     results = {}
     for name, run in plan.items():
@@ -173,6 +178,16 @@ def sections(shape: str) -> dict:
         results[name]["wall_s"] = round(time.perf_counter() - started, 1)
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "trace"}), flush=True)
     return results
+
+
+def _vllm(run):
+    from memfactory.backends.vllm_engine import vllm_available
+
+    if not vllm_available():
+        return {"skipped": "vllm is not installed in this environment"}
+    if not _cuda():
+        return {"skipped": "no CUDA"}
+    return run()
 
 
 def _flash(run):
@@ -187,8 +202,8 @@ def _flash(run):
 
 def markdown(info: dict, results: dict) -> str:
     lines = [f"## GPU check (`python bench/gpu_check.py`, {info['date']})", "",
-             f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; model "
-             f"`tiny://{info['shape']}` (random init, bfloat16).", "",
+             (f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; model "
+              f"`tiny://{info['shape']}` (random init, bfloat16)."), "",
              "| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
     for name, r in results.items():
         note = r.get("skipped") or r.get("error") or ", ".join(
