@@ -203,3 +203,23 @@ def test_credit_defaults_to_the_trainer_setting():
     assert build_agent(parse_preset(data)).options.credit == "final_only"
     data["agent_options"] = {"credit": "all_calls"}
     assert build_agent(parse_preset(data)).options.credit == "all_calls"
+
+
+def test_smollm2_cpu_preset_reads_its_chunks_and_answers_boxed(smollm2_backend):
+    """The shipped CPU preset on the real model: 2-3 memory updates per sample, then a boxed answer."""
+    from memfactory.config import load_preset
+    from memfactory.envs.build import build_env
+    from memfactory.paths import presets_dir
+
+    preset = load_preset(presets_dir() / "memagent_smollm2_cpu.yaml")
+    agent, env = build_agent(preset), build_env(preset)
+    samples = env.samples("train")[:2]
+    params = SamplingParams(max_new_tokens=preset.trainer.max_new_tokens, temperature=0.0, stop=list(preset.trainer.stop))
+    trajectories = agent.run(samples, smollm2_backend, params=params, group_size=1, train=True)
+    env.score(trajectories)
+    for t in trajectories:
+        updates = [c for c in t.calls if c.module.endswith(".update")]
+        assert 2 <= len(updates) <= 3 and t.calls[-1].module.endswith(".answer")
+        assert all(c.trainable for c in t.calls)  # credit: all_calls
+        assert t.answer.startswith("\\boxed{") and 0.0 <= t.reward <= 1.0
+        assert any(step["memory"] != "No previous memory" for step in t.trace if "memory" in step)
