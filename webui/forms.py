@@ -85,7 +85,7 @@ def to_widget(kind: Kind, value: Any, optional: bool = False) -> Any:
         if value is None or value is PydanticUndefined:
             return ""
         if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
+            value = value.model_dump(mode="json", exclude_none=True)  # as presets are dumped
         return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, allow_unicode=True).strip()
     if kind == "str":
         return "" if value is None else str(value)
