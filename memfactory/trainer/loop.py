@@ -424,8 +424,7 @@ class GRPOTrainer:
         self.policy.eval()
         params = self.sampling_params()
         params.temperature = temperature
-        if self.engine.separate and self.engine.synced_at != self.step:
-            self.engine.sync(self.step)  # evaluate the current policy, not a lagging engine
+        self.engine.ensure_current(self.step)  # evaluate the current policy, not a lagging engine
         with torch.no_grad():
             trajectories = self.agent.run(samples, self.backend, params=params, group_size=1, train=False)
         self.env.score(trajectories)

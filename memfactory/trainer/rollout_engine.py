@@ -41,37 +41,32 @@ def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def _lora_layers(base: torch.nn.Module) -> dict[str, Any]:
-    """``{module name: peft LoRA layer}`` for every layer that carries an active adapter."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # peft is a dependency; without it there are no adapters to merge
-        return {}
-    return {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+def _merged_weight(layer: Any) -> torch.Tensor | None:
+    """``W + sum of the active adapters' deltas`` of one peft LoRA layer; None if nothing to fold in."""
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+    if not adapters or layer.merged:
+        return None
+    weight = layer.get_base_layer().weight
+    return weight + sum(layer.get_delta_weight(a) for a in adapters).to(weight.dtype)
 
 
 def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's full weights under the base model's parameter names, LoRA folded in.
 
-    Yields detached tensors; for LoRA layers a new merged tensor (the training weights are not
-    modified). Adapter parameters themselves are not yielded.
+    Yields detached tensors, one at a time: a LoRA layer's merged weight is computed as it is
+    yielded (a new tensor; the training weights are not modified), so at most one merged copy
+    exists at once. Adapter parameters themselves are not yielded.
     """
+    from peft.tuners.lora import LoraLayer
+
     base = _base_model(model)
-    lora = _lora_layers(base)
-    merged: dict[str, torch.Tensor] = {}
-    for module_name, layer in lora.items():
-        adapters = [a for a in getattr(layer, "active_adapters", []) if a in getattr(layer, "lora_A", {})]
-        if not adapters or getattr(layer, "merged", False):
-            continue
-        weight = layer.get_base_layer().weight.detach()
-        delta = sum(layer.get_delta_weight(a) for a in adapters)
-        merged[f"{module_name}.base_layer.weight"] = (weight + delta.to(weight.dtype)).detach()
+    lora = {f"{name}.base_layer.weight": m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
     with torch.no_grad():
         for name, param in base.named_parameters():
             if ".lora_" in name or "lora_magnitude" in name:
                 continue
-            tensor = merged.get(name, param.detach())
-            yield name.replace(".base_layer.", "."), tensor
+            merged = _merged_weight(lora[name]) if name in lora else None
+            yield name.replace(".base_layer.", "."), param.detach() if merged is None else merged
 
 
 class HFEngine(HFBackend):
@@ -111,12 +106,9 @@ def build_engine(preset: Preset) -> Any:
     rollout = preset.trainer.rollout
     cfg = _engine_model_config(preset)
     if rollout.engine == "hf":
-        from memfactory.backends.sources import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(cfg)
-        model.to("cuda" if torch.cuda.is_available() else "cpu").requires_grad_(False)
-        return HFEngine(model, tokenizer, enable_thinking=cfg.enable_thinking, name="hf-engine",
-                        micro_batch_size=preset.trainer.micro_batch_size)
+        engine = HFEngine.from_config(cfg, micro_batch_size=preset.trainer.micro_batch_size)
+        engine.model.requires_grad_(False)
+        return engine
     if rollout.engine == "vllm":
         from memfactory.backends.sources import resolve_model_path
         from memfactory.backends.vllm_engine import VLLMBackend, VLLMOptions
@@ -134,10 +126,8 @@ class RolloutEngine:
     def __init__(self, preset: Preset, policy: torch.nn.Module, tokenizer: Any):
         self.options = preset.trainer.rollout
         self.policy = policy
-        self.tokenizer = tokenizer
-        self.enable_thinking = preset.model.enable_thinking
         if self.options.engine == "policy":
-            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=self.enable_thinking)
+            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking)
         else:
             self.backend = build_engine(preset)
             engine_vocab = getattr(self.backend, "tokenizer", None)
@@ -149,12 +139,6 @@ class RolloutEngine:
         self.synced_at: int | None = None
         self.syncs = 0
         self.last_sync_s = 0.0
-
-    def policy_backend(self) -> HFBackend:
-        """A backend over the training model itself (what ``engine: policy`` samples with)."""
-        if not self.separate:
-            return self.backend
-        return HFBackend(self.policy, self.tokenizer, enable_thinking=self.enable_thinking)
 
     @property
     def separate(self) -> bool:
@@ -168,9 +152,14 @@ class RolloutEngine:
         if due:
             self.sync(completed_steps)
         return {
-            "rollout/policy_lag": float(completed_steps - (self.synced_at or 0)),
+            "rollout/policy_lag": float(completed_steps - self.synced_at),
             "time/sync_s": self.last_sync_s if due else 0.0,
         }
+
+    def ensure_current(self, completed_steps: int) -> None:
+        """Push now unless the engine already holds this step's weights (e.g. before an evaluation)."""
+        if self.separate and self.synced_at != completed_steps:
+            self.sync(completed_steps)
 
     def sync(self, completed_steps: int) -> None:
         started = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memfactory.backends.hf import HFBackend
 from memfactory.backends.vllm_engine import vllm_available
 from memfactory.config import load_preset
 from memfactory.errors import ConfigError, MemFactoryError
@@ -57,7 +58,7 @@ def test_hf_engine_is_a_separate_copy_synced_after_every_step(tmp_path, monkeypa
     assert trainer.engine.syncs == 2
     trainer.engine.sync(trainer.step)
     assert_engine_matches_policy(trainer)
-    assert greedy_texts(trainer.backend) == greedy_texts(trainer.engine.policy_backend())
+    assert greedy_texts(trainer.backend) == greedy_texts(HFBackend(trainer.policy, trainer.tokenizer))
 
 
 def test_sync_every_n_steps_lets_the_engine_lag(tmp_path, monkeypatch):
@@ -80,7 +81,7 @@ def test_lora_weights_are_merged_into_the_engine_without_touching_the_adapters(t
     assert set(names) == {n for n, _ in trainer.backend.model.named_parameters()}
     assert_engine_matches_policy(trainer)
     # The merged engine generates what the adapted policy generates; the adapters are unchanged.
-    assert greedy_texts(trainer.backend) == greedy_texts(trainer.engine.policy_backend())
+    assert greedy_texts(trainer.backend) == greedy_texts(HFBackend(trainer.policy, trainer.tokenizer))
     assert all(torch.equal(p, adapters[n]) for n, p in trainer.policy.named_parameters() if "lora_" in n)
 
 
