@@ -80,7 +80,8 @@ def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
     tokens = sum(len(g.response_ids) for g in out)
     impl = getattr(backend.model.config, "_attn_implementation", attn)
     del backend
-    torch.cuda.empty_cache() if _cuda() else None
+    if _cuda():
+        torch.cuda.empty_cache()
     return {"attn": impl, "batch": batch, "new_tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), "peak_gib": _peak_gib()}
 
@@ -138,7 +139,8 @@ def grpo_steps(preset_name: str, overrides: list[str], steps: int = 2) -> dict:
         "attn": trainer.attn_implementation,
     }
     del trainer
-    torch.cuda.empty_cache() if _cuda() else None
+    if _cuda():
+        torch.cuda.empty_cache()
     return out
 
 
@@ -158,13 +160,13 @@ def sections(shape: str) -> dict:
                 "trainer.lr=1e-6"]
     plan = {
         "generate_hf_sdpa": lambda: generation(path, "sdpa", batch, new),
-        "generate_hf_flash_attention_2": lambda: _flash(lambda: generation(path, "flash_attention_2", batch, new)),
-        "generate_vllm": lambda: _vllm(lambda: vllm_generation(path, batch, new)),
+        "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(path, "flash_attention_2", batch, new)),
+        "generate_vllm": lambda: _needs("vllm", lambda: vllm_generation(path, batch, new)),
         "grpo_step_full": lambda: grpo_steps("tiny_test", grpo),
         "grpo_step_lora": lambda: grpo_steps("tiny_test", [*grpo, lora]),
         "memagent_grpo_step_4_chunks": lambda: grpo_steps("memagent_tiny_test", memagent),
         # rollouts on an in-process vLLM engine, LoRA weights merged and pushed after every step
-        "grpo_step_lora_vllm_engine": lambda: _vllm(lambda: grpo_steps("tiny_test", [
+        "grpo_step_lora_vllm_engine": lambda: _needs("vllm", lambda: grpo_steps("tiny_test", [
             *grpo, lora, "trainer.rollout.engine=vllm", "trainer.rollout.dtype=bfloat16",
             "trainer.rollout.options={gpu_memory_utilization: 0.3, max_model_len: 4096}"], steps=3)),
     }
@@ -180,21 +182,12 @@ def sections(shape: str) -> dict:
     return results
 
 
-def _vllm(run):
-    from memfactory.backends.vllm_engine import vllm_available
-
-    if not vllm_available():
-        return {"skipped": "vllm is not installed in this environment"}
-    if not _cuda():
-        return {"skipped": "no CUDA"}
-    return run()
-
-
-def _flash(run):
+def _needs(package: str, run):
+    """Run a section only where ``package`` is installed and CUDA is present; say why not otherwise."""
     import importlib.util
 
-    if importlib.util.find_spec("flash_attn") is None:
-        return {"skipped": "flash-attn is not installed in this environment"}
+    if importlib.util.find_spec(package) is None:
+        return {"skipped": f"{package.replace('_', '-')} is not installed in this environment"}
     if not _cuda():
         return {"skipped": "no CUDA"}
     return run()
