@@ -36,10 +36,11 @@ from memfactory.agents.base import Agent
 from memfactory.agents.common import check_run, group_trajectories
 from memfactory.backends.base import Backend
 from memfactory.calls import model_call, require_token_backend, response_tokens
+from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
 from memfactory.memory.store import MemoryHit, MemoryStore
 from memfactory.modules.extractor import ExtractRequest, NaiveExtractor, check_placeholders
-from memfactory.modules.memory_ops import parse_id_list
+from memfactory.modules.memory_ops import Fact, parse_id_list
 from memfactory.modules.retriever import NaiveRetriever
 from memfactory.modules.updater import NaiveUpdater, UpdateRequest
 from memfactory.registry import register
@@ -69,10 +70,42 @@ class Step:
     session: int
     date: str
     dialogue: str
+    # Facts given with the data (LoCoMo's annotated observations): the step skips the extractor.
+    facts: list[Fact] | None = None
 
 
-def episode_steps(sample: Sample, turns_per_call: int) -> list[Step]:
-    """The conversation cut into extraction steps: ``meta["sessions"]`` (LoCoMo) or the context's lines."""
+def session_observations(sample: Sample) -> list[dict[str, Any]]:
+    """The sample's sessions, each required to carry LoCoMo's ``observations`` (clear error if not)."""
+    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    if not sessions or any("observations" not in session for session in sessions):
+        raise MemFactoryError(
+            f"sample {sample.id!r} has no LoCoMo observations; facts/memories from 'observations' need a "
+            "LoCoMo file with an 'observation' field (the real locomo10.json or `memfactory data synth locomo`)"
+        )
+    return sessions
+
+
+def observation_steps(sample: Sample) -> list[Step]:
+    """One step per session whose facts are LoCoMo's observations (no extraction call)."""
+    return [
+        Step(
+            int(session.get("session", n + 1)),
+            str(session.get("date_time", "")),
+            "",
+            [Fact(value=o["text"], type="observation", tags=[o["dia_id"]] if o["dia_id"] else []) for o in obs],
+        )
+        for n, session in enumerate(session_observations(sample))
+        if (obs := session["observations"])
+    ]
+
+
+def episode_steps(sample: Sample, turns_per_call: int, facts: str = "extract") -> list[Step]:
+    """The conversation cut into extraction steps: ``meta["sessions"]`` (LoCoMo) or the context's lines.
+
+    ``facts="observations"`` gives one step per session carrying LoCoMo's annotated facts instead.
+    """
+    if facts == "observations":
+        return observation_steps(sample)
     sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
     steps = []
     if sessions:
@@ -114,23 +147,39 @@ def build_banks(
         live = [e for e in episodes if e.pos < len(e.steps)]
         if not live:
             return
+        to_extract = [e for e in live if e.steps[e.pos].facts is None]
         requests = []
-        for e in live:
+        for e in to_extract:
             step = e.steps[e.pos]
             requests.append(
                 ExtractRequest(e.trajectory, step.dialogue, step.date, trace={"step": e.pos, "session": step.session})
             )
-        results = extractor.generate(requests, backend, params, train=train, trainable=trainable)
+        extracted = dict(
+            zip(map(id, to_extract), extractor.generate(requests, backend, params, train=train, trainable=trainable))
+        )
         updates = []
-        for e, result in zip(live, results):
-            if result.facts:
-                step = e.steps[e.pos]
+        for e in live:
+            step = e.steps[e.pos]
+            if step.facts is not None:
+                facts = step.facts
+                e.trajectory.trace.append(
+                    {
+                        "kind": "facts",
+                        "source": "observations",
+                        "step": e.pos,
+                        "session": step.session,
+                        "facts": [f.to_dict() for f in facts],
+                    }
+                )
+            else:
+                facts = extracted[id(e)].facts
+            if facts:
                 updates.append(
                     UpdateRequest(
                         e.trajectory,
                         e.store,
-                        result.facts,
-                        updater.related(e.store, result.facts),
+                        facts,
+                        updater.related(e.store, facts),
                         date=step.date,
                         trace={"step": e.pos, "session": step.session},
                     )
@@ -387,6 +436,11 @@ class MemoryR1Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: Literal["manager", "answer", "both"] = Field("manager", description="Which part's calls are trained")
+    facts: Literal["extract", "observations"] = Field(
+        "extract",
+        description="Where the manager's facts come from: the extractor, or LoCoMo's annotated observations "
+        "(the updater still decides ADD/UPDATE/DELETE)",
+    )
     embedder: str = Field(
         "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
     )
@@ -484,7 +538,7 @@ class MemoryR1Agent(Agent):
                 episodes = []
                 for i, sample in enumerate(samples):
                     base = folder.new()
-                    steps = episode_steps(sample, turns)
+                    steps = episode_steps(sample, turns, self.options.facts)
                     for trajectory in trajectories[i * group_size : (i + 1) * group_size]:
                         episodes.append(Episode(trajectory, folder.snapshot(base), steps))
                 build_banks(episodes, self.extractor, self.updater, backend, params, train=True)
@@ -536,7 +590,7 @@ class MemoryR1Agent(Agent):
         turns = self.extractor.options.turns_per_call
 
         def start(episode: Episode) -> None:
-            episode.steps = episode_steps(episode.trajectory.sample, turns)
+            episode.steps = episode_steps(episode.trajectory.sample, turns, self.options.facts)
 
         return conversation_banks(
             samples,

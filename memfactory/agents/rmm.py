@@ -2,7 +2,9 @@
 
 Prospective reflection builds the bank once per conversation: ``memory_source: reflect`` runs the
 extractor and updater over each session (topic facts merged into existing memories), ``turns``
-stores every dialogue turn verbatim with its session date (no model calls; cheap and exact).
+stores every dialogue turn verbatim with its session date (no model calls; cheap and exact), and
+``observations`` stores LoCoMo's annotated third-person facts (one memory per observation, keyed
+by the dialogue id it came from, so citations line up with the QA evidence).
 Retrospective reflection is the trained part: the retriever's top-n candidates go to the reranker,
 which keeps at most m; the answer names the memories it used (a JSON list of ids before the
 ``\\boxed{}`` answer). The reranker's reward is the answer's correctness plus the ``citation``
@@ -31,6 +33,7 @@ from memfactory.agents.memory_r1 import (
     bank_trace,
     conversation_banks,
     episode_steps,
+    session_observations,
 )
 from memfactory.backends.base import Backend
 from memfactory.memory.store import MemoryStore, Operation
@@ -47,9 +50,10 @@ class RMMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     train: Literal["reranker", "answer", "both"] = Field("reranker", description="Which calls are trained")
-    memory_source: Literal["reflect", "turns"] = Field(
+    memory_source: Literal["reflect", "turns", "observations"] = Field(
         "reflect",
-        description="Build the bank with the extractor+updater (reflect) or store every turn verbatim (turns)",
+        description="Build the bank with the extractor+updater (reflect), store every turn verbatim (turns) "
+        "or store LoCoMo's annotated observations (observations)",
     )
     embedder: str = Field(
         "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
@@ -99,12 +103,28 @@ def add_turns(store: MemoryStore, sample: Sample) -> int:
     return len(ops)
 
 
+def add_observations(store: MemoryStore, sample: Sample) -> int:
+    """Store each LoCoMo observation as one memory, keyed by its dialogue id and tagged with the session date."""
+    ops = []
+    for session in session_observations(sample):
+        date = str(session.get("date_time", ""))
+        for observation in session["observations"]:
+            ops.append(
+                Operation(
+                    "ADD", text=observation["text"], key=observation["dia_id"] or None, tags=[date] if date else None
+                )
+            )
+    if ops:
+        store.apply(ops, actor="observations")
+    return len(ops)
+
+
 @register(
     "agent",
     "rmm",
     description="RMM: retrieve top-n, an LLM reranker keeps m, answer with citations; reranker trained with a citation bonus",
     config=RMMConfig,
-    # extractor/updater build the bank with memory_source "reflect" (unused with "turns").
+    # extractor/updater build the bank with memory_source "reflect" (unused with "turns"/"observations").
     slots={"retriever": ["retriever"], "reranker": ["reranker"], "extractor": ["extractor"], "updater": ["updater"]},
 )
 class MemoryRMMAgent(Agent):
@@ -194,9 +214,11 @@ class MemoryRMMAgent(Agent):
         updater: NaiveUpdater = self.modules["updater"]
 
         def start(episode: Episode) -> None:
-            if self.options.memory_source == "turns":
-                count = add_turns(episode.store, episode.trajectory.sample)
-                episode.trajectory.trace.append({"kind": "bank_built", "source": "turns", "memories": count})
+            source = self.options.memory_source
+            if source in ("turns", "observations"):
+                add = add_turns if source == "turns" else add_observations
+                count = add(episode.store, episode.trajectory.sample)
+                episode.trajectory.trace.append({"kind": "bank_built", "source": source, "memories": count})
             else:
                 episode.steps = episode_steps(episode.trajectory.sample, extractor.options.turns_per_call)
 

@@ -6,7 +6,12 @@ LoCoMo (snap-research/locomo, ``data/locomo10.json``) is a list of conversations
      "conversation": {"speaker_a": "Caroline", "speaker_b": "Melanie",
                       "session_1_date_time": "1:56 pm on 8 May, 2023",
                       "session_1": [{"speaker": "Caroline", "dia_id": "D1:1", "text": "..."}, ...], ...},
+     "observation": {"session_1_observation": {"Caroline": [["Caroline went to ...", "D1:3"], ...]}, ...},
      "qa": [{"question": "...", "answer": "...", "evidence": ["D1:3"], "category": 2}, ...]}
+
+``observation`` (optional) holds LoCoMo's annotated facts, in the third person with the turn each
+comes from; they land in ``session["observations"]`` and RMM can use them as its memories
+(``memory_source: observations``, the LoCoMo paper's "observations as database" setting).
 
 Categories: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial (unanswerable; the
 item carries ``adversarial_answer`` instead of ``answer`` and is excluded by default).
@@ -113,6 +118,7 @@ def parse_conversation(record: Any, file: str, index: int) -> dict[str, Any]:
                 entry["text"] += f" [shares a photo: {turn['blip_caption']}]"
             turns.append(entry)
         sessions.append({"session": n, "date_time": when, "turns": turns})
+    _attach_observations(record, sessions, file, index, conv_id)
     qa_raw = _need(file, index, conv_id, record, "qa", "qa", list)
     qa = []
     for q, item in enumerate(qa_raw):
@@ -133,6 +139,45 @@ def parse_conversation(record: Any, file: str, index: int) -> dict[str, Any]:
             entry["adversarial_answer"] = str(item["adversarial_answer"])
         qa.append(entry)
     return {"id": conv_id, "speakers": speakers, "sessions": sessions, "qa": qa}
+
+
+def _attach_observations(
+    record: dict[str, Any], sessions: list[dict[str, Any]], file: str, index: int, conv: str
+) -> None:
+    """LoCoMo's optional annotated facts (``observation.session_<n>_observation``: speaker ->
+    ``[[fact, dia_id], ...]``) as ``session["observations"]``: ``[{speaker, text, dia_id}]``."""
+    raw = record.get("observation")
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise DataError(
+            file, f"conversation {conv!r}: 'observation' must be an object", record=index, field="observation"
+        )
+    for session in sessions:
+        key = f"session_{session['session']}_observation"
+        by_speaker = raw.get(key, {})
+        where = f"observation.{key}"
+        if not isinstance(by_speaker, dict):
+            raise DataError(file, f"conversation {conv!r}: {where!r} must be an object", record=index, field=where)
+        facts = []
+        for speaker, entries in by_speaker.items():
+            if not isinstance(entries, list):
+                raise DataError(
+                    file,
+                    f"conversation {conv!r}: {where}.{speaker} must be a list",
+                    record=index,
+                    field=f"{where}.{speaker}",
+                )
+            for f, entry in enumerate(entries):
+                spot = f"{where}.{speaker}[{f}]"
+                if not (isinstance(entry, list) and entry and isinstance(entry[0], str)):
+                    raise DataError(
+                        file, f"conversation {conv!r}: {spot} must be [fact, dia_id]", record=index, field=spot
+                    )
+                source = entry[1] if len(entry) > 1 else ""
+                dia_id = ",".join(map(str, source)) if isinstance(source, list) else str(source)
+                facts.append({"speaker": str(speaker), "text": entry[0], "dia_id": dia_id})
+        session["observations"] = facts
 
 
 def transcript(sessions: list[dict[str, Any]]) -> str:
@@ -272,13 +317,29 @@ _CITIES = [
     "Rosmoor",
     "Ashby",
 ]
-_FILLER = [
-    ("How has your week been?", "Busy but good, thanks for asking."),
-    ("Did you do anything fun at the weekend?", "Mostly relaxed at home, it was nice."),
-    ("The weather has been strange lately.", "Yes, sunny one day and rainy the next."),
-    ("Have you read anything good recently?", "A short mystery novel, quite gripping."),
-    ("I finally cleaned out my garage.", "That always feels great once it is done."),
-    ("Work has been hectic this month.", "I hope it calms down for you soon."),
+_FILLER = [  # (question, reply, LoCoMo-style observation of the reply with {a} asking and {b} replying)
+    ("How has your week been?", "Busy but good, thanks for asking.", "{b} had a busy but good week."),
+    (
+        "Did you do anything fun at the weekend?",
+        "Mostly relaxed at home, it was nice.",
+        "{b} relaxed at home at the weekend.",
+    ),
+    (
+        "The weather has been strange lately.",
+        "Yes, sunny one day and rainy the next.",
+        "{b} noticed the weather changing from sunny to rainy.",
+    ),
+    (
+        "Have you read anything good recently?",
+        "A short mystery novel, quite gripping.",
+        "{b} read a gripping short mystery novel.",
+    ),
+    (
+        "I finally cleaned out my garage.",
+        "That always feels great once it is done.",
+        "{b} thinks a cleaned-out garage feels great.",
+    ),
+    ("Work has been hectic this month.", "I hope it calms down for you soon.", "{b} hopes work calms down for {a}."),
 ]
 _MONTHS = [
     "January",
@@ -331,6 +392,19 @@ def _conversation(rng: random.Random, index: int, sessions: int) -> dict[str, An
     loss = sessions - 1
     plan[loss].append((b, f"Sadly I had to give {pet_name} away, so I do not have a {pet_kind} anymore.", "pet_gone"))
 
+    # LoCoMo's annotated observations: each fact in the third person, with the turn it comes from.
+    facts = {
+        "city0": f"{a} lives in {cities[0]}.",
+        "pet": f"{b} has a {pet_kind} named {pet_name}.",
+        "food0": f"{a}'s favourite food is {foods[0]}.",
+        "hobby": f"{b} spends most Sundays on {hobby_b}.",
+        "job_a": f"{a} started a new job as a {job_a}.",
+        "job_b": f"{b} works as a {job_b}.",
+        "city1": f"{a} moved from {cities[0]} to {cities[1]}.",
+        "food1": f"{a} now prefers {foods[1]} over {foods[0]}.",
+        "pet_gone": f"{b} gave {pet_name} away and no longer has a {pet_kind}.",
+    }
+    observation: dict[str, dict[str, list[list[str]]]] = {}
     conversation: dict[str, Any] = {"speaker_a": a, "speaker_b": b}
     evidence: dict[str, str] = {}
     dates: dict[str, str] = {}
@@ -338,15 +412,20 @@ def _conversation(rng: random.Random, index: int, sessions: int) -> dict[str, An
         long, short = _when(day, rng)
         day += timedelta(days=rng.randrange(5, 20))
         conversation[f"session_{s + 1}_date_time"] = long
-        ask, reply = rng.choice(_FILLER)
-        turns_spec = [(a, ask, None), (b, reply, None), *plan[s]]
+        ask, reply, chat = rng.choice(_FILLER)
+        facts["chat"] = chat.format(a=a, b=b)
+        turns_spec = [(a, ask, None), (b, reply, "chat"), *plan[s]]
         turns = []
+        observed: dict[str, list[list[str]]] = {}
         for t, (speaker, text, tag) in enumerate(turns_spec):
             dia = f"D{s + 1}:{t + 1}"
             turns.append({"speaker": speaker, "dia_id": dia, "text": text})
             if tag:
-                evidence[tag], dates[tag] = dia, short
+                if tag != "chat":
+                    evidence[tag], dates[tag] = dia, short
+                observed.setdefault(speaker, []).append([facts[tag], dia])
         conversation[f"session_{s + 1}"] = turns
+        observation[f"session_{s + 1}_observation"] = observed
 
     qa = [
         {
@@ -394,7 +473,7 @@ def _conversation(rng: random.Random, index: int, sessions: int) -> dict[str, An
         },
         {"question": f"What is {b}'s favourite food?", "adversarial_answer": foods[0], "evidence": [], "category": 5},
     ]
-    return {"sample_id": f"synth-{index}", "conversation": conversation, "qa": qa}
+    return {"sample_id": f"synth-{index}", "conversation": conversation, "observation": observation, "qa": qa}
 
 
 def synth_locomo(n: int = 4, seed: int = 0, sessions: int = 4) -> list[dict[str, Any]]:

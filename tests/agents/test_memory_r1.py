@@ -10,6 +10,7 @@ import pytest
 
 from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config, cited_ids, episode_steps
 from memfactory.data.locomo import load_locomo
+from memfactory.errors import MemFactoryError
 from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
 from memfactory.modules.retriever import NaiveRetriever, RetrieverConfig
 from memfactory.modules.updater import NaiveUpdater, UpdaterConfig
@@ -149,3 +150,27 @@ def test_plain_answers_see_unnumbered_memories(tiny_backend, samples):
     retrieved = next(e for e in t.trace if e["kind"] == "retrieved")["memories"]
     assert retrieved and f"- {retrieved[0]['text']}" in answer_call.prompt_text and "[0]" not in answer_call.prompt_text
     assert next(e for e in t.trace if e["kind"] == "answer")["cited"] == []
+
+
+def test_observation_facts_skip_the_extractor(tiny_backend, samples):
+    sessions = samples[0].meta["sessions"]
+    steps = episode_steps(samples[0], 8, "observations")
+    assert [s.session for s in steps] == [s["session"] for s in sessions if s["observations"]]
+    assert [f.value for f in steps[0].facts] == [o["text"] for o in sessions[0]["observations"]]
+    trajectories = _agent("manager", facts="observations").run(
+        samples[:1], tiny_backend, params=PARAMS, group_size=2, train=True
+    )
+    observed = {o["text"] for s in sessions for o in s["observations"]}
+    for t in trajectories:
+        modules = [c.module for c in t.calls]
+        assert "extractor.extract" not in modules and modules.count("updater.update") == len(steps)
+        given = [e for e in t.trace if e["kind"] == "facts"]
+        assert [e["source"] for e in given] == ["observations"] * len(steps)
+        bank = next(e for e in t.trace if e["kind"] == "bank")
+        assert {m["text"] for m in bank["memories"]} & observed  # the updater's fallback ADDs the given facts
+
+
+def test_observation_facts_need_observations(tiny_backend):
+    plain = Sample("p", "Where?", ["home"], context="A: I live at home")
+    with pytest.raises(MemFactoryError, match="no LoCoMo observations"):
+        _agent("manager", facts="observations").run([plain], tiny_backend, params=PARAMS, train=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memfactory.agents.rmm import MemoryRMMAgent, RMMConfig, add_turns
+from memfactory.agents.rmm import MemoryRMMAgent, RMMConfig, add_observations, add_turns
 from memfactory.data.locomo import load_locomo
 from memfactory.envs.memory_bank import CitationBonus
 from memfactory.memory.embed import get_embedder
@@ -37,6 +37,20 @@ def test_add_turns_stores_every_turn_with_its_date(tmp_path, samples):
     first = store.all()[0]
     assert first.text == f"{turns[0]['speaker']}: {turns[0]['text']}"
     assert first.tags == [samples[0].meta["sessions"][0]["date_time"]] and first.key == turns[0]["dia_id"]
+
+
+def test_add_observations_keys_each_fact_by_its_dialogue_id(tmp_path, samples, tiny_backend):
+    store = MemoryStore(tmp_path / "b.db", embedder=get_embedder("hashing"))
+    sessions = samples[0].meta["sessions"]
+    observations = [(o, s["date_time"]) for s in sessions for o in s["observations"]]
+    assert add_observations(store, samples[0]) == len(observations) == store.count()
+    stored = {m.key: (m.text, m.tags) for m in store.all()}
+    assert stored == {o["dia_id"]: (o["text"], [date]) for o, date in observations}
+    (t,) = _agent(memory_source="observations").run(samples[:1], tiny_backend, params=PARAMS, train=True)
+    built = next(e for e in t.trace if e["kind"] == "bank_built")
+    assert built == {"kind": "bank_built", "source": "observations", "memories": len(observations)}
+    candidates = next(e for e in t.trace if e["kind"] == "rerank")["candidates"]
+    assert {c["text"] for c in candidates} <= {o["text"] for o, _ in observations}
 
 
 def test_reranker_calls_train_and_the_bank_is_shared(tiny_backend, samples):

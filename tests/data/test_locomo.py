@@ -85,6 +85,15 @@ def test_real_shaped_record_loads(tmp_path):
         (lambda r: r["qa"][1].pop("answer"), "qa[1].answer"),
         (lambda r: r["qa"][0].pop("category"), "qa[0].category"),
         (lambda r: r.pop("qa"), "qa"),
+        (lambda r: r.update(observation=[]), "observation"),
+        (
+            lambda r: r.update(observation={"session_1_observation": {"Caroline": "a fact"}}),
+            "observation.session_1_observation.Caroline",
+        ),
+        (
+            lambda r: r.update(observation={"session_2_observation": {"Melanie": [[3, "D2:1"]]}}),
+            "observation.session_2_observation.Melanie[0]",
+        ),
     ],
 )
 def test_missing_fields_name_file_conversation_and_field(tmp_path, damage, field):
@@ -97,6 +106,27 @@ def test_missing_fields_name_file_conversation_and_field(tmp_path, damage, field
         load_locomo(path)
     message = str(info.value)
     assert str(path) in message and "record 1" in message and "'conv-26'" in message and repr(field) in message
+
+
+def test_observations_become_session_facts(tmp_path):
+    record = _real_shaped()
+    record["observation"] = {
+        "session_1_observation": {"Melanie": [["Melanie shared a photo of a dog.", ["D1:2", "D1:1"]]]},
+        "session_2_observation": {"Caroline": [["Caroline went to a support group.", "D2:1"]]},
+    }
+    path = tmp_path / "locomo10.json"
+    path.write_text(json.dumps([record]))
+    first, second = load_locomo(path)[0].meta["sessions"]
+    assert first["observations"] == [
+        {"speaker": "Melanie", "text": "Melanie shared a photo of a dog.", "dia_id": "D1:2,D1:1"}
+    ]
+    assert second["observations"] == [
+        {"speaker": "Caroline", "text": "Caroline went to a support group.", "dia_id": "D2:1"}
+    ]
+    # The synthetic set carries observations too, and every answerable question's evidence is among them.
+    for sample in load_locomo(SHIPPED):
+        observed = {o["dia_id"] for session in sample.meta["sessions"] for o in session["observations"]}
+        assert set(sample.meta["evidence"]) <= observed
 
 
 def test_unreadable_files(tmp_path):
