@@ -1,6 +1,6 @@
 """The CPU presets of each agent really learn: a whole run of each, first vs last fifth of the curve.
 
-Each run takes 20-30 minutes on 2 cores, so these are marked ``learning`` and left out of
+Each run takes 8-30 minutes on 2 cores, so these are marked ``learning`` and left out of
 ``make test`` (the suite aims at 15 minutes; tests/test_demo_learning.py keeps one learning run in
 it). Run them with ``make test-learning``; the curves they measured are in the presets' comments.
 Every preset trains exactly as shipped, with its fixed seed.
@@ -18,7 +18,7 @@ from memfactory.paths import presets_dir
 from memfactory.trainer.session import TrainingSession
 
 # preset -> the least rise of the mean reward from the first to the last fifth of its steps
-LEARNING_PRESETS = {"memagent_smollm2_cpu": 0.2}
+LEARNING_PRESETS = {"memagent_smollm2_cpu": 0.2, "memory_r1_tiny_cpu": 0.2}
 
 
 def assert_reward_rises(name: str, min_rise: float) -> list[float]:

@@ -97,6 +97,7 @@ def test_one_grpo_step_with_the_tiny_model(tmp_path, monkeypatch):
         [
             "model.path=tiny://qwen3-mini",
             "agent_options.train=both",
+            "agent_options.facts=extract",
             "agent_options.embedder=hashing",
             "env.data=synthetic://locomo?n=2&seed=0&sessions=3",
             "modules.extractor.max_tokens=8",
