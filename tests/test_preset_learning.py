@@ -18,7 +18,7 @@ from memfactory.paths import presets_dir
 from memfactory.trainer.session import TrainingSession
 
 # preset -> the least rise of the mean reward from the first to the last fifth of its steps
-LEARNING_PRESETS = {"memagent_smollm2_cpu": 0.2, "memory_r1_tiny_cpu": 0.2}
+LEARNING_PRESETS = {"memagent_smollm2_cpu": 0.2, "memory_r1_tiny_cpu": 0.2, "rmm_tiny_cpu": 0.2}
 
 
 def assert_reward_rises(name: str, min_rise: float) -> list[float]:

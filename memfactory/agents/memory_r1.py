@@ -36,6 +36,7 @@ from memfactory.agents.base import Agent
 from memfactory.agents.common import check_run, group_trajectories
 from memfactory.backends.base import Backend
 from memfactory.calls import model_call, require_token_backend, response_tokens
+from memfactory.envs.rewards import extract_prediction, normalize_answer
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
 from memfactory.memory.store import MemoryHit, MemoryStore
@@ -385,8 +386,12 @@ def answer_with_memories(
     module: str,
     stop: list[str] | None = None,
     numbered: bool = True,
+    cite_by_text: bool = False,
 ) -> list[list[str]]:
-    """One batched answer call; returns per trajectory the memory ids its answer named (cited)."""
+    """One batched answer call; returns per trajectory the memory ids its answer named (cited).
+
+    ``cite_by_text`` (unnumbered memories): a memory is cited when it holds every word of the answer.
+    """
     if not trajectories:
         return []
     if train:
@@ -411,6 +416,8 @@ def answer_with_memories(
             trajectory.count("unterminated_think")
         ids = cited_ids(visible, len(hits)) if hits and numbered else None
         cited = [hits[int(i)].item.id for i in ids] if ids else []
+        if cite_by_text and not numbered:
+            cited = text_cited(visible, hits)
         if ids is None and hits and numbered:
             trajectory.count("citations_unparsed")
         trajectory.trace.append(
@@ -418,6 +425,14 @@ def answer_with_memories(
         )
         cited_all.append(cited)
     return cited_all
+
+
+def text_cited(visible: str, hits: list[MemoryHit]) -> list[str]:
+    """Ids of the memories that contain every word of the answer (its citation by content)."""
+    words = set(normalize_answer(extract_prediction(visible) or "").split())
+    if not words:
+        return []
+    return [hit.item.id for hit in hits if words <= set(normalize_answer(hit.item.text).split())]
 
 
 def bank_trace(store: MemoryStore, limit: int = 50) -> dict[str, Any]:

@@ -7,8 +7,9 @@ stores every dialogue turn verbatim with its session date (no model calls; cheap
 by the dialogue id it came from, so citations line up with the QA evidence).
 Retrospective reflection is the trained part: the retriever's top-n candidates go to the reranker,
 which keeps at most m; the answer names the memories it used (a JSON list of ids before the
-``\\boxed{}`` answer). The reranker's reward is the answer's correctness plus the ``citation``
-bonus: the share of its selected memories that the answer cites (``rerank_cited / rerank_selected``
+``\\boxed{}`` answer; ``citations: text`` shows the memories unnumbered and counts a memory as
+cited when it holds every word of the answer, for small models that answer a number). The
+reranker's reward is the answer's correctness plus the ``citation`` bonus: the share of its selected memories that the answer cites (``rerank_cited / rerank_selected``
 in the trajectory counters) — RMM's label-free signal.
 
 The bank is shared by a sample's group members (they differ only in reranking and answering), so
@@ -54,6 +55,11 @@ class RMMConfig(BaseModel):
         "reflect",
         description="Build the bank with the extractor+updater (reflect), store every turn verbatim (turns) "
         "or store LoCoMo's annotated observations (observations)",
+    )
+    citations: Literal["ids", "text"] = Field(
+        "ids",
+        description="How the answer cites: by the memories' numbers (ids), or by content (text: memories are "
+        "shown unnumbered and a selected memory is cited when it holds every word of the answer)",
     )
     embedder: str = Field(
         "minilm", description="Sentence embedder of the banks: minilm (bundled), hashing, or a model folder"
@@ -192,6 +198,8 @@ class MemoryRMMAgent(Agent):
                 trainable=mode in ("answer", "both"),
                 module="rmm.answer",
                 stop=self.options.answer_stop,
+                numbered=self.options.citations == "ids",
+                cite_by_text=self.options.citations == "text",
             )
             for trajectory, picked, ids, bank in zip(trajectories, selected, cited, banks):
                 chosen = {h.item.id for h in picked}

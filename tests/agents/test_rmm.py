@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from memfactory.agents.memory_r1 import text_cited
 from memfactory.agents.rmm import MemoryRMMAgent, RMMConfig, add_observations, add_turns
 from memfactory.data.locomo import load_locomo
 from memfactory.envs.memory_bank import CitationBonus
@@ -113,3 +114,24 @@ def test_citation_counts_selected_memories_that_the_answer_cites(tiny_backend, s
         assert t.counters["rerank_cited"] == (1 if selected else 0)
         assert score == pytest.approx(1 / selected if selected else 0.0)
     assert readable
+
+
+def test_text_citations_cite_the_memories_holding_the_answer(tmp_path, tiny_backend, samples):
+    store = MemoryStore(tmp_path / "b.db", embedder=get_embedder("hashing"))
+    add_observations(store, samples[0])
+    hits = store.search("where does she live", k=store.count())
+    holder = hits[0].item
+    word = holder.text.split()[-1].rstrip(".")
+    expected = [h.item.id for h in hits if word.lower() in h.item.text.lower().replace(".", " ").split()]
+    assert text_cited(f"\\boxed{{{word}}}", hits) == expected and holder.id in expected
+    assert text_cited("\\boxed{no such words here}", hits) == [] and text_cited("\\boxed{}", hits) == []
+    # With text citations the answer sees unnumbered memories, and only selected memories can be cited.
+    agent = _agent(memory_source="observations", citations="text", train="both")
+    trajectories = agent.run(samples[:1], tiny_backend, params=PARAMS, group_size=2, train=True)
+    for t in trajectories:
+        answer_call = t.calls[-1]
+        assert answer_call.module == "rmm.answer" and answer_call.trainable
+        assert "[0]" not in answer_call.prompt_text and "\n- " in answer_call.prompt_text
+        cited = set(next(e for e in t.trace if e["kind"] == "answer")["cited"])
+        selected = set(next(e for e in t.trace if e["kind"] == "rerank")["selected"])
+        assert cited <= selected and t.counters["rerank_cited"] == len(cited)
