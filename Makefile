@@ -43,7 +43,7 @@ test: dev browser
 test-fast: dev
 	$(PY) -m pytest -m "not slow and not browser and not learning" $(PYTEST_ARGS)
 
-# Whole CPU training runs of the agents' shipped presets (20-30 minutes each), asserting a rising reward.
+# Whole CPU training runs of the agents' shipped presets (8-30 minutes each), asserting a rising reward.
 test-learning: dev
 	$(PY) -m pytest -m learning -s $(PYTEST_ARGS)
 

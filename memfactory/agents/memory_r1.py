@@ -75,9 +75,14 @@ class Step:
     facts: list[Fact] | None = None
 
 
+def conversation_sessions(sample: Sample) -> list[dict[str, Any]] | None:
+    """A LoCoMo sample's sessions (``meta["sessions"]``), None for plain-context samples."""
+    return sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+
+
 def session_observations(sample: Sample) -> list[dict[str, Any]]:
     """The sample's sessions, each required to carry LoCoMo's ``observations`` (clear error if not)."""
-    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    sessions = conversation_sessions(sample)
     if not sessions or any("observations" not in session for session in sessions):
         raise MemFactoryError(
             f"sample {sample.id!r} has no LoCoMo observations; facts/memories from 'observations' need a "
@@ -107,7 +112,7 @@ def episode_steps(sample: Sample, turns_per_call: int, facts: str = "extract") -
     """
     if facts == "observations":
         return observation_steps(sample)
-    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    sessions = conversation_sessions(sample)
     steps = []
     if sessions:
         for session in sessions:
@@ -155,9 +160,8 @@ def build_banks(
             requests.append(
                 ExtractRequest(e.trajectory, step.dialogue, step.date, trace={"step": e.pos, "session": step.session})
             )
-        extracted = dict(
-            zip(map(id, to_extract), extractor.generate(requests, backend, params, train=train, trainable=trainable))
-        )
+        # In the order of to_extract, i.e. of the live episodes whose step has no given facts.
+        extracted = iter(extractor.generate(requests, backend, params, train=train, trainable=trainable))
         updates = []
         for e in live:
             step = e.steps[e.pos]
@@ -173,7 +177,7 @@ def build_banks(
                     }
                 )
             else:
-                facts = extracted[id(e)].facts
+                facts = next(extracted).facts
             if facts:
                 updates.append(
                     UpdateRequest(
@@ -414,12 +418,14 @@ def answer_with_memories(
         visible, terminated = strip_thinking(trajectory.answer)
         if not terminated:
             trajectory.count("unterminated_think")
-        ids = cited_ids(visible, len(hits)) if hits and numbered else None
-        cited = [hits[int(i)].item.id for i in ids] if ids else []
-        if cite_by_text and not numbered:
+        cited: list[str] = []
+        if numbered and hits:
+            ids = cited_ids(visible, len(hits))
+            if ids is None:
+                trajectory.count("citations_unparsed")
+            cited = [hits[int(i)].item.id for i in ids or []]
+        elif cite_by_text:
             cited = text_cited(visible, hits)
-        if ids is None and hits and numbered:
-            trajectory.count("citations_unparsed")
         trajectory.trace.append(
             {"kind": "answer", "answer": trajectory.answer, "cited": cited, "tokens": response_tokens(generation)}
         )

@@ -9,8 +9,9 @@ Retrospective reflection is the trained part: the retriever's top-n candidates g
 which keeps at most m; the answer names the memories it used (a JSON list of ids before the
 ``\\boxed{}`` answer; ``citations: text`` shows the memories unnumbered and counts a memory as
 cited when it holds every word of the answer, for small models that answer a number). The
-reranker's reward is the answer's correctness plus the ``citation`` bonus: the share of its selected memories that the answer cites (``rerank_cited / rerank_selected``
-in the trajectory counters) — RMM's label-free signal.
+reranker's reward is the answer's correctness plus the ``citation`` bonus: the share of its
+selected memories that the answer cites (``rerank_cited / rerank_selected`` in the trajectory
+counters) — RMM's label-free signal.
 
 The bank is shared by a sample's group members (they differ only in reranking and answering), so
 group advantages compare reranker choices on identical candidates.
@@ -33,6 +34,7 @@ from memfactory.agents.memory_r1 import (
     answer_with_memories,
     bank_trace,
     conversation_banks,
+    conversation_sessions,
     episode_steps,
     session_observations,
 )
@@ -92,7 +94,7 @@ class RMMConfig(BaseModel):
 
 def add_turns(store: MemoryStore, sample: Sample) -> int:
     """Store every turn of the sample's conversation as one memory (tagged with its session date)."""
-    sessions = sample.meta.get("sessions") if isinstance(sample.meta, dict) else None
+    sessions = conversation_sessions(sample)
     ops = []
     if sessions:
         for session in sessions:
