@@ -19,7 +19,10 @@ plain Python values, and RNG states are stored as tensors/ints/lists (numpy's st
 plain values), so no pickled code ever runs. A custom scheduler whose state holds arbitrary
 objects fails with a clear error unless ``trusted=True`` is passed (only for your own files).
 Model weights are safetensors. With several processes (accelerate), call save from the main
-process only.
+process only. Sharded (FSDP2) runs first gather full state dicts on every rank
+(:func:`memfactory.trainer.sharding.gather_state`) and pass them in as ``state``; the layout stays
+the same except that the optimizer state is keyed by parameter name (``optimizer_keys`` in
+``trainer_state.json``), and :func:`load_checkpoint` reshards both on every rank.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch
 from memfactory.errors import MemFactoryError
 
 FORMAT_VERSION = 1
+OPTIMIZER_BY_NAME = "by_name"  # trainer_state.json "optimizer_keys" of sharded (FSDP) checkpoints
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -132,16 +136,21 @@ def _unwrap(model: Any) -> Any:
         model = inner
 
 
-def _save_model(model: Any, folder: Path) -> None:
+def _save_model(model: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """``weights``: a full state dict gathered from a sharded model (else the model's own)."""
     model = _unwrap(model)
     if hasattr(model, "save_pretrained"):
         # a PeftModel saves only its adapters here; a transformers model its full weights
-        model.save_pretrained(str(folder), safe_serialization=True)
+        extra = {} if weights is None else {"state_dict": weights}
+        model.save_pretrained(str(folder), safe_serialization=True, **extra)
     else:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(folder / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(folder / "model.safetensors"))
+        else:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
 
 
 def _read_safetensors(folder: Path, pattern: str) -> dict[str, torch.Tensor]:
@@ -151,6 +160,32 @@ def _read_safetensors(folder: Path, pattern: str) -> dict[str, torch.Tensor]:
     for file in sorted(folder.glob(pattern)):
         tensors.update(load_file(str(file), device="cpu"))
     return tensors
+
+
+def _adapter_keys_to_model(model: Any, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft saves adapter keys without the adapter name; map them back to the model's own keys."""
+    adapter = getattr(model, "active_adapter", "default")
+    own = {key.replace(f".{adapter}.", "."): key for key in model.state_dict() if f".{adapter}." in key}
+    unknown = [key for key in weights if key not in own]
+    if unknown:
+        raise MemFactoryError(f"checkpoint adapter does not match the model: unexpected {unknown[:5]}")
+    return {own[key]: value for key, value in weights.items()}
+
+
+def _load_sharded(model: Any, folder: Path, optimizer: Any, optim: dict[str, Any] | None) -> None:
+    """Every rank reads the full state and keeps its own shards (FSDP2)."""
+    from memfactory.trainer.sharding import load_state
+
+    if _is_peft(model):
+        weights = _read_safetensors(folder, "adapter_model*.safetensors")
+        if not weights:
+            raise MemFactoryError(f"checkpoint {folder} has no adapter weights, but the model is a peft model")
+        weights = _adapter_keys_to_model(model, weights)
+    else:
+        weights = _read_safetensors(folder, "*.safetensors")
+        if not weights:
+            raise MemFactoryError(f"checkpoint {folder} has no model weights (*.safetensors)")
+    load_state(model, weights, optimizer, optim)
 
 
 def _load_model(model: Any, folder: Path) -> None:
@@ -202,6 +237,7 @@ def save_checkpoint(
     *,
     keep: int | None = 3,
     tokenizer: Any | None = None,
+    state: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-{step:06d}/`` atomically and return its path.
 
@@ -209,6 +245,7 @@ def save_checkpoint(
     :func:`load_checkpoint`. Afterwards only the newest ``keep`` checkpoints remain (None or 0
     keeps all). Saving a step that already exists replaces it. With ``tokenizer``, its files go
     into ``model/`` too, so a full-model checkpoint loads with ``from_pretrained(path / "model")``.
+    ``state``: the full (model, optimizer) state dicts of a sharded run, from ``gather_state``.
     """
     root = _checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -216,11 +253,12 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
-        _save_model(model, tmp / "model")
+        weights, optim = state if state is not None else (None, None)
+        _save_model(model, tmp / "model", weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "model"))
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optim if state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
@@ -229,6 +267,7 @@ def save_checkpoint(
             "step": int(step),
             "time": time.time(),
             "peft": _is_peft(_unwrap(model)),
+            "optimizer_keys": OPTIMIZER_BY_NAME if state is not None else "by_index",
             "extra": _json_safe(extra or {}),
         }
         with (tmp / STATE_FILE).open("w", encoding="utf-8") as fh:
@@ -297,11 +336,25 @@ def load_checkpoint(
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != FORMAT_VERSION:
         raise MemFactoryError(f"checkpoint {path} has format {state.get('format')}, expected {FORMAT_VERSION}")
-    _load_model(model, path / "model")
-    if optimizer is not None:
-        if not (path / "optimizer.pt").is_file():
-            raise MemFactoryError(f"checkpoint {path} has no optimizer state")
-        optimizer.load_state_dict(_torch_load(path / "optimizer.pt", trusted))
+    from memfactory.trainer.sharding import is_sharded
+
+    if optimizer is not None and not (path / "optimizer.pt").is_file():
+        raise MemFactoryError(f"checkpoint {path} has no optimizer state")
+    by_name = state.get("optimizer_keys") == OPTIMIZER_BY_NAME
+    sharded = is_sharded(_unwrap(model))
+    if optimizer is not None and by_name != sharded:
+        written = "a sharded (FSDP) run" if by_name else "an unsharded run"
+        raise MemFactoryError(
+            f"checkpoint {path} was written by {written}; resume it with the same kind of launch "
+            f"({'FSDP' if by_name else 'single process or DDP'}), or load only its model weights"
+        )
+    if sharded:
+        optim = _torch_load(path / "optimizer.pt", trusted) if optimizer is not None else None
+        _load_sharded(_unwrap(model), path / "model", optimizer, optim)
+    else:
+        _load_model(model, path / "model")
+        if optimizer is not None:
+            optimizer.load_state_dict(_torch_load(path / "optimizer.pt", trusted))
     if scheduler is not None:
         if not (path / "scheduler.pt").is_file():
             raise MemFactoryError(f"checkpoint {path} has no scheduler state")

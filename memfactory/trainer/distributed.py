@@ -1,6 +1,6 @@
 """What the trainer needs to run correctly under ``accelerate launch`` (all no-ops on one process).
 
-Design (DDP; see docs/distributed.md):
+Design (DDP, and FSDP2 with :mod:`memfactory.trainer.sharding`; see docs/distributed.md):
 
 * Each rank rolls out its own slice of the step's prompts (``GRPOTrainer.batch_for_step``).
 * Loss normalisers (sequences, tokens) are summed over all ranks, and each rank's loss is
@@ -84,28 +84,32 @@ def all_reduce(accelerator: Any, values: list[float], op: str = "sum") -> list[f
     return tensor.tolist()
 
 
-def require_replicated_weights(accelerator: Any) -> None:
-    """Refuse sharded weights (FSDP, DeepSpeed ZeRO-3) with a clear error instead of a hang.
+def require_supported_sharding(accelerator: Any) -> None:
+    """FSDP2 is supported (:mod:`memfactory.trainer.sharding`); FSDP1 and ZeRO-3 stop with a clear error.
 
-    Every rank generates its own rollouts with ``model.generate`` on its own schedule (different
-    prompts, lengths, numbers of agent calls). With sharded weights each forward pass is a
-    collective, so ranks would have to generate in lockstep; the loop does not do that yet.
+    Every rank generates its own rollouts on its own schedule. Under FSDP2 the loop gathers the
+    full weights for that phase; FSDP1's flat parameters and DeepSpeed ZeRO-3 have no such path
+    here, and a forward pass over their shards on uneven schedules would hang.
     """
     from accelerate.utils import DistributedType
 
-    kind = getattr(accelerator, "distributed_type", None)
-    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
-    sharded = kind == DistributedType.FSDP or (
-        kind == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
-    )
-    if sharded:
-        from memfactory.errors import MemFactoryError
+    from memfactory.errors import MemFactoryError
 
+    kind = getattr(accelerator, "distributed_type", None)
+    state = getattr(accelerator, "state", None)
+    if kind == DistributedType.FSDP:
+        version = getattr(getattr(state, "fsdp_plugin", None), "fsdp_version", 1)
+        if version != 2:
+            raise MemFactoryError(
+                f"accelerate FSDP version {version}: the GRPO loop supports FSDP2 only; set fsdp_version: 2 "
+                "in the accelerate config (presets/accelerate/fsdp.yaml, see docs/distributed.md)"
+            )
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if kind == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3:
         raise MemFactoryError(
-            f"accelerate distributed_type {kind.value}: the GRPO loop needs the full weights on every process for "
-            "rollouts, so sharded training (FSDP, DeepSpeed ZeRO-3) is not supported yet; use DDP "
-            "(presets/accelerate/ddp.yaml), with trainer.lora and/or model.dtype bfloat16 to fit memory "
-            "(see docs/distributed.md)"
+            "accelerate DeepSpeed ZeRO-3 is not supported: for sharded weights use FSDP2 "
+            "(presets/accelerate/fsdp.yaml), or DDP (presets/accelerate/ddp.yaml) with trainer.lora "
+            "and/or model.dtype bfloat16 (see docs/distributed.md)"
         )
 
 
@@ -162,7 +166,10 @@ class DebugRecorder:
         if not self.active or trainer is None:
             return
         acc = trainer.accelerator
-        params = [(n, p) for n, p in trainer.policy.named_parameters() if p.requires_grad]
+        from memfactory.trainer.sharding import fsdp_modules, local_numel, trainable_parameters
+
+        # Under FSDP every rank gathers the full parameters: the same checksum means in sync.
+        params = list(trainable_parameters(trainer.policy))
         digest = hashlib.sha256()
         for name, param in params:
             digest.update(name.encode())
@@ -177,6 +184,9 @@ class DebugRecorder:
             "optimizer_steps": max(steps) if steps else 0.0,
             "param_sha256": digest.hexdigest(),
             "param_sum": float(sum(p.detach().double().sum() for _, p in params)),
+            "sharded_modules": len(fsdp_modules(trainer.policy)),
+            "parameters": sum(p.numel() for p in trainer.policy.parameters()),
+            "local_parameters": local_numel(trainer.policy),
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank-{acc.process_index}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -30,6 +30,7 @@ from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
+from memfactory.trainer import sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
 from memfactory.trainer.rollout_engine import RolloutEngine
@@ -126,7 +127,8 @@ class GRPOTrainer:
         self.cfg = preset.trainer
         set_seed(self.cfg.seed)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-        dist.require_replicated_weights(self.accelerator)
+        sharding.enable_fsdp_on_cpu(self.accelerator)
+        dist.require_supported_sharding(self.accelerator)
         quantization = qlora_quantization(self.cfg.lora)
         model, self.tokenizer = load_model_and_tokenizer(preset.model, quantization=quantization)
         if quantization is not None:
@@ -149,6 +151,7 @@ class GRPOTrainer:
             num_training_steps=self.cfg.steps,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        sharding.initialise(self.model, self.tokenizer.pad_token_id)
         self.engine = RolloutEngine(preset, self.policy, self.tokenizer)
         self.agent = build_agent(preset)
         judge = build_backend(preset.judge, where="judge.backend") if preset.judge is not None else None
@@ -199,6 +202,16 @@ class GRPOTrainer:
             batch = batch[self.accelerator.process_index :: self.accelerator.num_processes]
         return batch
 
+    def full_weights(self):
+        """The whole model on this rank for its own-schedule forward passes (a no-op unless FSDP)."""
+        return sharding.full_weights(self.policy)
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None:
+        """Full state dicts of a sharded policy (a collective: every rank calls it); None if unsharded."""
+        if not sharding.is_sharded(self.policy):
+            return None
+        return sharding.gather_state(self.policy, self.optimizer)
+
     def reference_context(self):
         if self.cfg.lora is not None:
             return self.policy.disable_adapter()
@@ -211,7 +224,7 @@ class GRPOTrainer:
     def rollout(self, samples: list[Sample]) -> tuple[list[ModelCall], list[float], list[Trajectory]]:
         """Sample ``group_size`` trajectories per prompt, score them, and pick the calls to train."""
         self.policy.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.full_weights():
             trajectories = self.agent.run(
                 samples,
                 self.backend,
@@ -245,23 +258,26 @@ class GRPOTrainer:
         stats: dict[str, list[float]] = {}
         self.model.train()
         prepared = []
-        for calls, advantages in buffers:
-            if not calls:
-                continue
-            batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id)
-            adv = torch.tensor(advantages, dtype=torch.float32)
-            old, ref = None, None
-            with torch.no_grad():
-                # No-grad scoring uses the unwrapped model: no DDP collectives, any number of calls.
-                if cfg.num_iterations > 1:
-                    old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
-                                         micro_batch_size=cfg.micro_batch_size)
-                if cfg.beta > 0:
-                    with self.reference_context():
-                        ref = token_logprobs(self.reference_model(), batch,
-                                             temperature=max(cfg.temperature, 1e-6),
+        scoring = cfg.num_iterations > 1 or cfg.beta > 0
+        # Sharded weights are gathered once for all no-grad scoring (the same on every rank).
+        with self.full_weights() if scoring else nullcontext():
+            for calls, advantages in buffers:
+                if not calls:
+                    continue
+                batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id)
+                adv = torch.tensor(advantages, dtype=torch.float32)
+                old, ref = None, None
+                with torch.no_grad():
+                    # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
+                    if cfg.num_iterations > 1:
+                        old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
                                              micro_batch_size=cfg.micro_batch_size)
-            prepared.append((batch, adv, old, ref))
+                    if cfg.beta > 0:
+                        with self.reference_context():
+                            ref = token_logprobs(self.reference_model(), batch,
+                                                 temperature=max(cfg.temperature, 1e-6),
+                                                 micro_batch_size=cfg.micro_batch_size)
+                prepared.append((batch, adv, old, ref))
         micro = [
             (batch, adv, old, ref, slice(start, start + cfg.micro_batch_size))
             for batch, adv, old, ref in prepared
@@ -425,7 +441,7 @@ class GRPOTrainer:
         params = self.sampling_params()
         params.temperature = temperature
         self.engine.ensure_current(self.step)  # evaluate the current policy, not a lagging engine
-        with torch.no_grad():
+        with torch.no_grad(), self.full_weights():
             trajectories = self.agent.run(samples, self.backend, params=params, group_size=1, train=False)
         self.env.score(trajectories)
         return float(np.mean([t.reward for t in trajectories])) if trajectories else 0.0

@@ -162,8 +162,11 @@ class RolloutEngine:
             self.sync(completed_steps)
 
     def sync(self, completed_steps: int) -> None:
+        from memfactory.trainer.sharding import full_weights
+
         started = time.perf_counter()
-        self.backend.load_weights(policy_weights(self.policy))
+        with full_weights(self.policy):  # FSDP: every rank gathers the whole model to push it
+            self.backend.load_weights(policy_weights(self.policy))
         self.synced_at = completed_steps
         self.syncs += 1
         self.last_sync_s = time.perf_counter() - started

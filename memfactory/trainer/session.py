@@ -194,10 +194,12 @@ class TrainingSession:
 
     def _on_step(self, trainer: Any, result: Any, sink: Any, bar: Any) -> None:
         self.debug.on_step(result)
-        if not self.is_main:
-            return
         cfg = self.preset.trainer
         step, metrics = result.step, result.metrics
+        save = step % cfg.save_every == 0 or step == cfg.steps
+        state = trainer.checkpoint_state() if save else None  # FSDP: gathered on every rank
+        if not self.is_main:
+            return
         self.writer.write(step, metrics)
         self.db.log_metrics(self.run_id, step, metrics)
         self.db.update_progress(self.run_id, step, metrics.get("reward/mean"))
@@ -207,7 +209,7 @@ class TrainingSession:
         with_samples = step == 1 or step % cfg.sample_every == 0 or step == cfg.steps
         samples = [t.summary() for t in result.trajectories[:SAMPLES_PER_WRITE]] if with_samples else []
         self.writer.write_samples(step, samples, group_rewards=result.group_rewards)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if save:
             path = save_checkpoint(
                 self.run_dir.checkpoints,
                 step,
@@ -216,6 +218,7 @@ class TrainingSession:
                 trainer.scheduler,
                 extra={"run_id": self.run_id},
                 keep=cfg.keep_checkpoints,
+                state=state,
             )
             log.info("checkpoint %s", path)
         log.info(

@@ -8,7 +8,8 @@ some steps leave one rank with nothing to train on while the other has work.
 
 ``... dist_train_entry.py gradient-check DIR`` instead compares, on every rank, the gradient that
 ``GRPOTrainer.policy_update`` leaves under DDP (each rank holding an uneven slice of a fixed
-batch) with the single-process gradient of the whole batch, for each loss type.
+batch) with the single-process gradient of the whole batch, for each loss type. Under FSDP
+the sharded gradients are gathered first.
 """
 
 import sys
@@ -33,17 +34,20 @@ class EvenVowels(Reward):
 
 
 def gradient_check(out: str) -> int:
-    """Each rank: the single-process gradient of the WHOLE batch (unwrapped model, no DDP), then
-    ``policy_update`` on this rank's uneven slice under DDP; write the largest difference."""
+    """Each rank: the single-process gradient of the WHOLE batch (a plain copy of the current
+    weights, no DDP/FSDP), then ``policy_update`` on this rank's uneven slice under DDP or FSDP;
+    write the largest difference between the two."""
     import json
 
     import torch
 
+    from memfactory.backends.sources import load_model_and_tokenizer
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
     from memfactory.trainer.batching import pack_calls, token_logprobs
     from memfactory.trainer.grpo import grpo_loss
     from memfactory.trainer.loop import GRPOTrainer
+    from memfactory.trainer.sharding import is_sharded, trainable_parameters
     from memfactory.types import ModelCall
 
     preset = load_preset(
@@ -61,19 +65,27 @@ def gradient_check(out: str) -> int:
     advantages = [1.2, -0.7, 0.4, -1.1, 0.9, -0.3]
     mine = slice(0, 5) if acc.process_index == 0 else slice(5, 6)  # 3 micro-batches vs 1 (+2 idle passes)
 
-    params = [p for p in trainer.policy.parameters() if p.requires_grad]
+    plain, _ = load_model_and_tokenizer(preset.model)
     batch = pack_calls(calls, pad_id=trainer.tokenizer.pad_token_id)
-    result = {}
+    result = {"sharded": is_sharded(trainer.policy)}
     for loss_type in ("grpo", "dr_grpo", "dapo"):
         trainer.cfg = trainer.cfg.model_copy(update={"loss_type": loss_type})
-        trainer.policy.train()
-        logps = token_logprobs(trainer.policy, batch)
+        current = dict(trainable_parameters(trainer.policy))  # gathered under FSDP
+        plain.load_state_dict(current, strict=False)
+        params = [p for name, p in plain.named_parameters() if name in current]
+        plain.train()
+        logps = token_logprobs(plain, batch)
         loss, _ = grpo_loss(logps, logps.detach(), torch.tensor(advantages), batch.response_mask,
                             loss_type=loss_type, epsilon=0.2, max_completion_length=6)  # fmt: skip
-        reference = torch.autograd.grad(loss, params)
+        reference = dict(
+            zip([n for n, _ in plain.named_parameters() if n in current], torch.autograd.grad(loss, params))
+        )
         trainer.policy_update([(calls[mine], advantages[mine])])  # steps the optimizer; the grads stay
-        diff = max(float((p.grad - g).abs().max()) for p, g in zip(params, reference))
-        result[loss_type] = {"max_diff": diff, "max_grad": max(float(g.abs().max()) for g in reference)}
+        diff = 0.0
+        for name, param in trainer.policy.named_parameters():
+            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+            diff = max(diff, float((grad - reference[name]).abs().max()))
+        result[loss_type] = {"max_diff": diff, "max_grad": max(float(g.abs().max()) for g in reference.values())}
     with open(f"{out}/grad-{acc.process_index}.json", "w") as fh:
         json.dump(result, fh)
     return 0

@@ -1,4 +1,5 @@
-"""``memfactory train`` under ``accelerate launch`` with two CPU processes (DDP over gloo).
+"""``memfactory train`` under ``accelerate launch`` with two CPU processes over gloo: DDP
+(``ddp_cpu.yaml``) and FSDP2 with sharded weights (``fsdp_cpu.yaml``); every check runs for both.
 
 Real launches (~25 s each on two busy cores) of the tiny preset, checked through the per-rank
 records that ``MEMFACTORY_DIST_DEBUG`` makes every rank write, the run folder and the runs DB.
@@ -12,7 +13,9 @@ gives the tiny model a signal on even samples only. A 4-step run checks that
   both still took the optimizer step, and the parameters end bit-identical on both ranks.
 
 That run resumed from its step-2 checkpoint must then redo steps 3-4 exactly (rollouts, weights),
-and the gradient DDP leaves must equal the single-process gradient of the whole batch.
+and the gradient DDP/FSDP leaves must equal the single-process gradient of the whole batch.
+Under FSDP each rank must hold about half of the weights, checkpoints hold full state dicts, and
+the run must reach the DDP run's rewards and weights (up to float rounding).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,15 +54,38 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def accelerate_launch(cwd: Path, *script_args: str, debug: Path | None = None) -> None:
-    """Two CPU processes of ``dist_train_entry.py`` under ``accelerate launch`` (DDP over gloo)."""
+ADAPTERS = [
+    "--set",
+    "trainer.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj]}",
+    "--set",
+    "trainer.lr=1e-3",
+]
+LORA = [
+    *ADAPTERS,
+    "--set", "trainer.beta=0.1",  # the reference is the policy with adapters disabled
+    "--set", "trainer.num_iterations=2",  # no-grad scoring of old log-probs too
+]  # fmt: skip
+ENGINE = [*ADAPTERS, "--set", "trainer.rollout={engine: hf, sync_every: 1}"]  # merged weights pushed every step
+# case -> (accelerate config, extra train arguments)
+CASES = {
+    "ddp": ("ddp_cpu", []),
+    "fsdp": ("fsdp_cpu", []),
+    "ddp_lora": ("ddp_cpu", LORA),
+    "fsdp_lora": ("fsdp_cpu", LORA),
+    "ddp_engine": ("ddp_cpu", ENGINE),
+    "fsdp_engine": ("fsdp_cpu", ENGINE),
+}
+
+
+def accelerate_launch(cwd: Path, config: str, *script_args: str, debug: Path | None = None) -> None:
+    """Two CPU processes of ``dist_train_entry.py`` under ``accelerate launch`` (gloo)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     if debug is not None:
         env["MEMFACTORY_DIST_DEBUG"] = str(debug)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), env.get("PYTHONPATH")]))
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(presets_dir() / "accelerate" / "ddp_cpu.yaml"),
+        "--config_file", str(presets_dir() / "accelerate" / f"{config}.yaml"),
         "--main_process_port", str(free_port()),
         str(ENTRY), *script_args,
     ]  # fmt: skip
@@ -65,11 +93,12 @@ def accelerate_launch(cwd: Path, *script_args: str, debug: Path | None = None) -
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def launch(cwd: Path, *args: str) -> list[dict]:
+def launch(cwd: Path, config: str, *args: str) -> list[dict]:
     """``memfactory train`` of the tiny preset on two processes; returns the ranks' debug records."""
     debug = cwd / "debug"
     accelerate_launch(
         cwd,
+        config,
         "train", str(presets_dir() / "tiny_test.yaml"), "--no-progress",
         "--set", "rewards={test_even_vowels: 1.0}",
         "--set", f"trainer.batch_size={BATCH}",
@@ -81,14 +110,44 @@ def launch(cwd: Path, *args: str) -> list[dict]:
     return [json.loads((debug / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
+@dataclass
+class Run:
+    root: Path
+    ranks: list[dict]  # the ranks' debug records
+    case: str
+
+    @property
+    def config(self) -> str:
+        return CASES[self.case][0]
+
+    @property
+    def run_id(self) -> str:
+        (record,) = RunsDB(self.root / "runs" / "memfactory.db").list_runs()
+        return record.id
+
+    def checkpoint(self, step: int = STEPS) -> Path:
+        return self.root / "runs" / self.run_id / "checkpoints" / f"step-{step:06d}"
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, list[dict]]:
-    root = tmp_path_factory.mktemp("ddp")
-    return root, launch(root, "--set", f"trainer.steps={STEPS}")
+def runs(tmp_path_factory) -> Callable[[str], Run]:
+    """The uninterrupted ``STEPS``-step run of a case, launched once per module."""
+    done: dict[str, Run] = {}
+
+    def get(case: str) -> Run:
+        if case not in done:
+            root = tmp_path_factory.mktemp(case)
+            config, extra = CASES[case]
+            done[case] = Run(root, launch(root, config, "--set", f"trainer.steps={STEPS}", *extra), case)
+        return done[case]
+
+    return get
 
 
-def test_two_process_training_is_consistent(uninterrupted):
-    tmp_path, ranks = uninterrupted
+@pytest.mark.parametrize("case", CASES)
+def test_two_process_training_is_consistent(runs, case):
+    run = runs(case)
+    tmp_path, ranks = run.root, run.ranks
     assert [r["num_processes"] for r in ranks] == [2, 2]
 
     # one run: rank 0 named it, rank 1 learned the id, only rank 0 wrote
@@ -118,15 +177,18 @@ def test_two_process_training_is_consistent(uninterrupted):
     # some step had one rank idle (all groups skipped) while the other trained: both stepped anyway
     trained = [(s0["trained"], s1["trained"]) for s0, s1 in zip(ranks[0]["steps"], ranks[1]["steps"])]
     assert any((a == 0) != (b == 0) for a, b in trained), trained
-    expected_steps = sum(1 for a, b in trained if a or b)
+    iterations = 2 if "trainer.num_iterations=2" in CASES[case][1] else 1
+    expected_steps = iterations * sum(1 for a, b in trained if a or b)
     assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == expected_steps > 0
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
 
 
-def test_resume_under_two_processes_continues_exactly(uninterrupted, tmp_path):
+@pytest.mark.parametrize("case", ["ddp", "fsdp", "fsdp_lora"])
+def test_resume_under_two_processes_continues_exactly(runs, case, tmp_path):
     """Resumed from its step-2 checkpoint, the 4-step run redoes steps 3-4 exactly: same prompts,
     optimizer steps and weights (each rank's RNG is seeded from seed, step and rank)."""
-    root, whole = uninterrupted
+    run = runs(case)
+    root, whole = run.root, run.ranks
     shutil.copytree(root / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("memfactory.db*"))
     src, dst = sqlite3.connect(root / "runs" / "memfactory.db"), sqlite3.connect(tmp_path / "runs" / "memfactory.db")
     src.backup(dst)  # a consistent copy, WAL included
@@ -134,7 +196,7 @@ def test_resume_under_two_processes_continues_exactly(uninterrupted, tmp_path):
     dst.close()
     (run_id,) = [r.id for r in RunsDB(tmp_path / "runs" / "memfactory.db").list_runs()]
     shutil.rmtree(tmp_path / "runs" / run_id / "checkpoints" / f"step-{STEPS:06d}")
-    resumed = launch(tmp_path, "--resume", run_id, "--set", f"trainer.steps={STEPS}")
+    resumed = launch(tmp_path, run.config, "--resume", run_id, "--set", f"trainer.steps={STEPS}", *CASES[case][1])
     for rank in (0, 1):
         assert resumed[rank]["run_id"] == run_id
         assert resumed[rank]["steps"] == whole[rank]["steps"][2:]  # steps 3 and 4, same rollouts
@@ -146,34 +208,110 @@ def test_resume_under_two_processes_continues_exactly(uninterrupted, tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
 
 
-def test_ddp_gradient_is_the_single_process_gradient_of_the_whole_batch(tmp_path):
-    """Global normalisers x world size under DDP's average = the one-process gradient, per loss type,
-    with uneven slices (rank 0: 5 sequences in 3 micro-batches; rank 1: 1 sequence and 2 idle passes)."""
-    accelerate_launch(tmp_path, "gradient-check", str(tmp_path))
+@pytest.mark.parametrize("config", ["ddp_cpu", "fsdp_cpu"])
+def test_gradient_is_the_single_process_gradient_of_the_whole_batch(tmp_path, config):
+    """Global normalisers x world size under DDP's (or FSDP's reduce-scatter) average = the
+    one-process gradient, per loss type, with uneven slices (rank 0: 5 sequences in 3
+    micro-batches; rank 1: 1 sequence and 2 idle passes)."""
+    accelerate_launch(tmp_path, config, "gradient-check", str(tmp_path))
     for rank in (0, 1):
         result = json.loads((tmp_path / f"grad-{rank}.json").read_text())
+        assert result.pop("sharded") is (config == "fsdp_cpu")
         assert sorted(result) == ["dapo", "dr_grpo", "grpo"]
         for loss_type, r in result.items():
             assert r["max_grad"] > 1e-2, loss_type
             assert r["max_diff"] < 1e-5, (loss_type, r)
 
 
-def test_sharded_weights_are_refused_with_a_clear_error():
+@pytest.mark.parametrize("variant", ["", "_lora", "_engine"], ids=["full", "lora", "hf-engine"])
+def test_fsdp_shards_the_weights_and_trains_like_ddp(runs, variant):
+    """Same seeds, same rollouts: FSDP2 ends where DDP does, each rank holding half the weights.
+    With a separate engine, the same samples also mean the gathered weights reached the engine."""
+    ddp, fsdp = runs("ddp" + variant), runs("fsdp" + variant)
+    for rank in (0, 1):
+        d, f = ddp.ranks[rank], fsdp.ranks[rank]
+        assert d["sharded_modules"] == 0 and d["local_parameters"] == d["parameters"]
+        assert f["sharded_modules"] > 1  # the decoder layers, embeddings and the root
+        assert f["parameters"] == d["parameters"]
+        assert f["local_parameters"] <= 0.55 * f["parameters"]
+        assert f["steps"] == d["steps"]
+        assert f["optimizer_steps"] == d["optimizer_steps"] > 0
+        assert f["param_sum"] == pytest.approx(d["param_sum"], abs=1e-4)
+    rewards = {}
+    for run in (ddp, fsdp):
+        lines = (run.root / "runs" / run.run_id / "samples.jsonl").read_text().splitlines()
+        rewards[run.case] = [json.loads(line)["rewards"] for line in lines]
+        state = json.loads((run.checkpoint() / "trainer_state.json").read_text())
+        assert state["optimizer_keys"] == ("by_name" if run.config == "fsdp_cpu" else "by_index")
+        assert state["peft"] is bool(variant)
+    assert rewards[fsdp.case] == rewards[ddp.case]  # the same answers were sampled
+
+
+def test_fsdp_checkpoint_is_a_full_model(runs):
+    """The sharded run's checkpoint loads as an ordinary transformers model with the run's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    run = runs("fsdp")
+    model = AutoModelForCausalLM.from_pretrained(run.checkpoint() / "model")
+    total = sum(float(p.detach().double().sum()) for p in model.parameters())
+    assert total == pytest.approx(run.ranks[0]["param_sum"], abs=1e-6)
+    optimizer = torch.load(run.checkpoint() / "optimizer.pt", weights_only=True)
+    assert set(optimizer["state"]) == {name for name, _ in model.named_parameters()}
+
+
+def test_fsdp_lora_checkpoint_holds_the_adapters_only(runs):
+    """Sharded LoRA saves what an unsharded LoRA run saves: the same adapter tensors, no base weights."""
+    from safetensors.torch import load_file
+
+    ddp = load_file(runs("ddp_lora").checkpoint() / "model" / "adapter_model.safetensors")
+    fsdp = load_file(runs("fsdp_lora").checkpoint() / "model" / "adapter_model.safetensors")
+    assert sorted(fsdp) == sorted(ddp) and all("lora_" in key for key in fsdp)
+    for key, value in ddp.items():
+        assert float((fsdp[key] - value).abs().max()) < 1e-4, key
+
+
+def test_unsupported_sharding_is_refused_with_a_clear_error():
     from types import SimpleNamespace
 
-    import pytest
     from accelerate.utils import DistributedType
 
     from memfactory.errors import MemFactoryError
-    from memfactory.trainer.distributed import require_replicated_weights
+    from memfactory.trainer.distributed import require_supported_sharding
 
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        require_replicated_weights(SimpleNamespace(distributed_type=kind))  # replicated: fine
-    with pytest.raises(MemFactoryError, match="FSDP.*not supported yet.*ddp.yaml"):
-        require_replicated_weights(SimpleNamespace(distributed_type=DistributedType.FSDP))
+        require_supported_sharding(SimpleNamespace(distributed_type=kind))  # replicated: fine
+
+    def fsdp(version: int) -> SimpleNamespace:
+        plugin = SimpleNamespace(fsdp_version=version)
+        return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+
+    require_supported_sharding(fsdp(2))
+    with pytest.raises(MemFactoryError, match="FSDP version 1.*FSDP2 only.*fsdp_version: 2"):
+        require_supported_sharding(fsdp(1))
     zero3 = SimpleNamespace(
         distributed_type=DistributedType.DEEPSPEED,
         state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)),
     )
-    with pytest.raises(MemFactoryError, match="ZeRO-3"):
-        require_replicated_weights(zero3)
+    with pytest.raises(MemFactoryError, match="ZeRO-3.*FSDP2"):
+        require_supported_sharding(zero3)
+
+
+def test_sharded_checkpoint_resumes_only_sharded_but_its_weights_load_anywhere(runs):
+    """Resuming an FSDP checkpoint in one process stops clearly (its optimizer state is keyed by
+    name); loading only its weights into an unsharded model works."""
+    import torch
+
+    from memfactory.backends.sources import load_model_and_tokenizer
+    from memfactory.config import ModelConfig
+    from memfactory.errors import MemFactoryError
+    from memfactory.trainer.checkpoint import load_checkpoint
+
+    run = runs("fsdp")
+    model, _ = load_model_and_tokenizer(ModelConfig(path="tiny://qwen3-mini", dtype="float32"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(MemFactoryError, match=r"written by a sharded \(FSDP\) run; resume it with the same kind"):
+        load_checkpoint(run.checkpoint(), model, optimizer, restore_rng=False)
+    load_checkpoint(run.checkpoint(), model, restore_rng=False)
+    total = sum(float(p.detach().double().sum()) for p in model.parameters())
+    assert total == pytest.approx(run.ranks[0]["param_sum"], abs=1e-6)
