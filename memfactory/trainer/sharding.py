@@ -128,7 +128,10 @@ def gather_state(
     weights = get_model_state_dict(model, options=options)
     optim = None
     if optimizer is not None:
-        optim = get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
+        inner = getattr(optimizer, "optimizer", optimizer)
+        # Before the first optimizer step there is no state to gather, and torch would create it
+        # with a zero-gradient step (AdamW's step counter would then be one ahead).
+        optim = get_optimizer_state_dict(model, inner, options=options) if inner.state else {"state": {}}
     return weights, optim
 
 
@@ -149,7 +152,7 @@ def load_state(
         raise MemFactoryError(
             f"checkpoint does not match the model: unexpected keys {list(result.unexpected_keys)[:5]}"
         )
-    if optimizer is not None and optim is not None:
+    if optimizer is not None and optim is not None and optim.get("state"):
         set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optim, options=_options())
 
 

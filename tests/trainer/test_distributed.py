@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -66,15 +67,28 @@ LORA = [
     "--set", "trainer.num_iterations=2",  # no-grad scoring of old log-probs too
 ]  # fmt: skip
 ENGINE = [*ADAPTERS, "--set", "trainer.rollout={engine: hf, sync_every: 1}"]  # merged weights pushed every step
-# case -> (accelerate config, extra train arguments)
+MEMAGENT = ["--set", "trainer.steps=3", "--set", "trainer.save_every=1"]  # several calls per rollout
+
+
+class Case(NamedTuple):
+    config: str  # presets/accelerate/<config>.yaml
+    args: list[str]  # extra ``memfactory train`` arguments
+    preset: str = "tiny_test.yaml"
+
+
 CASES = {
-    "ddp": ("ddp_cpu", []),
-    "fsdp": ("fsdp_cpu", []),
-    "ddp_lora": ("ddp_cpu", LORA),
-    "fsdp_lora": ("fsdp_cpu", LORA),
-    "ddp_engine": ("ddp_cpu", ENGINE),
-    "fsdp_engine": ("fsdp_cpu", ENGINE),
+    "ddp": Case("ddp_cpu", []),
+    "fsdp": Case("fsdp_cpu", []),
+    "ddp_lora": Case("ddp_cpu", LORA),
+    "fsdp_lora": Case("fsdp_cpu", LORA),
+    "ddp_engine": Case("ddp_cpu", ENGINE),
+    "fsdp_engine": Case("fsdp_cpu", ENGINE),
+    "ddp_memagent": Case("ddp_cpu", MEMAGENT, "memagent_tiny_test.yaml"),
+    "fsdp_memagent": Case("fsdp_cpu", MEMAGENT, "memagent_tiny_test.yaml"),
+    # MemAgent's own reward: the tiny model never scores, so no group has signal and nothing trains
+    "fsdp_untrained": Case("fsdp_cpu", [*MEMAGENT, "--set", "rewards={sub_em: 1.0}"], "memagent_tiny_test.yaml"),
 }
+TINY_CASES = [name for name, case in CASES.items() if case.preset == "tiny_test.yaml"]
 
 
 def accelerate_launch(cwd: Path, config: str, *script_args: str, debug: Path | None = None) -> None:
@@ -93,13 +107,13 @@ def accelerate_launch(cwd: Path, config: str, *script_args: str, debug: Path | N
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def launch(cwd: Path, config: str, *args: str) -> list[dict]:
-    """``memfactory train`` of the tiny preset on two processes; returns the ranks' debug records."""
+def launch(cwd: Path, config: str, *args: str, preset: str = "tiny_test.yaml") -> list[dict]:
+    """``memfactory train`` of a tiny preset on two processes; returns the ranks' debug records."""
     debug = cwd / "debug"
     accelerate_launch(
         cwd,
         config,
-        "train", str(presets_dir() / "tiny_test.yaml"), "--no-progress",
+        "train", str(presets_dir() / preset), "--no-progress",
         "--set", "rewards={test_even_vowels: 1.0}",
         "--set", f"trainer.batch_size={BATCH}",
         "--set", "trainer.micro_batch_size=4",
@@ -118,14 +132,20 @@ class Run:
 
     @property
     def config(self) -> str:
-        return CASES[self.case][0]
+        return CASES[self.case].config
+
+    @property
+    def record(self) -> Any:
+        (record,) = RunsDB(self.root / "runs" / "memfactory.db").list_runs()
+        return record
 
     @property
     def run_id(self) -> str:
-        (record,) = RunsDB(self.root / "runs" / "memfactory.db").list_runs()
-        return record.id
+        return self.record.id
 
-    def checkpoint(self, step: int = STEPS) -> Path:
+    def checkpoint(self, step: int | None = None) -> Path:
+        """The checkpoint of ``step`` (default: the run's last step)."""
+        step = self.record.step if step is None else step
         return self.root / "runs" / self.run_id / "checkpoints" / f"step-{step:06d}"
 
 
@@ -137,14 +157,14 @@ def runs(tmp_path_factory) -> Callable[[str], Run]:
     def get(case: str) -> Run:
         if case not in done:
             root = tmp_path_factory.mktemp(case)
-            config, extra = CASES[case]
-            done[case] = Run(root, launch(root, config, "--set", f"trainer.steps={STEPS}", *extra), case)
+            config, extra, preset = CASES[case]
+            done[case] = Run(root, launch(root, config, "--set", f"trainer.steps={STEPS}", *extra, preset=preset), case)
         return done[case]
 
     return get
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", TINY_CASES)
 def test_two_process_training_is_consistent(runs, case):
     run = runs(case)
     tmp_path, ranks = run.root, run.ranks
@@ -177,7 +197,7 @@ def test_two_process_training_is_consistent(runs, case):
     # some step had one rank idle (all groups skipped) while the other trained: both stepped anyway
     trained = [(s0["trained"], s1["trained"]) for s0, s1 in zip(ranks[0]["steps"], ranks[1]["steps"])]
     assert any((a == 0) != (b == 0) for a, b in trained), trained
-    iterations = 2 if "trainer.num_iterations=2" in CASES[case][1] else 1
+    iterations = 2 if "trainer.num_iterations=2" in CASES[case].args else 1
     expected_steps = iterations * sum(1 for a, b in trained if a or b)
     assert ranks[0]["optimizer_steps"] == ranks[1]["optimizer_steps"] == expected_steps > 0
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
@@ -196,7 +216,7 @@ def test_resume_under_two_processes_continues_exactly(runs, case, tmp_path):
     dst.close()
     (run_id,) = [r.id for r in RunsDB(tmp_path / "runs" / "memfactory.db").list_runs()]
     shutil.rmtree(tmp_path / "runs" / run_id / "checkpoints" / f"step-{STEPS:06d}")
-    resumed = launch(tmp_path, run.config, "--resume", run_id, "--set", f"trainer.steps={STEPS}", *CASES[case][1])
+    resumed = launch(tmp_path, run.config, "--resume", run_id, "--set", f"trainer.steps={STEPS}", *CASES[case].args)
     for rank in (0, 1):
         assert resumed[rank]["run_id"] == run_id
         assert resumed[rank]["steps"] == whole[rank]["steps"][2:]  # steps 3 and 4, same rollouts
@@ -223,7 +243,9 @@ def test_gradient_is_the_single_process_gradient_of_the_whole_batch(tmp_path, co
             assert r["max_diff"] < 1e-5, (loss_type, r)
 
 
-@pytest.mark.parametrize("variant", ["", "_lora", "_engine"], ids=["full", "lora", "hf-engine"])
+@pytest.mark.parametrize(
+    "variant", ["", "_lora", "_engine", "_memagent"], ids=["full", "lora", "hf-engine", "memagent"]
+)
 def test_fsdp_shards_the_weights_and_trains_like_ddp(runs, variant):
     """Same seeds, same rollouts: FSDP2 ends where DDP does, each rank holding half the weights.
     With a separate engine, the same samples also mean the gathered weights reached the engine."""
@@ -243,7 +265,7 @@ def test_fsdp_shards_the_weights_and_trains_like_ddp(runs, variant):
         rewards[run.case] = [json.loads(line)["rewards"] for line in lines]
         state = json.loads((run.checkpoint() / "trainer_state.json").read_text())
         assert state["optimizer_keys"] == ("by_name" if run.config == "fsdp_cpu" else "by_index")
-        assert state["peft"] is bool(variant)
+        assert state["peft"] is (variant in ("_lora", "_engine"))
     assert rewards[fsdp.case] == rewards[ddp.case]  # the same answers were sampled
 
 
@@ -315,3 +337,20 @@ def test_sharded_checkpoint_resumes_only_sharded_but_its_weights_load_anywhere(r
     load_checkpoint(run.checkpoint(), model, restore_rng=False)
     total = sum(float(p.detach().double().sum()) for p in model.parameters())
     assert total == pytest.approx(run.ranks[0]["param_sum"], abs=1e-6)
+
+
+def test_fsdp_checkpoint_before_any_update_leaves_the_optimizer_untouched(runs):
+    """Saving before the first optimizer step must not create optimizer state (torch would take a
+    zero-gradient step to do so, putting AdamW's step counter one ahead)."""
+    from memfactory.backends.sources import load_model_and_tokenizer
+    from memfactory.config import ModelConfig
+
+    run = runs("fsdp_untrained")
+    for rank in (0, 1):
+        assert all(s["trained"] == 0 for s in run.ranks[rank]["steps"])
+        assert run.ranks[rank]["optimizer_steps"] == 0
+    initial, _ = load_model_and_tokenizer(ModelConfig(path="tiny://qwen3-mini", dtype="float32"))
+    assert run.ranks[0]["param_sum"] == pytest.approx(
+        sum(float(p.detach().double().sum()) for p in initial.parameters())
+    )
+    assert sorted(p.name for p in run.checkpoint().parent.iterdir()) == ["step-000002", "step-000003"]  # keep 2
