@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import add_step_arguments, step_arguments
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,46 +40,17 @@ CONFIGS = {
 def one(args: argparse.Namespace, overrides: list[str]) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
+    from common import bench_trainer
 
-    from memfactory.config import load_preset
-    from memfactory.envs.base import Reward
-    from memfactory.paths import presets_dir
     from memfactory.trainer.checkpoint import save_checkpoint
-    from memfactory.trainer.loop import GRPOTrainer
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    class Vowels(Reward):
-        name = "vowels"
-
-        def score(self, trajectories):
-            out = []
-            for t in trajectories:
-                letters = [c for c in t.answer.lower() if c.isalpha()]
-                out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
-            return out
-
     with tempfile.TemporaryDirectory() as tmp:
-        preset = load_preset(
-            presets_dir() / "tiny_test.yaml",
-            [
-                f"model.path={args.model}",
-                f"trainer.steps={args.warmup + args.steps}",
-                "trainer.batch_size=1",
-                f"trainer.group_size={args.group}",
-                f"trainer.micro_batch_size={args.group}",
-                f"trainer.max_new_tokens={args.tokens}",
-                "trainer.stop=[]",
-                "trainer.lr=1e-5",
-                f"agent_options.max_context_tokens={args.context}",
-                f"logging.runs_dir={tmp}/runs",
-                f"logging.runs_db={tmp}/runs/memfactory.db",
-                *overrides,
-            ],
-        )
-        trainer = GRPOTrainer(preset)
-        trainer.env.rewards = {"vowels": Vowels()}
-        trainer.env.weights = {"vowels": 1.0}
+        trainer = bench_trainer(
+            args.model, Path(tmp), steps=args.warmup + args.steps, prompts=1, group=args.group,
+            tokens=args.tokens, context=args.context, overrides=overrides,
+        )  # fmt: skip
         steps, updates = [], []
         for _ in range(args.warmup + args.steps):
             began = time.perf_counter()
@@ -102,12 +75,7 @@ def one(args: argparse.Namespace, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--steps", type=int, default=2, help="measured steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--context", type=int, default=128, help="agent_options.max_context_tokens")
+    add_step_arguments(parser)
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = parser.parse_args(argv)
     if args.only is not None:
@@ -116,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     rows = []
     for name in CONFIGS:
-        cmd = [sys.executable, __file__, "--only", name, "--model", args.model, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--group", str(args.group), "--tokens", str(args.tokens),
-               "--context", str(args.context)]  # fmt: skip
+        cmd = [sys.executable, __file__, "--only", name, *step_arguments(args)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
         rows.append((name, result))
