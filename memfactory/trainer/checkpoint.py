@@ -185,7 +185,7 @@ def _load_sharded(model: Any, folder: Path, optimizer: Any, optim: dict[str, Any
         weights = _read_safetensors(folder, "*.safetensors")
         if not weights:
             raise MemFactoryError(f"checkpoint {folder} has no model weights (*.safetensors)")
-    load_state(model, weights, optimizer, optim)
+    load_state(model, weights, optimizer, optim, partial=_is_peft(model))
 
 
 def _load_model(model: Any, folder: Path) -> None:

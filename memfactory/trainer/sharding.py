@@ -18,7 +18,7 @@ over any number of processes on resume.
 
 On CPU processes accelerate's launcher passes the FSDP config along but its state machine only
 enables FSDP on accelerators; :func:`enable_fsdp_on_cpu` completes that state so that two gloo
-processes run accelerate's own FSDP2 code (what tests/trainer/test_fsdp.py does).
+processes run accelerate's own FSDP2 code (what tests/trainer/test_distributed.py does).
 """
 
 from __future__ import annotations
@@ -140,18 +140,33 @@ def _is_peft(model: torch.nn.Module) -> bool:
 
 
 def load_state(
-    model: torch.nn.Module, weights: dict[str, torch.Tensor], optimizer: Any | None, optim: dict[str, Any] | None
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    optimizer: Any | None,
+    optim: dict[str, Any] | None,
+    *,
+    partial: bool = False,
 ) -> None:
-    """Shard full state dicts (read from a checkpoint on every rank) into the sharded model/optimizer."""
+    """Shard full state dicts (read from a checkpoint on every rank) into the sharded model/optimizer.
+
+    ``partial``: ``weights`` covers only some parameters (a LoRA adapter); otherwise every weight
+    must be there, except tied copies (``lm_head`` sharing ``embed_tokens``).
+    """
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from memfactory.errors import MemFactoryError
 
     result = set_model_state_dict(model, weights, options=_options(strict=False))
     if result.unexpected_keys:
-        from memfactory.errors import MemFactoryError
-
         raise MemFactoryError(
             f"checkpoint does not match the model: unexpected keys {list(result.unexpected_keys)[:5]}"
         )
+    if result.missing_keys and not partial:
+        params = dict(model.named_parameters(remove_duplicate=False))
+        loaded = {id(params[key]) for key in weights if key in params}
+        untied = [key for key in result.missing_keys if key not in params or id(params[key]) not in loaded]
+        if untied:
+            raise MemFactoryError(f"checkpoint does not match the model: missing keys {untied[:5]}")
     if optimizer is not None and optim is not None and optim.get("state"):
         set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optim, options=_options())
 
