@@ -4,7 +4,8 @@ One optimizer step = ``grad_accum`` rollout batches of ``batch_size`` prompts ×
 samples each. Every trainable model call of a trajectory gets that trajectory's advantage
 (multi-conversation credit for MemAgent-style agents). Groups whose rewards are all equal carry
 no signal and are skipped. Built on ``accelerate`` so the same code runs under
-``accelerate launch``: each rank rolls out its slice of the prompts and DDP averages gradients.
+``accelerate launch``: each rank rolls out its slice of the prompts and DDP averages gradients
+(or FSDP2 shards the weights; rollouts then run on full weights, see :mod:`.sharding`).
 """
 
 from __future__ import annotations
