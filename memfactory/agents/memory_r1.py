@@ -389,12 +389,13 @@ def answer_with_memories(
     trainable: bool,
     module: str,
     stop: list[str] | None = None,
-    numbered: bool = True,
-    cite_by_text: bool = False,
+    citations: Literal["ids", "text", "none"] = "ids",
 ) -> list[list[str]]:
     """One batched answer call; returns per trajectory the memory ids its answer named (cited).
 
-    ``cite_by_text`` (unnumbered memories): a memory is cited when it holds every word of the answer.
+    ``citations``: ``ids`` numbers the memories and reads the numbers the answer lists; ``text``
+    shows them unnumbered and cites a memory when it holds every word of the answer; ``none``
+    shows them unnumbered and cites nothing.
     """
     if not trajectories:
         return []
@@ -402,7 +403,7 @@ def answer_with_memories(
         require_token_backend(backend)
     prompts = []
     for trajectory, hits in zip(trajectories, memories):
-        text = template.format(memories=render_hits(hits, numbered), question=trajectory.sample.question)
+        text = template.format(memories=render_hits(hits, citations == "ids"), question=trajectory.sample.question)
         system = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompts.append(ChatPrompt([*system, {"role": "user", "content": text}], assistant_prefix=assistant_prefix))
     call_params = replace(params, max_new_tokens=min(params.max_new_tokens, max_tokens))
@@ -419,12 +420,12 @@ def answer_with_memories(
         if not terminated:
             trajectory.count("unterminated_think")
         cited: list[str] = []
-        if numbered and hits:
+        if citations == "ids" and hits:
             ids = cited_ids(visible, len(hits))
             if ids is None:
                 trajectory.count("citations_unparsed")
             cited = [hits[int(i)].item.id for i in ids or []]
-        elif cite_by_text:
+        elif citations == "text":
             cited = text_cited(visible, hits)
         trajectory.trace.append(
             {"kind": "answer", "answer": trajectory.answer, "cited": cited, "tokens": response_tokens(generation)}
@@ -591,7 +592,7 @@ class MemoryR1Agent(Agent):
                 trainable=answer_trains,
                 module="memory_r1.answer",
                 stop=self.options.answer_stop,
-                numbered=self.options.distill,
+                citations="ids" if self.options.distill else "none",
             )
             for trajectory, bank in zip(trajectories, banks):
                 trajectory.trace.append(bank_trace(bank))

@@ -200,8 +200,7 @@ class MemoryRMMAgent(Agent):
                 trainable=mode in ("answer", "both"),
                 module="rmm.answer",
                 stop=self.options.answer_stop,
-                numbered=self.options.citations == "ids",
-                cite_by_text=self.options.citations == "text",
+                citations=self.options.citations,
             )
             for trajectory, picked, ids, bank in zip(trajectories, selected, cited, banks):
                 chosen = {h.item.id for h in picked}
