@@ -119,7 +119,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # -- model weights ---------------------------------------------------------------------------
 
 
-def _is_peft(model: Any) -> bool:
+def is_peft(model: Any) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -162,60 +162,75 @@ def _read_safetensors(folder: Path, pattern: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _adapter_keys_to_model(model: Any, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """peft saves adapter keys without the adapter name; map them back to the model's own keys."""
+def _adapter_keys_to_model(model: Any, weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """peft saves adapter keys without the adapter name; map them back to the model's own keys.
+
+    Returns the mapped weights and the keys that match no adapter weight of the model.
+    """
     adapter = getattr(model, "active_adapter", "default")
     own = {key.replace(f".{adapter}.", "."): key for key in model.state_dict() if f".{adapter}." in key}
-    unknown = [key for key in weights if key not in own]
-    if unknown:
-        raise MemFactoryError(f"checkpoint adapter does not match the model: unexpected {unknown[:5]}")
-    return {own[key]: value for key, value in weights.items()}
+    return {own[k]: v for k, v in weights.items() if k in own}, [k for k in weights if k not in own]
 
 
-def _load_sharded(model: Any, folder: Path, optimizer: Any, optim: dict[str, Any] | None) -> None:
-    """Every rank reads the full state and keeps its own shards (FSDP2)."""
-    from memfactory.trainer.sharding import load_state
-
-    if _is_peft(model):
+def _checkpoint_weights(model: Any, folder: Path) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's ``model/`` holds for ``model``: its adapter, or the full model."""
+    if is_peft(model):
         weights = _read_safetensors(folder, "adapter_model*.safetensors")
         if not weights:
             raise MemFactoryError(f"checkpoint {folder} has no adapter weights, but the model is a peft model")
-        weights = _adapter_keys_to_model(model, weights)
-    else:
-        weights = _read_safetensors(folder, "*.safetensors")
-        if not weights:
-            raise MemFactoryError(f"checkpoint {folder} has no model weights (*.safetensors)")
-    load_state(model, weights, optimizer, optim, partial=_is_peft(model))
-
-
-def _load_model(model: Any, folder: Path) -> None:
-    model = _unwrap(model)
-    if _is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        weights = _read_safetensors(folder, "adapter_model*.safetensors")
-        if not weights:
-            raise MemFactoryError(f"checkpoint {folder} has no adapter weights, but the model is a peft model")
-        result = set_peft_model_state_dict(model, weights)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise MemFactoryError(f"checkpoint {folder} adapter does not match the model: unexpected {unexpected[:5]}")
-        return
+        return weights
     weights = _read_safetensors(folder, "*.safetensors")
     if not weights:
         raise MemFactoryError(f"checkpoint {folder} has no model weights (*.safetensors)")
     if any("lora_" in key for key in weights):
         raise MemFactoryError(f"checkpoint {folder} holds LoRA adapters; wrap the model with peft before loading")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    return weights
+
+
+def _untied(model: Any, weights: dict[str, torch.Tensor], missing: list[str]) -> list[str]:
+    """The missing keys that are not tied copies of a loaded weight.
+
+    save_pretrained drops tied copies (lm_head = embed_tokens). A tied copy shares storage with a
+    loaded weight, or under FSDP2 is the same parameter object.
+    """
+    from torch.distributed.tensor import DTensor
+
+    def storage(tensor: torch.Tensor) -> int:
+        return id(tensor) if isinstance(tensor, DTensor) else tensor.data_ptr()
+
+    params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
+    loaded = {storage(params[k]) for k in weights if k in params}
+    return [k for k in missing if k not in params or storage(params[k]) not in loaded]
+
+
+def _load_model(model: Any, folder: Path) -> None:
+    """Load a checkpoint's weights into a plain, peft or FSDP2-sharded model (every rank reads them)."""
+    from memfactory.trainer.sharding import is_sharded, load_model_state
+
+    model = _unwrap(model)
+    weights = _checkpoint_weights(model, folder)
+    if is_peft(model):
+        if is_sharded(model):
+            weights, unexpected = _adapter_keys_to_model(model, weights)
+            if not unexpected:
+                load_model_state(model, weights)
+        else:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, weights)
+            unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise MemFactoryError(f"checkpoint {folder} adapter does not match the model: unexpected {unexpected[:5]}")
+        return
+    if is_sharded(model):
+        missing, unexpected = load_model_state(model, weights)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise MemFactoryError(f"checkpoint {folder} does not match the model: unexpected keys {unexpected[:5]}")
-    if missing:
-        # save_pretrained drops tied copies (lm_head = embed_tokens); those share storage with a loaded one
-        params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
-        loaded_ptrs = {params[k].data_ptr() for k in weights if k in params}
-        untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded_ptrs]
-        if untied:
-            raise MemFactoryError(f"checkpoint {folder} does not match the model: missing keys {untied[:5]}")
+    untied = _untied(model, weights, missing)
+    if untied:
+        raise MemFactoryError(f"checkpoint {folder} does not match the model: missing keys {untied[:5]}")
 
 
 # -- save / load -----------------------------------------------------------------------------
@@ -266,7 +281,7 @@ def save_checkpoint(
             "format": FORMAT_VERSION,
             "step": int(step),
             "time": time.time(),
-            "peft": _is_peft(_unwrap(model)),
+            "peft": is_peft(_unwrap(model)),
             "optimizer_keys": OPTIMIZER_BY_NAME if state is not None else "by_index",
             "extra": _json_safe(extra or {}),
         }
@@ -336,7 +351,7 @@ def load_checkpoint(
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != FORMAT_VERSION:
         raise MemFactoryError(f"checkpoint {path} has format {state.get('format')}, expected {FORMAT_VERSION}")
-    from memfactory.trainer.sharding import is_sharded
+    from memfactory.trainer.sharding import is_sharded, load_optimizer_state
 
     if optimizer is not None and not (path / "optimizer.pt").is_file():
         raise MemFactoryError(f"checkpoint {path} has no optimizer state")
@@ -348,13 +363,13 @@ def load_checkpoint(
             f"checkpoint {path} was written by {written}; resume it with the same kind of launch "
             f"({'FSDP' if by_name else 'single process or DDP'}), or load only its model weights"
         )
-    if sharded:
-        optim = _torch_load(path / "optimizer.pt", trusted) if optimizer is not None else None
-        _load_sharded(_unwrap(model), path / "model", optimizer, optim)
-    else:
-        _load_model(model, path / "model")
-        if optimizer is not None:
-            optimizer.load_state_dict(_torch_load(path / "optimizer.pt", trusted))
+    _load_model(model, path / "model")
+    if optimizer is not None:
+        optim = _torch_load(path / "optimizer.pt", trusted)
+        if sharded:
+            load_optimizer_state(_unwrap(model), optimizer, optim)
+        else:
+            optimizer.load_state_dict(optim)
     if scheduler is not None:
         if not (path / "scheduler.pt").is_file():
             raise MemFactoryError(f"checkpoint {path} has no scheduler state")

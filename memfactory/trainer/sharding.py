@@ -123,8 +123,10 @@ def gather_state(
     """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    from memfactory.trainer.checkpoint import is_peft
+
     # A LoRA run saves only its adapters: gather only the trainable parameters.
-    options = _options(cpu_offload=True, ignore_frozen_params=_is_peft(model))
+    options = _options(cpu_offload=True, ignore_frozen_params=is_peft(model))
     weights = get_model_state_dict(model, options=options)
     optim = None
     if optimizer is not None:
@@ -135,39 +137,22 @@ def gather_state(
     return weights, optim
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
-    return callable(getattr(model, "get_base_model", None))
+def load_model_state(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Shard full weights (read from a checkpoint on every rank) into the sharded model.
 
-
-def load_state(
-    model: torch.nn.Module,
-    weights: dict[str, torch.Tensor],
-    optimizer: Any | None,
-    optim: dict[str, Any] | None,
-    *,
-    partial: bool = False,
-) -> None:
-    """Shard full state dicts (read from a checkpoint on every rank) into the sharded model/optimizer.
-
-    ``partial``: ``weights`` covers only some parameters (a LoRA adapter); otherwise every weight
-    must be there, except tied copies (``lm_head`` sharing ``embed_tokens``).
+    Returns ``(missing, unexpected)`` keys, as ``load_state_dict(strict=False)`` does.
     """
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-    from memfactory.errors import MemFactoryError
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     result = set_model_state_dict(model, weights, options=_options(strict=False))
-    if result.unexpected_keys:
-        raise MemFactoryError(
-            f"checkpoint does not match the model: unexpected keys {list(result.unexpected_keys)[:5]}"
-        )
-    if result.missing_keys and not partial:
-        params = dict(model.named_parameters(remove_duplicate=False))
-        loaded = {id(params[key]) for key in weights if key in params}
-        untied = [key for key in result.missing_keys if key not in params or id(params[key]) not in loaded]
-        if untied:
-            raise MemFactoryError(f"checkpoint does not match the model: missing keys {untied[:5]}")
-    if optimizer is not None and optim is not None and optim.get("state"):
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: Any, optim: dict[str, Any]) -> None:
+    """Shard a full, name-keyed optimizer state (from :func:`gather_state`) into this rank's optimizer."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if optim.get("state"):  # empty when saved before the first optimizer step
         set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optim, options=_options())
 
 

@@ -72,14 +72,13 @@ def gradient_check(out: str) -> int:
         trainer.cfg = trainer.cfg.model_copy(update={"loss_type": loss_type})
         current = dict(trainable_parameters(trainer.policy))  # gathered under FSDP
         plain.load_state_dict(current, strict=False)
-        params = [p for name, p in plain.named_parameters() if name in current]
+        named = [(name, p) for name, p in plain.named_parameters() if name in current]
         plain.train()
         logps = token_logprobs(plain, batch)
         loss, _ = grpo_loss(logps, logps.detach(), torch.tensor(advantages), batch.response_mask,
                             loss_type=loss_type, epsilon=0.2, max_completion_length=6)  # fmt: skip
-        reference = dict(
-            zip([n for n, _ in plain.named_parameters() if n in current], torch.autograd.grad(loss, params))
-        )
+        grads = torch.autograd.grad(loss, [p for _, p in named])
+        reference = {name: grad for (name, _), grad in zip(named, grads)}
         trainer.policy_update([(calls[mine], advantages[mine])])  # steps the optimizer; the grads stay
         diff = 0.0
         for name, param in trainer.policy.named_parameters():
