@@ -152,7 +152,9 @@ class GRPOTrainer:
             num_training_steps=self.cfg.steps,
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        sharding.initialise(self.model, self.tokenizer.pad_token_id)
+        self.sharded = sharding.is_sharded(self.policy)  # FSDP2: accelerate sharded the policy
+        if self.sharded:
+            sharding.initialise(self.model, self.tokenizer.pad_token_id)
         self.engine = RolloutEngine(preset, self.policy, self.tokenizer)
         self.agent = build_agent(preset)
         judge = build_backend(preset.judge, where="judge.backend") if preset.judge is not None else None
@@ -205,13 +207,11 @@ class GRPOTrainer:
 
     def full_weights(self):
         """The whole model on this rank for its own-schedule forward passes (a no-op unless FSDP)."""
-        return sharding.full_weights(self.policy)
+        return sharding.full_weights(self.policy) if self.sharded else nullcontext()
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None:
         """Full state dicts of a sharded policy (a collective: every rank calls it); None if unsharded."""
-        if not sharding.is_sharded(self.policy):
-            return None
-        return sharding.gather_state(self.policy, self.optimizer)
+        return sharding.gather_state(self.policy, self.optimizer) if self.sharded else None
 
     def reference_context(self):
         if self.cfg.lora is not None:

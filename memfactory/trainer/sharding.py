@@ -71,10 +71,8 @@ def initialise(model: torch.nn.Module, token_id: int) -> None:
 
     FSDP2 finishes setting up on the root module's first forward. peft's ``generate`` enters the
     model below its root (``PeftModel.generate`` calls the base model), so without this the
-    first rollout would fail with "FSDP requires a single root module".
+    first rollout would fail with "FSDP requires a single root module". Sharded models only.
     """
-    if not is_sharded(model):
-        return
     ids = torch.full((1, 1), int(token_id), dtype=torch.long, device=next(model.parameters()).device)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
