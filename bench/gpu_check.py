@@ -1,21 +1,34 @@
-"""The GPU checks of issues 4 and 7, as one prepared script for a lent GPU machine.
+"""The one prepared script that proves the GPU path, for the day a GPU is lent.
 
-On a Qwen3-1.7B-shaped random-init model in bfloat16 (``tiny://qwen3-1.7b-shape``, built
-locally: no download), it measures
+Sections (each runs on its own; a failure is recorded with its error and the rest go on):
 
-1. generation tokens/s with the ``hf`` backend, sdpa and (if flash-attn imports) FlashAttention-2;
-2. generation tokens/s with the in-process vLLM engine, if vllm imports;
-3. one GRPO step (group 8) with full fine-tuning and with LoRA: seconds, peak GPU memory, tokens/s;
-4. one MemAgent GRPO step, group 8, over a 4-chunk context: seconds, peak memory, tokens/s;
-5. LoRA GRPO steps with rollouts on the in-process vLLM engine (``trainer.rollout.engine: vllm``,
-   merged weights pushed after every step), if vllm imports.
+1. ``cuda_tests``: the CUDA-marked tests (``pytest -m cuda``): ``GRPOTrainer.train_step()`` end to
+   end with beta > 0 and num_iterations 2 (full, LoRA, bf16_mixed + checkpointing, a separate
+   ``hf`` engine), every tensor checked to reach each model on that model's device.
+2. ``preset:<name>`` for every shipped GPU preset (``GPU_PRESETS``), on a random model of the
+   preset's real shape (``tiny://qwen3-1.7b-shape`` / ``tiny://qwen3-4b-shape``: real layer and
+   vocabulary sizes, built locally, no download) with the preset's own precision, gradient
+   checkpointing, LoRA, KL and micro-batch settings:
 
-Every section runs on its own; a failure is recorded with its error and the rest go on.
+   * ``update``: 2 optimizer steps over model calls of the preset's longest real shape (prompt
+     = chunk + memory + template, response = the generation cap; ``2 x micro_batch_size`` rows):
+     seconds per step, peak GPU memory allocated and reserved, and the measured bytes of
+     weights, gradients and optimizer state — what decides whether the preset fits a card;
+   * ``steps``: 2 whole GRPO steps (rollouts, old/ref log-probs, update) through the agent, with
+     the generation caps cut (``--full`` keeps the preset's) so the section stays short.
+3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports) and
+   with the in-process vLLM engine if vllm imports; LoRA GRPO steps with rollouts on vLLM.
+
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
 ``gpu_check.md``, ready to paste into bench/RESULTS.md.
 
-    python bench/gpu_check.py                        # on the GPU machine (about 5-8 minutes)
-    python bench/gpu_check.py --shape qwen3-mini     # a seconds-long dry run of the same code on CPU
+    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200)
+    python bench/gpu_check.py --sections cuda_tests,preset:memagent_qwen3_1.7b
+    python bench/gpu_check.py --shape qwen3-mini     # a dry run of the same code on CPU (tiny shapes)
+
+On the lent machine (Python 3.12, torch/transformers/accelerate/peft/pytest installed, no
+network), the packages it lacks travel as wheels: run ``bash bench/gpu_wheels.sh`` here first,
+then ``device.run`` with ``carry: [".whl"]`` and the command that script prints.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -31,13 +45,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Every preset meant for a GPU, with the random model of its real shape.
+GPU_PRESETS = {
+    "memagent_qwen3_1.7b": "qwen3-1.7b-shape",
+    "memagent_qwen3_4b": "qwen3-4b-shape",
+    "memory_r1_qwen3": "qwen3-4b-shape",
+    "rmm_qwen3": "qwen3-4b-shape",
+}
+# Prompt tokens around a chunk and a memory (instructions, question, chat template).
+TEMPLATE_TOKENS = 256
+# A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
+BANK_PROMPT_TOKENS = 2048
 
 
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _sync() -> None:
+    import torch
+
+    if _cuda():
+        torch.cuda.synchronize()
 
 
 def _reset_peak() -> None:
@@ -48,10 +82,27 @@ def _reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak_gib() -> float | None:
+def _gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+def _peak() -> dict:
     import torch
 
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if _cuda() else None
+    if not _cuda():
+        return {"peak_gib": None, "reserved_gib": None}
+    return {"peak_gib": _gib(torch.cuda.max_memory_allocated()), "reserved_gib": _gib(torch.cuda.max_memory_reserved())}
+
+
+def _free(*objects) -> None:
+    import gc
+
+    import torch
+
+    del objects
+    gc.collect()
+    if _cuda():
+        torch.cuda.empty_cache()
 
 
 def _prompts(n: int, words: int):
@@ -60,10 +111,172 @@ def _prompts(n: int, words: int):
     return [ChatPrompt([{"role": "user", "content": " ".join(["memory"] * words) + f" question {i}"}]) for i in range(n)]
 
 
-def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
-    """HF backend tokens/s: ``batch`` prompts x ``new_tokens`` forced tokens (no stop, EOS ignored)."""
+# --------------------------------------------------------------------------- 1. CUDA tests
+
+
+def cuda_tests() -> dict:
+    """``pytest -m cuda`` in a child process; passes/failures and the tail of its output."""
+    if not _cuda():
+        return {"skipped": "no CUDA"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer"],
+        cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
+    )
+    tail = (done.stdout + done.stderr)[-3000:]
+    summary = next((line for line in reversed(tail.splitlines()) if " passed" in line or " failed" in line), "")
+    out = {"seconds": round(time.perf_counter() - started, 1), "returncode": done.returncode, "summary": summary}
+    if done.returncode != 0:
+        out["error"] = f"pytest -m cuda exited {done.returncode}: {summary}"
+        out["trace"] = tail
+    return out
+
+
+# --------------------------------------------------------------------------- 2. presets at real shape
+
+
+def preset_shape(preset) -> tuple[int, int, int]:
+    """(prompt tokens, response tokens, calls per trajectory) of the preset's longest model call."""
+    memory = preset.modules.get("memory")
+    if memory is not None and memory.type == "recurrent":
+        opts = preset.component_options(memory, "module")
+        response = max(opts.memory_tokens, opts.answer_tokens)
+        return opts.chunk_tokens + opts.memory_tokens + TEMPLATE_TOKENS, response, (opts.max_chunks or 6) + 1
+    caps = [preset.trainer.max_new_tokens]
+    for spec in preset.modules.values():
+        caps.append(int(spec.options.get("max_tokens", 0)))
+    return BANK_PROMPT_TOKENS, max(caps), len(preset.modules)
+
+
+def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int = 0):
+    """Model calls of exactly the given shape, random token ids (what the update costs is the shape)."""
+    import random
+
+    from memfactory.types import ModelCall
+
+    rng = random.Random(seed)
+    return [
+        ModelCall(module="shape", prompt_ids=[rng.randrange(3, vocab) for _ in range(prompt)],
+                  response_ids=[rng.randrange(3, vocab) for _ in range(response)],
+                  logprobs=[-1.0] * response, text="")
+        for _ in range(rows)
+    ]
+
+
+def state_gib(trainer) -> dict:
+    """Measured bytes of the weights (policy + reference), gradients and optimizer state."""
     import torch
 
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    policy = list(trainer.policy.parameters())
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    return {
+        "weights_gib": _gib(size(policy)),
+        "reference_gib": _gib(size(trainer.reference.parameters())) if trainer.reference is not None else 0.0,
+        "grads_gib": _gib(size(p.grad for p in policy if p.grad is not None)),
+        "optimizer_gib": _gib(size(v for state in optimizer.state.values() for v in state.values())),
+    }
+
+
+class _Length:
+    """A reward with variance in every group (random models write random text), so every step updates."""
+
+    name = "length"
+
+    def score(self, trajectories):
+        return [len(t.answer) / 100.0 for t in trajectories]
+
+
+def _data_overrides(preset_name: str, dry: bool) -> list[str]:
+    """Local synthetic data of the preset's kind: the lent machine has no datasets and no network."""
+    if preset_name.startswith("memagent"):
+        return [f"env.data=synthetic://hotpotqa?n=8&docs={20 if dry else 120}&seed=0"]
+    bank = ["env.data=synthetic://locomo?n=4&seed=0&sessions=2", "agent_options.embedder=hashing"]
+    if preset_name.startswith("rmm"):
+        # A random model extracts nothing parseable, so banks built by reflection stay empty and the
+        # reranker (the trained module) would never be called; the data's observations fill them.
+        bank.append("agent_options.memory_source=observations")
+    return bank
+
+
+def _step_caps(preset, dry: bool, full: bool) -> list[str]:
+    """Generation caps for the whole-step section (none with --full)."""
+    if full:
+        return []
+    cap = 8 if dry else 128
+    memory = preset.modules.get("memory")
+    caps = [f"trainer.max_new_tokens={cap}"]
+    if memory is not None and memory.type == "recurrent":
+        caps += ["modules.memory.max_chunks=2", f"modules.memory.memory_tokens={cap}",
+                 f"modules.memory.answer_tokens={cap}"]
+        if dry:
+            caps += ["modules.memory.chunk_tokens=64"]
+    else:
+        caps += [f"modules.{slot}.max_tokens={cap}" for slot, spec in preset.modules.items() if "max_tokens" in spec.options]
+    return caps
+
+
+def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
+    import torch
+
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+    from memfactory.trainer.loop import GRPOTrainer
+
+    dry = shape == "qwen3-mini"
+    path = presets_dir() / f"{name}.yaml"
+    common = [f"model.path=tiny://{shape}", "trainer.batch_size=1", "trainer.grad_accum=1", "trainer.steps=2",
+              "trainer.skip_equal_groups=false", "trainer.stop=[]", *_data_overrides(name, dry)]
+    real = load_preset(path, common)
+    prompt, response, calls_per_trajectory = preset_shape(real)
+    if dry:  # the same code on CPU in seconds
+        prompt, response = 96, 16
+    capped = load_preset(path, [*common, *_step_caps(real, dry, full)])
+    trainer = GRPOTrainer(capped)
+    trainer.env.rewards, trainer.env.weights = {"length": _Length()}, {"length": 1.0}
+    cfg = trainer.cfg
+    out: dict = {
+        "shape": shape, **trainer.precision_info, "lora": cfg.lora is not None, "beta": cfg.beta,
+        "micro_batch_size": cfg.micro_batch_size, "row_tokens": prompt + response, "prompt_tokens": prompt,
+        "response_tokens": response, "calls_per_trajectory_real": calls_per_trajectory,
+        "trainable_parameters": trainer.trainable_parameters, "attn": trainer.attn_implementation,
+    }
+    # (a) two optimizer steps over rows of the real shape
+    rows = 2 * cfg.micro_batch_size
+    calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size)
+    advantages = [1.0 if i % 2 else -1.0 for i in range(rows)]
+    _reset_peak()
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        stats = trainer.policy_update([(calls, advantages)])
+        _sync()
+        times.append(time.perf_counter() - started)
+    if not stats or not all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
+        raise RuntimeError(f"update at real shape gave {stats}")
+    out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
+                     **_peak(), **state_gib(trainer)}
+    # (b) two whole GRPO steps through the agent
+    _reset_peak()
+    result = None
+    for _ in range(2):
+        result = trainer.train_step()
+    m = result.metrics
+    out["steps"] = {"step_s": round(m["time/step_s"], 2), "rollout_s": round(m["time/rollout_s"], 2),
+                    "update_s": round(m["time/update_s"], 2), "tokens": int(m["tokens/total"]),
+                    "calls_per_trajectory": round(m["calls_per_trajectory"], 2), "kl": m["kl"],
+                    "capped": not full, **_peak()}
+    _free(trainer)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. generation and vLLM
+
+
+def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
+    """HF backend tokens/s: ``batch`` prompts x ``new_tokens`` tokens (no stop)."""
     from memfactory.backends.hf import HFBackend
     from memfactory.config import ModelConfig
     from memfactory.types import SamplingParams
@@ -74,16 +287,13 @@ def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
     _reset_peak()
     started = time.perf_counter()
     out = backend.generate(_prompts(batch, 256), params)
-    if _cuda():
-        torch.cuda.synchronize()
+    _sync()
     seconds = time.perf_counter() - started
     tokens = sum(len(g.response_ids) for g in out)
     impl = getattr(backend.model.config, "_attn_implementation", attn)
-    del backend
-    if _cuda():
-        torch.cuda.empty_cache()
+    _free(backend)
     return {"attn": impl, "batch": batch, "new_tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "peak_gib": _peak_gib()}
+            "tokens_per_s": round(tokens / seconds, 1), **_peak()}
 
 
 def vllm_generation(path: str, batch: int, new_tokens: int) -> dict:
@@ -100,86 +310,28 @@ def vllm_generation(path: str, batch: int, new_tokens: int) -> dict:
     return {"batch": batch, "new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 
-def grpo_steps(preset_name: str, overrides: list[str], steps: int = 2) -> dict:
-    """``steps`` GRPO steps (the first warms up); reports the last one."""
-    import torch
-
+def vllm_engine_steps(path: str, big: bool) -> dict:
+    """LoRA GRPO steps with rollouts on the in-process vLLM engine, merged weights pushed every step."""
     from memfactory.config import load_preset
-    from memfactory.envs.base import Reward
     from memfactory.paths import presets_dir
     from memfactory.trainer.loop import GRPOTrainer
 
-    class Length(Reward):
-        """A reward with variance in every group, so every step really updates."""
-
-        name = "length"
-
-        def score(self, trajectories):
-            return [len(t.answer) / 100.0 for t in trajectories]
-
-    preset = load_preset(presets_dir() / f"{preset_name}.yaml", overrides)
+    preset = load_preset(presets_dir() / "tiny_test.yaml", [
+        f"model.path={path}", "model.dtype=bfloat16", "trainer.skip_equal_groups=false", "trainer.stop=[]",
+        "trainer.group_size=8", "trainer.batch_size=1", f"trainer.max_new_tokens={128 if big else 8}",
+        "agent_options.max_context_tokens=1024", "trainer.lr=1e-6", "trainer.lora={r: 16, alpha: 32}",
+        "trainer.rollout.engine=vllm", "trainer.rollout.dtype=bfloat16",
+        "trainer.rollout.options={gpu_memory_utilization: 0.3, max_model_len: 4096}"])
     trainer = GRPOTrainer(preset)
-    trainer.env.rewards, trainer.env.weights = {"length": Length()}, {"length": 1.0}
-    result = None
-    for i in range(steps):
-        if i == steps - 1:
-            _reset_peak()
-        result = trainer.train_step()
-    m = result.metrics
-    out = {
-        "seconds": round(m["time/step_s"], 2),
-        "rollout_s": round(m["time/rollout_s"], 2),
-        "sync_s": round(m.get("time/sync_s", 0.0), 3),
-        "update_s": round(m["time/update_s"], 2),
-        "tokens": int(m["tokens/total"]),
-        "tokens_per_s": round(m["tokens_per_s"], 1),
-        "calls_per_trajectory": round(m["calls_per_trajectory"], 2),
-        "trainable_parameters": trainer.trainable_parameters,
-        "peak_gib": _peak_gib(),
-        "attn": trainer.attn_implementation,
-    }
-    del trainer
-    if _cuda():
-        torch.cuda.empty_cache()
+    trainer.env.rewards, trainer.env.weights = {"length": _Length()}, {"length": 1.0}
+    for _ in range(2):
+        trainer.train_step()
+    _reset_peak()
+    m = trainer.train_step().metrics
+    out = {"seconds": round(m["time/step_s"], 2), "rollout_s": round(m["time/rollout_s"], 2),
+           "sync_s": round(m.get("time/sync_s", 0.0), 3), "tokens_per_s": round(m["tokens_per_s"], 1), **_peak()}
+    _free(trainer)
     return out
-
-
-def sections(shape: str) -> dict:
-    path = f"tiny://{shape}"
-    big = shape != "qwen3-mini"
-    batch, new = (16, 256) if big else (4, 16)
-    model = [f"model.path={path}", "model.dtype=bfloat16", "trainer.skip_equal_groups=false", "trainer.stop=[]"]
-    lora = "trainer.lora={r: 16, alpha: 32}"
-    grpo = [*model, "trainer.group_size=8", "trainer.batch_size=1", f"trainer.max_new_tokens={128 if big else 8}",
-            "agent_options.max_context_tokens=1024", "trainer.micro_batch_size=8", "trainer.lr=1e-6"]
-    chunk = 1024 if big else 32
-    memagent = [*model, "trainer.group_size=8", "trainer.batch_size=1", "trainer.micro_batch_size=8",
-                "env.data=synthetic://hotpotqa?n=8&docs=40&seed=0", f"modules.memory.chunk_tokens={chunk}",
-                "modules.memory.max_chunks=4", f"modules.memory.memory_tokens={256 if big else 8}",
-                f"modules.memory.answer_tokens={64 if big else 8}", f"trainer.max_new_tokens={256 if big else 8}",
-                "trainer.lr=1e-6"]
-    plan = {
-        "generate_hf_sdpa": lambda: generation(path, "sdpa", batch, new),
-        "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(path, "flash_attention_2", batch, new)),
-        "generate_vllm": lambda: _needs("vllm", lambda: vllm_generation(path, batch, new)),
-        "grpo_step_full": lambda: grpo_steps("tiny_test", grpo),
-        "grpo_step_lora": lambda: grpo_steps("tiny_test", [*grpo, lora]),
-        "memagent_grpo_step_4_chunks": lambda: grpo_steps("memagent_tiny_test", memagent),
-        # rollouts on an in-process vLLM engine, LoRA weights merged and pushed after every step
-        "grpo_step_lora_vllm_engine": lambda: _needs("vllm", lambda: grpo_steps("tiny_test", [
-            *grpo, lora, "trainer.rollout.engine=vllm", "trainer.rollout.dtype=bfloat16",
-            "trainer.rollout.options={gpu_memory_utilization: 0.3, max_model_len: 4096}"], steps=3)),
-    }
-    results = {}
-    for name, run in plan.items():
-        started = time.perf_counter()
-        try:
-            results[name] = run()
-        except Exception as exc:  # noqa: BLE001 - record and go on: one failing section must not lose the rest
-            results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-        results[name]["wall_s"] = round(time.perf_counter() - started, 1)
-        print(name, json.dumps({k: v for k, v in results[name].items() if k != "trace"}), flush=True)
-    return results
 
 
 def _needs(package: str, run):
@@ -193,21 +345,77 @@ def _needs(package: str, run):
     return run()
 
 
+# --------------------------------------------------------------------------- driver
+
+
+def plan(shape: str, full: bool) -> dict:
+    """Section name -> callable, in the order they run (the checks that decide most come first)."""
+    dry = shape == "qwen3-mini"
+    small = f"tiny://{'qwen3-mini' if dry else 'qwen3-1.7b-shape'}"
+    batch, new = (4, 16) if dry else (16, 256)
+    sections = {"cuda_tests": cuda_tests}
+    for name, real_shape in GPU_PRESETS.items():
+        sections[f"preset:{name}"] = lambda n=name, s=real_shape: preset_check(n, "qwen3-mini" if dry else s, full=full)
+    sections.update({
+        "generate_hf_sdpa": lambda: generation(small, "sdpa", batch, new),
+        "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(small, "flash_attention_2", batch, new)),
+        "generate_vllm": lambda: _needs("vllm", lambda: vllm_generation(small, batch, new)),
+        "grpo_step_lora_vllm_engine": lambda: _needs("vllm", lambda: vllm_engine_steps(small, not dry)),
+    })
+    return sections
+
+
+def run_sections(sections: dict, only: list[str] | None) -> dict:
+    results = {}
+    for name, run in sections.items():
+        if only and name not in only:
+            continue
+        started = time.perf_counter()
+        try:
+            results[name] = run()
+        except Exception as exc:  # noqa: BLE001 - record and go on: one failing section must not lose the rest
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            _free()
+        results[name]["wall_s"] = round(time.perf_counter() - started, 1)
+        print(name, json.dumps({k: v for k, v in results[name].items() if k != "trace"}), flush=True)
+    return results
+
+
 def markdown(info: dict, results: dict) -> str:
     lines = [f"## GPU check (`python bench/gpu_check.py`, {info['date']})", "",
-             (f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; model "
-              f"`tiny://{info['shape']}` (random init, bfloat16)."), "",
-             "| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
+             f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; random-init models "
+             "of the presets' real shapes (bfloat16 checkpoints).", ""]
+    presets = {k: v for k, v in results.items() if k.startswith("preset:")}
+    if presets:
+        lines += ["| preset | shape | precision | ckpt | row tokens x micro-batch | update s/step | update peak / reserved GiB "
+                  "| weights / ref / grads / optim GiB | 2 whole steps: s/step, peak GiB | notes |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in presets.items():
+            if "update" not in r:
+                lines.append(f"| {name[7:]} | | | | | | | | | {r.get('error', r.get('skipped', ''))} |")
+                continue
+            u, s = r["update"], r.get("steps", {})
+            lines.append(
+                f"| {name[7:]} | {r['shape']} | {r['precision']} | {r['gradient_checkpointing']} "
+                f"| {r['row_tokens']} x {r['micro_batch_size']} | {u['step_s']} | {u['peak_gib']} / {u['reserved_gib']} "
+                f"| {u['weights_gib']} / {u['reference_gib']} / {u['grads_gib']} / {u['optimizer_gib']} "
+                f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')} |")
+        lines.append("")
+    lines += ["| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        note = r.get("skipped") or r.get("error") or ", ".join(
-            f"{k} {r[k]}" for k in ("attn", "rollout_s", "update_s", "trainable_parameters", "calls_per_trajectory") if k in r)
+        if name.startswith("preset:"):
+            continue
+        note = r.get("skipped") or r.get("error") or r.get("summary") or ", ".join(
+            f"{k} {r[k]}" for k in ("attn", "rollout_s", "sync_s") if k in r)
         lines.append(f"| {name} | {r.get('seconds', '')} | {r.get('tokens_per_s', '')} | {r.get('peak_gib', '')} | {note} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="qwen3-1.7b-shape", help="tiny:// architecture (qwen3-mini for a dry run)")
+    parser.add_argument("--shape", default="real", help="'real' (each preset's own shape) or qwen3-mini for a CPU dry run")
+    parser.add_argument("--sections", help="comma-separated section names to run (default: all)")
+    parser.add_argument("--full", action="store_true", help="whole steps at the presets' own generation caps (long)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent))
     args = parser.parse_args()
     import torch
@@ -220,12 +428,7 @@ def main() -> None:
         "transformers": transformers.__version__,
         "shape": args.shape,
     }
-    started = time.perf_counter()
-    from memfactory.backends.tiny import tiny_model_dir
-
-    tiny_model_dir(f"tiny://{args.shape}")  # built once (random init + save), outside the timings
-    info["build_s"] = round(time.perf_counter() - started, 1)
-    results = sections(args.shape)
+    results = run_sections(plan(args.shape, args.full), args.sections.split(",") if args.sections else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps({"info": info, "results": results}, indent=2), encoding="utf-8")

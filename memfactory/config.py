@@ -99,6 +99,12 @@ class TrainerConfig(Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Schedule after warm-up")
     beta: float = Field(0.0, ge=0, description="KL coefficient against the frozen reference (0 = no reference model)")
+    kl_bias_correction: bool = Field(
+        True, description="Weight the k3 KL term by the policy ratio (TRL's default); off = plain k3 (MemAgent/verl)"
+    )
+    kl_clamp: float | None = Field(
+        None, gt=0, description="Clamp each token's k3 KL to [-c, c] (MemAgent/verl low_var_kl: 10); None = no clamp"
+    )
     epsilon: float = Field(0.2, gt=0, description="Lower clip range of the ratio")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); defaults to epsilon")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("grpo", description="Loss normalisation as in TRL")
@@ -115,6 +121,14 @@ class TrainerConfig(Strict):
         "all_calls", description="Which calls of a trajectory get its advantage"
     )
     skip_equal_groups: bool = Field(True, description="Drop groups whose rewards are all equal (no signal)")
+    precision: Literal["auto", "fp32", "bf16_mixed", "bf16_pure"] = Field(
+        "auto",
+        description="fp32; bf16_mixed = fp32 master weights and optimizer state, bf16 autocast compute; "
+        "bf16_pure = AdamW on bf16 weights (loses small updates); auto = bf16_mixed for bf16 weights, else fp32",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: far less memory, ~30% more compute"
+    )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout engine and its weight sync")
     save_every: int = Field(20, ge=1, description="Checkpoint every N steps")

@@ -28,15 +28,21 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     results = report["results"]
-    assert set(results) == {"generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
-                            "grpo_step_full", "grpo_step_lora", "memagent_grpo_step_4_chunks",
-                            "grpo_step_lora_vllm_engine"}
+    presets = ["memagent_qwen3_1.7b", "memagent_qwen3_4b", "memory_r1_qwen3", "rmm_qwen3"]
+    assert set(results) == {"cuda_tests", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
+                            "grpo_step_lora_vllm_engine", *(f"preset:{p}" for p in presets)}
     for name, result in results.items():
         assert "error" not in result, (name, result.get("trace"))
+    assert results["cuda_tests"] == {"skipped": "no CUDA", "wall_s": results["cuda_tests"]["wall_s"]}
     assert results["generate_hf_sdpa"]["new_tokens"] > 0 and results["generate_hf_sdpa"]["tokens_per_s"] > 0
-    full, lora = results["grpo_step_full"], results["grpo_step_lora"]
-    assert lora["trainable_parameters"] < full["trainable_parameters"]
-    assert full["seconds"] > 0 and lora["tokens_per_s"] > 0
-    memagent = results["memagent_grpo_step_4_chunks"]
-    assert memagent["calls_per_trajectory"] == 5.0  # 4 memory updates + the answer
-    assert "| memagent_grpo_step_4_chunks |" in (tmp_path / "gpu_check.md").read_text()
+    for name in presets:
+        r = results[f"preset:{name}"]
+        # Every shipped GPU preset trains with fp32 master weights under bf16 autocast, checkpointed.
+        assert (r["precision"], r["trainable_dtype"], r["gradient_checkpointing"]) == ("bf16_mixed", "float32", True)
+        assert r["update"]["step_s"] > 0 and r["update"]["tokens_per_s"] > 0
+        assert r["steps"]["update_s"] > 0, (name, r["steps"])  # the whole step really trained
+        assert r["steps"]["kl"] > 0  # against the reference (beta 0.001)
+    assert results["preset:memagent_qwen3_1.7b"]["calls_per_trajectory_real"] == 7  # 6 chunks + the answer
+    assert results["preset:memagent_qwen3_1.7b"]["steps"]["calls_per_trajectory"] == 3.0  # capped: 2 chunks + answer
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md

@@ -78,7 +78,20 @@ ARCHITECTURES: dict[str, dict] = {
         "tie_word_embeddings": True,
     },
 }
-SAVED_DTYPE = {"qwen3-1.7b-shape": "bfloat16"}  # default float32
+# Qwen3-4B-Instruct-2507's shape, likewise (8 GB in bfloat16), for the 4B GPU presets.
+ARCHITECTURES["qwen3-4b-shape"] = {
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 262144,
+    "rope_theta": 5000000.0,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+}
+SAVED_DTYPE = {"qwen3-1.7b-shape": "bfloat16", "qwen3-4b-shape": "bfloat16"}  # default float32
 VOCAB_SIZE = 2000
 
 _COMMON_WORDS = """
@@ -181,11 +194,13 @@ def build_model(name: str, tokenizer, seed: int = 0):
         bos_token_id=None,
         **arch,
     )
-    with torch.random.fork_rng(devices=[]):
+    # The GPU-sized shapes initialise on the GPU when there is one (minutes on a CPU for 4B weights).
+    device = "cuda" if name in SAVED_DTYPE and torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return model.to(getattr(torch, SAVED_DTYPE.get(name, "float32"))).eval()
+    return model.to(device="cpu", dtype=getattr(torch, SAVED_DTYPE.get(name, "float32"))).eval()
 
 
 def parse_tiny_path(path: str) -> str:

@@ -154,6 +154,7 @@ def grpo_loss(
     num_items_in_batch: float | Tensor | None = None,
     num_sequences_in_batch: int | None = None,
     kl_bias_correction: bool = True,
+    kl_clamp: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped-ratio GRPO loss of one micro-batch and TRL's logged statistics.
 
@@ -167,7 +168,10 @@ def grpo_loss(
     The KL term is weighted by the (differentiable) ratio ``r`` when ``kl_bias_correction`` —
     TRL 1.16's default ``use_bias_correction_kl=True`` (DeepSeek-V3.2): its gradient is then the
     unbiased reverse-KL gradient, also on-policy where ``r == 1`` in value. Set it False for the
-    plain k3 term of the original GRPO paper.
+    plain k3 term of the original GRPO paper. ``kl_clamp`` clamps each token's k3 value to
+    ``[-kl_clamp, kl_clamp]`` before any ratio weighting, as verl's ``low_var_kl`` does with 10
+    (MemAgent's recipe: ``kl_clamp=10, kl_bias_correction=False``); a clamped token passes no KL
+    gradient.
 
     Normalisation (TRL's names; "batch" = all micro-batches of one optimizer step):
 
@@ -216,6 +220,8 @@ def grpo_loss(
         assert ref_logps is not None
         delta = ref_logps - logps
         per_token_kl = torch.exp(delta) - delta - 1
+        if kl_clamp is not None:
+            per_token_kl = torch.clamp(per_token_kl, min=-kl_clamp, max=kl_clamp)
         if kl_bias_correction:
             per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl

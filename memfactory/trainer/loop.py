@@ -31,7 +31,7 @@ from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
-from memfactory.trainer import sharding
+from memfactory.trainer import precision, sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
 from memfactory.trainer.rollout_engine import RolloutEngine
@@ -98,6 +98,24 @@ def attach_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant, so LoRA needs no hooks).
+
+    Only the training forward checkpoints: transformers skips it in eval mode, so generation keeps
+    its KV cache.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise MemFactoryError(
+            f"trainer.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; "
+            "set it to false"
+        )
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x's name
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def qlora_quantization(lora: Any) -> Any | None:
     """The bitsandbytes config for ``trainer.lora.quantize`` (QLoRA), or None for plain LoRA."""
     if lora is None or lora.quantize == "none":
@@ -127,22 +145,30 @@ class GRPOTrainer:
         self.preset = preset
         self.cfg = preset.trainer
         set_seed(self.cfg.seed)
+        quantization = qlora_quantization(self.cfg.lora)
+        model_cfg = preset.model.model_copy(update={"dtype": precision.load_dtype(self.cfg.precision, preset.model.dtype)})
+        model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
+        self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        precision.require_hardware(self.precision, self.accelerator.device, self.accelerator.mixed_precision)
+        precision.warn_if_pure(self.precision, self.cfg.lr)
         sharding.enable_fsdp_on_cpu(self.accelerator)
         dist.require_supported_sharding(self.accelerator)
-        quantization = qlora_quantization(self.cfg.lora)
-        model, self.tokenizer = load_model_and_tokenizer(preset.model, quantization=quantization)
         if quantization is not None:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if self.cfg.lora is not None:
             model = attach_lora(model, self.cfg.lora)
         self.reference = None
         if self.cfg.beta > 0 and self.cfg.lora is None:
-            # Full fine-tuning needs a frozen copy; with LoRA the reference is the base model
-            # with adapters disabled, so no second copy is held.
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+            # Full fine-tuning needs a frozen copy, on the accelerator and in the loaded dtype (bf16
+            # for a bf16 checkpoint: frozen weights need no fp32 master); with LoRA the reference is
+            # the base model with adapters disabled, so no second copy is held.
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+        precision.apply_master_dtype(model, self.precision)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.scheduler = get_scheduler(
@@ -155,7 +181,7 @@ class GRPOTrainer:
         self.sharded = sharding.is_sharded(self.policy)  # FSDP2: accelerate sharded the policy
         if self.sharded:
             sharding.initialise(self.model, self.tokenizer.pad_token_id)
-        self.engine = RolloutEngine(preset, self.policy, self.tokenizer)
+        self.engine = RolloutEngine(preset, self.policy, self.tokenizer, device=self.accelerator.device)
         self.agent = build_agent(preset)
         judge = build_backend(preset.judge, where="judge.backend") if preset.judge is not None else None
         self.env = build_env(preset, judge=judge)
@@ -164,6 +190,11 @@ class GRPOTrainer:
             raise MemFactoryError(f"env {preset.env.type!r} returned no training samples; check env.data")
         self.step = 0
         self.attn_implementation = getattr(self.policy.config, "_attn_implementation", "unknown")
+        # What the run records: resolved precision, dtypes of trained/frozen weights, checkpointing.
+        self.precision_info = {
+            **precision.describe(self.precision, self.policy),
+            "gradient_checkpointing": self.cfg.gradient_checkpointing,
+        }
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -213,6 +244,10 @@ class GRPOTrainer:
         """Full state dicts of a sharded policy (a collective: every rank calls it); None if unsharded."""
         return sharding.gather_state(self.policy, self.optimizer) if self.sharded else None
 
+    def autocast(self):
+        """bf16 autocast under ``trainer.precision: bf16_mixed`` (a no-op otherwise); see :mod:`.precision`."""
+        return self.precision.autocast(self.accelerator.device)
+
     def reference_context(self):
         if self.cfg.lora is not None:
             return self.policy.disable_adapter()
@@ -225,7 +260,7 @@ class GRPOTrainer:
     def rollout(self, samples: list[Sample]) -> tuple[list[ModelCall], list[float], list[Trajectory]]:
         """Sample ``group_size`` trajectories per prompt, score them, and pick the calls to train."""
         self.policy.eval()
-        with torch.no_grad(), self.full_weights():
+        with torch.no_grad(), self.full_weights(), self.autocast():
             trajectories = self.agent.run(
                 samples,
                 self.backend,
@@ -265,10 +300,11 @@ class GRPOTrainer:
             for calls, advantages in buffers:
                 if not calls:
                     continue
-                batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id)
-                adv = torch.tensor(advantages, dtype=torch.float32)
+                # Everything that meets the model is on its device (one process: accelerate moves nothing).
+                batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id).to(acc.device)
+                adv = torch.tensor(advantages, dtype=torch.float32, device=acc.device)
                 old, ref = None, None
-                with torch.no_grad():
+                with torch.no_grad(), self.autocast():
                     # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
                     if cfg.num_iterations > 1:
                         old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
@@ -298,27 +334,32 @@ class GRPOTrainer:
                 sync = world == 1 or k == passes - 1
                 with nullcontext() if sync else acc.no_sync(self.model):
                     if k >= len(micro):
-                        acc.backward(dist.idle_loss(self.model, self.tokenizer.pad_token_id, acc.device))
+                        with self.autocast():
+                            idle = dist.idle_loss(self.model, self.tokenizer.pad_token_id, acc.device)
+                        acc.backward(idle)
                         continue
                     batch, adv, old, ref, index = micro[k]
                     mb = batch.select(index)
                     width = mb.response_width  # trimming only drops trailing padding columns
-                    logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6))
-                    old_logps = old[index, :width] if old is not None else logps.detach()
-                    loss, parts = grpo_loss(
-                        logps,
-                        old_logps,
-                        adv[index],
-                        mb.response_mask,
-                        loss_type=cfg.loss_type,
-                        epsilon=cfg.epsilon,
-                        epsilon_high=cfg.epsilon_high,
-                        beta=cfg.beta,
-                        ref_logps=ref[index, :width] if ref is not None else None,
-                        max_completion_length=cfg.max_new_tokens,
-                        num_items_in_batch=total_tokens,
-                        num_sequences_in_batch=total_seqs,
-                    )
+                    with self.autocast():  # the forward in bf16 under bf16_mixed; backward outside it
+                        logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6))
+                        old_logps = old[index, :width] if old is not None else logps.detach()
+                        loss, parts = grpo_loss(
+                            logps,
+                            old_logps,
+                            adv[index],
+                            mb.response_mask,
+                            loss_type=cfg.loss_type,
+                            epsilon=cfg.epsilon,
+                            epsilon_high=cfg.epsilon_high,
+                            beta=cfg.beta,
+                            ref_logps=ref[index, :width] if ref is not None else None,
+                            max_completion_length=cfg.max_new_tokens,
+                            num_items_in_batch=total_tokens,
+                            num_sequences_in_batch=total_seqs,
+                            kl_bias_correction=cfg.kl_bias_correction,
+                            kl_clamp=cfg.kl_clamp,
+                        )
                     # Normalised over the whole step's batch (all ranks), so micro-batch losses simply
                     # add up; one process raises here, several find out from the synced grad norm.
                     if not torch.isfinite(loss) and world == 1:
@@ -442,7 +483,7 @@ class GRPOTrainer:
         params = self.sampling_params()
         params.temperature = temperature
         self.engine.ensure_current(self.step)  # evaluate the current policy, not a lagging engine
-        with torch.no_grad(), self.full_weights():
+        with torch.no_grad(), self.full_weights(), self.autocast():
             trajectories = self.agent.run(samples, self.backend, params=params, group_size=1, train=False)
         self.env.score(trajectories)
         return float(np.mean([t.reward for t in trajectories])) if trajectories else 0.0

@@ -101,12 +101,18 @@ def _engine_model_config(preset: Preset) -> ModelConfig:
     return preset.model.model_copy(update=updates)
 
 
-def build_engine(preset: Preset) -> Any:
-    """The separate rollout engine ``trainer.rollout.engine`` names (``hf`` or ``vllm``)."""
+def build_engine(preset: Preset, device: torch.device | str | None = None) -> Any:
+    """The separate rollout engine ``trainer.rollout.engine`` names (``hf`` or ``vllm``).
+
+    ``device``: where the ``hf`` engine lives (the trainer passes its accelerator's device, so
+    each rank's engine sits on that rank's GPU).
+    """
     rollout = preset.trainer.rollout
     cfg = _engine_model_config(preset)
     if rollout.engine == "hf":
-        engine = HFEngine.from_config(cfg, micro_batch_size=preset.trainer.micro_batch_size)
+        engine = HFEngine.from_config(
+            cfg, device=str(device) if device is not None else None, micro_batch_size=preset.trainer.micro_batch_size
+        )
         engine.model.requires_grad_(False)
         return engine
     if rollout.engine == "vllm":
@@ -123,13 +129,13 @@ def build_engine(preset: Preset) -> Any:
 class RolloutEngine:
     """Owns the backend rollouts use and pushes the policy's weights into it when due."""
 
-    def __init__(self, preset: Preset, policy: torch.nn.Module, tokenizer: Any):
+    def __init__(self, preset: Preset, policy: torch.nn.Module, tokenizer: Any, device: torch.device | None = None):
         self.options = preset.trainer.rollout
         self.policy = policy
         if self.options.engine == "policy":
             self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking)
         else:
-            self.backend = build_engine(preset)
+            self.backend = build_engine(preset, device)
             engine_vocab = getattr(self.backend, "tokenizer", None)
             if engine_vocab is not None and engine_vocab.get_vocab() != tokenizer.get_vocab():
                 raise MemFactoryError(

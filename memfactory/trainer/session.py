@@ -127,9 +127,11 @@ class TrainingSession:
                 device=str(trainer.accelerator.device),
                 trainable_parameters=trainer.trainable_parameters,
                 num_processes=trainer.accelerator.num_processes,
+                **trainer.precision_info,
             )
-            log.info("attention %s on %s, %d trainable parameters", trainer.attn_implementation,
-                     trainer.accelerator.device, trainer.trainable_parameters)
+            log.info("attention %s on %s, %d trainable parameters; %s", trainer.attn_implementation,
+                     trainer.accelerator.device, trainer.trainable_parameters,
+                     ", ".join(f"{k} {v}" for k, v in trainer.precision_info.items()))
             sink = SwanLabSink(
                 self.preset.logging.swanlab,
                 project=self.preset.logging.project,

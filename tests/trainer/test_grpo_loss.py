@@ -119,6 +119,29 @@ def test_kl_bias_correction_weights_kl_by_the_ratio():
     assert logps.grad[0, 1].item() == pytest.approx((-1 + beta * (1 - LN2 - 1)) / 5, abs=1e-12)
 
 
+def test_kl_clamp_caps_each_token_and_stops_its_gradient():
+    """MemAgent/verl low_var_kl: k3 clamped to [-c, c], no ratio weighting. With c = 0.25 only
+    k3(-ln2) = ln2 - 0.5 = 0.193 and k3(0) = 0 stay; the two k3(ln2) = 0.307 tokens become 0.25."""
+    beta, c = 0.1, 0.25
+    logps, loss, stats = loss_of("dapo", beta=beta, kl_bias_correction=False, kl_clamp=c)
+    kl0 = [0.0, c, LN2 - 0.5]
+    kl1 = [c, 0.0]
+    row0 = [a + beta * k for a, k in zip(ROW0, kl0)]
+    row1 = [a + beta * k for a, k in zip(ROW1, kl1)]
+    assert loss.item() == pytest.approx((sum(row0) + sum(row1)) / 5, abs=1e-12)
+    assert stats["kl"].item() == pytest.approx((sum(kl0) + sum(kl1)) / 5, abs=1e-12)
+    loss.backward()
+    # token 1 of row 0 (A = 1, r = 1, unclipped ratio): only the policy term, -1/5; the clamped KL adds nothing
+    assert logps.grad[0, 1].item() == pytest.approx(-1 / 5, abs=1e-12)
+    # token 2 of row 0 (d = -ln2, not clamped, A = 1, r = 0.5 < 0.8 but A > 0 so unclipped):
+    # (-r*A + beta * (1 - e^d)) / 5 = (-0.5 + 0.1 * 0.5) / 5
+    assert logps.grad[0, 2].item() == pytest.approx((-0.5 + beta * 0.5) / 5, abs=1e-12)
+    # A clamp wider than every value changes nothing.
+    _, wide, _ = loss_of("dapo", beta=beta, kl_bias_correction=False, kl_clamp=10.0)
+    _, plain, _ = loss_of("dapo", beta=beta, kl_bias_correction=False)
+    assert wide.item() == pytest.approx(plain.item(), abs=1e-15)
+
+
 def test_no_kl_stat_without_beta_and_beta_needs_reference():
     _, _, stats = loss_of("grpo")
     assert "kl" not in stats
