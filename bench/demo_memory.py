@@ -1,0 +1,82 @@
+"""Peak memory of the CPU demo with and without gradient checkpointing, same seed, same steps.
+
+Each variant trains ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M + LoRA, micro-batch 16) for
+``--steps`` GRPO steps in its own child process, so each peak RSS (``ru_maxrss``) is that run's
+alone. Printed per variant: peak RSS, seconds per step (rollout / update), and the mean reward of
+every step: with the same seed the two curves must agree (checkpointing recomputes the same
+activations; it changes memory, not maths).
+
+    OMP_NUM_THREADS=2 python bench/demo_memory.py --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def child(checkpointing: bool, steps: int, workdir: str) -> None:
+    """One variant, in this process: prints a JSON line with its peak RSS and per-step metrics."""
+    os.chdir(workdir)
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+    from memfactory.trainer.loop import GRPOTrainer
+
+    preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml",
+                         [f"trainer.gradient_checkpointing={str(checkpointing).lower()}", f"trainer.steps={steps}"])
+    trainer = GRPOTrainer(preset)
+    loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = []
+    for _ in range(steps):
+        m = trainer.train_step().metrics
+        rows.append({k: round(m[k], 4) for k in ("reward/mean", "loss", "time/step_s", "time/rollout_s", "time/update_s")})
+    print(json.dumps({"checkpointing": checkpointing, "loaded_rss_mb": round(loaded_mb),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "steps": rows}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child == "on", args.steps, args.workdir)
+        return
+    import tempfile
+
+    results = {}
+    for variant in ("off", "on"):
+        with tempfile.TemporaryDirectory() as workdir:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
+                                   "--workdir", workdir], capture_output=True, text=True, check=True)
+            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[variant]["wall_s"] = round(time.perf_counter() - started, 1)
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(f"tiny_cpu_demo, {args.steps} steps, OMP_NUM_THREADS={threads}")
+    print("| gradient checkpointing | peak RSS MB | after loading MB | s/step | rollout s | update s | reward per step |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, r in results.items():
+        steps = r["steps"]
+        mean = lambda key: round(sum(s[key] for s in steps) / len(steps), 2)  # noqa: E731
+        print(f"| {variant} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean('time/step_s')} | {mean('time/rollout_s')} "
+              f"| {mean('time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
+    off, on = results["off"], results["on"]
+    print(f"peak RSS ratio on/off: {on['peak_rss_mb'] / off['peak_rss_mb']:.2f}; "
+          f"update time ratio on/off: {sum(s['time/update_s'] for s in on['steps']) / sum(s['time/update_s'] for s in off['steps']):.2f}; "
+          f"same rewards: {[s['reward/mean'] for s in on['steps']] == [s['reward/mean'] for s in off['steps']]}")
+
+
+if __name__ == "__main__":
+    main()
