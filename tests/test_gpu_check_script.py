@@ -46,3 +46,22 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     assert results["preset:memagent_qwen3_1.7b"]["steps"]["calls_per_trajectory"] == 3.0  # capped: 2 chunks + answer
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md
+
+
+def test_preset_shapes_are_the_presets_real_longest_calls():
+    """The update section measures each GPU preset at its own longest call, read from the preset."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+
+    shapes = {name: gpu_check.preset_shape(load_preset(presets_dir() / f"{name}.yaml")) for name in gpu_check.GPU_PRESETS}
+    t = gpu_check.TEMPLATE_TOKENS
+    assert shapes == {
+        "memagent_qwen3_1.7b": (2500 + 2500 + t, 2500, 7),  # chunk + memory + template; 6 chunks + answer
+        "memagent_qwen3_4b": (2500 + 1500 + t, 1500, 7),
+        "memory_r1_qwen3": (gpu_check.BANK_PROMPT_TOKENS, 512, 3),
+        "rmm_qwen3": (gpu_check.BANK_PROMPT_TOKENS, 768, 4),
+    }
+    assert set(gpu_check.GPU_PRESETS.values()) == {"qwen3-1.7b-shape", "qwen3-4b-shape"}

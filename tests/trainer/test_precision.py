@@ -203,3 +203,20 @@ def test_gradient_checkpointing_with_bf16_mixed_trains(tmp_path, monkeypatch):
     result = trainer.train_step()
     assert torch.isfinite(torch.tensor(result.metrics["loss"]))
     assert changed_fraction(before, trained(trainer.policy)) > 0.99
+
+
+def test_bf16_on_a_gpu_without_it_stops_at_start_up_naming_the_field(monkeypatch):
+    """Pre-Ampere GPUs (V100, T4) have no bf16: the hardware query is the only thing stubbed here."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-32GB")
+    plan = precision.resolve_precision("auto", torch.bfloat16)
+    with pytest.raises(MemFactoryError, match=r"trainer\.precision: bf16_mixed.*Tesla V100.*trainer\.precision: fp32"):
+        precision.require_hardware(plan, torch.device("cuda", 0))
+    precision.require_hardware(precision.resolve_precision("fp32", torch.float32), torch.device("cuda", 0))
+
+
+def test_gradient_checkpointing_on_a_model_without_it_names_the_field():
+    from memfactory.trainer.loop import enable_gradient_checkpointing
+
+    with pytest.raises(MemFactoryError, match=r"trainer\.gradient_checkpointing: Linear does not support"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2))
