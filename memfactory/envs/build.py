@@ -22,6 +22,10 @@ def build_rewards(weights: dict[str, float], **context: Any) -> dict[str, Reward
 
 
 def build_env(preset: Preset, **reward_context: Any) -> Environment:
+    """The preset's environment with its training rewards (evaluation-only metrics are refused)."""
+    from memfactory.envs.rewards import check_training_rewards
+
+    check_training_rewards(preset.rewards, f"preset {preset.name!r}")
     entry = REGISTRY.get("env", preset.env.type, where="env.type")
     options = entry.config.model_validate(preset.env.options)
     rewards = build_rewards(preset.rewards, **reward_context)

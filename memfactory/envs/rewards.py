@@ -1,15 +1,49 @@
 """Answer-scoring rewards: exact match, sub-string match, token F1, RULER's string match, format,
-and an LLM judge.
+an LLM judge, and MemAgent's own training reward and evaluation metrics.
 
 The prediction is ``trajectory.answer`` exactly as the model wrote it, including any assistant
 prefix that opened the turn (``"\\boxed{"``); the gold strings are ``trajectory.sample.answers``.
-The text is reduced to a prediction by ``extract_prediction``: thinking up to the last
-``</think>`` is dropped, then the last ``\\boxed{...}`` wins, else the text after the last "the
-answer is", else the raw text (MemAgent scores boxed answers in training and "the answer is" in
-evaluation). Two guards keep rewards honest:
 
-* a ``\\boxed{`` that is never closed, or boxed content longer than ``max_boxed_chars`` (40 by
-  default), scores 0 — otherwise boxing the whole document would win a containment metric;
+Two families of scorers live here.
+
+**MemAgent's definitions, reproduced** (BytedTsinghua-SIA/MemAgent: verl/utils/reward_score/
+hotpotqa.py and taskutils/memory_eval; re-implemented from their published behaviour, checked by
+the hand-derived tables in tests/envs/rewards_cases.json):
+
+* ``boxed_em`` -- its TRAINING reward: the last ``\\boxed{...}`` within the last 300 characters of
+  the lower-cased answer, compared with each lower-cased gold after its LaTeX-ish string clean-up
+  (newlines and spaces removed, ``\\left``/``\\right``/``\\!``/``^\\circ``/``\\$``/``\\%`` dropped,
+  ``tfrac``/``dfrac`` -> ``frac``); 1 if any gold is equal, 0 without a closed box. A fragment
+  (``\\boxed{e}``), an empty box or an article (``\\boxed{the}``) never equals a gold.
+* ``memagent_sub_em`` / ``memagent_em`` / ``memagent_f1`` / ``memagent_string_match_all`` -- its
+  EVALUATION metrics, scored against ``answers[0]`` (string_match_all: against all golds). The
+  prediction is extracted the MemAgent way (:func:`memagent_extract`): text after the last
+  ``</think>`` (the whole response when nothing follows it), ``*`` removed, then the text after the
+  last case-sensitive "the answer is" with the end-of-turn tokens and surrounding dots stripped,
+  else the last ``\\boxed{}``; nothing found, or an empty prediction, scores 0 -- no raw-text
+  fallback and no length cap. Normalisation (:func:`memagent_normalize`): lowercase, DELETE ASCII
+  punctuation ("U.S. Army" = "US Army", "1,500" = "1500"), drop a/an/the, collapse spaces. F1 is
+  0 when either side is yes/no/noanswer and they differ; f1 and string_match_all are rounded to 2
+  decimals per answer, as MemAgent's scripts do.
+  ``memagent_sub_em`` accepts a prediction that is ANY substring of the gold (``\\boxed{e}`` against
+  "Paris, France" scores 1; so does ``\\boxed{the}``, which normalises to nothing), so these four
+  are evaluation-only: naming one under ``rewards:`` of a preset is refused
+  (:func:`check_training_rewards`), with ``boxed_em`` or ``sub_em`` offered instead.
+
+**MemFactory's answer rewards** (``em``, ``sub_em``, ``f1``, ``string_match_all``, ``format``,
+``llm_judge``): the text is reduced to a prediction by ``extract_prediction``: thinking up to the
+last ``</think>`` is dropped, then the last ``\\boxed{...}`` wins, else the text after the last "the
+answer is", else the raw text (Memory-R1/LoCoMo answers are plain text). Normalisation is
+SQuAD's/MemAgent's, extended to Unicode (NFKC, Unicode punctuation deleted too). Guards that keep
+them honest as TRAINING rewards:
+
+* ``sub_em`` counts WHOLE normalised tokens: the gold's tokens must appear as a contiguous run in the
+  prediction's, or the prediction's tokens as a run in the gold's covering at least half of it
+  ("Paris" for "Paris, France" scores 1; "e", "the", "" and "of" for "Bank of America" score 0).
+  A character-level fragment of the gold is never paid.
+* a ``\\boxed{`` that is never closed scores 0, and so does boxed content longer than
+  ``max(40, 2 x the longest gold)`` characters (the cap scales with the gold, so a long gold can be
+  matched, while boxing the whole document still cannot win a containment metric);
 * an LLM judge call that fails or cannot be parsed is never a silent 0: it is retried, then
   counted in ``trajectory.counters["judge_failures"]`` (summed into the step metrics) and logged
   as a warning; it scores 0.0. If the judge backend raises on every attempt for the whole batch
@@ -23,17 +57,18 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from memfactory.envs.base import Reward
-from memfactory.errors import MemFactoryError
+from memfactory.errors import ConfigError, MemFactoryError
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
 
 ExtractMode = Literal["auto", "boxed", "answer_is", "raw"]
-MAX_BOXED_CHARS = 40
+MAX_BOXED_CHARS = 40  # the floor of the boxed-length cap; the cap is max(40, 2 x the longest gold)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 _BOXED = "\\boxed{"
@@ -44,9 +79,10 @@ _ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, strip punctuation (ASCII and Unicode), drop a/an/the, collapse spaces."""
+    """SQuAD/MemAgent normalisation, Unicode-aware: NFKC, lowercase, DELETE punctuation (ASCII and
+    Unicode: "U.S." = "US", "1,500" = "1500"), drop a/an/the, collapse spaces."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in _PUNCT or unicodedata.category(ch).startswith("P") else ch for ch in text)
+    text = "".join(ch for ch in text if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
@@ -55,12 +91,26 @@ def em(prediction: str, gold: str) -> float:
     return float(bool(normalize_answer(prediction)) and normalize_answer(prediction) == normalize_answer(gold))
 
 
+def _contains_run(tokens: list[str], run: list[str]) -> bool:
+    """Whether ``run`` occurs in ``tokens`` as a contiguous sequence of whole tokens."""
+    n = len(run)
+    return any(tokens[i : i + n] == run for i in range(len(tokens) - n + 1))
+
+
 def sub_em(prediction: str, gold: str) -> float:
-    """Gold inside prediction or prediction inside gold, after normalisation; an empty side scores 0."""
-    pred, ref = normalize_answer(prediction), normalize_answer(gold)
+    """Whole-token sub-string match after normalisation (safe as a training reward).
+
+    1 when the gold's tokens occur as a contiguous run in the prediction's, or the prediction's
+    tokens occur as a run in the gold's and cover at least half of them; an empty side scores 0.
+    A character fragment of the gold ("e" in "france") or a minor word of a longer gold ("of" in
+    "Bank of America") is not paid; MemAgent's character-level metric is ``memagent_sub_em``.
+    """
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
     if not pred or not ref:
         return 0.0
-    return float(ref in pred or pred in ref)
+    if _contains_run(pred, ref):
+        return 1.0
+    return float(2 * len(pred) >= len(ref) and _contains_run(ref, pred))
 
 
 def f1(prediction: str, gold: str) -> float:
@@ -117,6 +167,12 @@ def extract_answer_is(text: str) -> str | None:
     return rest.lstrip(":").strip()
 
 
+def boxed_cap(golds: list[str] | tuple[str, ...] = ()) -> int:
+    """The longest boxed answer that may be scored: ``max(40, 2 x the longest gold)`` characters."""
+    longest = max((len(g.strip()) for g in golds if isinstance(g, str)), default=0)
+    return max(MAX_BOXED_CHARS, 2 * longest)
+
+
 def extract_prediction(
     text: str, mode: ExtractMode = "auto", max_boxed_chars: int | None = MAX_BOXED_CHARS
 ) -> str | None:
@@ -124,7 +180,8 @@ def extract_prediction(
 
     ``auto``: last boxed, else after "the answer is", else the raw text; ``boxed`` / ``answer_is``
     / ``raw`` use one rule only. A started but unclosed ``\\boxed{``, or boxed content longer than
-    ``max_boxed_chars``, gives None (scored 0) instead of falling back to the raw text.
+    ``max_boxed_chars`` (None = no cap; rewards pass :func:`boxed_cap` of the golds), gives None
+    (scored 0) instead of falling back to the raw text.
     """
     visible = strip_thinking(text or "")
     if mode in ("auto", "boxed"):
@@ -146,7 +203,128 @@ def extract_prediction(
     raise ValueError(f"unknown extraction mode {mode!r}; expected auto, boxed, answer_is or raw")
 
 
+# --------------------------------------------------------------------------- MemAgent's definitions
+
+MEMAGENT_BOXED_WINDOW = 300  # boxed_em reads only the last 300 characters of the answer
+# Chat end-of-turn markers MemAgent's "the answer is" extraction removes (DeepSeek-R1 style).
+_MEMAGENT_END_TOKENS = ("<\uff5cAssistant\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>")
+_MEMAGENT_YES_NO = ("yes", "no", "noanswer")
+# boxed_em's string clean-up, in order: (old, new) replacements before and after the decimal fix.
+_LATEX_CLEANUP = (
+    ("\n", ""),
+    ("\\!", ""),
+    ("\\\\", "\\"),
+    ("tfrac", "frac"),
+    ("dfrac", "frac"),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("^{\\circ}", ""),
+    ("^\\circ", ""),
+    ("\\$", ""),
+    ("\\%", ""),
+    (" .", " 0."),
+    ("{.", "{0."),
+)
+
+
+def memagent_normalize(text: str) -> str:
+    """MemAgent's (= SQuAD's) normalisation: lowercase, DELETE ASCII punctuation, a/an/the -> space, collapse."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def memagent_em(prediction: str, gold: str) -> float:
+    return float(memagent_normalize(prediction) == memagent_normalize(gold))
+
+
+def memagent_sub_em(prediction: str, gold: str) -> float:
+    """MemAgent's headline metric: normalised gold in prediction, or prediction in gold (characters).
+
+    An evaluation metric only: a prediction that normalises to "" is inside every gold.
+    """
+    pred, ref = memagent_normalize(prediction), memagent_normalize(gold)
+    return float(ref in pred or pred in ref)
+
+
+def memagent_f1(prediction: str, gold: str) -> float:
+    """MemAgent's token F1 (unrounded): 0 when a yes/no/noanswer side differs from the other."""
+    pred, ref = memagent_normalize(prediction), memagent_normalize(gold)
+    if (pred in _MEMAGENT_YES_NO or ref in _MEMAGENT_YES_NO) and pred != ref:
+        return 0.0
+    common = Counter(pred.split()) & Counter(ref.split())
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred.split()), overlap / len(ref.split())
+    return 2 * precision * recall / (precision + recall)
+
+
+def memagent_boxed(text: str) -> str | None:
+    """Content of MemAgent's "last boxed" (``\\boxed{..}`` with balanced braces, or ``\\boxed x$``); None if none.
+
+    As MemAgent: when ``"\\boxed "`` (with a space) occurs anywhere, the answer is the text after
+    its last occurrence up to the first ``$``; else the last ``\\boxed`` must open a ``{`` whose
+    brace closes (``\\fbox`` and unclosed boxes give None).
+    """
+    if "\\boxed " in text:
+        return text.split("\\boxed ")[-1].split("$")[0]
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    depth = 0
+    for j in range(start, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                whole = text[start : j + 1]
+                return whole[len(_BOXED) : -1] if whole.startswith(_BOXED) else None
+    return None
+
+
+def _latex_clean(text: str) -> str:
+    for old, new in _LATEX_CLEANUP:
+        text = text.replace(old, new)
+    return text.replace(" ", "")
+
+
+def boxed_em(answer: str, golds: list[str] | tuple[str, ...]) -> float:
+    """MemAgent's training reward: the last box in the last 300 characters equals a gold (see module doc)."""
+    boxed = memagent_boxed((answer or "")[-MEMAGENT_BOXED_WINDOW:].lower())
+    if boxed is None:
+        return 0.0
+    mine = _latex_clean(boxed)
+    return float(any(mine == _latex_clean(gold.lower()) for gold in golds if isinstance(gold, str)))
+
+
+def memagent_answer_text(response: str) -> str:
+    """The text MemAgent extracts from: after the last ``</think>``; the whole response if that is empty."""
+    response = (response or "").strip()
+    if "</think>" not in response:
+        return response
+    return response.split("</think>")[-1].strip() or response
+
+
+def memagent_extract(response: str) -> str | None:
+    """MemAgent's evaluation extraction: the text after the last "the answer is" (case-sensitive,
+    ``*`` removed, end-of-turn tokens and surrounding dots stripped), else the last ``\\boxed{}``;
+    None when neither occurs. No raw-text fallback, no length cap."""
+    text = memagent_answer_text(response)
+    plain = text.replace("*", "")
+    if "the answer is" in plain:
+        answer = plain.rsplit("the answer is", 1)[-1].strip()
+        for token in _MEMAGENT_END_TOKENS:
+            answer = answer.replace(token, "")
+        return answer.strip().strip(".").strip()
+    return memagent_boxed(text)
+
+
 # --------------------------------------------------------------------------- rewards
+
+
+def _golds(trajectory: Trajectory) -> list[str]:
+    return [g for g in trajectory.sample.answers if isinstance(g, str)]
 
 
 class AnswerReward(Reward):
@@ -154,10 +332,11 @@ class AnswerReward(Reward):
 
     name = "answer"
     extract_mode: ExtractMode = "auto"
-    max_boxed_chars: int = MAX_BOXED_CHARS
+    max_boxed_chars: int | None = None  # None = scaled to the golds (boxed_cap); set an int to fix it
 
     def prediction(self, trajectory: Trajectory) -> str | None:
-        return extract_prediction(trajectory.answer, self.extract_mode, self.max_boxed_chars)
+        cap = self.max_boxed_chars if self.max_boxed_chars is not None else boxed_cap(_golds(trajectory))
+        return extract_prediction(trajectory.answer, self.extract_mode, cap)
 
     def metric(self, prediction: str, golds: list[str]) -> float:
         raise NotImplementedError
@@ -166,7 +345,7 @@ class AnswerReward(Reward):
         scores = []
         for trajectory in trajectories:
             prediction = self.prediction(trajectory)
-            golds = [g for g in trajectory.sample.answers if isinstance(g, str)]
+            golds = _golds(trajectory)
             scores.append(0.0 if not prediction or not golds else float(self.metric(prediction, golds)))
         return scores
 
@@ -182,7 +361,8 @@ class ExactMatch(AnswerReward):
 @register(
     "reward",
     "sub_em",
-    description="Sub-string exact match, gold in prediction or prediction in gold (MemAgent's headline metric)",
+    description="Whole-token sub-string match: gold tokens in the prediction, or the prediction covering "
+    ">= half of the gold (no character fragments; safe to train on)",
 )
 class SubEM(AnswerReward):
     name = "sub_em"
@@ -207,17 +387,122 @@ class StringMatchAll(AnswerReward):
         return string_match_all(prediction, golds)
 
 
-@register("reward", "format", description="1 for a closed, non-empty \\boxed{} answer of at most 40 characters, else 0")
+@register(
+    "reward",
+    "format",
+    description="1 for a closed, non-empty \\boxed{} answer of at most max(40, 2 x longest gold) characters, else 0",
+)
 class BoxedFormat(Reward):
     name = "format"
-    max_boxed_chars: int = MAX_BOXED_CHARS
+    max_boxed_chars: int | None = None  # None = scaled to the golds (boxed_cap)
 
     def score(self, trajectories: list[Trajectory]) -> list[float]:
         out = []
         for trajectory in trajectories:
+            cap = self.max_boxed_chars if self.max_boxed_chars is not None else boxed_cap(_golds(trajectory))
             boxed = extract_boxed(strip_thinking(trajectory.answer or ""))
-            out.append(float(boxed is not None and 0 < len(boxed.strip()) <= self.max_boxed_chars))
+            out.append(float(boxed is not None and 0 < len(boxed.strip()) <= cap))
         return out
+
+
+@register(
+    "reward",
+    "boxed_em",
+    description="MemAgent's training reward: the last \\boxed{} in the last 300 characters equals a gold "
+    "(lower-cased, spaces removed); 0 without a box",
+)
+class BoxedEM(Reward):
+    name = "boxed_em"
+
+    def prediction(self, trajectory: Trajectory) -> str | None:
+        return memagent_boxed((trajectory.answer or "")[-MEMAGENT_BOXED_WINDOW:].lower())
+
+    def score(self, trajectories: list[Trajectory]) -> list[float]:
+        return [boxed_em(t.answer, _golds(t)) for t in trajectories]
+
+
+class MemAgentMetric(Reward):
+    """One of MemAgent's evaluation metrics: MemAgent extraction, 0 for no/empty prediction, ``answers[0]``."""
+
+    name = "memagent"
+    #: why it may not be trained on, and what to use instead (see check_training_rewards)
+    eval_only: ClassVar[str] = (
+        "it is MemAgent's evaluation metric, which pays a prediction that is any fragment of the gold "
+        "(\\boxed{e} against 'Paris, France'); train with boxed_em (MemAgent's training reward) or sub_em "
+        "(whole-token match)"
+    )
+
+    def prediction(self, trajectory: Trajectory) -> str | None:
+        return memagent_extract(trajectory.answer)
+
+    def metric(self, prediction: str, golds: list[str]) -> float:
+        raise NotImplementedError
+
+    def score(self, trajectories: list[Trajectory]) -> list[float]:
+        scores = []
+        for trajectory in trajectories:
+            prediction, golds = self.prediction(trajectory), _golds(trajectory)
+            scores.append(float(self.metric(prediction, golds)) if prediction and golds else 0.0)
+        return scores
+
+
+@register("reward", "memagent_sub_em", description="MemAgent's eval sub-EM against answers[0] (evaluation only)")
+class MemAgentSubEM(MemAgentMetric):
+    name = "memagent_sub_em"
+
+    def metric(self, prediction: str, golds: list[str]) -> float:
+        return memagent_sub_em(prediction, golds[0])
+
+
+@register("reward", "memagent_em", description="MemAgent's eval exact match against answers[0] (evaluation only)")
+class MemAgentEM(MemAgentMetric):
+    name = "memagent_em"
+
+    def metric(self, prediction: str, golds: list[str]) -> float:
+        return memagent_em(prediction, golds[0])
+
+
+@register(
+    "reward", "memagent_f1", description="MemAgent's eval token F1 against answers[0], 2 decimals (evaluation only)"
+)
+class MemAgentF1(MemAgentMetric):
+    name = "memagent_f1"
+
+    def metric(self, prediction: str, golds: list[str]) -> float:
+        return round(memagent_f1(prediction, golds[0]), 2)
+
+
+@register(
+    "reward",
+    "memagent_string_match_all",
+    description="MemAgent's RULER metric: fraction of golds in the extracted answer, 2 decimals (evaluation only)",
+)
+class MemAgentStringMatchAll(MemAgentMetric):
+    name = "memagent_string_match_all"
+    eval_only: ClassVar[str] = (
+        "it is MemAgent's RULER evaluation metric and pays any answer that merely contains the gold words; "
+        "train with boxed_em or sub_em"
+    )
+
+    def metric(self, prediction: str, golds: list[str]) -> float:
+        return round(string_match_all(prediction, golds), 2)
+
+
+def check_training_rewards(rewards: Mapping[str, Any], source: str = "<preset>") -> None:
+    """Refuse evaluation-only metrics under a preset's ``rewards:`` (ConfigError naming ``rewards.<name>``)."""
+    from memfactory.registry import REGISTRY, UnknownNameError
+
+    problems = []
+    for name in rewards:
+        try:
+            target = REGISTRY.get("reward", name).target
+        except UnknownNameError:
+            continue  # unknown names are reported by the preset validation / build_rewards
+        why = getattr(target, "eval_only", None)
+        if why:
+            problems.append((f"rewards.{name}", f"{name!r} cannot be a training reward: {why}"))
+    if problems:
+        raise ConfigError(source, problems)
 
 
 # --------------------------------------------------------------------------- LLM judge
@@ -256,7 +541,7 @@ class LLMJudge(Reward):
 
     name = "llm_judge"
     extract_mode: ExtractMode = "boxed"
-    max_boxed_chars: int = MAX_BOXED_CHARS
+    max_boxed_chars: int | None = None  # None = scaled to the golds (boxed_cap)
 
     def __init__(self, judge: Any = None, retries: int = 2, prompt: str = JUDGE_PROMPT, max_new_tokens: int = 16):
         if judge is None:  # fail when the env is built, not after the first rollouts
@@ -270,7 +555,8 @@ class LLMJudge(Reward):
         scores = [0.0] * len(trajectories)
         pending: dict[int, ChatPrompt] = {}
         for i, trajectory in enumerate(trajectories):
-            prediction = extract_prediction(trajectory.answer, self.extract_mode, self.max_boxed_chars)
+            cap = self.max_boxed_chars if self.max_boxed_chars is not None else boxed_cap(_golds(trajectory))
+            prediction = extract_prediction(trajectory.answer, self.extract_mode, cap)
             if prediction and trajectory.sample.answers:
                 text = self.prompt.format(
                     question=trajectory.sample.question, gold=trajectory.sample.answers[0], prediction=prediction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import string
 
 import pytest
 from hypothesis import given
@@ -42,7 +43,11 @@ def score(name: str, answer: str, gold: list[str] | str = "Paris") -> float:
 
 
 def test_normalize_answer_squad_rules():
-    assert normalize_answer("The  Eiffel-Tower!") == "eiffel tower"
+    # punctuation is DELETED, as in SQuAD and MemAgent: "U.S. Army" = "US Army", "1,500" = "1500"
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert normalize_answer("U.S. Army") == normalize_answer("US Army") == "us army"
+    assert normalize_answer("1,500") == "1500"
+    assert em("U.S. Army", "US Army") == 1.0 and em("1,500", "1500") == 1.0
     assert normalize_answer("an apple, a pear and THE plum.") == "apple pear and plum"
     assert normalize_answer("  ") == ""
     # articles only as whole words
@@ -286,8 +291,72 @@ def test_extract_boxed_returns_balanced_content(content, before):
 
 
 @given(st.text(max_size=30), st.text(max_size=30))
-def test_sub_em_is_symmetric_and_bounded(a, b):
-    assert sub_em(a, b) == sub_em(b, a)
+def test_sub_em_is_bounded_and_whole_token(a, b):
+    assert sub_em(a, b) in (0.0, 1.0)
     assert 0.0 <= f1(a, b) <= 1.0
     assert em(a, b) <= sub_em(a, b)
-    assert normalize_answer(normalize_answer(a)) == normalize_answer(a)
+    if sub_em(a, b):  # a paid prediction shares a whole token with the gold
+        assert set(normalize_answer(a).split()) & set(normalize_answer(b).split())
+    normal = normalize_answer(a)
+    assert not any(ch in string.punctuation for ch in normal)
+    assert not {"a", "an", "the"} & set(normal.split())
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_sub_em_fragments_of_a_gold_never_pay(gold, cut):
+    """Any strict character fragment of a one-token gold scores 0 (MemAgent's eval metric pays it)."""
+    token = normalize_answer(gold).replace(" ", "")
+    if len(token) >= 2:
+        fragment = token[: max(1, len(cut) % len(token))]
+        assert sub_em(fragment, token) == 0.0
+
+
+# --------------------------------------------------------------------------- training vs evaluation
+
+
+def test_boxed_cap_scales_with_the_gold():
+    from memfactory.envs.rewards import boxed_cap
+
+    assert boxed_cap(["Paris"]) == MAX_BOXED_CHARS  # the floor
+    long_gold = "The Royal Society for the Protection of Birds and Wildlife"  # 58 characters
+    assert boxed_cap(["x", long_gold]) == 2 * len(long_gold)
+    # a gold longer than 40 characters can be matched (a fixed 40-character cap scored it 0)
+    assert score("em", "\\boxed{" + long_gold + "}", long_gold) == 1.0
+    assert score("format", "\\boxed{" + long_gold + "}", long_gold) == 1.0
+    # ... while boxing far more than the gold still cannot win
+    assert score("sub_em", "\\boxed{" + long_gold * 3 + "}", long_gold) == 0.0
+
+
+def test_memagent_metrics_are_registered_and_eval_only():
+    from memfactory.envs.rewards import check_training_rewards
+
+    for name in ("memagent_sub_em", "memagent_em", "memagent_f1", "memagent_string_match_all"):
+        assert issubclass(REGISTRY.get("reward", name).target, Reward)
+        with pytest.raises(MemFactoryError) as info:
+            check_training_rewards({"boxed_em": 1.0, name: 1.0}, "preset 'p'")
+        message = str(info.value)
+        assert f"rewards.{name}" in message and "boxed_em" in message and "sub_em" in message
+    check_training_rewards({"boxed_em": 1.0, "sub_em": 1.0, "em": 1.0, "f1": 0.5, "format": 0.1})
+
+
+def test_build_env_refuses_an_eval_only_training_reward():
+    from memfactory.config import parse_preset
+    from memfactory.envs.build import build_env
+    from memfactory.errors import ConfigError
+
+    data = {
+        "name": "p",
+        "agent": "direct",
+        "env": {"type": "long_context", "data": "synthetic://docqa?n=4&seed=0"},
+        "rewards": {"memagent_sub_em": 1.0},
+    }
+    with pytest.raises(ConfigError) as info:
+        build_env(parse_preset(data))
+    assert info.value.problems[0][0] == "rewards.memagent_sub_em"
+    assert "cannot be a training reward" in info.value.problems[0][1]
+    assert "boxed_em" in info.value.problems[0][1]
+    data["rewards"] = {"boxed_em": 1.0}
+    env = build_env(parse_preset(data))
+    trajectories = [traj(r"\boxed{" + s.answers[0] + "}", s.answers) for s in env.samples("train")]
+    env.score(trajectories)
+    assert [t.rewards for t in trajectories] == [{"boxed_em": 1.0}] * len(trajectories)
