@@ -5,8 +5,12 @@ Three record shapes are understood, in ``.json`` (a list), ``.jsonl`` (one recor
 
 * HotpotQA (``eval_{N}.json``, training JSON): ``{context, input, answers, num_docs, index}``.
 * RULER (``eval_{task}_{len}.json``): ``{index, input, context, outputs, answer_prefix, length}``;
-  ``outputs`` become the answers, ``answer_prefix`` and ``length`` go to ``Sample.meta`` and
-  ``meta["metric"] = "string_match_all"`` (RULER scores the fraction of gold words present).
+  ``outputs`` become the answers, ``answer_prefix`` and ``length`` go to ``Sample.meta`` (the
+  prefix is used only where a module opts in: MemAgent's memory-agent eval never uses it), the
+  task (``qa_1``, ``fwe``, ... from the file name) goes to ``meta["ruler_task"]``. Synthetic tasks
+  get ``meta["metric"] = "string_match_all"`` (the fraction of gold words present); the ``qa_*``
+  tasks are question answering and name no metric, so they are scored like HotpotQA (MemAgent:
+  sub-EM against ``outputs[0]``).
 * verl parquet (MemAgent's ``hotpotqa_train.parquet``): ``{context, prompt (chat list),
   reward_model.ground_truth, extra_info {index, question, num_docs}, data_source}``.
 
@@ -18,6 +22,7 @@ than surfacing later as a KeyError deep inside a rollout.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -197,15 +202,27 @@ def _hotpotqa(c: _Checker, stem: str, i: int) -> Sample:
     )
 
 
+_RULER_STEM = re.compile(r"^(?:eval_)?(?P<task>.+?)(?:_(?P<length>\d{3,}))?$")  # lengths are >= 1024
+
+
+def ruler_task(stem: str) -> str:
+    """The RULER task a file stem names: ``eval_qa_1_8192`` -> ``qa_1``, ``eval_fwe_16384`` -> ``fwe``."""
+    match = _RULER_STEM.match(stem)
+    return match.group("task") if match else stem
+
+
 def _ruler(c: _Checker, stem: str, i: int) -> Sample:
     index = c.integer("index", default=i)
+    task = ruler_task(stem)
     meta: dict[str, Any] = {
         "format": "ruler",
         "index": index,
         "source": stem,
+        "ruler_task": task,
         "answer_prefix": c.text("answer_prefix", empty_ok=True) if "answer_prefix" in c.record else "",
-        "metric": "string_match_all",
     }
+    if not task.startswith("qa_"):  # qa_* are QA sets: scored like HotpotQA, against outputs[0] under MemAgent's
+        meta["metric"] = "string_match_all"
     length = c.integer("length")
     if length is not None:
         meta["length"] = length

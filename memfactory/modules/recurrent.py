@@ -110,8 +110,13 @@ class RecurrentConfig(BaseModel):
     )
     answer_prefix: str = Field(
         "",
-        description="Text that opens the final assistant turn, e.g. \\boxed{ for small models; when empty, "
-        "a sample's own meta['answer_prefix'] (RULER sets carry one) opens it instead; a non-empty value wins",
+        description="Text that opens the final assistant turn, e.g. \\boxed{ for small models; a non-empty "
+        "value wins over a sample's own meta['answer_prefix'] (see sample_answer_prefix)",
+    )
+    sample_answer_prefix: bool = Field(
+        False,
+        description="Opt in: when answer_prefix is empty, open the final turn with the sample's own "
+        "meta['answer_prefix'] (RULER sets carry one). Off by default, as MemAgent's memory-agent eval",
     )
     system_prompt: str = Field("", description="Optional system message for every call")
     update_stop: list[str] = Field(
@@ -207,13 +212,17 @@ class RecurrentMemoryModule(MemoryModule):
         return ChatPrompt(self._messages(text))
 
     def answer_prefix(self, sample: Sample) -> str:
-        """The configured ``answer_prefix``; when empty, the sample's ``meta["answer_prefix"]``.
+        """The configured ``answer_prefix``; when empty and ``sample_answer_prefix`` is on, the
+        sample's ``meta["answer_prefix"]``; else nothing.
 
-        RULER records carry an answer prefix for exactly this purpose (e.g. fwe's "Answer: ...
-        the three most frequently appeared words are:"); an explicit option overrides it.
+        RULER records carry an answer prefix (e.g. fwe's "Answer: ... the three most frequently
+        appeared words are:"), but MemAgent's memory-agent eval never injects it, so using it is
+        opt-in; an explicit ``answer_prefix`` overrides it.
         """
         if self.options.answer_prefix:
             return self.options.answer_prefix
+        if not self.options.sample_answer_prefix:
+            return ""
         own = sample.meta.get("answer_prefix") if isinstance(sample.meta, dict) else None
         return own if isinstance(own, str) else ""
 

@@ -46,6 +46,19 @@ def test_ruler_json_keeps_prefix_and_metric(tmp_path):
     assert s.answers == ["abcdef", "ghijkl", "mnopqr"]
     assert s.meta["answer_prefix"] == " Answer: the words are:"
     assert s.meta["metric"] == "string_match_all" and s.meta["length"] == 30
+    assert s.meta["ruler_task"] == "fwe"
+
+
+def test_ruler_qa_sets_are_scored_as_qa_not_string_match(tmp_path):
+    """MemAgent scores RULER qa_* with sub-EM against outputs[0]: the loader names no metric for them."""
+    record = {**RULER, "outputs": ["Denver Broncos", "Broncos"]}
+    [qa] = load_samples(write(tmp_path / "eval_qa_1_8192.json", [record]))
+    assert qa.meta["ruler_task"] == "qa_1" and "metric" not in qa.meta
+    assert qa.answers == ["Denver Broncos", "Broncos"]
+    [niah] = load_samples(write(tmp_path / "eval_niah_single_1_8192.json", [record]))
+    assert niah.meta["ruler_task"] == "niah_single_1" and niah.meta["metric"] == "string_match_all"
+    [short] = load_samples(write(tmp_path / "eval_qa_2.json", [record]))
+    assert short.meta["ruler_task"] == "qa_2" and "metric" not in short.meta
 
 
 def test_jsonl(tmp_path):

@@ -1,4 +1,5 @@
-"""The recurrent module's final answer opens with the sample's RULER answer_prefix (the option wins)."""
+"""The recurrent module's final answer opens with the sample's RULER answer_prefix only when opted in
+(``sample_answer_prefix``; MemAgent's memory-agent eval never uses it); the option wins."""
 
 from __future__ import annotations
 
@@ -24,9 +25,22 @@ def answer_calls(module: RecurrentMemoryModule, samples: list[Sample], backend) 
     return [(s.trajectory, s.trajectory.calls[-1]) for s in states]
 
 
-def test_ruler_sample_answers_after_its_own_prefix(tmp_path, tiny_backend):
+def test_ruler_prefix_is_not_used_by_default(tmp_path, tiny_backend):
+    """MemAgent's memory-agent eval answers a RULER sample without its answer_prefix."""
     samples = ruler_and_hotpot(tmp_path)
     module = RecurrentMemoryModule(RecurrentConfig(chunk_tokens=64, memory_tokens=6, answer_tokens=6))
+    assert module.options.sample_answer_prefix is False
+    for trajectory, call in answer_calls(module, samples, tiny_backend):
+        seen = tiny_backend.tokenizer.decode(call.prompt_ids)
+        assert FWE_ANSWER_PREFIX not in seen
+        assert trajectory.answer == call.text
+
+
+def test_ruler_sample_answers_after_its_own_prefix_when_opted_in(tmp_path, tiny_backend):
+    samples = ruler_and_hotpot(tmp_path)
+    module = RecurrentMemoryModule(
+        RecurrentConfig(chunk_tokens=64, memory_tokens=6, answer_tokens=6, sample_answer_prefix=True)
+    )
     (ruler_traj, ruler_call), (plain_traj, plain_call) = answer_calls(module, samples, tiny_backend)
 
     # the prompt the model saw ends with the RULER prefix: it opens the assistant turn
@@ -46,10 +60,12 @@ def test_ruler_sample_answers_after_its_own_prefix(tmp_path, tiny_backend):
 def test_configured_answer_prefix_wins_over_the_samples(tmp_path, tiny_backend):
     samples = ruler_and_hotpot(tmp_path)
     module = RecurrentMemoryModule(
-        RecurrentConfig(chunk_tokens=64, memory_tokens=6, answer_tokens=6, answer_prefix="\\boxed{")
+        RecurrentConfig(
+            chunk_tokens=64, memory_tokens=6, answer_tokens=6, answer_prefix="\\boxed{", sample_answer_prefix=True
+        )
     )
     for trajectory, call in answer_calls(module, samples, tiny_backend):
         seen = tiny_backend.tokenizer.decode(call.prompt_ids)
         assert seen.endswith("\\boxed{") and FWE_ANSWER_PREFIX not in seen
         assert trajectory.answer.startswith("\\boxed{")
-    assert "meta['answer_prefix']" in RecurrentConfig.model_fields["answer_prefix"].description
+    assert "meta['answer_prefix']" in RecurrentConfig.model_fields["sample_answer_prefix"].description
