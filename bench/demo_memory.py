@@ -1,10 +1,12 @@
-"""Peak memory of the CPU demo with and without gradient checkpointing, same seed, same steps.
+"""Peak memory of the CPU demo before and after gradient checkpointing, same seed, same steps.
 
-Each variant trains ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M + LoRA, micro-batch 16) for
+Variants of ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M + LoRA): ``before`` = as shipped until
+checkpointing existed (micro-batch 16, no checkpointing), ``checkpointed`` = the same with
+checkpointing, ``shipped`` = the preset now (checkpointing, micro-batch 4). Each trains for
 ``--steps`` GRPO steps in its own child process, so each peak RSS (``ru_maxrss``) is that run's
 alone. Printed per variant: peak RSS, seconds per step (rollout / update), and the mean reward of
-every step: with the same seed the two curves must agree (checkpointing recomputes the same
-activations; it changes memory, not maths).
+every step: with the same seed the curves must agree (checkpointing recomputes the same
+activations and the loss is normalised over the whole step: memory changes, not maths).
 
     OMP_NUM_THREADS=2 python bench/demo_memory.py --steps 3
 """
@@ -25,38 +27,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def child(checkpointing: bool, steps: int, workdir: str) -> None:
+VARIANTS = {
+    "before": ["trainer.gradient_checkpointing=false", "trainer.micro_batch_size=16"],
+    "checkpointed": ["trainer.gradient_checkpointing=true", "trainer.micro_batch_size=16"],
+    "shipped": [],
+}
+
+
+def child(variant: str, steps: int, workdir: str) -> None:
     """One variant, in this process: prints a JSON line with its peak RSS and per-step metrics."""
     os.chdir(workdir)
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
     from memfactory.trainer.loop import GRPOTrainer
 
-    preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml",
-                         [f"trainer.gradient_checkpointing={str(checkpointing).lower()}", f"trainer.steps={steps}"])
+    preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml", [*VARIANTS[variant], f"trainer.steps={steps}"])
     trainer = GRPOTrainer(preset)
     loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for _ in range(steps):
         m = trainer.train_step().metrics
         rows.append({k: round(m[k], 4) for k in ("reward/mean", "loss", "time/step_s", "time/rollout_s", "time/update_s")})
-    print(json.dumps({"checkpointing": checkpointing, "loaded_rss_mb": round(loaded_mb),
+    cfg = preset.trainer
+    print(json.dumps({"checkpointing": cfg.gradient_checkpointing, "micro_batch_size": cfg.micro_batch_size,
+                      "loaded_rss_mb": round(loaded_mb),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "steps": rows}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child == "on", args.steps, args.workdir)
+        child(args.child, args.steps, args.workdir)
         return
     import tempfile
 
     results = {}
-    for variant in ("off", "on"):
+    for variant in VARIANTS:
         with tempfile.TemporaryDirectory() as workdir:
             started = time.perf_counter()
             done = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
@@ -65,17 +75,20 @@ def main() -> None:
             results[variant]["wall_s"] = round(time.perf_counter() - started, 1)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(f"tiny_cpu_demo, {args.steps} steps, OMP_NUM_THREADS={threads}")
-    print("| gradient checkpointing | peak RSS MB | after loading MB | s/step | rollout s | update s | reward per step |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | checkpointing | micro-batch | peak RSS MB | after loading MB | s/step | rollout s | update s | reward per step |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, r in results.items():
         steps = r["steps"]
         mean = lambda key: round(sum(s[key] for s in steps) / len(steps), 2)  # noqa: E731
-        print(f"| {variant} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean('time/step_s')} | {mean('time/rollout_s')} "
+        print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean('time/step_s')} | {mean('time/rollout_s')} "
               f"| {mean('time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
-    off, on = results["off"], results["on"]
-    print(f"peak RSS ratio on/off: {on['peak_rss_mb'] / off['peak_rss_mb']:.2f}; "
-          f"update time ratio on/off: {sum(s['time/update_s'] for s in on['steps']) / sum(s['time/update_s'] for s in off['steps']):.2f}; "
-          f"same rewards: {[s['reward/mean'] for s in on['steps']] == [s['reward/mean'] for s in off['steps']]}")
+    before = results["before"]
+    for variant in ("checkpointed", "shipped"):
+        r = results[variant]
+        update = sum(s["time/update_s"] for s in r["steps"]) / sum(s["time/update_s"] for s in before["steps"])
+        same = [s["reward/mean"] for s in r["steps"]] == [s["reward/mean"] for s in before["steps"]]
+        print(f"{variant} vs before: peak RSS x{r['peak_rss_mb'] / before['peak_rss_mb']:.2f}, "
+              f"update time x{update:.2f}, same rewards: {same}")
 
 
 if __name__ == "__main__":
