@@ -2,9 +2,14 @@
 
 Every question is answered ``k`` times in one batched ``agent.run(..., group_size=k,
 train=False)``; each path is scored with the set's metric (``Sample.meta["metric"]``, e.g.
-``string_match_all`` for RULER sets, else ``sub_em``), and a cell of the table is the mean over
-the k paths and all questions (avg@k). Rows are models/checkpoints, columns the sets plus their
-average, cells printed with 4 decimals.
+``string_match_all`` for RULER sets, else the default metric), and a cell of the table is the mean
+over the k paths and all questions (avg@k). Rows are models/checkpoints, columns the sets plus
+their average, cells printed with 4 decimals.
+
+``memfactory eval`` runs under a named protocol (``memfactory.eval_protocols``: ``memagent`` or
+``memfactory``) that sets the prompts, sampling, caps and metrics; the protocol's ``metric_map``
+turns a set's metric into the one scored (``sub_em`` -> ``memagent_sub_em`` under ``memagent``),
+and the report, ``eval.json`` and every ``samples.jsonl`` record name the protocol.
 
 Two entry points:
 
@@ -27,7 +32,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,10 +90,12 @@ class SampleResult:
         return data
 
 
-def metric_for(sample: Sample, default: str = DEFAULT_METRIC) -> str:
-    """The set's own metric (RULER loaders put ``string_match_all`` in meta), else ``default``."""
+def metric_for(sample: Sample, default: str = DEFAULT_METRIC, metric_map: Mapping[str, str] | None = None) -> str:
+    """The set's own metric (RULER loaders put ``string_match_all`` in meta), else ``default``;
+    then renamed through a protocol's ``metric_map`` (e.g. ``sub_em`` -> ``memagent_sub_em``)."""
     metric = sample.meta.get("metric") if isinstance(sample.meta, dict) else None
-    return str(metric) if metric else default
+    name = str(metric) if metric else default
+    return (metric_map or {}).get(name, name)
 
 
 def category_of(sample: Sample) -> tuple[int | str | None, str | None]:
@@ -133,11 +140,12 @@ def score_trajectories(
     default_metric: str = DEFAULT_METRIC,
     judge: Any = None,
     latency_s: float = 0.0,
+    metric_map: Mapping[str, str] | None = None,
 ) -> list[SampleResult]:
     """Group ``k`` consecutive trajectories per sample and score each with its sample's metric."""
     if len(trajectories) != len(samples) * k:
         raise RuntimeError(f"agent returned {len(trajectories)} trajectories for {len(samples)} samples x k={k}")
-    metrics = [metric_for(s, default_metric) for s in samples]
+    metrics = [metric_for(s, default_metric, metric_map) for s in samples]
     scorers = _scorers(set(metrics), judge)
     scores: list[float] = [0.0] * len(trajectories)
     for name, scorer in scorers.items():
@@ -190,6 +198,7 @@ def evaluate_workflow(
     batch_size: int = 4,
     default_metric: str = DEFAULT_METRIC,
     judge: Any = None,
+    metric_map: Mapping[str, str] | None = None,
 ) -> list[SampleResult]:
     """Run ``preset``'s agent over ``samples`` k times each (no training), score every path.
 
@@ -212,7 +221,7 @@ def evaluate_workflow(
         )
     backend = backend if backend is not None else build_backend(preset.model)
     agent = agent if agent is not None else build_agent(preset)
-    if judge is None and preset.judge is not None and _needs_judge(samples, default_metric):
+    if judge is None and preset.judge is not None and _needs_judge(samples, default_metric, metric_map):
         judge = build_backend(preset.judge, where="judge.backend")
     samples = list(samples)
     results: list[SampleResult] = []
@@ -222,7 +231,13 @@ def evaluate_workflow(
         trajectories = agent.run(batch, backend, params=params, group_size=k, train=False)
         elapsed = time.perf_counter() - began
         finished = score_trajectories(
-            batch, trajectories, k, default_metric=default_metric, judge=judge, latency_s=elapsed
+            batch,
+            trajectories,
+            k,
+            default_metric=default_metric,
+            judge=judge,
+            latency_s=elapsed,
+            metric_map=metric_map,
         )
         results.extend(finished)
         if on_progress is not None:
@@ -230,8 +245,8 @@ def evaluate_workflow(
     return results
 
 
-def _needs_judge(samples: Sequence[Sample], default_metric: str) -> bool:
-    return any(metric_for(s, default_metric) == "llm_judge" for s in samples)
+def _needs_judge(samples: Sequence[Sample], default_metric: str, metric_map: Mapping[str, str] | None = None) -> bool:
+    return any(metric_for(s, default_metric, metric_map) == "llm_judge" for s in samples)
 
 
 # --------------------------------------------------------------------------- what to evaluate
@@ -363,9 +378,11 @@ def make_rows(
     *,
     runs_db: str | None = None,
     keep_chunk_cap: bool = False,
+    protocol: Any = None,
 ) -> list[EvalRow]:
     """Targets x checkpoints -> rows. One ``--checkpoint`` applies to every target; as many as
-    targets pair up in order; ``none`` / ``base`` means the base weights."""
+    targets pair up in order; ``none`` / ``base`` means the base weights. ``protocol`` (an
+    ``eval_protocols.Protocol``) puts its prompt settings on every preset; ``--set`` fields win."""
     if not targets:
         raise MemFactoryError("name at least one preset (.yaml) or model to evaluate")
     if checkpoints and len(checkpoints) not in (1, len(targets)):
@@ -382,6 +399,8 @@ def make_rows(
         preset = resolve_target(target, overrides)
         if not keep_chunk_cap:
             preset = without_chunk_cap(preset)
+        if protocol is not None:
+            preset = protocol.apply(preset, overrides)
         ckpt = None if ckpt is None or ckpt.lower() in ("none", "base", "") else ckpt
         if ckpt is not None:
             folder = resolve_checkpoint(ckpt, runs_db or preset.logging.runs_db)
@@ -566,6 +585,7 @@ class Table:
     k: int
     digits: int = 4
     categories: list[CategoryTable] = field(default_factory=list)
+    title: str = ""  # the report header (the protocol and its settings); printed above the table
 
     def average(self, row: str) -> float | None:
         values = [self.cells[row][s] for s in self.sets]
@@ -585,8 +605,9 @@ class Table:
             for row in self.rows
         ]
 
-    def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
+    def markdown(self, title: bool = True) -> str:
+        lines = [self.title, ""] if title and self.title else []
+        lines += ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
         lines += ["| " + " | ".join(cells) + " |" for cells in self.body()]
         return "\n".join(lines) + "\n"
 
@@ -599,7 +620,12 @@ class Table:
 
 
 def build_table(
-    records: Sequence[dict[str, Any]], rows: Sequence[str], sets: Sequence[str], k: int, digits: int = 4
+    records: Sequence[dict[str, Any]],
+    rows: Sequence[str],
+    sets: Sequence[str],
+    k: int,
+    digits: int = 4,
+    title: str = "",
 ) -> Table:
     """avg@k: the mean of every path's score over the questions of each (row, set)."""
     sums: dict[tuple[str, str], float] = {}
@@ -615,7 +641,7 @@ def build_table(
         counts[key[0]][key[1]] += 1
     cells = {r: {s: (sums[(r, s)] / paths[(r, s)] if paths.get((r, s)) else None) for s in sets} for r in rows}
     categories = build_category_tables(records, rows, sets, k, digits)
-    return Table(list(rows), list(sets), cells, counts, k, digits, categories)
+    return Table(list(rows), list(sets), cells, counts, k, digits, categories, title)
 
 
 def _free_accelerator_memory() -> None:
@@ -643,6 +669,12 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             old = {}
+        if old and old.get("protocol") != manifest["protocol"]:
+            made = f"--protocol {old['protocol']}" if old.get("protocol") else "no named protocol (an older eval)"
+            raise MemFactoryError(
+                f"{folder} holds an eval made with {made}, not --protocol {manifest['protocol']}: scores of "
+                "different protocols must not share a table; resume it with the same protocol or choose another --out"
+            )
         for key in ("k", "temperature", "top_p", "max_new_tokens", "metric"):
             if key in old and old[key] != manifest[key]:
                 raise MemFactoryError(
@@ -659,6 +691,26 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
+def set_metrics(records: Sequence[dict[str, Any]], table: Table) -> str:
+    """``"eval_50: memagent_sub_em; eval_fwe: memagent_string_match_all"`` from the per-sample records."""
+    metrics: dict[str, set[str]] = {}
+    for r in records:
+        if r["row"] in table.rows and r.get("metric"):
+            metrics.setdefault(r["set"], set()).add(r["metric"])
+    return "; ".join(f"{s}: {', '.join(sorted(metrics[s]))}" for s in table.sets if s in metrics)
+
+
+def report_title(
+    protocol: str, k: int, params: SamplingParams, records: Sequence[dict[str, Any]], table: Table
+) -> str:
+    """The report's header line: the protocol, avg@k, the sampling settings and each set's metric."""
+    per_set = set_metrics(records, table)
+    return (
+        f"protocol {protocol}: avg@{k}{f' ({per_set})' if per_set else ''}, temperature {params.temperature}, "
+        f"top-p {params.top_p}, max {params.max_new_tokens} new tokens"
+    )
+
+
 def run_eval(
     rows: Sequence[EvalRow],
     sets: Sequence[str],
@@ -673,20 +725,28 @@ def run_eval(
     progress: bool = True,
     backend_factory: Callable[[Preset], Any] | None = None,
     log: Callable[[str], None] = print,
+    protocol: Any = None,
 ) -> tuple[Table, Path]:
     """Evaluate every row on every set (resumable); write table.md / table.csv; return the table.
 
     All sets are loaded (and missing ones reported) before any model is. ``backend_factory``
     builds a row's backend (default: the registry's ``build_backend(preset.model)``).
+    ``protocol`` (an ``eval_protocols.Protocol``; None = "custom") renames the sets' metrics
+    through its ``metric_map`` and is named in eval.json, samples.jsonl and table.md's header; a
+    folder made under another protocol is refused.
     """
     if not sets:
         raise MemFactoryError("no eval sets: name them with --sets eval_50,eval_100,... or set env.eval in the preset")
     folder = Path(out) if out else default_out_dir()
     store = ResultsStore(folder)
+    protocol_name = protocol.name if protocol is not None else "custom"
+    metric_map = dict(protocol.metric_map) if protocol is not None else None
+    default_metric = (metric_map or {}).get(default_metric, default_metric)
     data = {row.label: load_sets(row.preset, sets, data_dir=data_dir, n=n) for row in rows}
     _check_manifest(
         folder,
         {
+            "protocol": protocol_name,
             "k": k,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -743,6 +803,7 @@ def run_eval(
                                 "set": _set,
                                 "model": _row.preset.model.path,
                                 "checkpoint": _row.checkpoint,
+                                "protocol": protocol_name,
                                 "time": stamp,
                                 **r.to_dict(),
                             }
@@ -763,18 +824,22 @@ def run_eval(
                     batch_size=batch_size,
                     default_metric=default_metric,
                     judge=judge,
+                    metric_map=metric_map,
                 )
             del backend, agent
             _free_accelerator_memory()  # the next row loads another model
     finally:
         if bar is not None:
             bar.close()
-    table = build_table(store.records(), [r.label for r in rows], list(sets), k)
+    records = store.records()
+    table = build_table(records, [r.label for r in rows], list(sets), k)
+    table.title = report_title(protocol_name, k, params, records, table)
     (folder / "table.md").write_text(table.markdown(), encoding="utf-8")
     (folder / "table.csv").write_text(table.csv(), encoding="utf-8")
     for name in ("categories.md", "categories.csv"):  # a rerun without categories leaves none stale
         (folder / name).unlink(missing_ok=True)
     if table.categories:
-        (folder / "categories.md").write_text(categories_markdown(table.categories), encoding="utf-8")
+        header = f"{table.title}\n\n" if table.title else ""
+        (folder / "categories.md").write_text(header + categories_markdown(table.categories), encoding="utf-8")
         (folder / "categories.csv").write_text(categories_csv(table.categories), encoding="utf-8")
     return table, folder

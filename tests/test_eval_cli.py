@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from memfactory.cli import main
 from memfactory.paths import presets_dir
 
@@ -75,7 +77,10 @@ def test_eval_writes_table_csv_and_samples(tmp_path, capsys):
     assert [r[0] for r in rows[1:]] == ["memagent_tiny_test", "tiny://qwen3-mini"]
     for r in rows[1:]:
         assert all(0.0 <= float(x) <= 1.0 and len(x.split(".")[1]) == 4 for x in r[1:])
-    assert (out / "table.md").read_text().startswith("| model |")
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0].startswith("protocol memfactory: avg@2 (eval_docqa: boxed_em; eval_fwe_1024: string_match_all)")
+    assert md[2] == "| model | eval_docqa | eval_fwe_1024 | avg |"
+    assert md[0] in stdout  # the printed report has the same header
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2  # rows x sets x questions
     assert {(r["row"], r["set"]) for r in records} == {
@@ -83,7 +88,65 @@ def test_eval_writes_table_csv_and_samples(tmp_path, capsys):
     }
     for r in records:
         assert len(r["answers"]) == len(r["scores"]) == len(r["traces"]) == 2
-        assert r["metric"] == ("string_match_all" if r["set"] == "eval_fwe_1024" else "sub_em")
+        # the default protocol (memfactory): boxed EM without a judge; RULER synthetic sets keep theirs
+        assert r["metric"] == ("string_match_all" if r["set"] == "eval_fwe_1024" else "boxed_em")
+        assert r["protocol"] == "memfactory"
         assert r["question"] and r["gold"] and r["latency_s"] > 0
     manifest = json.loads((out / "eval.json").read_text())
     assert manifest["k"] == 2 and manifest["max_new_tokens"] == 4
+    assert manifest["protocol"] == "memfactory" and manifest["metric"] == "boxed_em"
+    assert (manifest["temperature"], manifest["top_p"]) == (1.0, 1.0)
+
+
+def test_unknown_protocol_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", TINY_PRESET, "--sets", "eval_docqa", "--protocol", "memagnet"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--protocol" in err and "invalid choice: 'memagnet'" in err and "memagent" in err
+
+
+def _eval(out, *extra: str) -> int:
+    return main(
+        ["eval", TINY_PRESET, "--sets", "eval_docqa,eval_fwe_1024", "--n", "2", "--max-new-tokens", "4",
+         "--out", str(out), "--no-progress", *extra]
+    )
+
+
+def test_memagent_protocol_run_and_resume_under_another_protocol_is_refused(tmp_path, capsys):
+    out = tmp_path / "ma"
+    assert _eval(out, "--protocol", "memagent") == 0
+    stdout = capsys.readouterr().out
+    header = "protocol memagent: avg@1 (eval_docqa: memagent_sub_em; eval_fwe_1024: memagent_string_match_all)"
+    assert header + ", temperature 0.7, top-p 0.95, max 4 new tokens" in stdout
+    assert (out / "table.md").read_text().startswith(header)
+    manifest = json.loads((out / "eval.json").read_text())
+    assert (manifest["protocol"], manifest["k"], manifest["temperature"], manifest["top_p"]) == (
+        "memagent", 1, 0.7, 0.95
+    )
+    assert manifest["metric"] == "memagent_sub_em"
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["protocol"] == "memagent" and len(r["scores"]) == 1 for r in records)
+    for r in records:  # MemAgent's extraction: no "the answer is" / box -> no prediction -> 0
+        for answer, prediction, s in zip(r["answers"], r["predictions"], r["scores"]):
+            if prediction is None or prediction == "":
+                assert s == 0.0
+            if "the answer is" not in answer and "\\boxed" not in answer:
+                assert prediction is None
+
+    # the same folder under the other protocol: refused before any model loads, nothing appended
+    assert _eval(out) == 2
+    err = capsys.readouterr().err
+    assert "--protocol memagent" in err and "--protocol memfactory" in err and "another --out" in err
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_explicit_flags_override_the_protocol(tmp_path):
+    out = tmp_path / "o"
+    assert _eval(out, "--protocol", "memagent", "--temperature", "0.3", "--top-p", "0.5", "--k", "2",
+                 "--metric", "em") == 0
+    manifest = json.loads((out / "eval.json").read_text())
+    assert (manifest["temperature"], manifest["top_p"], manifest["k"]) == (0.3, 0.5, 2)
+    assert manifest["metric"] == "memagent_em"  # "em" means MemAgent's em under this protocol
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["metric"] for r in records} == {"memagent_em", "memagent_string_match_all"}

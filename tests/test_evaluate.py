@@ -251,3 +251,102 @@ def test_checkpoint_from_run_id_folder_or_step(tmp_path):
         resolve_checkpoint("r2", db_path)
     with pytest.raises(MemFactoryError, match="no runs database"):
         resolve_checkpoint("r1", tmp_path / "missing.db")
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def _memory_module(preset):
+    from memfactory.agents.build import build_agent
+
+    return build_agent(preset).modules["memory"]
+
+
+def test_memagent_protocol_uses_memagents_prompts_caps_and_no_prefix():
+    from memfactory.eval_protocols import MEMAGENT
+    from memfactory.modules.recurrent import NO_MEMORY, UPDATE_TEMPLATE
+
+    (row,) = make_rows([str(TINY_PRESET)], protocol=MEMAGENT)
+    options = _memory_module(row.preset).options
+    assert (options.chunk_tokens, options.memory_tokens, options.answer_tokens) == (5000, 1024, 1024)
+    assert options.max_chunks is None and options.answer_prefix == "" and options.sample_answer_prefix is False
+    assert options.answer_format == "answer_is" and options.answer_template is None
+    assert 'format your response as follows "Therefore, the answer is (insert answer here)"' in options.final_template
+    assert options.update_template == UPDATE_TEMPLATE and options.memory_init == NO_MEMORY
+    params = MEMAGENT.params(row.preset)
+    assert (params.temperature, params.top_p, params.max_new_tokens, params.stop) == (0.7, 0.95, 1024, [])
+    assert MEMAGENT.k == 1 and MEMAGENT.default_metric([row.preset]) == "memagent_sub_em"
+    # --set fields win over the protocol's
+    (mine,) = make_rows(
+        [str(TINY_PRESET)], overrides=["modules.memory.chunk_tokens=64", 'modules.memory.answer_prefix="Answer: "'],
+        protocol=MEMAGENT,
+    )
+    options = _memory_module(mine.preset).options
+    assert (options.chunk_tokens, options.answer_prefix, options.memory_tokens) == (64, "Answer: ", 1024)
+    # explicit sampling values win too
+    assert MEMAGENT.params(row.preset, temperature=0.2, top_p=1.0, max_new_tokens=7).temperature == 0.2
+
+
+def test_memfactory_protocol_keeps_the_presets_modules_with_the_boxed_template():
+    from memfactory.eval_protocols import MEMFACTORY
+
+    smollm = presets_dir() / "memagent_smollm2_cpu.yaml"
+    (bare, custom) = make_rows(["tiny://qwen3-mini", str(smollm)], protocol=MEMFACTORY)
+    options = _memory_module(bare.preset).options
+    assert options.answer_format == "boxed" and "put the answer in \\boxed{{}}" in options.final_template
+    assert (options.chunk_tokens, options.memory_tokens) == (2500, 2048)  # the paper's, from the default preset
+    assert MEMFACTORY.params(bare.preset).max_new_tokens == 2048 and MEMFACTORY.params(bare.preset).temperature == 1.0
+    assert MEMFACTORY.params(custom.preset).max_new_tokens == 48  # the preset trains with fewer
+    assert MEMFACTORY.params(custom.preset).stop == ["}"]
+    own = _memory_module(custom.preset).options
+    assert own.answer_template.endswith("inside \\boxed{{}}.") and own.answer_prefix == "\\boxed{"
+    assert MEMFACTORY.k == 4 and MEMFACTORY.default_metric([bare.preset]) == "boxed_em"
+    judged = bare.preset.model_copy(update={"judge": bare.preset.model})
+    assert MEMFACTORY.default_metric([judged]) == "llm_judge"
+    assert MEMFACTORY.default_metric([judged, bare.preset]) == "boxed_em"  # one table, one metric
+
+
+def test_metric_for_renames_through_the_protocol():
+    from memfactory.eval_protocols import MEMAGENT
+
+    hotpot = Sample(id="h", question="q", answers=["Paris"])
+    qa = Sample(id="q", question="q", answers=["a"], meta={"ruler_task": "qa_1"})
+    ruler = Sample(id="r", question="q", answers=["a"], meta={"metric": "string_match_all"})
+    locomo = Sample(id="l", question="q", answers=["a"], meta={"metric": "f1"})
+    names = [metric_for(s, "sub_em", MEMAGENT.metric_map) for s in (hotpot, qa, ruler, locomo)]
+    assert names == ["memagent_sub_em", "memagent_sub_em", "memagent_string_match_all", "memagent_f1"]
+    # scored the MemAgent way: against answers[0], no raw-text fallback
+    samples = [Sample(id="x", question="q", answers=["New York City", "NYC"]), hotpot]
+    trajectories = [
+        Trajectory(sample=samples[0], answer="Therefore, the answer is NYC."),
+        Trajectory(sample=samples[1], answer="Paris"),
+    ]
+    results = score_trajectories(samples, trajectories, 1, default_metric="sub_em", metric_map=MEMAGENT.metric_map)
+    assert [r.scores for r in results] == [[0.0], [0.0]]
+    assert [r.predictions for r in results] == [["NYC"], [None]]
+
+
+def test_resume_under_another_protocol_is_refused(tmp_path, counting_backend):
+    from memfactory.eval_protocols import MEMAGENT, MEMFACTORY
+
+    rows = make_rows([str(TINY_PRESET)], keep_chunk_cap=True)
+    kwargs = {
+        "out": tmp_path,
+        "n": 1,
+        "k": 1,
+        "params": PARAMS,
+        "progress": False,
+        "backend_factory": lambda preset: counting_backend,
+    }
+    table, _ = run_eval(rows, ["eval_docqa"], protocol=MEMFACTORY, default_metric="boxed_em", **kwargs)
+    assert table.title.startswith("protocol memfactory: avg@1 (eval_docqa: boxed_em), temperature 1.0")
+    assert table.markdown().splitlines()[0] == table.title
+    assert (tmp_path / "table.md").read_text().startswith(table.title)
+    with pytest.raises(MemFactoryError, match="--protocol memfactory, not --protocol memagent"):
+        run_eval(rows, ["eval_docqa"], protocol=MEMAGENT, **kwargs)
+    # a folder from before protocols existed is refused too
+    manifest = json.loads((tmp_path / "eval.json").read_text())
+    del manifest["protocol"]
+    (tmp_path / "eval.json").write_text(json.dumps(manifest))
+    with pytest.raises(MemFactoryError, match="no named protocol"):
+        run_eval(rows, ["eval_docqa"], protocol=MEMFACTORY, default_metric="boxed_em", **kwargs)
