@@ -35,8 +35,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     download.set_defaults(func=run_download)
 
-    check = sub.add_parser("check", help="validate a data file and summarise it")
+    check = sub.add_parser(
+        "check",
+        help="validate a data file, summarise it, and check its contexts against the reading budget",
+        description="Validate a data file and summarise it; count documents and tokens per context and "
+        "compare them with max_chunks x chunk_tokens of a recurrent memory (default: the MemAgent GPU "
+        "presets' 6 x 2500), warning when most contexts would be cut.",
+    )
     check.add_argument("path", help=".json/.jsonl/.parquet file or synthetic://kind?n=..")
+    check.add_argument("--preset", help="take chunk_tokens, max_chunks and truncate from this preset's recurrent module")
+    check.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default 2500, or the preset's)")
+    check.add_argument(
+        "--max-chunks", type=int, help="chunks read per context, 0 = no cap (default 6, or the preset's)"
+    )
+    check.add_argument("--tokenizer", help="local tokenizer folder to count tokens exactly (default ~4 chars/token)")
     check.set_defaults(func=run_check)
 
 
@@ -110,4 +122,43 @@ def run_check(args: argparse.Namespace) -> int:
     )
     first = samples[0]
     print(f"first: {first.id}: {first.question[:100]!r} -> {first.answers}")
+    report = _budget_report(args, samples)
+    for line in report.lines():
+        print(line)
+    warning = report.warning()
+    if warning:
+        print(warning)
     return 0
+
+
+def _budget_report(args: argparse.Namespace, samples: list):
+    from memfactory.data.check import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_CHUNKS, budget_from_preset, budget_report
+
+    chunk_tokens, max_chunks, truncate = DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_CHUNKS, "middle"
+    source = "the MemAgent GPU presets'"
+    if args.preset:
+        from memfactory.config import load_preset
+
+        found = budget_from_preset(load_preset(args.preset))
+        if found is None:
+            raise MemFactoryError(f"preset {args.preset} has no recurrent memory module: nothing reads in chunks")
+        chunk_tokens, max_chunks, truncate = found
+        source = f"preset {args.preset}"
+    if args.chunk_tokens is not None:
+        if args.chunk_tokens < 1:
+            raise MemFactoryError(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
+        chunk_tokens = args.chunk_tokens
+        source = f"{source}, --chunk-tokens" if args.preset else "command line"
+    if args.max_chunks is not None:
+        if args.max_chunks < 0:
+            raise MemFactoryError(f"--max-chunks must be >= 0 (0 = no cap), got {args.max_chunks}")
+        max_chunks = args.max_chunks or None
+        source = f"{source}, --max-chunks" if args.preset else "command line"
+    counter = None
+    if args.tokenizer:
+        from memfactory.data.synth import token_counter
+
+        counter = token_counter(_load_tokenizer(args.tokenizer))
+    return budget_report(
+        samples, chunk_tokens=chunk_tokens, max_chunks=max_chunks, truncate=truncate, count_tokens=counter, source=source
+    )
