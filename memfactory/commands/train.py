@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"logging.runs_dir={args.runs_dir}")
         overrides.append(f"logging.runs_db={args.runs_dir}/memfactory.db")
     preset = load_preset(args.preset, overrides)
+    from memfactory.envs.rewards import check_training_rewards
+
+    check_training_rewards(preset.rewards, args.preset)  # before any model loads
     session = TrainingSession(preset, run_id=args.run_id, resume=args.resume)
     session.run(progress=not args.no_progress)
     return 0 if session.status == "finished" else 1

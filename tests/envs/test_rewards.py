@@ -360,3 +360,23 @@ def test_build_env_refuses_an_eval_only_training_reward():
     trajectories = [traj(r"\boxed{" + s.answers[0] + "}", s.answers) for s in env.samples("train")]
     env.score(trajectories)
     assert [t.rewards for t in trajectories] == [{"boxed_em": 1.0}] * len(trajectories)
+
+
+def test_train_cli_refuses_an_eval_only_reward_before_loading_a_model(tmp_path, capsys):
+    from memfactory.cli import main
+    from memfactory.paths import presets_dir
+
+    code = main(
+        [
+            "train",
+            str(presets_dir() / "tiny_test.yaml"),
+            "--set",
+            "rewards={memagent_sub_em: 1.0}",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "rewards.memagent_sub_em" in err and "cannot be a training reward" in err and "boxed_em" in err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder or model
