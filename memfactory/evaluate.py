@@ -700,9 +700,7 @@ def set_metrics(records: Sequence[dict[str, Any]], table: Table) -> str:
     return "; ".join(f"{s}: {', '.join(sorted(metrics[s]))}" for s in table.sets if s in metrics)
 
 
-def report_title(
-    protocol: str, k: int, params: SamplingParams, records: Sequence[dict[str, Any]], table: Table
-) -> str:
+def report_title(protocol: str, k: int, params: SamplingParams, records: Sequence[dict[str, Any]], table: Table) -> str:
     """The report's header line: the protocol, avg@k, the sampling settings and each set's metric."""
     per_set = set_metrics(records, table)
     return (

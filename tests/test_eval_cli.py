@@ -108,8 +108,20 @@ def test_unknown_protocol_is_an_argparse_error(capsys):
 
 def _eval(out, *extra: str) -> int:
     return main(
-        ["eval", TINY_PRESET, "--sets", "eval_docqa,eval_fwe_1024", "--n", "2", "--max-new-tokens", "4",
-         "--out", str(out), "--no-progress", *extra]
+        [
+            "eval",
+            TINY_PRESET,
+            "--sets",
+            "eval_docqa,eval_fwe_1024",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
     )
 
 
@@ -122,7 +134,10 @@ def test_memagent_protocol_run_and_resume_under_another_protocol_is_refused(tmp_
     assert (out / "table.md").read_text().startswith(header)
     manifest = json.loads((out / "eval.json").read_text())
     assert (manifest["protocol"], manifest["k"], manifest["temperature"], manifest["top_p"]) == (
-        "memagent", 1, 0.7, 0.95
+        "memagent",
+        1,
+        0.7,
+        0.95,
     )
     assert manifest["metric"] == "memagent_sub_em"
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -143,8 +158,10 @@ def test_memagent_protocol_run_and_resume_under_another_protocol_is_refused(tmp_
 
 def test_explicit_flags_override_the_protocol(tmp_path):
     out = tmp_path / "o"
-    assert _eval(out, "--protocol", "memagent", "--temperature", "0.3", "--top-p", "0.5", "--k", "2",
-                 "--metric", "em") == 0
+    assert (
+        _eval(out, "--protocol", "memagent", "--temperature", "0.3", "--top-p", "0.5", "--k", "2", "--metric", "em")
+        == 0
+    )
     manifest = json.loads((out / "eval.json").read_text())
     assert (manifest["temperature"], manifest["top_p"], manifest["k"]) == (0.3, 0.5, 2)
     assert manifest["metric"] == "memagent_em"  # "em" means MemAgent's em under this protocol

@@ -278,7 +278,8 @@ def test_memagent_protocol_uses_memagents_prompts_caps_and_no_prefix():
     assert MEMAGENT.k == 1 and MEMAGENT.default_metric([row.preset]) == "memagent_sub_em"
     # --set fields win over the protocol's
     (mine,) = make_rows(
-        [str(TINY_PRESET)], overrides=["modules.memory.chunk_tokens=64", 'modules.memory.answer_prefix="Answer: "'],
+        [str(TINY_PRESET)],
+        overrides=["modules.memory.chunk_tokens=64", 'modules.memory.answer_prefix="Answer: "'],
         protocol=MEMAGENT,
     )
     options = _memory_module(mine.preset).options

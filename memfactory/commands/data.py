@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     download = sub.add_parser("download", help="download a public data set (needs internet)")
     download.add_argument(
-        "dataset", choices=["memagent", "locomo"], help="MemAgent's BytedTsinghua-SIA/hotpotqa, or LoCoMo's locomo10.json"
+        "dataset",
+        choices=["memagent", "locomo"],
+        help="MemAgent's BytedTsinghua-SIA/hotpotqa, or LoCoMo's locomo10.json",
     )
     download.add_argument("--to", required=True, help="target folder (use it as env.data_dir)")
     download.add_argument(
@@ -43,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "presets' 6 x 2500), warning when most contexts would be cut.",
     )
     check.add_argument("path", help=".json/.jsonl/.parquet file or synthetic://kind?n=..")
-    check.add_argument("--preset", help="take chunk_tokens, max_chunks and truncate from this preset's recurrent module")
+    check.add_argument(
+        "--preset", help="take chunk_tokens, max_chunks and truncate from this preset's recurrent module"
+    )
     check.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default 2500, or the preset's)")
     check.add_argument(
         "--max-chunks", type=int, help="chunks read per context, 0 = no cap (default 6, or the preset's)"
@@ -160,5 +164,10 @@ def _budget_report(args: argparse.Namespace, samples: list):
 
         counter = token_counter(_load_tokenizer(args.tokenizer))
     return budget_report(
-        samples, chunk_tokens=chunk_tokens, max_chunks=max_chunks, truncate=truncate, count_tokens=counter, source=source
+        samples,
+        chunk_tokens=chunk_tokens,
+        max_chunks=max_chunks,
+        truncate=truncate,
+        count_tokens=counter,
+        source=source,
     )
