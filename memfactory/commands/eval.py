@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(MemAgent's published eval): 'Therefore, the answer is' template, temperature 0.7, top-p 0.95, "
         "chunks of 5000 tokens, memory and answer capped at 1024 tokens, k 1, MemAgent's extraction and "
         "sub-EM (memagent_sub_em; memagent_string_match_all for RULER synthetic sets). Sets that name a "
-        "metric (RULER string_match_all, LoCoMo f1) keep it. A positional argument is a preset YAML or a "
+        "metric (RULER string_match_all, LoCoMo f1) keep it (MemAgent's version under memagent). A positional argument is a preset YAML or a "
         "model (folder, hub id, tiny://qwen3-mini, smollm2-135m-instruct) run with the default MemAgent preset.",
     )
     parser.add_argument("targets", nargs="+", metavar="PRESET_OR_MODEL", help="preset .yaml file or model path/name")
