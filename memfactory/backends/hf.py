@@ -7,6 +7,14 @@ length or vocabulary the way ``output_logits`` does). The recorded value is the 
 temperature-scaled ``log_softmax(logits / T)`` (T = 1 when greedy), i.e. before top-p/top-k
 truncation, which is exactly what the trainer recomputes in its forward pass.
 
+Prefill once per group: GRPO asks for ``group_size`` samples of each prompt, so a micro-batch
+often holds the same prompt many times (the direct agent always; MemAgent's first chunk and any
+turn whose prompts coincide). Each distinct prompt is then prefilled once (all but its last
+token), its KV cache is repeated for the rows that share it, and ``generate`` continues from
+that cache: the same tokens and log-probs as prefilling every row (the sampling RNG is consumed
+identically; only float rounding of a batched prefill can differ), at a fraction of the prompt
+compute. ``shared_prefill=False`` turns it off; ``prefill_stats`` counts rows and prefills.
+
 torch and transformers are imported lazily so that ``memfactory list`` stays fast.
 """
 
@@ -131,13 +139,23 @@ class HFBackend:
     """Generation with a local ``transformers`` causal LM; the policy the trainer optimises."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, enable_thinking: bool = False, name: str = "hf", micro_batch_size: int = 32
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        enable_thinking: bool = False,
+        name: str = "hf",
+        micro_batch_size: int = 32,
+        shared_prefill: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.enable_thinking = enable_thinking
         self.name = name
         self.micro_batch_size = micro_batch_size
+        self.shared_prefill = shared_prefill
+        # Rows generated, and prompts actually prefilled (fewer when rows share a prompt).
+        self.prefill_stats = {"rows": 0, "prefilled": 0}
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -256,6 +274,9 @@ class HFBackend:
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnStrings(self.tokenizer, list(params.stop), width)]
         began = time.perf_counter()
+        cache = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"])
+        if cache is not None:
+            kwargs[self._cache_keyword()] = cache
         sequences = self.model.generate(**kwargs)
         latency = time.perf_counter() - began
         generated = sequences[:, width:].cpu()
@@ -264,6 +285,56 @@ class HFBackend:
             self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency)
             for i in range(len(prompt_ids))
         ]
+
+    def _shared_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any | None:
+        """A KV cache of every row's prompt but its last token, each distinct prompt prefilled once.
+
+        None when no two rows share a prompt (or sharing is off): ``generate`` prefills as usual.
+        Rows are left-padded to one width, so equal rows are equal prompts at equal positions.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        rows = [tuple(r) for r in input_ids.tolist()]
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(r, len(distinct)) for r in rows]
+        self.prefill_stats["rows"] += len(rows)
+        if not self.shared_prefill or len(distinct) == len(rows) or input_ids.shape[1] < 2:
+            self.prefill_stats["prefilled"] += len(rows)
+            return None
+        self.prefill_stats["prefilled"] += len(distinct)
+        first = torch.tensor([owner.index(k) for k in range(len(distinct))], device=input_ids.device)
+        ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+        cache = DynamicCache(config=self._base_model().config)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            # What generate uses for left-padded rows: positions counted over real tokens.
+            "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0),
+            self._cache_keyword(): cache,
+            "use_cache": True,
+        }
+        if "logits_to_keep" in self._forward_parameters():
+            kwargs["logits_to_keep"] = 1  # the prefill's logits are not needed: generate recomputes the last
+        self.model(**kwargs)
+        cache.reorder_cache(torch.tensor(owner, device=input_ids.device))  # one copy per row
+        return cache
+
+    def _base_model(self) -> Any:
+        get_base = getattr(self.model, "get_base_model", None)  # a peft model: the transformers model inside
+        return get_base() if callable(get_base) else self.model
+
+    def _forward_parameters(self) -> set[str]:
+        import inspect
+
+        try:
+            return set(inspect.signature(self._base_model().forward).parameters)
+        except (TypeError, ValueError):
+            return set()
+
+    def _cache_keyword(self) -> str:
+        """``cache`` in newer transformers (``past_key_values`` deprecated), ``past_key_values`` before."""
+        return "cache" if "cache" in self._forward_parameters() else "past_key_values"
 
     def _finish_row(
         self, tokens: list[int], logprobs: torch.Tensor, eos_ids: list[int], params: SamplingParams, latency: float

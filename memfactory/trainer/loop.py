@@ -400,12 +400,17 @@ class GRPOTrainer:
         step = self.step + 1
         dist.reseed_for_step(self.accelerator, cfg.seed, step)
         engine_stats = self.engine.prepare(self.step)
+        prefill = dict(getattr(self.backend, "prefill_stats", None) or {})
         buffers, trajectories = [], []
         for accum_index in range(cfg.grad_accum):
             calls, advantages, batch_trajectories = self.rollout(self.batch_for_step(step, accum_index))
             trajectories.extend(batch_trajectories)
             buffers.append((calls, advantages))
         rollout_time = time.perf_counter() - started
+        if prefill:  # hf backends: the share of generated rows whose prompt prefill was shared
+            after = self.backend.prefill_stats
+            rows = after["rows"] - prefill["rows"]
+            engine_stats["rollout/shared_prefill_fraction"] = 1.0 - (after["prefilled"] - prefill["prefilled"]) / max(rows, 1)
         update_stats = self.policy_update(buffers)
         with warnings.catch_warnings():
             # A step whose groups all lacked signal makes no optimizer step; the schedule still

@@ -223,3 +223,21 @@ def test_smollm2_cpu_preset_reads_its_chunks_and_answers_boxed(smollm2_backend):
         assert all(c.trainable for c in t.calls)  # credit: all_calls
         assert t.answer.startswith("\\boxed{") and 0.0 <= t.reward <= 1.0
         assert any(step["memory"] != "No previous memory" for step in t.trace if "memory" in step)
+
+
+def test_first_chunk_is_prefilled_once_per_group(fresh_tiny_backend):
+    """At chunk 0 every group member reads the same chunk with the same (initial) memory."""
+    backend = HFBackend(fresh_tiny_backend.model, fresh_tiny_backend.tokenizer)
+    counts = []
+    original = backend._shared_prefix_cache
+
+    def counting(input_ids, attention_mask):
+        before = dict(backend.prefill_stats)
+        cache = original(input_ids, attention_mask)
+        counts.append((backend.prefill_stats["rows"] - before["rows"], backend.prefill_stats["prefilled"] - before["prefilled"]))
+        return cache
+
+    backend._shared_prefix_cache = counting
+    agent().run(SAMPLES, backend, params=SamplingParams(max_new_tokens=8, temperature=1.0, seed=0), group_size=4, train=True)
+    assert counts[0] == (12, 3)  # chunk 0: 3 questions x 4 members, 3 prefills
+    assert all(prefilled <= rows for rows, prefilled in counts)

@@ -247,3 +247,79 @@ def test_tokenizer_without_chat_template_is_a_user_error(tiny_backend):
     tokenizer.chat_template = None
     with pytest.raises(MemFactoryError, match="no chat template"):
         HFBackend(tiny_backend.model, tokenizer).render_prompt(chat("Hi"))
+
+
+# --------------------------------------------------------------------------- prefill once per group
+
+
+def _group_prompts(group: int = 4) -> list[ChatPrompt]:
+    """A GRPO rollout batch: each prompt ``group`` times, group members adjacent (as agents ask)."""
+    return [p for p in PROMPTS for _ in range(group)]
+
+
+def _prefill_shapes(model) -> list[tuple[int, int]]:
+    """(rows, tokens) of every forward through the decoder, recorded by a hook."""
+    shapes: list[tuple[int, int]] = []
+
+    def hook(_module, _args, kwargs):
+        ids = kwargs.get("input_ids")
+        tensor = ids if ids is not None else kwargs["inputs_embeds"]
+        shapes.append(tuple(tensor.shape[:2]))
+
+    model.model.register_forward_pre_hook(hook, with_kwargs=True)
+    return shapes
+
+
+@pytest.mark.parametrize("params", [GREEDY, SamplingParams(max_new_tokens=12, temperature=1.0, seed=7)],
+                         ids=["greedy", "sampled"])
+def test_shared_prefill_gives_the_same_tokens_and_logprobs(fresh_tiny_backend, params):
+    model, tokenizer = fresh_tiny_backend.model, fresh_tiny_backend.tokenizer
+    plain = HFBackend(model, tokenizer, shared_prefill=False).generate(_group_prompts(), params)
+    shared_backend = HFBackend(model, tokenizer)
+    shared = shared_backend.generate(_group_prompts(), params)
+    assert [g.response_ids for g in shared] == [g.response_ids for g in plain]
+    assert [g.text for g in shared] == [g.text for g in plain]
+    for a, b in zip(shared, plain):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert shared_backend.prefill_stats == {"rows": 16, "prefilled": 4}
+    # Group members still sample independently (one RNG stream over the batch, as unshared).
+    if params.temperature > 0:
+        assert len({tuple(g.response_ids) for g in shared[:4]}) > 1
+
+
+def test_each_distinct_prompt_is_prefilled_once(fresh_tiny_backend):
+    model, tokenizer = fresh_tiny_backend.model, fresh_tiny_backend.tokenizer
+    shapes = _prefill_shapes(model)
+    prompts = [PROMPTS[1]] * 6 + [PROMPTS[3]] * 2
+    HFBackend(model, tokenizer).generate(prompts, SamplingParams(max_new_tokens=3, temperature=1.0, seed=0))
+    width = max(len(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True)) for p in prompts[-1:])
+    # One prefill of the 2 distinct prompts (all but the last token), then one token per row per step.
+    assert shapes[0][0] == 2 and shapes[0][1] >= width - 1
+    assert all(shape == (8, 1) for shape in shapes[1:]), shapes
+
+
+def test_distinct_prompts_and_sharing_off_take_the_plain_path(fresh_tiny_backend):
+    model, tokenizer = fresh_tiny_backend.model, fresh_tiny_backend.tokenizer
+    shapes = _prefill_shapes(model)
+    backend = HFBackend(model, tokenizer)
+    backend.generate(PROMPTS, SamplingParams(max_new_tokens=2))
+    assert backend.prefill_stats == {"rows": 4, "prefilled": 4}
+    assert shapes[0][0] == 4 and shapes[0][1] > 1  # generate's own prefill of every row
+    off = HFBackend(model, tokenizer, shared_prefill=False)
+    off.generate(_group_prompts(2), SamplingParams(max_new_tokens=2))
+    assert off.prefill_stats == {"rows": 8, "prefilled": 8}
+
+
+def test_shared_prefill_on_a_peft_policy_matches_a_forward_pass(fresh_tiny_backend):
+    """The trainer's policy is peft-wrapped: shared prefill must go through the adapters too."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        fresh_tiny_backend.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    backend = HFBackend(model, fresh_tiny_backend.tokenizer)
+    gens = backend.generate([PROMPTS[1]] * 3, SamplingParams(max_new_tokens=8, temperature=1.0, seed=5))
+    assert backend.prefill_stats["prefilled"] == 1
+    for gen in gens:
+        expected = _forward_logprobs(model, gen.prompt_ids, gen.response_ids, 1.0)
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)

@@ -61,6 +61,7 @@ def test_step_with_signal_updates_the_policy_and_logs_metrics(trainer):
                 "time/step_s", "tokens_per_s", "skipped_group_fraction", "grad_norm"):
         assert key in m, key
     assert m["skipped_group_fraction"] < 1.0
+    assert m["rollout/shared_prefill_fraction"] == 0.75  # 2 prompts x 4 members: 2 prefills for 8 rows
     assert len(result.trajectories) == 2 * 4
     assert [len(g) for g in result.group_rewards] == [4, 4]
     assert trainer.step == 1
