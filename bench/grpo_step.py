@@ -17,6 +17,15 @@ Timing: ours = wall time of each ``train_step()``; TRL = time between consecutiv
 optimizer). The first ``--warmup`` steps of each are dropped; the median of the rest is reported.
 
     OMP_NUM_THREADS=1 python bench/grpo_step.py [--steps 20] [--warmup 3] [--prompts 1] [--group 8]
+
+``--model smollm2-135m-instruct`` measures the real CPU demo instead: SmolLM2-135M-Instruct (a copy
+with the same never-sampled EOS), the prompts of ``presets/tiny_cpu_demo.yaml`` (one-shot document
+QA, ~250 tokens, the ``\boxed{`` answer prefix), 4 prompts x 8 samples x 16 tokens at temperature
+0.7, LoRA r 16 / alpha 32 on the same projections and gradient checkpointing on both sides. Each
+side then runs in its own process, so each one's peak RSS (``ru_maxrss``) is its own; the rollout
+/ update split, tokens/s and which prefill path ours took are printed.
+
+    OMP_NUM_THREADS=2 python bench/grpo_step.py --model smollm2-135m-instruct --steps 3 --warmup 1
 """
 
 from __future__ import annotations
@@ -47,13 +56,13 @@ def vowel_share(text: str) -> float:
     return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
 
 
-def build_model_dir(folder: Path) -> Path:
-    """Copy the tiny model with an EOS id >= vocab_size: generation can never stop before the cap."""
+def build_model_dir(folder: Path, model: str = "tiny://qwen3-mini") -> Path:
+    """Copy the model with an EOS id >= vocab_size: generation can never stop before the cap."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from memfactory.backends.sources import resolve_model_path
 
-    source = resolve_model_path("tiny://qwen3-mini")
+    source = resolve_model_path(model)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.add_special_tokens({"eos_token": BENCH_EOS})
@@ -81,24 +90,27 @@ def run_ours(model_dir: Path, args: argparse.Namespace, workdir: Path) -> tuple[
             return [vowel_share(t.answer) for t in trajectories]
 
     total = args.warmup + args.steps
-    preset = load_preset(
-        presets_dir() / "tiny_test.yaml",
-        [
-            f"model.path={model_dir}",
-            f"trainer.steps={total}",
-            f"trainer.batch_size={args.prompts}",
-            f"trainer.group_size={args.group}",
-            f"trainer.max_new_tokens={args.tokens}",
-            f"trainer.micro_batch_size={args.prompts * args.group}",
-            "trainer.stop=[]",
-            "trainer.beta=0.0",
-            "trainer.temperature=1.0",
-            "trainer.lr=1e-6",
-            "trainer.loss_type=grpo",
-            f"logging.runs_dir={workdir}/runs",
-            f"logging.runs_db={workdir}/runs/memfactory.db",
-        ],
-    )
+    common = [
+        f"model.path={model_dir}",
+        f"trainer.steps={total}",
+        f"trainer.batch_size={args.prompts}",
+        f"trainer.group_size={args.group}",
+        f"trainer.max_new_tokens={args.tokens}",
+        "trainer.stop=[]",
+        "trainer.beta=0.0",
+        "trainer.lr=1e-6",
+        "trainer.loss_type=grpo",
+        "trainer.skip_equal_groups=false",
+        f"logging.runs_dir={workdir}/runs",
+        f"logging.runs_db={workdir}/runs/memfactory.db",
+    ]
+    if demo_mode(args):  # the demo's prompts, LoRA, micro-batch, checkpointing and temperature
+        preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml", common)
+    else:
+        preset = load_preset(
+            presets_dir() / "tiny_test.yaml",
+            [*common, f"trainer.micro_batch_size={args.prompts * args.group}", "trainer.temperature=1.0"],
+        )
     trainer = GRPOTrainer(preset)
     trainer.env.rewards = {"vowels": Vowels()}
     trainer.env.weights = {"vowels": 1.0}
@@ -121,6 +133,8 @@ def run_ours(model_dir: Path, args: argparse.Namespace, workdir: Path) -> tuple[
         split["update"].append(result.metrics["time/update_s"])
         assert result.metrics.get("skipped_group_fraction", 0.0) == 0.0, "a group had no signal"
     info = {
+        "prefill_path": "shared per group" if trainer.backend.prefill_stats["prefilled"] < trainer.backend.prefill_stats["rows"]
+        else "one per row",
         "response_length_mean": statistics.mean(lengths),
         "rollout_median_s": statistics.median(split["rollout"][args.warmup :]),
         "update_median_s": statistics.median(split["update"][args.warmup :]),
@@ -145,19 +159,31 @@ def run_trl(
     texts = [tokenizer.decode(ids, skip_special_tokens=False) for ids in prompt_ids]
     same = all(tokenizer(t)["input_ids"] == ids for t, ids in zip(texts, prompt_ids))
     total = args.warmup + args.steps
+    demo = demo_mode(args)
+    extra: dict = {}
+    if demo:
+        from peft import LoraConfig
+
+        from memfactory.config import load_preset
+        from memfactory.paths import presets_dir
+
+        lora = load_preset(presets_dir() / "tiny_cpu_demo.yaml").trainer.lora
+        extra["peft_config"] = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                          target_modules=list(lora.target_modules))
     config = trl.GRPOConfig(
         output_dir=str(workdir / "trl"),
         use_cpu=True,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=demo,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if demo else None,
         save_strategy="no",
         report_to="none",
         per_device_train_batch_size=args.prompts * args.group,
         num_generations=args.group,
         gradient_accumulation_steps=1,
         max_completion_length=args.tokens,
-        temperature=1.0,
+        temperature=DEMO_TEMPERATURE if demo else 1.0,
         beta=0.0,
         loss_type="grpo",
         learning_rate=1e-6,
@@ -190,6 +216,7 @@ def run_trl(
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Clock()],
+        **extra,
     )
     generate = trainer._generate_single_turn
 
@@ -206,39 +233,99 @@ def run_trl(
 
 # --------------------------------------------------------------------------- main
 
+DEMO_MODEL = "smollm2-135m-instruct"
+DEMO_TEMPERATURE = 0.7  # tiny_cpu_demo's rollout temperature
+
+
+def demo_mode(args: argparse.Namespace) -> bool:
+    return args.model == DEMO_MODEL
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_side(args: argparse.Namespace) -> None:
+    """One trainer in this process (``--side``); its timings and peak RSS go to ``--result``."""
+    import json
+
+    workdir, model_dir = Path(args.workdir), Path(args.model_dir)
+    if args.side == "ours":
+        times, prompts, info = run_ours(model_dir, args, workdir)
+    else:
+        prompts = json.loads(Path(args.prompts_file).read_text())
+        times, info = run_trl(model_dir, prompts, args, workdir)
+    Path(args.result).write_text(json.dumps({"times": times, "prompts": prompts, "info": info,
+                                             "peak_rss_mb": peak_rss_mb()}))
+
+
+def spawn(side: str, args: argparse.Namespace, workdir: Path, model_dir: Path) -> dict:
+    import json
+    import subprocess
+
+    result = workdir / f"{side}.json"
+    command = [sys.executable, __file__, "--side", side, "--workdir", str(workdir), "--model-dir", str(model_dir),
+               "--result", str(result), "--prompts-file", str(workdir / "ours.json"), "--model", args.model,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--prompts", str(args.prompts),
+               "--group", str(args.group), "--tokens", str(args.tokens)]
+    subprocess.run(command, check=True)
+    data = json.loads(result.read_text())
+    if side == "ours":  # TRL reads the prompts ours rendered
+        (workdir / "ours.json").write_text(json.dumps(data["prompts"]))
+    return data
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", choices=["tiny", DEMO_MODEL],
+                        help="tiny (random tiny Qwen3) or the CPU demo's SmolLM2 set-up")
     parser.add_argument("--steps", type=int, default=20, help="measured steps per trainer")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped before measuring")
-    parser.add_argument("--prompts", type=int, default=1, help="prompts per step")
+    parser.add_argument("--prompts", type=int, help="prompts per step (default 1; 4 with the demo model)")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt")
-    parser.add_argument("--tokens", type=int, default=32, help="completion length (forced)")
+    parser.add_argument("--tokens", type=int, help="completion length (forced; default 32, 16 with the demo model)")
     parser.add_argument("--only", choices=["ours", "trl"], help="run one side (profiling)")
+    for hidden in ("--side", "--workdir", "--model-dir", "--result", "--prompts-file"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.prompts = args.prompts or (4 if demo_mode(args) else 1)
+    args.tokens = args.tokens or (16 if demo_mode(args) else 32)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.side:
+        run_side(args)
+        return 0
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        model_dir = build_model_dir(workdir / "model")
-        ours, prompts, our_info = run_ours(model_dir, args, workdir)
-        our_med = statistics.median(ours[args.warmup :])
+        model_dir = build_model_dir(workdir / "model", "tiny://qwen3-mini" if args.model == "tiny" else DEMO_MODEL)
+        ours = spawn("ours", args, workdir, model_dir)
+        our_med = statistics.median(ours["times"][args.warmup :])
+        prompt_len = statistics.mean(len(p) for p in ours["prompts"])
+        rows = args.prompts * args.group
+
+        def tokens_per_s(seconds: float) -> float:
+            return rows * (prompt_len + args.tokens) / seconds
+
+        info = ours["info"]
         print(
             f"ours: median {our_med:.4f} s/step over {args.steps} steps "
-            f"(rollout {our_info['rollout_median_s']:.4f} s, update {our_info['update_median_s']:.4f} s, "
-            f"response length {our_info['response_length_mean']:.1f}, "
-            f"prompt length {statistics.mean(len(p) for p in prompts):.0f} tokens)",
+            f"(rollout {info['rollout_median_s']:.4f} s, update {info['update_median_s']:.4f} s, "
+            f"{tokens_per_s(our_med):.0f} tokens/s, peak RSS {ours['peak_rss_mb']:.0f} MB, prefill {info['prefill_path']}, "
+            f"response length {info['response_length_mean']:.1f}, prompt length {prompt_len:.0f} tokens)",
             flush=True,
         )
         if args.only == "ours":
             return 0
-        trl_times, trl_info = run_trl(model_dir, prompts, args, workdir)
-        trl_med = statistics.median(trl_times[args.warmup :])
+        trl_side = spawn("trl", args, workdir, model_dir)
+        trl_med = statistics.median(trl_side["times"][args.warmup :])
         print(
-            f"trl:  median {trl_med:.4f} s/step over {len(trl_times) - args.warmup} steps "
-            f"(completion length {trl_info['completion_length_mean']:.1f}, "
-            f"prompt tokens identical: {trl_info['same_prompt_tokens']})",
+            f"trl:  median {trl_med:.4f} s/step over {len(trl_side['times']) - args.warmup} steps "
+            f"({tokens_per_s(trl_med):.0f} tokens/s, peak RSS {trl_side['peak_rss_mb']:.0f} MB, "
+            f"completion length {trl_side['info']['completion_length_mean']:.1f}, "
+            f"prompt tokens identical: {trl_side['info']['same_prompt_tokens']})",
             flush=True,
         )
     load_end = os.getloadavg()[0]
@@ -246,9 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
-    print(f"ratio ours/TRL: {ratio:.2f} (goal <= 0.80: {'met' if ratio <= 0.8 else 'NOT met'})")
+    goal = 0.5 if demo_mode(args) else 0.8
+    print(f"ratio ours/TRL: {ratio:.2f} (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'}); "
+          f"peak RSS ours/TRL: {ours['peak_rss_mb'] / trl_side['peak_rss_mb']:.2f}")
+    setup = (f"{args.model}, {args.prompts} prompt(s) x {args.group} completions x {args.tokens} tokens, fp32, beta 0"
+             + (", LoRA r16, gradient checkpointing, T 0.7" if demo_mode(args) else ""))
     print(
-        f"setup: {args.prompts} prompt(s) x {args.group} completions x {args.tokens} tokens, fp32, beta 0, "
+        f"setup: {setup}, "
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"{os.cpu_count()} CPUs visible, load average {load_start:.2f} -> {load_end:.2f}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "

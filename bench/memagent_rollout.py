@@ -1,4 +1,5 @@
-"""MemAgent rollout cost: (a) wall time vs context length, (b) our HF backend vs raw ``model.generate``.
+"""MemAgent rollout cost: (a) wall time vs context length, (b) our HF backend vs raw ``model.generate``,
+(c) a GRPO group's episode with and without prefill once per group.
 
 (a) One MemAgent episode (greedy) per context length, the chunk size fixed: the memory is
     overwritten each chunk, so every update call has a bounded prompt and the cost must grow
@@ -8,6 +9,11 @@
     through a bare ``model.generate`` on the same left-padded ids. Greedy outputs are checked to be
     identical, so both sides generate the same tokens; the ratio of tokens/s is reported
     (goal >= 0.8). Runs are interleaved and the median of --repeats is taken.
+
+(c) One training-mode episode over a 4-chunk context with a group of ``--group`` (8) samples at
+    temperature 1, seeded: with the HF backend's shared prefill (at chunk 0 every member reads the
+    same chunk with the same initial memory; later turns share where prompts coincide) and without
+    it. The sampled token ids are checked to be identical; the time ratio is reported.
 
     OMP_NUM_THREADS=1 python bench/memagent_rollout.py [--model smollm2-135m-instruct] [--write]
 """
@@ -95,6 +101,35 @@ def bench_lengths(backend: HFBackend, lengths: list[int], chunk: int, memory_tok
     return rows
 
 
+def bench_group_episode(backend: HFBackend, chunk: int, memory_tokens: int, group: int, repeats: int) -> dict:
+    """(c) one 4-chunk episode x ``group`` samples, shared prefill on and off, interleaved."""
+    module = RecurrentMemoryModule(RecurrentConfig(chunk_tokens=chunk, memory_tokens=memory_tokens, answer_tokens=16))
+    agent = MemoryAgent({"memory": module})
+    params = SamplingParams(max_new_tokens=memory_tokens, temperature=1.0, seed=0)
+    sample = Sample(id="group", question="Which river runs through the city where the first person was born?",
+                    answers=["x"], context=context_of_length(backend.tokenizer, 4 * chunk))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    tokens: dict[bool, list] = {}
+    fraction = 0.0
+    for _ in range(repeats):
+        for shared in (False, True):
+            backend.shared_prefill = shared
+            before = dict(backend.prefill_stats)
+            start = time.perf_counter()
+            trajectories = agent.run([sample], backend, params=params, group_size=group, train=True)
+            times[shared].append(time.perf_counter() - start)
+            tokens[shared] = [[c.response_ids for c in t.calls] for t in trajectories]
+            if shared:
+                rows = backend.prefill_stats["rows"] - before["rows"]
+                fraction = 1 - (backend.prefill_stats["prefilled"] - before["prefilled"]) / rows
+    backend.shared_prefill = True
+    return {
+        "group": group, "calls": len(tokens[True][0]), "identical": tokens[True] == tokens[False],
+        "plain_s": statistics.median(times[False]), "shared_s": statistics.median(times[True]),
+        "shared_fraction": fraction,
+    }
+
+
 def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     slope, intercept = np.polyfit(xs, ys, 1)
     predicted = slope * np.asarray(xs) + intercept
@@ -175,6 +210,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--group", type=int, default=8, help="GRPO group size for (c)")
     parser.add_argument("--write", action="store_true", help=f"append the report to {RESULTS}")
     args = parser.parse_args()
 
@@ -188,6 +224,7 @@ def main() -> int:
     slope, intercept, r2 = linear_fit([r["length"] for r in lengths], [r["time_s"] for r in lengths])
     gen = bench_generate(backend, args.batch, args.max_new_tokens, args.repeats)
     ratio = gen["ours_tok_s"] / gen["raw_tok_s"]
+    episode = bench_group_episode(backend, args.chunk, args.memory_tokens, args.group, args.repeats)
     load_end = load_avg()
 
     out = [
@@ -235,6 +272,16 @@ def main() -> int:
         ),
         "",
         f"Ratio ours / bare = **{ratio:.3f}** (goal ≥ 0.8: {'met' if ratio >= 0.8 else 'NOT met'}).",
+        "",
+        f"### (c) A GRPO group's episode: 4 chunks of {args.chunk} tokens, group {episode['group']}, T 1.0, seeded",
+        "",
+        "| prefill | model calls per trajectory | wall s |",
+        "|---|---|---|",
+        f"| one per row | {episode['calls']} | {episode['plain_s']:.2f} |",
+        f"| once per group where prompts coincide ({episode['shared_fraction']:.0%} of rows shared) | {episode['calls']} | "
+        f"{episode['shared_s']:.2f} |",
+        "",
+        f"Shared / plain = **{episode['shared_s'] / episode['plain_s']:.2f}**; sampled tokens identical: {episode['identical']}.",
     ]
     report = "\n".join(out) + "\n"
     print(report)
