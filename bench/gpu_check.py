@@ -94,12 +94,12 @@ def _peak() -> dict:
     return {"peak_gib": _gib(torch.cuda.max_memory_allocated()), "reserved_gib": _gib(torch.cuda.max_memory_reserved())}
 
 
-def _free(*objects) -> None:
+def _free() -> None:
+    """Collect what the caller has just dropped (``del``) and return the GPU's cached blocks."""
     import gc
 
     import torch
 
-    del objects
     gc.collect()
     if _cuda():
         torch.cuda.empty_cache()
@@ -268,7 +268,8 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
                     "update_s": round(m["time/update_s"], 2), "tokens": int(m["tokens/total"]),
                     "calls_per_trajectory": round(m["calls_per_trajectory"], 2), "kl": m["kl"],
                     "capped": not full, **_peak()}
-    _free(trainer)
+    del trainer, result, calls
+    _free()
     return out
 
 
@@ -291,7 +292,8 @@ def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
     seconds = time.perf_counter() - started
     tokens = sum(len(g.response_ids) for g in out)
     impl = getattr(backend.model.config, "_attn_implementation", attn)
-    _free(backend)
+    del backend, out
+    _free()
     return {"attn": impl, "batch": batch, "new_tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), **_peak()}
 
@@ -330,7 +332,8 @@ def vllm_engine_steps(path: str, big: bool) -> dict:
     m = trainer.train_step().metrics
     out = {"seconds": round(m["time/step_s"], 2), "rollout_s": round(m["time/rollout_s"], 2),
            "sync_s": round(m.get("time/sync_s", 0.0), 3), "tokens_per_s": round(m["tokens_per_s"], 1), **_peak()}
-    _free(trainer)
+    del trainer
+    _free()
     return out
 
 
@@ -375,7 +378,7 @@ def run_sections(sections: dict, only: list[str] | None) -> dict:
             results[name] = run()
         except Exception as exc:  # noqa: BLE001 - record and go on: one failing section must not lose the rest
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-            _free()
+        _free()  # after the except block: a failed section's frames (and its model) are released by now
         results[name]["wall_s"] = round(time.perf_counter() - started, 1)
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "trace"}), flush=True)
     return results
