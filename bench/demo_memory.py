@@ -77,11 +77,13 @@ def main() -> None:
     print(f"tiny_cpu_demo, {args.steps} steps, OMP_NUM_THREADS={threads}")
     print("| variant | checkpointing | micro-batch | peak RSS MB | after loading MB | s/step | rollout s | update s | reward per step |")
     print("|---|---|---|---|---|---|---|---|---|")
+    def mean(steps: list[dict], key: str) -> float:
+        return round(sum(s[key] for s in steps) / len(steps), 2)
+
     for variant, r in results.items():
         steps = r["steps"]
-        mean = lambda key: round(sum(s[key] for s in steps) / len(steps), 2)  # noqa: E731
-        print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean('time/step_s')} | {mean('time/rollout_s')} "
-              f"| {mean('time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
+        print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean(steps, 'time/step_s')} | {mean(steps, 'time/rollout_s')} "
+              f"| {mean(steps, 'time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
     before = results["before"]
     for variant in ("checkpointed", "shipped"):
         r = results[variant]

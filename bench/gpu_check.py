@@ -386,12 +386,12 @@ def run_sections(sections: dict, only: list[str] | None) -> dict:
 
 def markdown(info: dict, results: dict) -> str:
     lines = [f"## GPU check (`python bench/gpu_check.py`, {info['date']})", "",
-             f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; random-init models "
-             "of the presets' real shapes (bfloat16 checkpoints).", ""]
+             (f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; random-init models "
+              "of the presets' real shapes (bfloat16 checkpoints)."), ""]
     presets = {k: v for k, v in results.items() if k.startswith("preset:")}
     if presets:
-        lines += ["| preset | shape | precision | ckpt | row tokens x micro-batch | update s/step | update peak / reserved GiB "
-                  "| weights / ref / grads / optim GiB | 2 whole steps: s/step, peak GiB | notes |",
+        lines += [("| preset | shape | precision | ckpt | row tokens x micro-batch | update s/step | update peak / reserved GiB "
+                   "| weights / ref / grads / optim GiB | 2 whole steps: s/step, peak GiB | notes |"),
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in presets.items():
             if "update" not in r:

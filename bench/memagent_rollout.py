@@ -278,8 +278,8 @@ def main() -> int:
         "| prefill | model calls per trajectory | wall s |",
         "|---|---|---|",
         f"| one per row | {episode['calls']} | {episode['plain_s']:.2f} |",
-        f"| once per group where prompts coincide ({episode['shared_fraction']:.0%} of rows shared) | {episode['calls']} | "
-        f"{episode['shared_s']:.2f} |",
+        (f"| once per group where prompts coincide ({episode['shared_fraction']:.0%} of rows shared) | "
+         f"{episode['calls']} | {episode['shared_s']:.2f} |"),
         "",
         f"Shared / plain = **{episode['shared_s'] / episode['plain_s']:.2f}**; sampled tokens identical: {episode['identical']}.",
     ]
