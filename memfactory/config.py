@@ -19,9 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from memfactory.errors import ConfigError
 from memfactory.registry import REGISTRY, unknown_name_message
 
+# Upper bounds of the numeric fields: generous, but what a run can honour. Floats must be finite
+# everywhere (``allow_inf_nan=False``); every integer must fit SQLite's signed 64 bits, which the
+# runs database stores some of them in (see ``_number_problems``).
+MAX_STEPS = 10_000_000  # optimizer steps (and warm-up, save/sample intervals)
+MAX_TOKENS = 1_048_576  # any token cap: the longest context a model could have (2**20)
+MAX_GROUP_SIZE = 1024  # rollouts per prompt
+MAX_SIZE = 65_536  # prompts per step, micro-batch sizes, accumulation
+MAX_LR = 1.0
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):
@@ -49,7 +59,7 @@ class ModelConfig(Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored)")
     checkpoint: str | None = Field(None, description="A run's checkpoint folder to load instead of the base weights")
     enable_thinking: bool = Field(False, description="Qwen3-style thinking in the chat template")
-    seed: int = Field(0, description="Seed for tiny:// model construction")
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX, description="Seed for tiny:// model construction")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (e.g. timeout, concurrency for openai)"
     )
@@ -60,8 +70,8 @@ class EnvConfig(ComponentSpec):
 
 
 class LoraConfig(Strict):
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
+    r: int = Field(16, ge=1, le=MAX_SIZE, description="LoRA rank")
+    alpha: int = Field(32, ge=1, le=MAX_TOKENS, description="LoRA alpha (scaling = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     quantize: Literal["none", "4bit", "8bit"] = Field(
         "none", description="QLoRA: load the frozen base model in 4-bit (nf4) or 8-bit; needs bitsandbytes and CUDA"
@@ -80,7 +90,7 @@ class RolloutConfig(Strict):
         description="policy = the training model generates; hf = a separate transformers copy; "
         "vllm = an in-process vLLM engine (GPU, extra memfactory[vllm]) as in TRL's colocate mode",
     )
-    sync_every: int = Field(1, ge=1, description="Push the policy's weights into a separate engine every N optimizer steps")
+    sync_every: int = Field(1, ge=1, le=MAX_STEPS, description="Push the policy's weights into a separate engine every N optimizer steps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
         None, description="The engine's weights dtype (None = model.dtype)"
     )
@@ -91,12 +101,12 @@ class RolloutConfig(Strict):
 
 class TrainerConfig(Strict):
     algo: Literal["grpo"] = "grpo"
-    steps: int = Field(60, ge=1, description="Optimizer steps (not questions)")
-    group_size: int = Field(8, ge=1, description="Rollouts per prompt (GRPO group)")
-    batch_size: int = Field(4, ge=1, description="Prompts per step")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    steps: int = Field(60, ge=1, le=MAX_STEPS, description="Optimizer steps (not questions)")
+    group_size: int = Field(8, ge=1, le=MAX_GROUP_SIZE, description="Rollouts per prompt (GRPO group)")
+    batch_size: int = Field(4, ge=1, le=MAX_SIZE, description="Prompts per step")
+    lr: float = Field(1e-4, gt=0, le=MAX_LR, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear learning-rate warm-up")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field("constant", description="Schedule after warm-up")
     beta: float = Field(0.0, ge=0, description="KL coefficient against the frozen reference (0 = no reference model)")
     kl_bias_correction: bool = Field(
@@ -109,13 +119,13 @@ class TrainerConfig(Strict):
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); defaults to epsilon")
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field("grpo", description="Loss normalisation as in TRL")
     scale_rewards: bool = Field(True, description="Divide advantages by the group std (off = Dr. GRPO / MemAgent)")
-    num_iterations: int = Field(1, ge=1, description="Policy updates per rollout batch")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward pass")
+    num_iterations: int = Field(1, ge=1, le=MAX_GROUP_SIZE, description="Policy updates per rollout batch")
+    grad_accum: int = Field(1, ge=1, le=MAX_SIZE, description="Micro-batches per optimizer step")
+    micro_batch_size: int = Field(8, ge=1, le=MAX_SIZE, description="Sequences per forward/backward pass")
     max_grad_norm: float = Field(1.0, gt=0)
     temperature: float = Field(1.0, ge=0, description="Rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(64, ge=1, description="Cap on each model call's response")
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS, description="Cap on each model call's response")
     stop: list[str] = Field(default_factory=list, description="Stop strings for rollouts, e.g. '}' after a \\boxed{ prefix")
     credit: Literal["all_calls", "final_only"] = Field(
         "all_calls", description="Which calls of a trajectory get its advantage"
@@ -131,10 +141,10 @@ class TrainerConfig(Strict):
     )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout engine and its weight sync")
-    save_every: int = Field(20, ge=1, description="Checkpoint every N steps")
-    keep_checkpoints: int = Field(2, ge=1)
-    sample_every: int = Field(5, ge=1, description="Write whole trajectories to samples.jsonl every N steps")
-    seed: int = 0
+    save_every: int = Field(20, ge=1, le=MAX_STEPS, description="Checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, le=MAX_SIZE)
+    sample_every: int = Field(5, ge=1, le=MAX_STEPS, description="Write whole trajectories to samples.jsonl every N steps")
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
 
 
 class LoggingConfig(Strict):
@@ -303,18 +313,51 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
     return problems
 
 
+def _number_problems(data: Any) -> list[tuple[str, str]]:
+    """Every number anywhere in the preset (free-form options included) must be finite and fit in a
+    signed 64-bit integer: SQLite (the runs database) and torch's seeds take no more, and a float
+    that is inf or nan is no setting a run can honour. Walks iteratively (no recursion limit)."""
+    import math
+
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            problems.append((path, f"{value} does not fit in a signed 64-bit integer (at most {INT64_MAX})"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append((path, f"must be a finite number, not {value}"))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in enumerate(value))
+    return sorted(problems)
+
+
+def _merge_number_problems(problems: list[tuple[str, str]], numbers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One message a field: "must be finite" replaces a schema's bound message for inf/nan (which
+    reads oddly, e.g. "should be less than 1" for nan); a schema's own bound wins for a huge int."""
+    finite = {path: message for path, message in numbers if message.startswith("must be a finite")}
+    merged = [(path, finite.get(path, message)) for path, message in problems]
+    seen = {path for path, _ in merged}
+    return merged + [problem for problem in numbers if problem[0] not in seen]
+
+
 def parse_preset(data: Any, source: str = "<preset>") -> Preset:
     """Validate a preset dict; raise ConfigError listing every problem with its path."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    numbers = _number_problems(data)
     try:
         preset = Preset.model_validate(data)
     except ValidationError as exc:
         problems = _pydantic_problems(exc)
         seen = {path for path, _ in problems}
         problems += [problem for problem in _raw_component_problems(data) if problem[0] not in seen]
-        raise ConfigError(source, problems) from None
-    problems = _registry_problems(preset)
+        raise ConfigError(source, _merge_number_problems(problems, numbers)) from None
+    problems = _merge_number_problems(_registry_problems(preset), numbers)
     if problems:
         raise ConfigError(source, problems)
     return preset

@@ -41,7 +41,7 @@ class DirectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_context_tokens: int = Field(
-        4096, ge=0, description="Context window in backend tokens; longer contexts are truncated"
+        4096, ge=0, le=1_048_576, description="Context window in backend tokens; longer contexts are truncated"
     )
     truncate: Literal["middle", "head", "tail"] = Field(
         "middle", description="Which part of an over-long context is dropped"

@@ -474,7 +474,7 @@ class MemoryR1Config(BaseModel):
         None, description="Answer prompt with {memories} and {question}; None = the distil or plain default"
     )
     answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. \\boxed{ for small models")
-    answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    answer_tokens: int = Field(64, ge=1, le=1_048_576, description="Cap on the new tokens of the answer")
     answer_stop: list[str] | None = Field(
         None, description="Stop strings of the answer call (None = the trainer's stop)"
     )

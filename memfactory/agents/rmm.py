@@ -70,7 +70,7 @@ class RMMConfig(BaseModel):
         ANSWER_TEMPLATE, description="Answer prompt with {memories} and {question}; asks for cited ids then \\boxed{}"
     )
     answer_prefix: str = Field("", description="Text that opens the answer turn, e.g. '[' to start the citation list")
-    answer_tokens: int = Field(64, ge=1, description="Cap on the new tokens of the answer")
+    answer_tokens: int = Field(64, ge=1, le=1_048_576, description="Cap on the new tokens of the answer")
     answer_stop: list[str] | None = Field(
         None, description="Stop strings of the answer call (None = the trainer's stop)"
     )

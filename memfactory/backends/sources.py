@@ -124,31 +124,66 @@ def smollm2_dir() -> Path:
 # --------------------------------------------------------------------------- loading
 
 
+def model_path_problem(path: str) -> str | None:
+    """Why ``resolve_model_path`` would refuse ``path``, found without building, converting or
+    loading anything (``presets validate`` and the checks before a run starts); None when it would
+    go ahead. A hub id is not looked up (that needs the network): only a path that is certainly
+    local, or any path while the hub is off, is checked for existence."""
+    if path.startswith(TINY_SCHEME):
+        from memfactory.backends.tiny import parse_tiny_path
+
+        try:
+            parse_tiny_path(path)
+        except MemFactoryError as exc:
+            return str(exc)
+        return None
+    if path.lower() == SMOLLM2:
+        try:
+            smollm2_gguf()
+        except MemFactoryError as exc:
+            return str(exc)
+        return None
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            return f"model.path {path!r} is a folder but holds no config.json (not a saved transformers model)"
+        return None
+    if local.exists():
+        return f"model.path {path!r} is a file; expected a model folder, a hub id or one of {', '.join(BUILTIN_PATHS)}"
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
+    if hub_offline() or looks_local:
+        reason = "HF_HUB_OFFLINE is set, so the hub is not tried" if hub_offline() else "it is not a hub id"
+        return (
+            f"model.path {path!r} does not exist locally ({reason}); "
+            f"give a folder written by save_pretrained or one of the built-in models: {', '.join(BUILTIN_PATHS)}"
+        )
+    return None  # a hub id
+
+
 def resolve_model_path(path: str, *, seed: int = 0) -> str:
     """Map a ``model.path`` to something ``from_pretrained`` takes: a local folder or a hub id."""
     if path.startswith(TINY_SCHEME):
         return str(tiny_model_dir(path, seed=seed))
     if path.lower() == SMOLLM2:
         return str(smollm2_dir())
+    problem = model_path_problem(path)
+    if problem:
+        raise MemFactoryError(problem)
     local = Path(path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise MemFactoryError(
-                f"model.path {path!r} is a folder but holds no config.json (not a saved transformers model)"
-            )
-        return str(local)
-    if local.exists():
-        raise MemFactoryError(
-            f"model.path {path!r} is a file; expected a model folder, a hub id or one of {', '.join(BUILTIN_PATHS)}"
+    return str(local) if local.is_dir() else path  # a local folder, or a hub id from_pretrained downloads
+
+
+def checkpoint_problem(checkpoint: str, field: str = "model.checkpoint") -> str | None:
+    """What ``load_model_and_tokenizer`` would refuse about a checkpoint folder, without loading it."""
+    ckpt = Path(checkpoint).expanduser()
+    if not ckpt.is_dir():
+        return f"{field} {checkpoint!r} does not exist or is not a folder"
+    if not (ckpt / "adapter_config.json").is_file() and not (ckpt / "config.json").is_file():
+        return (
+            f"{field} {checkpoint!r} holds neither adapter_config.json (a peft adapter) "
+            "nor config.json (saved model weights)"
         )
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
-    if hub_offline() or looks_local:
-        reason = "HF_HUB_OFFLINE is set, so the hub is not tried" if hub_offline() else "it is not a hub id"
-        raise MemFactoryError(
-            f"model.path {path!r} does not exist locally ({reason}); "
-            f"give a folder written by save_pretrained or one of the built-in models: {', '.join(BUILTIN_PATHS)}"
-        )
-    return path  # a hub id; from_pretrained downloads it
+    return None
 
 
 def _from_pretrained(

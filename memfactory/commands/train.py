@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from memfactory.envs.rewards import check_training_rewards
 
     check_training_rewards(preset.rewards, args.preset)  # before any model loads
+    from memfactory.preflight import check_preflight
+
+    check_preflight(preset, args.preset)  # model path, data files, judge: before the run row exists
     session = TrainingSession(preset, run_id=args.run_id, resume=args.resume)
     session.run(progress=not args.no_progress)
     return 0 if session.status == "finished" else 1

@@ -51,9 +51,9 @@ class ExtractorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str = Field(EXTRACT_TEMPLATE, description="Extraction prompt with {dialogue} and optionally {date}")
-    turns_per_call: int = Field(8, ge=1, description="Dialogue turns shown per extraction call")
-    max_tokens: int = Field(256, ge=1, description="Cap on the new tokens of one extraction")
-    max_facts: int = Field(16, ge=1, description="Facts kept per call (the rest are dropped and counted)")
+    turns_per_call: int = Field(8, ge=1, le=65_536, description="Dialogue turns shown per extraction call")
+    max_tokens: int = Field(256, ge=1, le=1_048_576, description="Cap on the new tokens of one extraction")
+    max_facts: int = Field(16, ge=1, le=65_536, description="Facts kept per call (the rest are dropped and counted)")
     fallback: Literal["none", "lines"] = Field(
         "none", description="What a response without JSON gives: no facts, or one fact per non-empty line (counted)"
     )

@@ -88,11 +88,11 @@ class RecurrentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunk_tokens: int = Field(5000, ge=1, description="Context tokens per chunk (one memory update each)")
-    memory_tokens: int = Field(1024, ge=1, description="Cap on the new tokens of one memory update")
-    answer_tokens: int = Field(1024, ge=1, description="Cap on the new tokens of the final answer")
+    chunk_tokens: int = Field(5000, ge=1, le=1_048_576, description="Context tokens per chunk (one memory update each)")
+    memory_tokens: int = Field(1024, ge=1, le=1_048_576, description="Cap on the new tokens of one memory update")
+    answer_tokens: int = Field(1024, ge=1, le=1_048_576, description="Cap on the new tokens of the final answer")
     max_chunks: int | None = Field(
-        None, ge=1, description="At most this many chunks; longer contexts are truncated (None = no cap)"
+        None, ge=1, le=1_048_576, description="At most this many chunks; longer contexts are truncated (None = no cap)"
     )
     truncate: Literal["middle", "head", "tail"] = Field(
         "middle", description="Which part of an over-long context is dropped"

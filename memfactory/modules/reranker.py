@@ -33,10 +33,10 @@ Which memories help answer the question? Answer with a JSON list of at most {top
 class RerankerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    top_n: int = Field(10, ge=1, description="Retriever candidates shown to the reranker")
-    top_m: int = Field(3, ge=1, description="At most this many memories are kept")
+    top_n: int = Field(10, ge=1, le=65_536, description="Retriever candidates shown to the reranker")
+    top_m: int = Field(3, ge=1, le=65_536, description="At most this many memories are kept")
     template: str = Field(RERANK_TEMPLATE, description="Prompt with {question}, {candidates} and optionally {top_m}")
-    max_tokens: int = Field(32, ge=1, description="Cap on the new tokens of one rerank call")
+    max_tokens: int = Field(32, ge=1, le=1_048_576, description="Cap on the new tokens of one rerank call")
     assistant_prefix: str = Field("", description="Text that opens the assistant turn, e.g. '['")
     stop: list[str] = Field(default_factory=list, description="Stop strings, e.g. ']' with the '[' prefix")
     system_prompt: str = Field("", description="Optional system message")

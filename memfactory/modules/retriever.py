@@ -18,7 +18,7 @@ from memfactory.registry import register
 class RetrieverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(10, ge=1, description="Memories returned per query (Memory-R1 uses ~60 on LoCoMo)")
+    top_k: int = Field(10, ge=1, le=65_536, description="Memories returned per query (Memory-R1 uses ~60 on LoCoMo)")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop hits below this cosine similarity")
     scope: str | None = Field(None, description="Search only this scope (None = the whole bank)")
 

@@ -43,10 +43,10 @@ class UpdaterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str = Field(UPDATE_TEMPLATE, description="Update prompt with {memories} and {facts}")
-    related_k: int = Field(3, ge=0, description="Existing memories retrieved per new fact")
-    max_related: int = Field(10, ge=0, description="At most this many existing memories shown per call")
-    max_tokens: int = Field(256, ge=1, description="Cap on the new tokens of one update")
-    max_ops: int = Field(32, ge=1, description="Operations kept per call (the rest are dropped and counted)")
+    related_k: int = Field(3, ge=0, le=65_536, description="Existing memories retrieved per new fact")
+    max_related: int = Field(10, ge=0, le=65_536, description="At most this many existing memories shown per call")
+    max_tokens: int = Field(256, ge=1, le=1_048_576, description="Cap on the new tokens of one update")
+    max_ops: int = Field(32, ge=1, le=65_536, description="Operations kept per call (the rest are dropped and counted)")
     fallback: Literal["none", "add", "add_if_empty"] = Field(
         "none",
         description="none: an unparseable response changes nothing; add: it ADDs every new fact; "

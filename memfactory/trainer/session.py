@@ -40,6 +40,9 @@ def _raise_abort(signum: int, _frame: Any) -> None:
 
 class TrainingSession:
     def __init__(self, preset: Preset, *, run_id: str | None = None, resume: str | None = None):
+        from memfactory.preflight import check_preflight
+
+        check_preflight(preset, f"preset {preset.name!r}")  # before any run folder or runs-database row
         self.preset = preset
         self.resume = resume is not None
         # Under `accelerate launch` only rank 0 writes (run folder, runs DB, SwanLab, checkpoints).
