@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from memfactory.errors import MemFactoryError
+
+# memfactory.serve's defaults (kept equal by tests/test_serve_limits.py); not imported from there
+# so that every other command does not pay for importing fastapi.
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to wait for more requests to join a batch (default: %(default)s)")
     parser.add_argument("--api-key-env", metavar="VAR",
                         help="require clients to send the key held in this environment variable")
+    parser.add_argument("--max-context", type=int, metavar="TOKENS",
+                        help="context prompts and max_tokens are checked against (default: the model's own, "
+                        "e.g. 8192; at most that)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="BYTES",
+                        help="larger request bodies are refused with 413 before they are read (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                        help="requests admitted at once, waiting or generating; the next gets 429 with "
+                        "Retry-After (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="each request's deadline; 504 after it, and a batch nobody waits for any more stops "
+                        "at its next token (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -37,6 +55,14 @@ def run(args: argparse.Namespace) -> int:
         raise MemFactoryError(f"--port {args.port}: not a TCP port (0-65535)")
     if args.max_batch < 1:
         raise MemFactoryError(f"--max-batch {args.max_batch}: must be at least 1")
+    if args.max_context is not None and args.max_context < 2:
+        raise MemFactoryError(f"--max-context {args.max_context}: must be at least 2 tokens")
+    if args.max_body_bytes < 1024:
+        raise MemFactoryError(f"--max-body-bytes {args.max_body_bytes}: must be at least 1024")
+    if args.max_queue < 1:
+        raise MemFactoryError(f"--max-queue {args.max_queue}: must be at least 1")
+    if not (math.isfinite(args.request_timeout) and args.request_timeout > 0):
+        raise MemFactoryError(f"--request-timeout {args.request_timeout}: must be a positive number of seconds")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -46,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use the model",
               file=sys.stderr)
     serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
-          max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key)
+          max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key,
+          context_length=args.max_context, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+          request_timeout_s=args.request_timeout)
     return 0
