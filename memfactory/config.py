@@ -304,6 +304,9 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
         problems.append(("trainer.rollout.options", f"engine {rollout.engine!r} takes no options (only vllm does)"))
     for reward in preset.rewards:
         check("reward", reward, f"rewards.{reward}")
+    from memfactory.envs.rewards import eval_only_problems  # the reward classes say which are eval-only
+
+    problems.extend(eval_only_problems(preset.rewards))
     if "llm_judge" in preset.rewards and preset.judge is None:
         problems.append(("judge", "the llm_judge reward needs a judge model: judge: {backend: openai, base_url: ..., path: ...}"))
     if preset.judge is not None:

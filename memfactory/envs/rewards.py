@@ -488,8 +488,8 @@ class MemAgentStringMatchAll(MemAgentMetric):
         return round(string_match_all(prediction, golds), 2)
 
 
-def check_training_rewards(rewards: Mapping[str, Any], source: str = "<preset>") -> None:
-    """Refuse evaluation-only metrics under a preset's ``rewards:`` (ConfigError naming ``rewards.<name>``)."""
+def eval_only_problems(rewards: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(rewards.<name>, why)`` for each evaluation-only metric named as a training reward."""
     from memfactory.registry import REGISTRY, UnknownNameError
 
     problems = []
@@ -501,6 +501,12 @@ def check_training_rewards(rewards: Mapping[str, Any], source: str = "<preset>")
         why = getattr(target, "eval_only", None)
         if why:
             problems.append((f"rewards.{name}", f"{name!r} cannot be a training reward: {why}"))
+    return problems
+
+
+def check_training_rewards(rewards: Mapping[str, Any], source: str = "<preset>") -> None:
+    """Refuse evaluation-only metrics under a preset's ``rewards:`` (ConfigError naming ``rewards.<name>``)."""
+    problems = eval_only_problems(rewards)
     if problems:
         raise ConfigError(source, problems)
 

@@ -350,11 +350,15 @@ def test_build_env_refuses_an_eval_only_training_reward():
         "env": {"type": "long_context", "data": "synthetic://docqa?n=4&seed=0"},
         "rewards": {"memagent_sub_em": 1.0},
     }
-    with pytest.raises(ConfigError) as info:
-        build_env(parse_preset(data))
-    assert info.value.problems[0][0] == "rewards.memagent_sub_em"
-    assert "cannot be a training reward" in info.value.problems[0][1]
-    assert "boxed_em" in info.value.problems[0][1]
+    from memfactory.config import Preset
+
+    # Preset validation (presets validate, the UI, train) and build_env (a Preset built in code) both refuse it.
+    for refuse in (lambda: parse_preset(data), lambda: build_env(Preset.model_validate(data))):
+        with pytest.raises(ConfigError) as info:
+            refuse()
+        assert info.value.problems[0][0] == "rewards.memagent_sub_em"
+        assert "cannot be a training reward" in info.value.problems[0][1]
+        assert "boxed_em" in info.value.problems[0][1]
     data["rewards"] = {"boxed_em": 1.0}
     env = build_env(parse_preset(data))
     trajectories = [traj(r"\boxed{" + s.answers[0] + "}", s.answers) for s in env.samples("train")]
