@@ -268,7 +268,7 @@ class Batcher:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         self.begin_shutdown()
         with self._lock:
             thread, self._thread = self._thread, None
@@ -359,6 +359,7 @@ class Batcher:
                 if stopping:
                     return
         finally:
+            self._worker_ident = None  # thread ids are reused: the hook must not fire for a later thread
             self._fail_queued()
 
     def _run(self, group: list[_Job]) -> None:
