@@ -513,12 +513,20 @@ def create_app(
         api = validation_message(list(exc.errors()))
         return error(api.status, api.message, api.type, api.param)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if (api_key and request.url.path.startswith("/v1/")
-                and request.headers.get("authorization", "") != f"Bearer {api_key}"):
-            return error(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
+    class _Auth:
+        """Plain ASGI (not ``@app.middleware``, whose wrapped receive hides a client's disconnect)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if (api_key and scope["type"] == "http" and scope["path"].startswith("/v1/")
+                    and dict(scope["headers"]).get(b"authorization", b"") != f"Bearer {api_key}".encode()):
+                await error(401, "invalid or missing API key", "authentication_error")(scope, receive, send)
+                return
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(_Auth)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -218,6 +218,16 @@ def test_the_deadline_interrupts_a_running_generation(tiny_backend):
         assert time.monotonic() - began < 3
 
 
+def test_a_client_that_goes_away_frees_the_model(tiny_backend):
+    app = create_app(tiny_backend, NAME)  # the default 600 s deadline: only the disconnect can stop it
+    with ServerThread(app) as srv:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/chat/completions", json=request("hello", max_tokens=6000, temperature=0), timeout=0.5)
+        began = time.monotonic()
+        assert post(srv, request("hi", max_tokens=4, temperature=0)).status_code == 200
+        assert time.monotonic() - began < 4  # not queued behind the rest of the 6000 tokens (~8 s)
+
+
 # --------------------------------------------------------------------------- 100 clients
 
 
