@@ -324,12 +324,18 @@ def _number_problems(data: Any) -> list[tuple[str, str]]:
 
     problems: list[tuple[str, str]] = []
     stack: list[tuple[str, Any]] = [("", data)]
+    seen: set[int] = set()  # YAML anchors share one object: walk it once (an alias bomb stays linear)
     while stack:
         path, value = stack.pop()
         if isinstance(value, bool):
             continue
+        if isinstance(value, (dict, list)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            problems.append((path, f"{value} does not fit in a signed 64-bit integer (at most {INT64_MAX})"))
+            shown = str(value) if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
+            problems.append((path, f"{shown} does not fit in a signed 64-bit integer (at most {INT64_MAX})"))
         elif isinstance(value, float) and not math.isfinite(value):
             problems.append((path, f"must be a finite number, not {value}"))
         elif isinstance(value, dict):
@@ -379,6 +385,8 @@ def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
         raise ConfigError(str(path), [(where, f"malformed YAML: {getattr(exc, 'problem', exc)}")]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [("", f"not UTF-8 text: {exc}")]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits, which Python refuses to parse
+        raise ConfigError(str(path), [("", f"malformed YAML: {str(exc)[:200]}")]) from None
     for override in overrides or []:
         data = apply_override(data, override, str(path))
     return parse_preset(data, str(path))
@@ -389,7 +397,10 @@ def apply_override(data: Any, override: str, source: str = "--set") -> dict[str,
     if "=" not in override:
         raise ConfigError(source, [(override, "an override must look like key.path=value")])
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(source, [(key.strip(), f"cannot parse the value: {str(exc)[:200]}")]) from None
     data = dict(data or {})
     node = data
     parts = key.strip().split(".")

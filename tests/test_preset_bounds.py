@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,36 @@ def test_yaml_inf_and_huge_ints_in_a_real_file(tmp_path, capsys):
     found = dict(info.value.problems)
     assert "less than or equal to 10000000" in found["trainer.steps"]
     assert "finite" in found["trainer.lr"]
+
+
+def test_ints_too_long_to_print_and_alias_bombs(tmp_path, capsys):
+    text = (
+        "name: t\nagent: direct\nmodel: {path: 'tiny://qwen3-mini'}\n"
+        "env: {type: long_context, data: 'synthetic://docqa?n=8'}\n"
+        f"trainer: {{steps: 1{'0' * 5000}}}\n"
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert cli_main(["presets", "validate", str(path)]) == 2
+    assert "malformed YAML" in capsys.readouterr().err
+    data = set_at(base(), "env.seed", 2**300)
+    code, out = validate(tmp_path, data, capsys)
+    assert code == 2 and "- env.seed: an integer of 301 bits does not fit in a signed 64-bit integer" in out
+    assert cli_main(["presets", "show", str(write(tmp_path, base())), "--set", f"trainer.steps=1{'0' * 5000}"]) == 2
+    assert "- trainer.steps: cannot parse the value" in capsys.readouterr().err
+    # A billion-laughs preset: nine levels of nine aliases. Shared nodes are checked once, so this is quick.
+    lines = ["name: t", "agent: direct", "model: {path: 'tiny://qwen3-mini'}",
+             "env: {type: long_context, data: 'synthetic://docqa?n=8'}", "bomb:", "  l0: &l0 [1.5, .inf]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    began = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_preset(path)
+    assert time.monotonic() - began < 5
+    found = dict(info.value.problems)
+    assert found["bomb"] == "unknown key"
+    infs = [p for p, m in info.value.problems if m == "must be a finite number, not inf"]
+    assert len(infs) == 1 and infs[0].startswith("bomb.")  # named once, at the first path that reaches it
 
 
 # --------------------------------------------------------------------------- start-up checks
