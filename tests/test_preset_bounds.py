@@ -265,6 +265,9 @@ def test_a_judge_without_a_backend(tmp_path, capsys):
     data["judge"]["base_url"] = "http://127.0.0.1:9/v1"
     code, text = validate(tmp_path, data, capsys)
     assert code == 0, text
+    data["judge"] = {"backend": "hf", "path": str(tmp_path / "judge-model")}  # a local judge that is not there
+    code, text = validate(tmp_path, data, capsys)
+    assert code == 2 and "- judge.path:" in text and "does not exist locally" in text
 
 
 def test_every_problem_at_once_and_the_schema_only_switch(tmp_path, capsys):

@@ -62,6 +62,24 @@ def test_cli_defaults_match_the_server():
     assert command.DEFAULT_REQUEST_TIMEOUT_S == serve.DEFAULT_REQUEST_TIMEOUT_S
 
 
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
+        (["--max-body-bytes", "10"], "--max-body-bytes 10: must be at least 1024"),
+        (["--request-timeout", "nan"], "--request-timeout nan: must be a positive number of seconds"),
+        (["--request-timeout", "0"], "--request-timeout 0.0: must be a positive number of seconds"),
+        (["--max-context", "1"], "--max-context 1: must be at least 2 tokens"),
+        (["--max-context", "100000"], "--max-context 100000: the model's context is 8192 tokens"),
+    ],
+)
+def test_cli_refuses_limits_it_cannot_honour(capsys, flags, fragment):
+    from memfactory.cli import main as cli_main
+
+    assert cli_main(["serve", "--port", "0", *flags]) == 2
+    assert fragment in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- body, context, max_tokens
 
 
