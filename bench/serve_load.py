@@ -243,10 +243,25 @@ def run_load(base_url: str, model: str, *, server_pid: int, clients: int = 100, 
 # --------------------------------------------------------------------------- the benchmark
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until_serving(base: str, proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.3) -> None:
+    """Poll ``/v1/models`` until the server answers; RuntimeError with its output if it dies or stays silent."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            output = proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+            raise RuntimeError(f"the server at {base} did not come up:\n{output}")
+        time.sleep(poll_s)
 
 
 def main() -> int:
@@ -257,24 +272,17 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help=f"append the figures to {RESULTS}")
     args = parser.parse_args()
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [sys.executable, "-m", "memfactory", "serve", "--model", args.model, "--port", str(port), "--name", "bench",
            "--max-context", str(CONTEXT), "--max-body-bytes", str(MAX_BODY), "--max-queue", str(MAX_QUEUE)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print(proc.stdout.read() if proc.stdout else "", file=sys.stderr)
-                raise SystemExit("the server did not come up")
-            time.sleep(0.3)
+        try:
+            wait_until_serving(base, proc, timeout_s=180)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         idle_rss = rss_bytes(proc.pid)
         load_start = os.getloadavg()[0]
         result = run_load(base, "bench", server_pid=proc.pid, clients=args.clients, rounds=args.rounds)

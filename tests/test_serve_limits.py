@@ -305,32 +305,15 @@ def test_server_thread_stop_does_not_wait_for_a_generation(tiny_backend):
     openai_error(results["r"], 503)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_stops_memfactory_serve_within_seconds_while_it_generates(sig):
-    port = _free_port()
+    port = serve_load.free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "memfactory", "serve", "--port", str(port), "--name", "t"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        serve_load.wait_until_serving(base, proc, timeout_s=120, poll_s=0.2)
         results: dict[str, object] = {}
 
         def go() -> None:
