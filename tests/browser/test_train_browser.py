@@ -90,9 +90,14 @@ def app(tmp_path_factory):
     (workspace / "runs").mkdir()
     _preset(workspace, "tiny_long", steps=3000, save_every=1000, sample_every=5)
     _preset(workspace, "tiny_short", steps=3, save_every=3, sample_every=1)
-    _preset(workspace, "tiny_crash", steps=3)  # valid, but its model cannot load: the trainer fails
+    # Valid, and it passes train's start-up checks (a model folder with a config.json), but the
+    # weights cannot load: the trainer starts, then fails.
+    _preset(workspace, "tiny_crash", steps=3)
+    broken_model = workspace / "models" / "broken-model"
+    broken_model.mkdir(parents=True)
+    (broken_model / "config.json").write_text("{ not json")
     crash = yaml.safe_load((workspace / "presets" / "tiny_crash.yaml").read_text())
-    crash["model"]["path"] = "tiny://no-such-model"
+    crash["model"]["path"] = str(broken_model)
     (workspace / "presets" / "tiny_crash.yaml").write_text(yaml.safe_dump(crash))
     (workspace / "presets" / "tiny_broken.yaml").write_text("name: tiny_broken\nagent: direct\ntrainer: {steps: 0}\n")
     server = App(workspace, tmp_path_factory.mktemp("train-app"))
@@ -220,7 +225,7 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
         time.sleep(0.5)
     page.locator("#mf-train-refresh").click()
     _choose(page, "#mf-train-run", f"{crash_id} · failed")
-    _wait_status(page, "no-such-model", 30)
+    _wait_status(page, "broken-model", 30)
     assert "failed" in _status(page)
     page.screenshot(path=str(tmp_path / "train_crashed.png"), full_page=True)
 
