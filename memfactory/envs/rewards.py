@@ -142,20 +142,27 @@ def strip_thinking(text: str) -> str:
     return text
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` with balanced braces; None when absent or unclosed."""
-    start = text.rfind(_BOXED)
-    if start < 0:
-        return None
-    depth, i = 1, start + len(_BOXED)
-    for j in range(i, len(text)):
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the ``}`` that closes the first ``{`` at or after ``start`` (braces balanced); None if none does."""
+    depth = 0
+    for j in range(start, len(text)):
         if text[j] == "{":
             depth += 1
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return text[i:j]
+                return j
     return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` with balanced braces; None when absent or unclosed."""
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    i = start + len(_BOXED)
+    end = _closing_brace(text, i - 1)  # from the box's own "{"
+    return None if end is None else text[i:end]
 
 
 def extract_answer_is(text: str) -> str | None:
@@ -271,16 +278,11 @@ def memagent_boxed(text: str) -> str | None:
     start = text.rfind("\\boxed")
     if start < 0:
         return None
-    depth = 0
-    for j in range(start, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                whole = text[start : j + 1]
-                return whole[len(_BOXED) : -1] if whole.startswith(_BOXED) else None
-    return None
+    end = _closing_brace(text, start)
+    if end is None:
+        return None
+    whole = text[start : end + 1]
+    return whole[len(_BOXED) : -1] if whole.startswith(_BOXED) else None
 
 
 def _latex_clean(text: str) -> str:
