@@ -121,7 +121,7 @@ def cuda_tests() -> dict:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer"],
-        cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )
     tail = (done.stdout + done.stderr)[-3000:]
     summary = next((line for line in reversed(tail.splitlines()) if " passed" in line or " failed" in line), "")
@@ -368,10 +368,18 @@ def plan(shape: str, full: bool) -> dict:
     return sections
 
 
-def run_sections(sections: dict, only: list[str] | None) -> dict:
+def run_sections(sections: dict, only: list[str] | None, *, deadline: float | None = None,
+                 save=None) -> dict:
+    """Run each section in order; ``save(results)`` after every one, so a run cut off by the lease's
+    time limit still leaves what it measured. Sections that would start past ``deadline``
+    (``time.monotonic()``) are recorded as skipped, not started."""
     results = {}
     for name, run in sections.items():
         if only and name not in only:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            results[name] = {"skipped": "out of time (--budget-s)", "wall_s": 0.0}
+            print(name, json.dumps(results[name]), flush=True)
             continue
         started = time.perf_counter()
         try:
@@ -381,6 +389,8 @@ def run_sections(sections: dict, only: list[str] | None) -> dict:
         _free()  # after the except block: a failed section's frames (and its model) are released by now
         results[name]["wall_s"] = round(time.perf_counter() - started, 1)
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "trace"}), flush=True)
+        if save is not None:
+            save(results)
     return results
 
 
@@ -420,7 +430,9 @@ def main() -> None:
     parser.add_argument("--sections", help="comma-separated section names to run (default: all)")
     parser.add_argument("--full", action="store_true", help="whole steps at the presets' own generation caps (long)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent))
+    parser.add_argument("--budget-s", type=float, help="start no section after this many seconds (a lease's limit)")
     args = parser.parse_args()
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
     import torch
     import transformers
 
@@ -431,11 +443,16 @@ def main() -> None:
         "transformers": transformers.__version__,
         "shape": args.shape,
     }
-    results = run_sections(plan(args.shape, args.full), args.sections.split(",") if args.sections else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps({"info": info, "results": results}, indent=2), encoding="utf-8")
-    (out / "gpu_check.md").write_text(markdown(info, results), encoding="utf-8")
+
+    def save(results: dict) -> None:
+        (out / "gpu_check.json").write_text(json.dumps({"info": info, "results": results}, indent=2), encoding="utf-8")
+        (out / "gpu_check.md").write_text(markdown(info, results), encoding="utf-8")
+
+    results = run_sections(plan(args.shape, args.full), args.sections.split(",") if args.sections else None,
+                           deadline=deadline, save=save)
+    save(results)
     print(markdown(info, results))
 
 

@@ -273,6 +273,7 @@ def test_bfloat16_model_scores_in_float32(model):
     assert torch.allclose(got, want, atol=0.1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batch_matches_cpu(model):
     from memfactory.trainer.grpo import grpo_loss
