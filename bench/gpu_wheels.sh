@@ -12,7 +12,10 @@ pinned=$("$PY" - <<'PY'
 from importlib.metadata import version
 print(" ".join(f"{n}=={version(n)}" for n in
       ("transformers", "accelerate", "peft", "huggingface-hub", "tokenizers", "pydantic", "pydantic-core",
-       "annotated-types", "typing-inspection", "sqlite-utils", "sqlite-fts4", "click-default-group", "hf-xet")))
+       "annotated-types", "typing-inspection", "sqlite-utils", "sqlite-fts4", "click-default-group", "hf-xet",
+       # hub 2.x and transformers 5.2x need these newer than (or absent from) the image's
+       "httpx2", "httpcore2", "truststore", "h11", "anyio", "click", "typing-extensions", "regex", "kernels",
+       "tomlkit", "typer", "annotated-doc", "safetensors")))
 PY
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -59,6 +59,11 @@ class ModelConfig(Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored)")
     checkpoint: str | None = Field(None, description="A run's checkpoint folder to load instead of the base weights")
     enable_thinking: bool = Field(False, description="Qwen3-style thinking in the chat template")
+    hub_kernels: bool = Field(
+        False,
+        description=("Let transformers swap layers for Hugging Face Hub kernels (the `kernels` package) when it loads "
+                     "the model. Off by default: those kernels are downloaded at load time, which fails offline"),
+    )
     seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX, description="Seed for tiny:// model construction")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (e.g. timeout, concurrency for openai)"

@@ -111,7 +111,9 @@ def smollm2_dir() -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, use_kernels=False
+        )
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -197,6 +199,10 @@ def _from_pretrained(
             model_source,
             dtype=resolve_dtype(cfg.dtype),
             attn_implementation=pick_attn_implementation(cfg.attn),
+            # transformers >= 5.2x turns hub kernels on whenever `kernels` is installed (a dependency of
+            # transformers itself), and on CUDA they are fetched from the Hub: an offline GPU machine then
+            # fails inside the first forward. They stay off unless the preset asks for them.
+            use_kernels=cfg.hub_kernels,
             **extra,
         )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or model_source)

@@ -119,3 +119,11 @@ def test_smollm2_converts_once_and_reloads_from_the_cache():
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
     )
+
+
+def test_hub_kernels_stay_off_unless_the_preset_asks(tmp_path):
+    """transformers turns Hub kernels on whenever `kernels` is installed and fetches them on CUDA: an offline
+    GPU machine failed inside the first training forward (bench/gpu_check.py, H200, 2026-12-04)."""
+    model, _ = load_model_and_tokenizer(ModelConfig(path="tiny://qwen3-mini"))
+    assert model.use_kernels is False
+    assert ModelConfig().hub_kernels is False

@@ -38,10 +38,18 @@ def _tensors(value):
             yield from _tensors(item)
 
 
+def canonical(device: torch.device | str) -> str:
+    """``cuda`` (accelerate's device) and ``cuda:0`` (every tensor's) name the same card: compare with the index."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
 def record_input_devices(model: torch.nn.Module, seen: set[str]) -> None:
     def hook(_module, args, kwargs):
         for tensor in _tensors((args, kwargs)):
-            seen.add(str(tensor.device))
+            seen.add(canonical(tensor.device))
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -62,12 +70,12 @@ def run_case(tmp_path, monkeypatch, overrides: list[str]) -> GRPOTrainer:
         *overrides])
     trainer = GRPOTrainer(preset)
     trainer.env.rewards, trainer.env.weights = {"length": AnswerLength()}, {"length": 1.0}
-    device = str(trainer.accelerator.device)
+    device = canonical(trainer.accelerator.device)
     seen: set[str] = set()
     record_input_devices(trainer.policy.get_base_model() if trainer.cfg.lora else trainer.policy, seen)
     if trainer.reference is not None:
         record_input_devices(trainer.reference, seen)
-        assert {str(p.device) for p in trainer.reference.parameters()} == {device}
+        assert {canonical(p.device) for p in trainer.reference.parameters()} == {device}
     if trainer.engine.separate:
         record_input_devices(trainer.backend.model, seen)
     before = {k: v.detach().clone() for k, v in trainer.policy.named_parameters() if v.requires_grad}
@@ -75,7 +83,7 @@ def run_case(tmp_path, monkeypatch, overrides: list[str]) -> GRPOTrainer:
         result = trainer.train_step()
         assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values()), result.metrics
     assert seen == {device}, f"tensors reached the models on {seen}; the models are on {device}"
-    assert {str(p.device) for p in trainer.policy.parameters()} == {device}
+    assert {canonical(p.device) for p in trainer.policy.parameters()} == {device}
     after = dict(trainer.policy.named_parameters())
     assert any(not torch.equal(before[k], after[k].detach()) for k in before)
     assert result.metrics["kl"] > 0  # the reference scored on-device and the policy moved away from it
