@@ -1,22 +1,31 @@
-"""``python app.py [--host 127.0.0.1] [--port 7860] [--share]``: the MemFactory web UI."""
+"""``python app.py [--host 127.0.0.1] [--port 7860] [--share] [--auth USER:PASSWORD | --auth-file FILE] [--insecure]``.
+
+The MemFactory web UI. Beyond loopback it needs a login or an explicit ``--insecure``
+(see ``webui/sharing.py``); a refusal exits with code 2 and says what to add.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="MemFactory web UI (LlamaBoard-style, for memory agents)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    from webui.sharing import AuthError, plan_launch
+
+    try:
+        plan = plan_launch(argv)
+    except AuthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr, flush=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from webui.app import launch
 
-    launch(args.host, args.port, args.share)
+    launch(plan.host, plan.port, plan.share, auth=plan.auth, banner=plan.banner)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

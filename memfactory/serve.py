@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from memfactory.backends.base import Backend
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
+from memfactory.exposure import secret_equal
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 DEFAULT_HOST = "127.0.0.1"
@@ -465,7 +466,8 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app; ``app.state.batcher.stats`` counts requests and batch sizes.
 
-    ``api_key``: when set, requests must carry ``Authorization: Bearer <key>``.
+    ``api_key``: when set, every request but ``/health`` must carry ``Authorization: Bearer <key>``
+    (compared in constant time; 401 otherwise), and ``/health`` without it answers only its status.
     ``context_length``: the context requests are checked against (default and upper limit: the
     model's own, see :func:`model_context_length`). ``max_body_bytes``, ``max_queue`` and
     ``request_timeout_s`` bound a request's body, the requests admitted at once, and each one's wait.
@@ -514,23 +516,46 @@ def create_app(
         return error(api.status, api.message, api.type, api.param)
 
     class _Auth:
-        """Plain ASGI (not ``@app.middleware``, whose wrapped receive hides a client's disconnect)."""
+        """The API key check, on every route (``/docs``, ``/openapi.json`` and unknown paths too) but
+        ``/health``, which without the key says only whether the server is up (a load balancer's
+        liveness probe needs no secret; the model name and load figures are for key holders).
+        The key is compared in constant time. Plain ASGI (not ``@app.middleware``, whose wrapped
+        receive hides a client's disconnect)."""
 
         def __init__(self, inner: Any) -> None:
             self.inner = inner
 
         async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if (api_key and scope["type"] == "http" and scope["path"].startswith("/v1/")
-                    and dict(scope["headers"]).get(b"authorization", b"") != f"Bearer {api_key}".encode()):
-                await error(401, "invalid or missing API key", "authentication_error")(scope, receive, send)
-                return
+            if api_key and scope["type"] in ("http", "websocket"):
+                scope.setdefault("state", {})["authorized"] = _authorized(scope)
+                if not scope["state"]["authorized"] and scope["path"] != "/health":
+                    if scope["type"] == "websocket":
+                        await send({"type": "websocket.close", "code": 1008})
+                        return
+                    await error(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                                "authentication_error",
+                                headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                    return
             await self.inner(scope, receive, send)
 
+    def _authorized(scope: dict[str, Any]) -> bool:
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, token = given.partition(b" ")
+        return bool(scheme.lower() == b"bearer") & secret_equal(token.strip(), expected_key)
+
+    expected_key = (api_key or "").encode("utf-8")
     app.add_middleware(_Auth)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "stopping" if batcher.stopping else "ok", "model": model_name,
+    async def health(request: Request) -> dict[str, Any]:
+        status = "stopping" if batcher.stopping else "ok"
+        if api_key and not request.state.authorized:
+            return {"status": status}
+        return {"status": status, "model": model_name,
                 "batching": batcher.stats.as_dict(),
                 "load": {"admitted": load.admitted, "max_queue": max_queue, "refused_full": load.refused_full},
                 "limits": {"context_length": context, "max_body_bytes": max_body_bytes,

@@ -10,6 +10,7 @@ import importlib
 import logging
 import pkgutil
 import traceback
+from collections.abc import Callable
 
 import gradio as gr
 
@@ -45,10 +46,15 @@ class _failed_tab:  # a stand-in module whose build() shows the import error
         raise RuntimeError(self.text)
 
 
-def build_app() -> gr.Blocks:
-    """The whole UI (not launched): tabs discovered from ``webui/tabs/``."""
+def build_app(banner: str | None = None) -> gr.Blocks:
+    """The whole UI (not launched): tabs discovered from ``webui/tabs/``.
+
+    ``banner``: a warning shown above everything (``app.py --insecure`` beyond loopback).
+    """
     labels = Labels()
     with gr.Blocks(title="MemFactory", delete_cache=(3600, 3600)) as demo:
+        if banner:
+            gr.Markdown(banner, elem_id="mf-insecure-banner")
         with gr.Row(equal_height=True):
             title = gr.Markdown(t("title"), elem_id="mf-title")
             labels.add(title, "title", "value")
@@ -74,8 +80,10 @@ def build_app() -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
-    demo = build_app()
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *,
+           auth: Callable[[str, str], bool] | None = None, banner: str | None = None) -> None:
+    """Serve the UI (blocking). ``auth``: gradio's login check (``webui.sharing.CredentialChecker``)."""
+    demo = build_app(banner)
     css = assets_dir() / "style.css"
     demo.queue(default_concurrency_limit=4).launch(
         server_name=host,
@@ -84,4 +92,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> No
         theme=gr.themes.Soft(),
         css_paths=[css] if css.is_file() else None,
         footer_links=["api", "settings"],
+        auth=auth,
+        auth_message="MemFactory: sign in with a login given to app.py (--auth / --auth-file)." if auth else None,
     )

@@ -8,6 +8,7 @@ import os
 import sys
 
 from memfactory.errors import MemFactoryError
+from memfactory.exposure import is_loopback
 
 # memfactory.serve's defaults (kept equal by tests/test_serve_limits.py); not imported from there
 # so that every other command does not pay for importing fastapi.
@@ -33,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long to wait for more requests to join a batch (default: %(default)s)")
     parser.add_argument("--api-key-env", metavar="VAR",
-                        help="require clients to send the key held in this environment variable")
+                        help="require clients to send the key held in this environment variable "
+                        "(Authorization: Bearer KEY) on every route but /health; needed beyond loopback")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve on a non-loopback --host WITHOUT an API key, on purpose")
     parser.add_argument("--max-context", type=int, metavar="TOKENS",
                         help="context prompts and max_tokens are checked against (default: the model's own, "
                         "e.g. 8192; at most that)")
@@ -48,9 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from memfactory.serve import serve
+def refusal_message(host: str, port: int) -> str:
+    """Why ``serve`` will not start on ``host`` without a key, and the two ways to start it."""
+    command = f"memfactory serve --host {host}" + (f" --port {port}" if port != 8000 else "")
+    return (f"refusing to serve on {host} (not a loopback address) without an API key: anyone who can reach "
+            "the port could use the model.\n"
+            "Require a key: put it in an environment variable and name the variable, e.g.\n"
+            f"  export MEMFACTORY_API_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\n"
+            f"  {command} --api-key-env MEMFACTORY_API_KEY\n"
+            "(clients send it as 'Authorization: Bearer <key>'; with model.backend: openai set "
+            "model.api_key_env: MEMFACTORY_API_KEY)\n"
+            f"or, to serve without a key on purpose: {command} --insecure")
 
+
+def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise MemFactoryError(f"--port {args.port}: not a TCP port (0-65535)")
     if args.max_batch < 1:
@@ -68,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise MemFactoryError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use the model",
-              file=sys.stderr)
+    if not api_key and not is_loopback(args.host):
+        if not args.insecure:
+            raise MemFactoryError(refusal_message(args.host, args.port))
+        print(f"WARNING: serving on {args.host} WITHOUT an API key (--insecure): anyone who can reach this port "
+              "can use the model", file=sys.stderr, flush=True)
+    from memfactory.serve import serve  # after the checks: a refusal costs no fastapi import
+
     serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
           max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key,
           context_length=args.max_context, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
