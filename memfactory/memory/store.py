@@ -17,6 +17,7 @@ Why the details matter for training:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -246,7 +247,7 @@ class MemoryStore:
                     f"{self.timeout:g}s to {action}. Nothing was written. Close the other writer or "
                     f"raise MemoryStore(timeout=...)."
                 ) from exc
-            raise MemFactoryError(f"memory bank {self.path}: cannot {action}: {message}") from exc
+            raise MemFactoryError(f"memory bank {self.path}: cannot {action}: {self._disk_hint(message)}") from exc
         except sqlite3.IntegrityError as exc:
             raise MemFactoryError(f"memory bank {self.path}: cannot {action}: {exc}; nothing was written") from exc
         except sqlite3.DatabaseError as exc:
@@ -254,6 +255,21 @@ class MemoryStore:
                 f"memory bank {self.path} is unreadable ({exc}) while trying to {action}; "
                 "is it a SQLite file written by MemFactory?"
             ) from exc
+
+    def _disk_hint(self, message: str) -> str:
+        """SQLite's words for a full or read-only disk, said plainly (a failed write rolled back)."""
+        if "disk is full" in message:
+            return f"no space left on device ({message}); nothing was written, the bank is as it was"
+        folder = Path(self.path).parent if self.path != ":memory:" else None
+        read_only = "readonly" in message or "read-only" in message
+        if folder is not None and not read_only and "unable to open" in message:
+            try:
+                read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+            except OSError:
+                pass
+        if read_only:
+            return f"read-only file system or file ({message}); nothing was written, the bank is as it was"
+        return message
 
     @contextmanager
     def _write(self, action: str) -> Iterator[None]:

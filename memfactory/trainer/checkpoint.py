@@ -9,9 +9,14 @@ Layout of ``<run_dir>/checkpoints/step-000020/``::
     rng.pt            python, numpy, torch (and CUDA) random states
     trainer_state.json  {"step", "time", "extra", "format"}; written last
 
-A checkpoint is built in a hidden temporary folder and renamed into place, so ``step-*`` folders
-are always complete; :func:`latest_checkpoint` also ignores any ``step-*`` folder without
-``trainer_state.json`` (e.g. copied by hand, or from an older crash).
+A checkpoint is built in a hidden temporary folder, its files are fsynced, and it is renamed into
+place, so ``step-*`` folders are always complete (also after SIGKILL or a power cut);
+:func:`latest_checkpoint` also ignores any ``step-*`` folder without ``trainer_state.json`` (e.g.
+copied by hand, or from an older crash). A save that fails for lack of space or on a read-only
+file system removes its temporary folder, leaves the previous checkpoints as they were, and raises
+one MemFactoryError line naming the folder and the cause. ``MEMFACTORY_TEST_CHECKPOINT_PAUSE``
+(test-only, ``STEP:SECONDS``) sleeps mid-save of that step, after the model weights and before the
+optimizer state, so tests can SIGKILL a trainer or fill its disk during a checkpoint write.
 
 Loading safety: everything is read with ``torch.load(weights_only=True)``: optimizer and LR
 scheduler state dicts of the torch optimizers and LambdaLR-style schedulers hold only tensors and
@@ -27,6 +32,8 @@ the same except that the optimizer state is keyed by parameter name (``optimizer
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import random
@@ -235,6 +242,72 @@ def _load_model(model: Any, folder: Path) -> None:
 
 # -- save / load -----------------------------------------------------------------------------
 
+PAUSE_ENV = "MEMFACTORY_TEST_CHECKPOINT_PAUSE"
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "no space left on device (disk quota)",
+                errno.EFBIG: "no space left on device (file size limit)", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+_DISK_TEXTS = {"no space left": errno.ENOSPC, "os error 28": errno.ENOSPC, "disk quota": errno.EDQUOT,
+               "read-only file system": errno.EROFS, "os error 30": errno.EROFS}
+
+
+def _test_pause(step: int) -> None:
+    """Test-only hook (see the module docstring): hold a save of ``step`` half-written."""
+    spec = os.environ.get(PAUSE_ENV, "")
+    if ":" in spec:
+        at, seconds = spec.split(":", 1)
+        if int(at) == int(step):
+            time.sleep(float(seconds))
+
+
+def disk_error(exc: BaseException) -> str | None:
+    """"no space left on device" / "read-only file system" / ... when ``exc`` (or its cause) is one.
+
+    torch and safetensors wrap the OS error in RuntimeError/SafetensorError, so the text is read too.
+    """
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        code = getattr(seen, "errno", None)
+        if code in _DISK_ERRNOS:
+            return _DISK_ERRNOS[code]
+        text = str(seen).lower()
+        for needle, code in _DISK_TEXTS.items():
+            if needle in text:
+                return _DISK_ERRNOS[code]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync ``data``; an out-of-space or read-only error surfaces as OSError with its errno."""
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through memory: a failing write then raises OSError (torch's own writer hides errno)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_file(path, buffer.getvalue())
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync one file or folder (a folder's fsync makes a rename inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` so the rename publishes durable data."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [folder]:
+        _fsync_dir(path)
+
 
 def _json_safe(value: Any) -> Any:
     from memfactory.tracking.metrics import to_jsonable
@@ -272,11 +345,12 @@ def save_checkpoint(
         _save_model(model, tmp / "model", weights)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "model"))
+        _test_pause(step)
         if optimizer is not None:
-            torch.save(optim if state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+            _torch_save(optim if state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+            _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(_rng_state(), tmp / "rng.pt")
         state = {
             "format": FORMAT_VERSION,
             "step": int(step),
@@ -289,6 +363,7 @@ def save_checkpoint(
             json.dump(state, fh, indent=2, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
+        _fsync_tree(tmp)
         if final.exists():
             old = root / f".{final.name}.old-{secrets.token_hex(4)}"
             final.rename(old)
@@ -296,9 +371,15 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
-    except BaseException:
+        _fsync_dir(root)  # the rename itself
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        cause = disk_error(exc) if isinstance(exc, Exception) else None
+        if cause is None:
+            raise
+        previous = latest_checkpoint(root)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise MemFactoryError(f"cannot write checkpoint {final}: {cause}; {kept}") from exc
     if keep:
         prune_checkpoints(run_dir, keep)
     return final

@@ -21,7 +21,7 @@ from memfactory.errors import MemFactoryError
 from memfactory.tracking.metrics import MetricsWriter, RunDir
 from memfactory.tracking.runs import RunsDB, new_run_id
 from memfactory.tracking.swanlab_sink import SwanLabSink
-from memfactory.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from memfactory.trainer.checkpoint import disk_error, latest_checkpoint, load_checkpoint, save_checkpoint
 from memfactory.trainer.distributed import DebugRecorder, broadcast_object, is_main_env
 
 log = logging.getLogger("memfactory.train")
@@ -83,7 +83,11 @@ class TrainingSession:
             )
         self.status = "created"
         self.error: str | None = None
-        self.writer = MetricsWriter(self.run_dir)
+        try:
+            self.writer = MetricsWriter(self.run_dir)
+        except OSError as exc:
+            cause = disk_error(exc) or exc.strerror or str(exc)
+            raise MemFactoryError(f"cannot write to run folder {self.run_dir.path}: {cause}") from exc
 
     # ------------------------------------------------------------------ logging
     def _attach_log_file(self) -> logging.Handler | None:
@@ -156,6 +160,17 @@ class TrainingSession:
             log.error("%s", exc)
             self._finish("failed", str(exc))
             raise
+        except OSError as exc:
+            cause = disk_error(exc)
+            if cause is None:
+                log.error("training crashed:\n%s", traceback.format_exc())
+                self._finish("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            # a full or read-only disk is the user's to fix: one line, not a traceback
+            message = f"cannot write to run folder {self.run_dir.path}: {cause} ({exc})"
+            log.error("%s", message)
+            self._finish("failed", message)
+            raise MemFactoryError(message) from exc
         except Exception as exc:
             log.error("training crashed:\n%s", traceback.format_exc())
             self._finish("failed", f"{type(exc).__name__}: {exc}")
@@ -176,7 +191,12 @@ class TrainingSession:
         self.status = status
         self.error = error
         if self.is_main:
-            self.db.set_status(self.run_id, status, error)
+            try:
+                self.db.set_status(self.run_id, status, error)
+            except MemFactoryError as exc:
+                # e.g. the database's disk is full too: keep the run's own error the one that is raised;
+                # `memfactory runs list` later reconciles the row (dead pid -> failed)
+                log.error("could not record status %s: %s", status, exc)
         log.info("run %s %s", self.run_id, status)
 
     def _restore(self, trainer: Any) -> None:
