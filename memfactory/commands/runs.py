@@ -73,13 +73,18 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _gib(value: float | None) -> str:
+    """Peak memory as ``1.23`` GiB, or ``-`` for runs that logged none (older versions)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
 def _steps(record: RunRecord) -> str:
     return f"{record.step}/{record.total_steps}" if record.total_steps else str(record.step)
 
 
 def format_table(records: list[RunRecord]) -> str:
     """Runs as an aligned text table."""
-    header = ["ID", "PRESET", "STATUS", "STEP", "BEST", "LAST", "STARTED (UTC)", "TIME"]
+    header = ["ID", "PRESET", "STATUS", "STEP", "BEST", "LAST", "PEAK GiB", "STARTED (UTC)", "TIME"]
     rows = [
         [
             r.id,
@@ -88,6 +93,7 @@ def format_table(records: list[RunRecord]) -> str:
             _steps(r),
             _num(r.best_reward),
             _num(r.last_reward),
+            _gib(r.peak_gib),
             RunRecord.iso(r.started_at),
             _duration(r.duration_s),
         ]
@@ -145,6 +151,7 @@ def run_show(args: argparse.Namespace) -> int:
         ("steps", _steps(r) + (f" ({r.progress:.0%})" if r.progress is not None else "")),
         ("best reward", _num(r.best_reward)),
         ("last reward", _num(r.last_reward)),
+        ("peak GiB", _gib(r.peak_gib)),
         ("pid", r.pid if r.pid is not None else "-"),
         ("created", RunRecord.iso(r.created_at)),
         ("started", RunRecord.iso(r.started_at)),

@@ -11,7 +11,8 @@ Tables
 ``runs``: ``id`` TEXT primary key, ``name`` (preset name), ``preset_path``, ``run_dir``, ``status``
 (one of :data:`STATUSES`), ``pid`` and ``pid_start`` (the process's start time, so a recycled pid
 is not mistaken for the trainer), ``created_at`` / ``started_at`` / ``ended_at`` (UNIX seconds,
-REAL), ``step``, ``total_steps``, ``best_reward``, ``last_reward``, ``error`` (text), ``meta``
+REAL), ``step``, ``total_steps``, ``best_reward``, ``last_reward``, ``peak_gib`` (the largest
+``hw/peak_gib`` metric logged: peak device memory over ranks, GiB), ``error`` (text), ``meta``
 (JSON object: attention implementation, device, model path, ...).
 
 ``metrics``: long format ``(run_id, step, key, value REAL, time REAL)`` with primary key
@@ -56,6 +57,7 @@ STATUSES = ("created", "running", "finished", "failed", "aborted")
 ACTIVE_STATUSES = ("created", "running")
 TERMINAL_STATUSES = ("finished", "failed", "aborted")
 LOG_TAIL_LINES = 20
+PEAK_METRIC = "hw/peak_gib"  # the trainer's per-step device peak (memfactory.trainer.hardware.PEAK_KEY)
 
 _RUN_COLUMNS: dict[str, type] = {
     "id": str,
@@ -72,6 +74,7 @@ _RUN_COLUMNS: dict[str, type] = {
     "total_steps": int,
     "best_reward": float,
     "last_reward": float,
+    "peak_gib": float,
     "error": str,
     "meta": str,
 }
@@ -95,6 +98,7 @@ class RunRecord:
     total_steps: int | None = None
     best_reward: float | None = None
     last_reward: float | None = None
+    peak_gib: float | None = None
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -496,7 +500,8 @@ class RunsDB:
         """Store the numeric values of ``metrics`` for ``step``; returns how many were stored.
 
         Non-numeric values (strings, lists) are skipped; NaN/inf become NULL. Logging the same
-        (step, key) again replaces the value.
+        (step, key) again replaces the value. A :data:`PEAK_METRIC` raises the run's ``peak_gib``
+        to it (in the same transaction), so the Runs table needs no scan of the metrics.
         """
         now = time.time()
         rows = []
@@ -506,9 +511,13 @@ class RunsDB:
             except (TypeError, ValueError):
                 continue
             rows.append({"run_id": run_id, "step": int(step), "key": str(key), "value": number, "time": now})
+        peak = next((r["value"] for r in rows if r["key"] == PEAK_METRIC and r["value"] is not None), None)
         if rows:
             with self._write("log metrics") as db:
                 db["metrics"].insert_all(rows, replace=True)
+                if peak is not None:
+                    db.execute("UPDATE runs SET peak_gib = MAX(COALESCE(peak_gib, ?), ?) WHERE id = ?",
+                               [peak, peak, run_id])
         return len(rows)
 
     def truncate_metrics(self, run_id: str, after_step: int) -> int:

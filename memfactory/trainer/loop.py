@@ -34,6 +34,7 @@ from memfactory.trainer import distributed as dist
 from memfactory.trainer import precision, sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
+from memfactory.trainer.hardware import HardwareMonitor
 from memfactory.trainer.rollout_engine import RolloutEngine
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
 
@@ -189,6 +190,7 @@ class GRPOTrainer:
         if not self.train_samples:
             raise MemFactoryError(f"env {preset.env.type!r} returned no training samples; check env.data")
         self.step = 0
+        self.hardware = HardwareMonitor(self.accelerator.device)  # hw/... step metrics, see hardware.py
         self.attn_implementation = getattr(self.policy.config, "_attn_implementation", "unknown")
         # What the run records: resolved precision, dtypes of trained/frozen weights, checkpointing.
         self.precision_info = {
@@ -398,6 +400,7 @@ class GRPOTrainer:
         cfg = self.cfg
         started = time.perf_counter()
         step = self.step + 1
+        self.hardware.start_step()
         dist.reseed_for_step(self.accelerator, cfg.seed, step)
         engine_stats = self.engine.prepare(self.step)
         prefill = dict(getattr(self.backend, "prefill_stats", None) or {})
@@ -434,6 +437,7 @@ class GRPOTrainer:
                 "lr": float(self.scheduler.get_last_lr()[0]),
                 "tokens_per_s": metrics["tokens/total"] / max(elapsed, 1e-9),
                 **engine_stats,
+                **self.hardware.metrics(self.accelerator),  # a collective: every rank gets here
             }
         )
         groups: dict[Any, list[float]] = {}

@@ -281,11 +281,16 @@ def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
     assert code == 0 and lines[0].split()[:3] == ["ID", "PRESET", "STATUS"]
     assert lines[1].split()[:4] == [crashed.id, "crashy", "failed", "0"]  # reconciled, newest first
     assert lines[2].split()[:6] == [run.id, "memagent_tiny_cpu", "running", "5/10", "0.625", "0.625"]
+    assert "PEAK GiB" in lines[0] and lines[2].split()[6] == "-"  # no hw/peak_gib logged yet
+    db.log_metrics(run.id, 5, {"hw/peak_gib": 1.5})
+    code, out, _ = _cli(["runs", "list", "--db", str(db_path)], capsys)
+    assert out.splitlines()[2].split()[6] == "1.50"
 
     code, out, _ = _cli(["runs", "show", run.id, "--db", str(db_path)], capsys)
     assert code == 0
     assert "status:" in out and "running" in out and "5/10 (50%)" in out and "meta.device:" in out
-    assert "last metrics (step 5):" in out and "loss: 0.125" in out
+    assert "last metrics (step 5):" in out and "loss: 0.125" in out and "hw/peak_gib: 1.5" in out
+    assert any(line.split() == ["peak", "GiB:", "1.50"] for line in out.splitlines())
 
     code, out, _ = _cli(["runs", "show", crashed.id, "--db", str(db_path)], capsys)
     assert code == 0 and "error:" in out and "exited without reporting" in out
@@ -311,3 +316,36 @@ def test_a_database_from_an_older_schema_gains_the_new_columns(tmp_path):
     db = RunsDB(path)
     assert db.get("old-run").status == "finished" and db.get("old-run").pid_start is None
     assert db.set_status(db.create_run("new", tmp_path / "n").id, "running").pid_start is not None
+
+
+def test_peak_gib_is_the_largest_logged_device_peak(tmp_path):
+    """``hw/peak_gib`` lifts the run's ``peak_gib`` column; lower or non-finite values never lower it."""
+    db = _db(tmp_path)
+    run = db.create_run("p", tmp_path / "runs" / "p")
+    other = db.create_run("q", tmp_path / "runs" / "q")
+    assert db.get(run.id).peak_gib is None
+    db.log_metrics(run.id, 1, {"hw/peak_gib": 1.25, "loss": 0.5})
+    db.log_metrics(run.id, 2, {"hw/peak_gib": 2.75})
+    db.log_metrics(run.id, 3, {"hw/peak_gib": 2.0})
+    db.log_metrics(run.id, 4, {"hw/peak_gib": math.nan, "loss": 0.1})
+    db.log_metrics(run.id, 5, {"loss": 0.2})
+    assert db.get(run.id).peak_gib == 2.75
+    assert db.get(other.id).peak_gib is None  # only the run that logged it
+    frame = db.metrics_frame(run.id, ["hw/peak_gib"])
+    assert frame["hw/peak_gib"].max() == db.get(run.id).peak_gib  # the column is the metric's max
+
+
+def test_an_older_database_gains_peak_gib_and_keeps_its_runs(tmp_path):
+    """A database made before ``peak_gib`` existed: the column is added on open, old rows read ``None``."""
+    import sqlite3
+
+    path = tmp_path / "before-peak.db"
+    RunsDB(path).create_run("legacy", tmp_path / "l", run_id="legacy-run")
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE runs DROP COLUMN peak_gib")
+    conn.commit()
+    conn.close()
+    db = RunsDB(path)
+    assert db.get("legacy-run").peak_gib is None
+    db.log_metrics("legacy-run", 1, {"hw/peak_gib": 0.5})
+    assert db.get("legacy-run").peak_gib == 0.5

@@ -203,6 +203,29 @@ def test_two_process_training_is_consistent(runs, case):
     assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
 
 
+@pytest.mark.parametrize("case", ["ddp", "fsdp"])
+def test_every_rank_logs_its_hardware_figures_each_step(runs, case):
+    """Each rank measures itself and rank 0 logs both (``accelerator.gather`` over gloo): every
+    step of metrics.jsonl and of the runs DB has both ranks' memory and CPU figures, and the run's
+    ``peak_gib`` is the largest ``hw/peak_gib`` (the larger rank's peak RSS on CPU)."""
+    run = runs(case)
+    metrics = [json.loads(line) for line in (run.root / "runs" / run.run_id / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    for m in metrics:
+        for rank in (0, 1):
+            rss, peak, cpu = (m[f"hw/rank{rank}/{k}"] for k in ("rss_gib", "peak_rss_gib", "cpu_percent"))
+            assert 0.1 < rss <= peak + 1e-3 < 64, (rank, rss, peak)  # torch + a model, under 64 GiB
+            assert 0 <= cpu < 100 * (os.cpu_count() or 1) + 50, (rank, cpu)
+        assert not any("gpu" in key for key in m)  # CPU run: no GPU figures
+        assert m["hw/peak_gib"] == pytest.approx(max(m["hw/rank0/peak_rss_gib"], m["hw/rank1/peak_rss_gib"]))
+    # two separate processes: their resident sizes are their own, not one number copied
+    assert any(m["hw/rank0/rss_gib"] != m["hw/rank1/rss_gib"] for m in metrics)
+    db = RunsDB(run.root / "runs" / "memfactory.db")
+    frame = db.metrics_frame(run.run_id, ["hw/rank0/rss_gib", "hw/rank1/rss_gib", "hw/peak_gib"])
+    assert list(frame["step"]) == list(range(1, STEPS + 1)) and not frame.isna().any().any()
+    assert run.record.peak_gib == pytest.approx(max(m["hw/peak_gib"] for m in metrics))
+
+
 @pytest.mark.parametrize("case", ["ddp", "fsdp", "fsdp_lora"])
 def test_resume_under_two_processes_continues_exactly(runs, case, tmp_path):
     """Resumed from its step-2 checkpoint, the 4-step run redoes steps 3-4 exactly: same prompts,

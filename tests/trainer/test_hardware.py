@@ -1,0 +1,110 @@
+"""Per-step hardware figures (memfactory/trainer/hardware.py): real memory and CPU readings of
+this process, the key layout the Train tab plots, and a real tiny-model step that logs them."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from memfactory.config import load_preset
+from memfactory.paths import presets_dir
+from memfactory.trainer.hardware import FIELDS, PEAK_KEY, HardwareMonitor, peak_rss_gib, rss_gib, to_metrics
+
+CPU_KEYS = ("rss_gib", "peak_rss_gib", "cpu_percent")
+GPU_KEYS = ("gpu_allocated_gib", "gpu_reserved_gib")
+
+
+def test_rss_follows_a_real_allocation_and_the_peak_keeps_it():
+    before = rss_gib()
+    block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched (ones), so resident
+    during = rss_gib()
+    assert 0.01 < before < 64  # a Python process with torch loaded
+    assert during - before > 0.04  # at least ~40 of the 64 MiB show up
+    assert peak_rss_gib() >= during - 1e-3
+    del block
+    assert peak_rss_gib() >= during - 1e-3  # the peak does not go down after the free
+
+
+def test_cpu_percent_tells_busy_from_idle():
+    monitor = HardwareMonitor("cpu")
+    monitor.start_step()
+    deadline = time.perf_counter() + 0.3
+    x = 0
+    while time.perf_counter() < deadline:  # one busy thread
+        x += 1
+    busy = monitor.sample()[FIELDS.index("cpu_percent")]
+    monitor.start_step()  # later steps measure from the previous reading
+    time.sleep(0.3)
+    idle = monitor.sample()[FIELDS.index("cpu_percent")]
+    # the cores are shared with other work, so a busy thread does not always read ~100
+    assert busy > 15, busy
+    assert 0 <= idle < 10, idle
+    assert busy > 2 * idle
+
+
+def test_cpu_sample_has_no_gpu_figures_and_peak_is_peak_rss():
+    monitor = HardwareMonitor("cpu")
+    monitor.start_step()
+    metrics = monitor.metrics(None)
+    assert sorted(metrics) == sorted([*(f"hw/rank0/{k}" for k in CPU_KEYS), PEAK_KEY])
+    assert metrics[PEAK_KEY] == metrics["hw/rank0/peak_rss_gib"]
+    assert metrics["hw/rank0/rss_gib"] <= metrics["hw/rank0/peak_rss_gib"] + 1e-3
+
+
+def test_metrics_of_several_ranks_name_each_rank_and_take_the_largest_peak():
+    nan = math.nan
+    rows = [[1.0, 2.0, 150.0, nan, nan, nan], [1.5, 3.5, 90.0, nan, nan, nan]]
+    metrics = to_metrics(rows, cuda=False)
+    assert metrics["hw/rank0/cpu_percent"] == 150.0 and metrics["hw/rank1/rss_gib"] == 1.5
+    assert metrics[PEAK_KEY] == 3.5
+    assert not any("gpu" in key for key in metrics)
+    # on CUDA the device peak is the GPU's, and an unmeasured utilisation is left out
+    rows = [[1.0, 2.0, 100.0, 7.0, 8.0, nan], [1.0, 2.0, 100.0, 9.5, 10.0, 55.0]]
+    metrics = to_metrics(rows, cuda=True)
+    assert metrics[PEAK_KEY] == 9.5
+    assert "hw/rank0/gpu_util_percent" not in metrics and metrics["hw/rank1/gpu_util_percent"] == 55.0
+
+
+def test_a_real_training_step_logs_the_hardware_figures(tmp_path, monkeypatch):
+    from memfactory.trainer.loop import GRPOTrainer
+
+    monkeypatch.chdir(tmp_path)
+    trainer = GRPOTrainer(load_preset(presets_dir() / "tiny_test.yaml", ["trainer.steps=2"]))
+    for _ in range(2):
+        metrics = trainer.train_step().metrics
+        hw = {k: v for k, v in metrics.items() if k.startswith("hw/")}
+        assert sorted(hw) == sorted([*(f"hw/rank0/{k}" for k in CPU_KEYS), PEAK_KEY])
+        assert hw["hw/rank0/rss_gib"] > 0.1  # torch + transformers + a model
+        assert hw["hw/rank0/cpu_percent"] > 0  # it computed something
+        assert hw[PEAK_KEY] >= hw["hw/rank0/rss_gib"] - 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_figures_are_the_steps_own_peaks():
+    monitor = HardwareMonitor("cuda")
+    monitor.start_step()
+    big = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")  # 0.25 GiB
+    first = monitor.metrics(None)
+    del big
+    torch.cuda.empty_cache()
+    monitor.start_step()  # resets the peak: the next step starts from what is allocated now
+    small = torch.empty(1024, dtype=torch.uint8, device="cuda")
+    second = monitor.metrics(None)
+    del small
+    assert first["hw/rank0/gpu_allocated_gib"] >= 0.25
+    assert first["hw/rank0/gpu_reserved_gib"] >= first["hw/rank0/gpu_allocated_gib"]
+    assert second["hw/rank0/gpu_allocated_gib"] < first["hw/rank0/gpu_allocated_gib"] - 0.2
+    assert first[PEAK_KEY] == first["hw/rank0/gpu_allocated_gib"]  # on CUDA the device peak is the GPU's
+    if "hw/rank0/gpu_util_percent" in first:
+        assert 0 <= first["hw/rank0/gpu_util_percent"] <= 100
+
+
+def test_the_runs_database_watches_the_same_peak_key():
+    from memfactory.tracking.runs import PEAK_METRIC
+
+    assert PEAK_METRIC == PEAK_KEY  # runs.py keeps the max of this key as the run's peak_gib
