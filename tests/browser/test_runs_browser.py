@@ -18,7 +18,7 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
         db.create_run("browser_preset", workspace / "runs" / run_id, run_id=run_id, total_steps=4)
         db.set_status(run_id, "running")
         for step, reward in enumerate([0.1, 0.3, 0.2, 0.5], 1):
-            db.log_metrics(run_id, step, {"reward/mean": reward, "reward/std": 0.1})
+            db.log_metrics(run_id, step, {"reward/mean": reward, "reward/std": 0.1, "hw/peak_gib": 2.25 + step})
             db.update_progress(run_id, step, reward=reward)
         db.set_status(run_id, "finished")
 
@@ -27,6 +27,7 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
     table = page.locator("#mf-runs-table")
     page.wait_for_function("id => document.querySelector('#mf-runs-table')?.innerText.includes(id)", arg=run_id)
     assert "finished" in table.inner_text() and "4/4" in table.inner_text()
+    assert "peak GiB" in table.inner_text() and "6.25" in table.inner_text()  # the run's largest hw/peak_gib
 
     page.locator("#mf-runs-select input").click()
     page.get_by_role("option", name=run_id).click()

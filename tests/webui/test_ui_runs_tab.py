@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from memfactory.tracking.runs import RunsDB
 from webui.tabs import runs as runs_tab
 
@@ -13,7 +15,7 @@ def test_runs_table_and_overlay(tmp_path):
     a = db.create_run("preset_a", tmp_path / "runs" / "a", run_id="a", total_steps=3).id
     db.set_status(a, "running")
     for step, reward in enumerate([0.1, 0.4, 0.3], 1):
-        db.log_metrics(a, step, {"reward/mean": reward, "loss": 1.0})
+        db.log_metrics(a, step, {"reward/mean": reward, "loss": 1.0, "hw/peak_gib": 1.0 + step / 8})
         db.update_progress(a, step, reward=reward)
     db.set_status(a, "finished")
     # run b has its metrics only in metrics.jsonl (not yet in the database)
@@ -27,7 +29,9 @@ def test_runs_table_and_overlay(tmp_path):
     row = table.set_index("run").loc["a"]
     assert row["status"] == "finished" and row["steps"] == "3/3" and row["preset"] == "preset_a"
     assert row["best reward"] == 0.4 and row["last reward"] == 0.3
+    assert row["peak GiB"] == 1.38  # the largest hw/peak_gib logged (1.375), as the trainer logs it
     assert table.set_index("run").loc["b", "status"] == "created"
+    assert pd.isna(table.set_index("run").loc["b", "peak GiB"])  # no step yet: empty, not 0
 
     fig = runs_tab.overlay(db, ["a", "b"])
     assert [t.name for t in fig.data] == ["a", "b"]

@@ -20,7 +20,7 @@ from webui.i18n import t
 from webui.tabs import UIContext
 
 ORDER = 50
-COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "duration", "started (UTC)"]
+COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "peak GiB", "duration", "started (UTC)"]
 
 
 def open_db(path: str | Path | None = None):
@@ -40,6 +40,11 @@ def _reward(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
+def _gib(value: float | None) -> float | None:
+    """The run's peak device memory (``RunRecord.peak_gib``, from ``hw/peak_gib``); None before any step."""
+    return None if value is None else round(float(value), 2)
+
+
 def runs_table(db) -> pd.DataFrame:
     """One row per run, newest first (after marking runs with a dead trainer as failed)."""
     db.reconcile()
@@ -47,7 +52,7 @@ def runs_table(db) -> pd.DataFrame:
     for run in db.list_runs():
         steps = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
         rows.append([run.id, run.status, run.name, steps, _reward(run.best_reward), _reward(run.last_reward),
-                     _duration(run.duration_s), run.iso(run.started_at or run.created_at)])
+                     _gib(run.peak_gib), _duration(run.duration_s), run.iso(run.started_at or run.created_at)])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
