@@ -28,6 +28,12 @@ MAX_GROUP_SIZE = 1024  # rollouts per prompt
 MAX_SIZE = 65_536  # prompts per step, micro-batch sizes, accumulation
 MAX_LR = 1.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Bounds on a preset's YAML before anything walks it: a real preset is a few KB, holds a few hundred
+# values and nests a handful of levels. YAML aliases share one object, so a small "billion laughs"
+# file can stand for ~10^9 values once expanded (by a dump, a copy, the UI's preview).
+MAX_PRESET_BYTES = 4 * 1024 * 1024
+MAX_PRESET_VALUES = 100_000  # every value counted as often as aliases repeat it
+MAX_PRESET_DEPTH = 64
 
 
 class Strict(BaseModel):
@@ -334,6 +340,14 @@ def _number_problems(data: Any) -> list[tuple[str, str]]:
         path, value = stack.pop()
         if isinstance(value, bool):
             continue
+        if isinstance(value, str) and not _is_text(value):
+            problems.append((path, "not valid Unicode text (holds a lone surrogate such as \\ud800)"))
+            continue
+        if isinstance(value, dict):
+            problems.extend(
+                (f"{path}.{key!r}" if path else repr(key), "this key is not valid Unicode text (a lone surrogate)")
+                for key in value if isinstance(key, str) and not _is_text(key)
+            )
         if isinstance(value, (dict, list)):
             if id(value) in seen:
                 continue
@@ -350,6 +364,57 @@ def _number_problems(data: Any) -> list[tuple[str, str]]:
     return sorted(problems)
 
 
+def _structure_problems(data: Any) -> list[tuple[str, str]]:
+    """Refuse what no preset needs and what would explode later: a value that contains itself
+    (``&a [*a]``), more than ``MAX_PRESET_VALUES`` values once aliases are expanded (an alias
+    bomb), or nesting deeper than ``MAX_PRESET_DEPTH``. Linear in the document's distinct objects
+    (each shared object is sized once) and iterative (no recursion limit)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded values, depth)
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+
+    def children(node: Any) -> list[Any]:
+        return list(node.values()) if isinstance(node, dict) else node
+
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            size, depth = 1, 1
+            for child in children(node):
+                child_size, child_depth = sizes.get(id(child), (1, 0)) if isinstance(child, (dict, list)) else (1, 0)
+                size += child_size
+                depth = max(depth, child_depth + 1)
+            sizes[key] = (size, depth)
+            if size > MAX_PRESET_VALUES:
+                message = (f"the preset expands to more than {MAX_PRESET_VALUES} values (YAML aliases repeating "
+                           "one another, an \"alias bomb\"?); no preset needs that many")
+                return [("", message)]
+            if depth > MAX_PRESET_DEPTH:
+                return [("", f"the preset nests deeper than {MAX_PRESET_DEPTH} levels; no preset needs that")]
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return [("", "a YAML alias refers to a value that contains it (a cycle such as &a [*a]); presets are trees")]
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children(node) if isinstance(child, (dict, list)))
+        if len(on_path) > MAX_PRESET_DEPTH:
+            return [("", f"the preset nests deeper than {MAX_PRESET_DEPTH} levels; no preset needs that")]
+    return []
+
+
+def _is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (YAML's "\\ud800"): it cannot be written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _merge_number_problems(problems: list[tuple[str, str]], numbers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """One message a field: "must be finite" replaces a schema's bound message for inf/nan (which
     reads oddly, e.g. "should be less than 1" for nan); a schema's own bound wins for a huge int."""
@@ -363,6 +428,9 @@ def parse_preset(data: Any, source: str = "<preset>") -> Preset:
     """Validate a preset dict; raise ConfigError listing every problem with its path."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    # Checked on the shared objects (linear even for an alias bomb) and reported with everything
+    # else; the bomb itself is never expanded, and a preset with one is never returned.
+    structure = _structure_problems(data)
     numbers = _number_problems(data)
     try:
         preset = Preset.model_validate(data)
@@ -370,8 +438,8 @@ def parse_preset(data: Any, source: str = "<preset>") -> Preset:
         problems = _pydantic_problems(exc)
         seen = {path for path, _ in problems}
         problems += [problem for problem in _raw_component_problems(data) if problem[0] not in seen]
-        raise ConfigError(source, _merge_number_problems(problems, numbers)) from None
-    problems = _merge_number_problems(_registry_problems(preset), numbers)
+        raise ConfigError(source, structure + _merge_number_problems(problems, numbers)) from None
+    problems = structure + _merge_number_problems(_registry_problems(preset), numbers)
     if problems:
         raise ConfigError(source, problems)
     return preset
@@ -382,6 +450,9 @@ def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [("", "file not found")])
+    size = path.stat().st_size
+    if size > MAX_PRESET_BYTES:
+        raise ConfigError(str(path), [("", f"the file is {size} bytes; a preset is at most {MAX_PRESET_BYTES}")])
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -392,6 +463,8 @@ def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
         raise ConfigError(str(path), [("", f"not UTF-8 text: {exc}")]) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits, which Python refuses to parse
         raise ConfigError(str(path), [("", f"malformed YAML: {str(exc)[:200]}")]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(str(path), [("", "malformed YAML: nested too deeply")]) from None
     for override in overrides or []:
         data = apply_override(data, override, str(path))
     return parse_preset(data, str(path))
@@ -406,6 +479,10 @@ def apply_override(data: Any, override: str, source: str = "--set") -> dict[str,
         value = yaml.safe_load(raw) if raw.strip() else ""
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(source, [(key.strip(), f"cannot parse the value: {str(exc)[:200]}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [(key.strip(), "cannot parse the value: nested too deeply")]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     data = dict(data or {})
     node = data
     parts = key.strip().split(".")

@@ -46,6 +46,7 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 
 UNANSWERABLE = "Not mentioned in the conversation"
 LOCOMO_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
 _SESSION = re.compile(r"^session_(\d+)$")
+_URI_LIMITS = {"n": 10_000, "sessions": 1_000}  # synthetic://locomo sizes (conversations, sessions each)
 
 
 # --------------------------------------------------------------------------- loading and checking
@@ -63,6 +64,10 @@ def read_locomo(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(name, f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise DataError(name, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise DataError(name, "not readable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits, which Python refuses to parse
+        raise DataError(name, f"not readable JSON: {str(exc)[:200]}") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not data:
@@ -82,6 +87,14 @@ def _need(file: str, index: int, conv: str, obj: Any, key: str, path: str, kind:
             record=index,
             field=path,
         )
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                file, f"conversation {conv!r}: {path!r} is not valid Unicode text (a lone surrogate such as \\ud800)",
+                record=index, field=path,
+            ) from None
     return value
 
 
@@ -247,7 +260,7 @@ def is_locomo(path: str | Path) -> bool:
         return False
     try:
         data = json.loads(Path(text).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError covers JSONDecodeError
         return False
     first = data[0] if isinstance(data, list) and data else data
     return isinstance(first, dict) and "conversation" in first
@@ -267,6 +280,9 @@ def parse_locomo_uri(uri: str) -> dict[str, int]:
             params[key] = int(value)
         except ValueError:
             raise DataError(uri, f"parameter {key!r} must be an integer, got {value!r}") from None
+        limit = _URI_LIMITS.get(key)
+        if limit is not None and not 1 <= params[key] <= limit:
+            raise DataError(uri, f"parameter {key!r} must be between 1 and {limit}, got {params[key]}")
     return params
 
 

@@ -22,6 +22,7 @@ than surfacing later as a KeyError deep inside a rollout.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,11 +66,15 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 raise DataError(
                     name, f"malformed JSON on line {lineno}: {exc.msg} (column {exc.colno})", record=len(records)
                 ) from None
+            except (RecursionError, ValueError) as exc:
+                raise DataError(name, f"unreadable JSON on line {lineno}: {_json_trouble(exc)}", record=len(records)) from None
     else:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(name, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except (RecursionError, ValueError) as exc:
+            raise DataError(name, f"unreadable JSON: {_json_trouble(exc)}") from None
         if isinstance(records, dict) and isinstance(records.get("data"), list):
             records = records["data"]
         if not isinstance(records, list):
@@ -80,6 +85,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise DataError(name, f"expected a JSON object, got {type(record).__name__}", record=i)
     return records
+
+
+def _json_trouble(exc: BaseException) -> str:
+    """What Python's JSON reader refused beyond syntax: nesting past the recursion limit, or an
+    integer of more than 4300 digits."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)[:200]
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -142,6 +155,8 @@ class _Checker:
         value = self.get(field, source, prefix=prefix)
         if not isinstance(value, str):
             raise self.fail(prefix + field, f"expected a string, got {type(value).__name__}")
+        if not _is_text(value):
+            raise self.fail(prefix + field, "not valid Unicode text (holds a lone surrogate such as \\ud800)")
         if not empty_ok and not value.strip():
             raise self.fail(prefix + field, "empty")
         return value
@@ -170,6 +185,8 @@ class _Checker:
                 item = str(item)
             if not isinstance(item, str):
                 raise self.fail(prefix + field, f"expected strings in the list, got {type(item).__name__}")
+            if not _is_text(item):
+                raise self.fail(prefix + field, "not valid Unicode text (holds a lone surrogate such as \\ud800)")
             out.append(item)
         return out
 
@@ -180,9 +197,20 @@ class _Checker:
         value = source.get(field)
         if value is None:
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(prefix + field, f"expected an integer, got {value}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise self.fail(prefix + field, f"expected an integer, got {_describe(value)}")
         return int(value)
+
+
+def _is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\ud800"): it cannot be written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _describe(value: Any) -> str:

@@ -534,6 +534,9 @@ def write_json(records: list[dict[str, Any]], path: str | Path) -> Path:
 
 _URI_PARAMS = {"n": int, "seed": int, "docs": int, "length": int, "min_docs": int, "max_docs": int}
 _KIND_PARAMS = {"hotpotqa": {"docs"}, "fwe": {"length"}, "docqa": {"min_docs", "max_docs"}}
+# Upper bounds of the URI's sizes (a typo such as n=1000000000 would otherwise generate for hours).
+MAX_SYNTH_N = 100_000  # samples
+_URI_LIMITS = {"n": MAX_SYNTH_N, "docs": 25_600, "min_docs": 25_600, "max_docs": 25_600, "length": 1_048_576}
 
 
 def parse_synthetic_uri(uri: str) -> tuple[str, dict[str, Any]]:
@@ -551,6 +554,9 @@ def parse_synthetic_uri(uri: str) -> tuple[str, dict[str, Any]]:
             params[key] = _URI_PARAMS[key](value)
         except ValueError:
             raise DataError(uri, f"parameter {key!r} must be an integer, got {value!r}") from None
+        limit = _URI_LIMITS.get(key)
+        if limit is not None and params[key] > limit:
+            raise DataError(uri, f"parameter {key!r} must be at most {limit}, got {params[key]}")
     params.setdefault("n", 64)
     params.setdefault("seed", 0)
     return kind, params

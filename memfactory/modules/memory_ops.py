@@ -156,7 +156,7 @@ def parse_json(text: Any) -> tuple[Any, ParseReport]:
             value, _end = decoder.raw_decode(candidate[start:])
             report.parsed = True
             return value, report
-        except (json.JSONDecodeError, RecursionError):
+        except (RecursionError, ValueError):  # ValueError: JSONDecodeError, or an integer of > 4300 digits
             pass
         try:
             fixed = repair_json(candidate)
@@ -184,11 +184,26 @@ def _as_list(value: Any, keys: Sequence[str]) -> list[Any] | None:
 
 
 def _text(value: Any) -> str:
+    """A JSON value as memory text: never raises, and always valid UTF-8 (a JSON escape such as
+    "\\ud800" decodes to a lone surrogate, which SQLite and the tokenizers refuse: replaced by "?")."""
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value).strip()
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (RecursionError, ValueError):  # nested deeper than the encoder goes
+            return ""
+    else:
+        text = str(value).strip()
+    return _valid_text(text)
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 # --------------------------------------------------------------------------- facts
@@ -221,7 +236,7 @@ def parse_facts(text: Any, *, max_facts: int = 32, max_chars: int = 500) -> tupl
     facts: list[Fact] = []
     for item in items:
         if isinstance(item, str):
-            fact = Fact(value=item.strip())
+            fact = Fact(value=_valid_text(item.strip()))
         elif isinstance(item, dict):
             raw = item.get("value", item.get("fact", item.get("text", item.get("memory"))))
             tags = item.get("tags")
