@@ -12,12 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from memfactory.backends.sources import SMOLLM2
 from memfactory.config import LoggingConfig, ModelConfig, Preset, TrainerConfig, parse_preset
 from memfactory.errors import ConfigError
 from memfactory.registry import KINDS, REGISTRY
 from webui.forms import MISSING, FieldSpec, FieldValueError, field_specs, from_widget, is_default, to_widget
 
-MODEL_SUGGESTIONS = ("tiny://qwen3-mini", "smollm2-135m-instruct")
+MODEL_SUGGESTIONS = (SMOLLM2, "tiny://qwen3-mini")
+# Where a new form starts somewhere other than the schema's default. A newcomer's first preset
+# should run a real model (SmolLM2, embedded and offline) rather than ``tiny://qwen3-mini``, the
+# random model the tests use; the schema keeps its default, so the CLI and existing presets (which
+# may omit the key) mean what they always meant.
+FORM_STARTS: dict[tuple[str, ...], Any] = {("model", "path"): SMOLLM2}
 AGENT_KEY, ENV_KEY = "agent", "env.type"
 
 
@@ -28,6 +34,8 @@ class FormField:
     path: tuple[str, ...] | None  # where the value goes in the preset dict (None: a UI-only switch)
     scope: tuple[tuple[str, Any], ...] = ()  # (field key, value) pairs that must all hold
     presence_of: tuple[str, ...] | None = None  # a checkbox that says whether this path is present
+    # what the schema applies when the key is absent, where the widget starts elsewhere (FORM_STARTS)
+    schema_default: Any = field(default=MISSING, compare=False)
 
     @property
     def dotted(self) -> str:
@@ -70,7 +78,17 @@ def slot_key(agent: str, slot: str) -> str:
 
 
 def _add(form: PresetForm, key: str, spec: FieldSpec, path: tuple[str, ...] | None, scope=(), presence_of=None):
-    form.fields.append(FormField(key, spec, path, tuple(scope), presence_of))
+    schema_default = MISSING
+    if path in FORM_STARTS and not spec.required:
+        schema_default, spec = spec.default, FieldSpec(**{**spec.__dict__, "default": FORM_STARTS[path]})
+    form.fields.append(FormField(key, spec, path, tuple(scope), presence_of, schema_default))
+
+
+def _at_schema_default(item: FormField, value: Any) -> bool:
+    """Left out of the preset: the schema's default applies (always written when the form starts elsewhere)."""
+    if item.schema_default is not MISSING:
+        return value == item.schema_default
+    return is_default(item.spec, value)
 
 
 def _choice(name: str, choices: list[str], default: Any, info: str, *, required: bool = True) -> FieldSpec:
@@ -161,7 +179,7 @@ def assemble(form: PresetForm, values: list[Any]) -> tuple[dict[str, Any], list[
         except (FieldValueError, TypeError, ValueError) as exc:
             problems.append((item.dotted, str(exc)))
             continue
-        if converted is MISSING or (item.presence_of is None and is_default(item.spec, value)):
+        if converted is MISSING or (item.presence_of is None and _at_schema_default(item, value)):
             continue
         node = data
         for part in item.path[:-1]:
@@ -247,6 +265,8 @@ def to_values(form: PresetForm, data: dict[str, Any]) -> tuple[list[Any], list[s
             used.add(item.path)
         elif item.spec.optional:
             values[i] = to_widget(item.spec.kind, None, True)
+        elif item.schema_default is not MISSING:  # the preset relies on the schema's default, not the form's start
+            values[i] = item.schema_default
     notes = [f"{'.'.join(path)}: not shown in the form" for path in _leaves(data) if not _covered(path, used)]
     if agent is not None and agent not in form.agents:
         notes.append(f"agent {agent!r} is not registered")

@@ -218,3 +218,27 @@ def test_every_registered_agent_and_env_assembles_from_defaults():
             assert problems == [], (agent, env, problems)
             assert preset.agent == agent and preset.env.type == env
             assert set(data["modules"]) == set(form.agents[agent])
+
+
+def test_a_new_form_starts_from_smollm2_but_presets_keep_the_schema_default():
+    """A newcomer's form names the real embedded model; a preset that omits model.path still means the
+    schema's default (the tiny test model), in the form and in the YAML it writes."""
+    from memfactory.backends.sources import SMOLLM2
+    from memfactory.config import ModelConfig
+
+    form = build_form()
+    index = form.index("model.path")
+    assert form.defaults()[index] == SMOLLM2 != ModelConfig().path
+    assert form.fields[index].spec.choices[0] == SMOLLM2  # first suggestion too
+    data, preset, problems = check(form, form.defaults())
+    assert problems == [] and data["model"]["path"] == SMOLLM2 and preset.model.path == SMOLLM2
+    # a loaded preset without model.path shows (and re-writes) the schema default, not the form's start
+    values, notes = to_values(form, {"name": "p", "agent": "memagent", "env": {"type": "long_context"}})
+    assert notes == [] and values[index] == ModelConfig().path
+    again, _, problems = check(form, values)
+    assert problems == [] and "path" not in again.get("model", {})
+    assert parse_preset(again).model.path == ModelConfig().path
+    # the tiny model chosen explicitly is the schema default: nothing to write
+    tiny = list(form.defaults())
+    tiny[index] = "tiny://qwen3-mini"
+    assert check(form, tiny)[1].model.path == "tiny://qwen3-mini"
