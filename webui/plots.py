@@ -7,11 +7,13 @@ for the first of a few known keys. Missing data never raises: the figure says "n
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 REWARD_MEAN = ("reward/mean", "reward", "reward_mean", "rewards/mean")
 REWARD_STD = ("reward/std", "reward_std", "rewards/std")
@@ -193,3 +195,40 @@ def _layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = "") ->
     if y_title:
         fig.update_yaxes(title=y_title)
     return fig
+
+
+# --------------------------------------------------------------------------- hardware (hw/... metrics)
+
+HW_KEY = re.compile(r"hw/rank(\d+)/(\w+)")
+
+
+def hardware_figure(metrics: Any) -> go.Figure:
+    """Memory per rank (GPU allocated/reserved when logged, else RSS) and utilisation (GPU util,
+    else CPU %) from the trainer's ``hw/rank{r}/...`` metrics; whatever subset is present is drawn."""
+    frame = to_frame(metrics)
+    ranks: dict[int, set[str]] = {}
+    for column in frame.columns:
+        match = HW_KEY.fullmatch(str(column)) if isinstance(column, str) else None
+        if match and _is_numeric(frame[column]):
+            ranks.setdefault(int(match.group(1)), set()).add(match.group(2))
+    if not ranks:
+        return empty_figure("Hardware", "no hardware metrics (hw/…) in this run yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("memory per rank (GiB)", "utilisation (%)"))
+    for rank in sorted(ranks):
+        names = ranks[rank]
+        memory = ["gpu_allocated_gib", "gpu_reserved_gib"] if "gpu_allocated_gib" in names else ["rss_gib"]
+        for name in memory + ["gpu_util_percent" if "gpu_util_percent" in names else "cpu_percent"]:
+            if name not in names:
+                continue
+            data = _numeric(frame, f"hw/rank{rank}/{name}")
+            fig.add_trace(go.Scatter(x=data["step"], y=data["value"], mode="lines+markers", name=f"rank {rank} {name}",
+                                     line={"dash": "dot" if name == "gpu_reserved_gib" else "solid"}),
+                          row=1, col=1 if name.endswith("_gib") else 2)
+    peak = _first(frame, ("hw/peak_gib",))
+    title = "Hardware"
+    if peak is not None:
+        values = _numeric(frame, peak)["value"]
+        if not values.empty:
+            title += f" · peak {values.max():.2f} GiB"
+    fig.update_xaxes(title="step")
+    return _layout(fig, title)

@@ -14,13 +14,15 @@ from typing import Any
 import gradio as gr
 
 from memfactory.errors import MemFactoryError
-from webui import plots, train_view, workspace
+from webui import launch_command, plots, runner, train_view, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
 
 ORDER = 20
 TICK_S = 2.0
-PLOTS = (("reward", "distribution"), ("loss", "kl"), ("length", "clip"))
+PLOTS = (("reward", "distribution"), ("loss", "kl"), ("length", "clip"), ("hardware",))
+OVERRIDE_LABELS = {"steps": "steps", "lr": "learning rate", "group_size": "group size", "batch_size": "batch size",
+                   "save_every": "save every (steps)", "sample_every": "samples every (steps)"}
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +75,27 @@ def build(ctx: UIContext) -> None:
             labels.add(run_pick, "train_run")
             refresh_btn = gr.Button(t("refresh"), elem_id="mf-train-refresh", scale=1)
             labels.add(refresh_btn, "refresh", "value")
+        hardware = launch_command.detect_hardware()
+        with gr.Accordion("Devices, launch options and command", open=True, elem_id="mf-train-launch-acc"):
+            hw_md = gr.Markdown(launch_command.hardware_markdown(hardware), elem_id="mf-train-hardware")
+            with gr.Row(equal_height=True):
+                devices = gr.Textbox(label="GPUs (CUDA_VISIBLE_DEVICES; empty = all)", placeholder="e.g. 0,1",
+                                     elem_id="mf-train-devices", scale=2)
+                nproc = gr.Number(value=1, precision=0, minimum=1, label="processes", elem_id="mf-train-nproc",
+                                  scale=1)
+                strategy = gr.Dropdown(choices=[(label, key) for key, label in launch_command.STRATEGY_LABELS.items()],
+                                       value="single", label="strategy", elem_id="mf-train-strategy", scale=2)
+                precision = gr.Dropdown(choices=[("from the preset", ""), *[(p, p) for p in launch_command.PRECISIONS]],
+                                        value="", label="precision (trainer.precision)", elem_id="mf-train-precision",
+                                        scale=2)
+            with gr.Row(equal_height=True):
+                override_boxes = {name: gr.Number(value=None, label=label, elem_id=f"mf-train-set-{name}",
+                                                  precision=None if name == "lr" else 0, placeholder="from preset")
+                                  for name, label in OVERRIDE_LABELS.items()}
+            checks_md = gr.Markdown(elem_id="mf-train-checks")
+            force = gr.Checkbox(False, label="launch anyway (ignore the memory planner)", elem_id="mf-train-force")
+            command_box = gr.Code(language="shell", label="command (what Start runs; copy it to a terminal)",
+                                  interactive=False, elem_id="mf-train-command")
         status = gr.Markdown(t("train_none"), elem_id="mf-train-status")
         progress = gr.HTML(elem_id="mf-train-progress")
         figures: dict[str, Any] = {}
@@ -96,6 +119,7 @@ def build(ctx: UIContext) -> None:
         timer = gr.Timer(TICK_S)
 
     attached = gr.State({})
+    pending = gr.State({})  # the run id and rendezvous port the preview shows, used by the next Start
     seen = gr.State({})  # what the figures last showed: run id and the metrics/samples file signatures
     lang = ctx.lang if ctx.lang is not None else gr.State("en")
     plot_list = [figures[name] for row in PLOTS for name in row]
@@ -126,6 +150,7 @@ def build(ctx: UIContext) -> None:
             metrics = train_view.metrics_records(metrics_path) if metrics_path else []
             figs = plots.all_figures(metrics or None)
             figs["distribution"] = plots.reward_distribution_figure(samples or None)
+            figs["hardware"] = plots.hardware_figure(metrics or None)
             outputs += [figs[name] for row in PLOTS for name in row]
         else:
             outputs += [gr.skip()] * len(plot_list)
@@ -165,17 +190,74 @@ def build(ctx: UIContext) -> None:
 
     # ---------------------------------------------------------------- actions
 
-    def on_start(name: str | None, state: dict):
+    launch_inputs = [preset, devices, nproc, strategy, precision, *override_boxes.values()]
+
+    def launch_spec(device_text: Any, processes: Any, strategy_key: Any, precision_key: Any,
+                    *values: Any) -> tuple[launch_command.LaunchSpec, list[str]]:
+        """The spec of the tab's launch fields, plus the input errors that made parts of it fall back."""
+        errors: list[str] = []
         try:
-            att = train_view.start(open_db(), name, train_view.Attached.of(state))
+            picked = launch_command.parse_devices(device_text)
+        except ValueError as exc:
+            picked, errors = [], [str(exc)]
+        try:
+            overrides = launch_command.coerce_overrides(dict(zip(override_boxes, values, strict=True)))
+        except ValueError as exc:
+            overrides = {}
+            errors.append(str(exc))
+        try:
+            count = int(processes) if processes not in (None, "") else 1
+        except (TypeError, ValueError):
+            count, errors = 1, [*errors, f"processes must be a whole number, not {processes!r}"]
+        spec = launch_command.LaunchSpec(strategy=str(strategy_key or "single"), num_processes=count, devices=picked,
+                                         cuda=hardware.cuda, precision=precision_key or None, overrides=overrides)
+        return spec, errors
+
+    def fresh_pending(name: str | None, spec: launch_command.LaunchSpec) -> dict:
+        """A new run id (and a free rendezvous port for several processes) for the next launch."""
+        return {"preset": name, "run_id": runner.new_run_id(name or "run"),
+                "port": runner.free_port() if spec.distributed else None}
+
+    def on_preview(name: str | None, *fields: Any, pending_now: dict | None = None):
+        spec, errors = launch_spec(*fields)
+        pend = dict(pending_now or {})
+        if not pend.get("run_id") or pend.get("preset") != name or (spec.distributed and not pend.get("port")):
+            pend = fresh_pending(name, spec)
+        check = train_view.check_launch(name, spec, hardware)
+        check.problems[:0] = errors
+        command = train_view.launch_preview(name, spec, run_id=pend["run_id"], port=pend.get("port"))
+        return check.markdown(), command, pend
+
+    def preview(name: str | None, *rest: Any):
+        *fields, pend = rest
+        return on_preview(name, *fields, pending_now=pend)
+
+    preview_outputs = [checks_md, command_box, pending]
+    gr.on([preset.change, devices.change, nproc.change, strategy.change, precision.change,
+           *[box.change for box in override_boxes.values()]],
+          preview, [*launch_inputs, pending], preview_outputs, show_progress="hidden")
+    ctx.demo.load(lambda: launch_command.hardware_markdown(launch_command.detect_hardware()), None, hw_md,
+                  show_progress="hidden").then(preview, [*launch_inputs, pending], preview_outputs,
+                                               show_progress="hidden")
+
+    def on_start(name: str | None, *rest: Any):
+        *fields, force_it, pend, state = rest
+        spec, errors = launch_spec(*fields)
+        if errors:
+            gr.Warning("; ".join(errors))
+            return gr.skip(), gr.skip(), gr.skip()
+        pend = pend or {}
+        try:
+            att = train_view.start(open_db(), name, train_view.Attached.of(state), spec=spec, run_id=pend.get("run_id"),
+                                   port=pend.get("port"), force=bool(force_it), hardware=hardware)
         except MemFactoryError as exc:
             gr.Warning(_message(exc))
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         except OSError as exc:
             gr.Warning(f"could not start the trainer: {exc}")
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         gr.Info(f"started {att.run_id}")
-        return att.to_dict(), {}
+        return att.to_dict(), {}, fresh_pending(name, spec)
 
     def on_abort(state: dict):
         att = train_view.Attached.of(state)
@@ -202,8 +284,10 @@ def build(ctx: UIContext) -> None:
     def on_pick(run_id: str | None):
         return train_view.Attached(run_id=run_id or None).to_dict(), {}
 
-    start_btn.click(on_start, [preset, attached], [attached, seen], concurrency_limit=1).then(
-        refresh, refresh_inputs, refresh_outputs, show_progress="hidden")
+    start_btn.click(on_start, [*launch_inputs, force, pending, attached], [attached, seen, pending],
+                    concurrency_limit=1).then(
+        refresh, refresh_inputs, refresh_outputs, show_progress="hidden").then(
+        preview, [*launch_inputs, pending], preview_outputs, show_progress="hidden")
     abort_btn.click(on_abort, attached, [attached, seen], concurrency_limit=1).then(
         refresh, refresh_inputs, refresh_outputs, show_progress="hidden")
     resume_btn.click(on_resume, [run_pick, attached], [attached, seen], concurrency_limit=1).then(
