@@ -55,10 +55,9 @@ GPU_PRESETS = {
     "memory_r1_qwen3": "qwen3-4b-shape",
     "rmm_qwen3": "qwen3-4b-shape",
 }
-# Prompt tokens around a chunk and a memory (instructions, question, chat template).
-TEMPLATE_TOKENS = 256
-# A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
-BANK_PROMPT_TOKENS = 2048
+# The longest call's shape is the memory planner's (memfactory/planner.py), so the estimate printed
+# next to each measured peak is for exactly the rows measured.
+from memfactory.planner import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
 
 
 def _cuda() -> bool:
@@ -135,19 +134,6 @@ def cuda_tests() -> dict:
 # --------------------------------------------------------------------------- 2. presets at real shape
 
 
-def preset_shape(preset) -> tuple[int, int, int]:
-    """(prompt tokens, response tokens, calls per trajectory) of the preset's longest model call."""
-    memory = preset.modules.get("memory")
-    if memory is not None and memory.type == "recurrent":
-        opts = preset.component_options(memory, "module")
-        response = max(opts.memory_tokens, opts.answer_tokens)
-        return opts.chunk_tokens + opts.memory_tokens + TEMPLATE_TOKENS, response, (opts.max_chunks or 6) + 1
-    caps = [preset.trainer.max_new_tokens]
-    for spec in preset.modules.values():
-        caps.append(int(spec.options.get("max_tokens", 0)))
-    return BANK_PROMPT_TOKENS, max(caps), len(preset.modules)
-
-
 def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int = 0):
     """Model calls of exactly the given shape, random token ids (what the update costs is the shape)."""
     import random
@@ -178,6 +164,23 @@ def state_gib(trainer) -> dict:
         "grads_gib": _gib(size(p.grad for p in policy if p.grad is not None)),
         "optimizer_gib": _gib(size(v for state in optimizer.state.values() for v in state.values())),
     }
+
+
+def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict:
+    """The memory planner's update-phase estimate (allocated GiB) for the rows just measured, per
+    section of memory, and its error against the measured peak: the first GPU run calibrates it."""
+    from memfactory.planner import estimate_memory
+
+    plan = estimate_memory(preset, call_shape=(prompt, response))
+    c = plan.components
+    out = {"estimate_gib": plan.phases["update"],
+           "estimate_parts_gib": {"weights": c["weights"], "reference": c["reference"], "grads": c["gradients"],
+                                  "optimizer": c["optimizer"], "activations": c["activations"], "logits": c["logits"]},
+           "estimate_moment": plan.update_moment,
+           "estimate_error_pct": None}
+    if measured.get("peak_gib"):
+        out["estimate_error_pct"] = round(100 * (plan.phases["update"] - measured["peak_gib"]) / measured["peak_gib"], 1)
+    return out
 
 
 class _Length:
@@ -258,6 +261,7 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
         raise RuntimeError(f"update at real shape gave {stats}")
     out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
                      **_peak(), **state_gib(trainer)}
+    out["update"].update(planner_estimate(real, prompt, response, out["update"]))
     # (b) two whole GRPO steps through the agent
     _reset_peak()
     result = None
@@ -394,6 +398,10 @@ def run_sections(sections: dict, only: list[str] | None, *, deadline: float | No
     return results
 
 
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:+.1f}%"
+
+
 def markdown(info: dict, results: dict) -> str:
     lines = [f"## GPU check (`python bench/gpu_check.py`, {info['date']})", "",
              (f"{info['device']}; torch {info['torch']}, transformers {info['transformers']}; random-init models "
@@ -401,17 +409,21 @@ def markdown(info: dict, results: dict) -> str:
     presets = {k: v for k, v in results.items() if k.startswith("preset:")}
     if presets:
         lines += [("| preset | shape | precision | ckpt | row tokens x micro-batch | update s/step | update peak / reserved GiB "
-                   "| weights / ref / grads / optim GiB | 2 whole steps: s/step, peak GiB | notes |"),
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                   "| planner estimate GiB (error) | weights / ref / grads / optim GiB (estimate) | 2 whole steps: s/step, peak GiB "
+                   "| notes |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in presets.items():
             if "update" not in r:
-                lines.append(f"| {name[7:]} | | | | | | | | | {r.get('error', r.get('skipped', ''))} |")
+                lines.append(f"| {name[7:]} | | | | | | | | | | {r.get('error', r.get('skipped', ''))} |")
                 continue
             u, s = r["update"], r.get("steps", {})
+            e = u.get("estimate_parts_gib", {})
             lines.append(
                 f"| {name[7:]} | {r['shape']} | {r['precision']} | {r['gradient_checkpointing']} "
                 f"| {r['row_tokens']} x {r['micro_batch_size']} | {u['step_s']} | {u['peak_gib']} / {u['reserved_gib']} "
+                f"| {u.get('estimate_gib', '')} ({_pct(u.get('estimate_error_pct'))}) "
                 f"| {u['weights_gib']} / {u['reference_gib']} / {u['grads_gib']} / {u['optimizer_gib']} "
+                f"({' / '.join(str(e.get(k, '')) for k in ('weights', 'reference', 'grads', 'optimizer'))}) "
                 f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')} |")
         lines.append("")
     lines += ["| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]

@@ -1,0 +1,124 @@
+"""The memory planner's estimate against the measured peak RSS of real short CPU runs.
+
+On a machine without CUDA the planner's "device" is host RAM, so its estimate must match a run's
+peak resident memory. Each case runs in its own child process (so ``ru_maxrss`` is that run's
+alone): build the ``GRPOTrainer``, one real GRPO step (rollouts, scoring, update), then two
+optimizer steps over ``2 x micro_batch_size`` rows of the planner's longest-call shape, as
+bench/gpu_check.py does on a GPU (the caps, not the data, decide what a preset must fit).
+``baseline`` is a child that only imports torch, transformers and the trainer: the planner's
+``HOST_BASELINE_GIB``.
+
+    OMP_NUM_THREADS=2 python bench/plan_calibration.py                 # every case (a few minutes)
+    python bench/plan_calibration.py --cases tiny_no_ckpt,smollm2_demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A tiny model where activations dominate: long rows, micro-batch 8, no checkpointing.
+TINY_LONG = ["agent_options.max_context_tokens=3800", "trainer.max_new_tokens=32", "trainer.micro_batch_size=8",
+             "trainer.group_size=4", "trainer.batch_size=2", "trainer.gradient_checkpointing=false"]
+CASES: dict[str, tuple[str, list[str]]] = {
+    "tiny_no_ckpt": ("tiny_test.yaml", TINY_LONG),
+    "tiny_ckpt": ("tiny_test.yaml", [*TINY_LONG, "trainer.gradient_checkpointing=true"]),
+    "smollm2_demo": ("tiny_cpu_demo.yaml", []),  # as shipped: LoRA, checkpointing, micro-batch 4
+    "smollm2_demo_no_ckpt_mb16": ("tiny_cpu_demo.yaml", ["trainer.gradient_checkpointing=false",
+                                                         "trainer.micro_batch_size=16"]),
+    "smollm2_full_ft": ("tiny_cpu_demo.yaml", ["trainer.lora=null", "trainer.lr=1e-5"]),
+}
+FAST = ["trainer.steps=1", "trainer.save_every=1000", "trainer.sample_every=1000", "logging.swanlab=disabled"]
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
+
+
+def baseline_child() -> dict:
+    """Peak RSS of a process that imported what training imports, before any model."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import memfactory.trainer.loop  # noqa: F401
+
+    return {"peak_rss_gib": round(_rss_gib(), 3)}
+
+
+def case_child(name: str, workdir: str) -> dict:
+    """One real GRPO step plus two updates at the planner's shape; peak RSS and the estimate."""
+    os.chdir(workdir)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_check import synthetic_calls
+
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+    from memfactory.planner import estimate_memory, preset_shape
+    from memfactory.trainer.loop import GRPOTrainer
+
+    file, overrides = CASES[name]
+    preset = load_preset(presets_dir() / file, [*overrides, *FAST])
+    plan = estimate_memory(preset)
+    started = time.perf_counter()
+    trainer = GRPOTrainer(preset)
+    loaded = _rss_gib()
+    trainer.train_step()
+    after_step = _rss_gib()
+    prompt, response, _ = preset_shape(preset)
+    rows = 2 * preset.trainer.micro_batch_size
+    calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size)
+    advantages = [1.0 if i % 2 else -1.0 for i in range(rows)]
+    for _ in range(2):
+        trainer.policy_update([(calls, advantages)])
+    peak = _rss_gib()
+    return {"case": name, "estimate_gib": plan.peak_gib, "measured_gib": round(peak, 3),
+            "error_pct": round(100 * (plan.peak_gib - peak) / peak, 1), "loaded_gib": round(loaded, 3),
+            "after_step_gib": round(after_step, 3), "phases": plan.phases, "components": plan.components,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_child(args: list[str], timeout: float = 900) -> dict:
+    """Run this script's child mode in a fresh process; its last stdout line is JSON."""
+    with tempfile.TemporaryDirectory() as workdir:
+        done = subprocess.run([sys.executable, __file__, *args, "--workdir", workdir], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"child {args} exited {done.returncode}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=".", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        out = baseline_child() if args.child == "baseline" else case_child(args.child, args.workdir)
+        print(json.dumps(out))
+        return
+    baseline = run_child(["--child", "baseline"])
+    print(f"baseline RSS (torch + transformers + trainer imported): {baseline['peak_rss_gib']:.2f} GiB")
+    print("| case | overrides | estimate GiB | measured peak RSS GiB | error | after loading | after one step | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.cases.split(","):
+        r = run_child(["--child", name])
+        file, overrides = CASES[name]
+        print(f"| {name} | {file} {' '.join(overrides) or '(as shipped)'} | {r['estimate_gib']:.2f} | "
+              f"{r['measured_gib']:.2f} | {r['error_pct']:+.0f}% | {r['loaded_gib']:.2f} | {r['after_step_gib']:.2f} "
+              f"| {r['seconds']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

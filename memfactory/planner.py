@@ -1,0 +1,617 @@
+"""Memory planner: peak memory per device of a preset, estimated before any weights load.
+
+``memfactory plan PRESET`` and the web UI call :func:`estimate_memory` / :func:`plan_markdown`.
+The model's shape comes from its ``config.json`` (``tiny://`` shapes from
+:data:`memfactory.backends.tiny.ARCHITECTURES`, the shipped GPU presets' hub ids from the same
+shapes), never from loaded weights, so a plan of a 4B preset takes milliseconds on a laptop.
+
+Why the formulas look the way they do (docs/gpu.md, "Memory planner", has them with the
+calibration against measured peaks):
+
+* static memory follows ``trainer.precision`` exactly as :mod:`memfactory.trainer.precision`
+  resolves it: trained weights, their gradients and AdamW's two moments in the master dtype
+  (fp32, or bf16 under ``bf16_pure``), frozen weights (LoRA base, the reference copy of full
+  fine-tuning with ``beta > 0``) in the loaded dtype;
+* the update's peak is the largest of three moments measured on an H200: the end of a micro-batch's
+  forward (bf16 autocast keeps a cast copy of every fp32 weight until the autocast exits), the start
+  of its backward (the response logits' float32 gradients), and the foreach AdamW step (one
+  temporary of the trained weights' size);
+* the rollout holds the KV cache of every sequence the process generates at once;
+* FSDP2 shards the trained weights, gradients and optimizer state; DDP replicates everything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from memfactory.errors import MemFactoryError
+
+GIB = 2**30
+# Prompt tokens around a chunk and a memory (instructions, question, chat template).
+TEMPLATE_TOKENS = 256
+# A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
+BANK_PROMPT_TOKENS = 2048
+# CUDA context and kernels' workspaces: outside torch's allocated bytes but on the card.
+CUDA_CONTEXT_GIB = 0.5
+# The caching allocator's reserved memory over its peak allocated (measured on an H200: 6.5-11 %).
+CUDA_FRAGMENTATION = 0.10
+# Resident memory of a training process before its tensors count: Python, torch, transformers,
+# tokenizer, data, accelerate (measured by bench/plan_calibration.py: 0.32 GiB after the imports,
+# 0.47 GiB once a trainer of the 0.3M-parameter tiny model is built; see bench/RESULTS.md).
+HOST_BASELINE_GIB = 0.47
+# glibc keeps freed blocks of a process, so peak RSS runs above the live tensors' peak.
+HOST_FRAGMENTATION = 0.10
+# Hub ids of the shipped GPU presets -> the tiny:// shape of the same architecture, so that a plan
+# works offline (tests/test_planner.py checks these shapes against the real configs' numbers).
+KNOWN_HUB_SHAPES = {
+    "qwen/qwen3-1.7b": "qwen3-1.7b-shape",
+    "qwen/qwen3-4b-instruct-2507": "qwen3-4b-shape",
+    "qwen/qwen3-4b": "qwen3-4b-shape",
+}
+COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "runtime")
+STRATEGIES = ("single", "ddp", "fsdp2")
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# --------------------------------------------------------------------------- model shape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the arithmetic needs of a decoder-only transformer's config.json."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    qk_norm: bool = False  # Qwen3's per-head RMSNorm on q and k
+    attention_bias: bool = False
+    dtype: str = "float32"  # the checkpoint's own dtype (what model.dtype: auto loads)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        """From a transformers config (``AutoConfig``) or a plain dict of the same keys."""
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
+        dtype = get("dtype") or get("torch_dtype") or "float32"
+        dtype = str(dtype).removeprefix("torch.")
+        return cls(
+            hidden=hidden,
+            intermediate=int(get("intermediate_size")),
+            layers=int(get("num_hidden_layers")),
+            heads=heads,
+            kv_heads=int(get("num_key_value_heads") or heads),
+            head_dim=int(get("head_dim") or hidden // heads),
+            vocab=int(get("vocab_size")),
+            tied=bool(get("tie_word_embeddings", False)),
+            qk_norm=str(get("model_type", "")).startswith("qwen3"),
+            attention_bias=bool(get("attention_bias", False)),
+            dtype=dtype if dtype in _DTYPE_BYTES else "float32",
+        )
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each projection of one decoder layer, by its transformers module name."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def parameters(self) -> int:
+        """Every parameter: embeddings (the LM head too unless tied), attention with GQA, MLP, norms."""
+        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+        if self.attention_bias:
+            per_layer += self.q_dim + 2 * self.kv_dim
+        if self.qk_norm:
+            per_layer += 2 * self.head_dim
+        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embeddings + self.layers * per_layer + self.hidden
+
+    def lora_parameters(self, r: int, targets: list[str]) -> int:
+        """Adapter parameters: r x (in + out) for every targeted projection of every layer."""
+        shapes = self.linear_shapes()
+        return self.layers * sum(r * (a + b) for name, (a, b) in shapes.items() if name in targets)
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Keys and values of one token over all layers."""
+        return 2 * self.layers * self.kv_dim * dtype_bytes
+
+
+def model_shape(path: str, seed: int = 0) -> ModelShape:
+    """The shape of ``model.path`` from its config.json, without loading (or building) weights."""
+    from memfactory.backends.tiny import ARCHITECTURES, SAVED_DTYPE, SCHEME, VOCAB_SIZE, parse_tiny_path
+
+    if path.startswith(SCHEME):
+        name = parse_tiny_path(path)
+        arch = {"vocab_size": VOCAB_SIZE, "model_type": "qwen3", "dtype": SAVED_DTYPE.get(name, "float32"),
+                **ARCHITECTURES[name]}
+        return ModelShape.from_config(arch)
+    if path.lower() in KNOWN_HUB_SHAPES and not Path(path).expanduser().is_dir():
+        try:
+            return _auto_config_shape(path, local_only=True)
+        except (OSError, ValueError, KeyError):  # not in the local hub cache: the same architecture's shipped shape
+            return replace(model_shape(SCHEME + KNOWN_HUB_SHAPES[path.lower()]), dtype="bfloat16")
+    from memfactory.backends.sources import SMOLLM2, hub_offline, resolve_model_path
+
+    if path.lower() == SMOLLM2:
+        return _auto_config_shape(resolve_model_path(path), local_only=True)
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise MemFactoryError(f"model.path {path!r} is a folder but holds no config.json, so its shape is unknown")
+        return _auto_config_shape(str(local), local_only=True)
+    try:
+        return _auto_config_shape(path, local_only=hub_offline())
+    except (OSError, ValueError, KeyError) as exc:
+        raise MemFactoryError(
+            f"model.path {path!r}: cannot read its config.json ({str(exc).splitlines()[0][:200]}); the planner "
+            "needs the model's shape: give a local folder written by save_pretrained, a tiny:// model, "
+            "or run once with the hub reachable"
+        ) from None
+
+
+def _auto_config_shape(path: str, *, local_only: bool) -> ModelShape:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=local_only)
+    text = getattr(config, "text_config", None)  # multimodal wrappers keep the decoder's numbers here
+    return ModelShape.from_config(text if text is not None and not hasattr(config, "num_hidden_layers") else config)
+
+
+# --------------------------------------------------------------------------- what a preset asks for
+
+
+def preset_shape(preset: Any) -> tuple[int, int, int]:
+    """(prompt tokens, response tokens, calls per trajectory) of the preset's longest model call.
+
+    MemAgent: a chunk plus the memory plus the template, answering up to the larger of the memory
+    and answer caps. Memory-bank agents: a bank-sized prompt and the largest generation cap.
+    ``direct``: its context window plus the template. bench/gpu_check.py measures at this shape.
+    """
+    memory = preset.modules.get("memory")
+    if memory is not None and memory.type == "recurrent":
+        opts = preset.component_options(memory, "module")
+        response = max(opts.memory_tokens, opts.answer_tokens)
+        return opts.chunk_tokens + opts.memory_tokens + TEMPLATE_TOKENS, response, (opts.max_chunks or 6) + 1
+    caps = [preset.trainer.max_new_tokens]
+    for spec in preset.modules.values():
+        caps.append(int(spec.options.get("max_tokens", 0)))
+    if preset.agent == "direct":
+        context = int(preset.agent_options.get("max_context_tokens", 4096))
+        return context + TEMPLATE_TOKENS, preset.trainer.max_new_tokens, 1
+    return BANK_PROMPT_TOKENS, max(caps), max(len(preset.modules), 1)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Everything the arithmetic reads from a preset (and the advice varies one at a time)."""
+
+    precision: str  # resolved: fp32 | bf16_mixed | bf16_pure
+    frozen_bytes: int  # bytes per frozen weight (the loaded dtype)
+    lora_r: int | None
+    lora_targets: tuple[str, ...]
+    quantize: str  # none | 4bit | 8bit
+    reference: bool  # a second frozen copy (full fine-tuning with beta > 0)
+    checkpointing: bool
+    micro_batch: int
+    prompt: int
+    response: int
+    rollout_rows: int  # sequences generated at once per process (batch_size x group_size / N)
+    batch_size: int
+    group_size: int
+    engine: str  # policy | hf | vllm
+    engine_bytes: int
+    gpus: int
+    strategy: str  # single | ddp | fsdp2
+    device: str  # cuda | cpu
+
+    @property
+    def master_bytes(self) -> int:
+        return 2 if self.precision == "bf16_pure" else 4
+
+    @property
+    def compute_bytes(self) -> int:
+        """Activations and KV cache: bf16 under autocast or bf16 weights, fp32 otherwise."""
+        return 4 if self.precision == "fp32" else 2
+
+
+def _knobs(preset: Any, gpus: int, strategy: str, device: str) -> Knobs:
+    import torch
+
+    from memfactory.trainer.precision import load_dtype, resolve_precision
+
+    shape = model_shape(preset.model.path, preset.model.seed)
+    loaded = load_dtype(preset.trainer.precision, preset.model.dtype)
+    if loaded == "auto":
+        loaded = shape.dtype
+    plan = resolve_precision(preset.trainer.precision, getattr(torch, loaded))
+    cfg = preset.trainer
+    prompt, response, _ = preset_shape(preset)
+    rollout = cfg.rollout if hasattr(cfg, "rollout") and cfg.rollout is not None else None
+    engine = getattr(rollout, "engine", "policy") if rollout is not None else "policy"
+    engine_dtype = getattr(rollout, "dtype", None) or loaded
+    lora = cfg.lora
+    return Knobs(
+        precision=plan.name,
+        frozen_bytes=_DTYPE_BYTES.get(loaded, 4),
+        lora_r=lora.r if lora is not None else None,
+        lora_targets=tuple(lora.target_modules) if lora is not None else (),
+        quantize=lora.quantize if lora is not None else "none",
+        reference=cfg.beta > 0 and lora is None,
+        checkpointing=cfg.gradient_checkpointing,
+        micro_batch=cfg.micro_batch_size,
+        prompt=prompt,
+        response=response,
+        rollout_rows=math.ceil(cfg.batch_size / gpus) * cfg.group_size,
+        batch_size=cfg.batch_size,
+        group_size=cfg.group_size,
+        engine=engine,
+        engine_bytes=_DTYPE_BYTES.get(engine_dtype if engine_dtype != "auto" else loaded, 2),
+        gpus=gpus,
+        strategy=strategy,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- the arithmetic
+
+
+def layer_activation_bytes(shape: ModelShape, compute_bytes: int) -> int:
+    """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
+
+    In the compute dtype: the norm outputs and residual views (5h), q and the key/value heads
+    repeated for attention, RoPE's outputs and the attention output (4q + 2kv), the MLP's gate, up,
+    activation and product (4I); in float32: the two RMSNorms' inputs and normalised values
+    (4h x 4 bytes) and Qwen3's q/k norms (q + kv, twice). Checked against the bytes autograd
+    actually saves for one layer of qwen3-mini and SmolLM2 (tests/test_planner.py, within 15 %).
+    """
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    norms = 16 * h + (8 * (q + kv) if shape.qk_norm else 0)
+    return compute_bytes * (5 * h + 4 * q + 2 * kv + 4 * i) + norms
+
+
+def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
+    """Weights, gradients, optimizer state and reference per device, in bytes."""
+    total = shape.parameters
+    shards = k.gpus if k.strategy == "fsdp2" else 1
+    if k.lora_r is None:
+        trained = total
+        frozen_weights = 0.0
+    else:
+        trained = shape.lora_parameters(k.lora_r, list(k.lora_targets))
+        per_weight = {"4bit": 0.5 + 0.0625, "8bit": 1.0 + 0.03}.get(k.quantize, float(k.frozen_bytes))
+        frozen_weights = total * per_weight  # the frozen base (quantized: + block scales)
+    m = k.master_bytes
+    return {
+        "weights": (trained * m + frozen_weights) / shards,
+        "gradients": trained * m / shards,
+        "optimizer": 2 * trained * m / shards,  # AdamW's exp_avg and exp_avg_sq, in the weights' dtype
+        "reference": total * k.frozen_bytes if k.reference else 0.0,  # deep-copied, never sharded
+        "trained": trained,
+    }
+
+
+def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[str, float]:
+    """The update phase's dynamic memory and its peak over forward end, backward start and the step."""
+    a = k.compute_bytes
+    tokens = k.micro_batch * (k.prompt + k.response)
+    # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
+    residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
+    layer = tokens * layer_activation_bytes(shape, a)
+    # Backward holds one layer's saved tensors (recomputed under checkpointing) and as much again
+    # in their gradients: measured on CPU, about two layers' worth over what stays saved.
+    working = layer
+    if k.checkpointing:
+        saved = shape.layers * tokens * shape.hidden * residual  # each layer's input
+    else:
+        saved = shape.layers * layer
+    # Response logits: only R + 1 positions are kept; normalised in float32. The forward holds the
+    # float32 copy and log-softmax's two temporaries (3 units); the backward four.
+    unit = k.micro_batch * k.response * shape.vocab * 4
+    shards = k.gpus if k.strategy == "fsdp2" else 1
+    # bf16 autocast caches a bf16 copy of every fp32 weight it casts until the autocast exits.
+    cast_cache = 2 * static["trained"] / shards if k.precision == "bf16_mixed" else 0.0
+    # foreach AdamW (CUDA) allocates one temporary of the trained weights; on CPU it goes tensor by tensor.
+    step_temp = static["trained"] * k.master_bytes / shards if k.device == "cuda" else 0.0
+    fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
+    fwd_dyn = max(working if k.checkpointing else 0.0, 3 * unit)
+    bwd_dyn = max(4 * unit, 2 * working)
+    forward = fixed + cast_cache + saved + fwd_dyn
+    backward = fixed + saved + bwd_dyn
+    step = fixed + step_temp
+    peak = max(forward, backward, step)
+    out = {"activations": saved, "logits": 0.0, "cast_cache": 0.0, "step_temp": 0.0, "peak": peak}
+    if peak == forward:
+        is_logits = 3 * unit >= fwd_dyn
+        out.update(moment="forward", cast_cache=cast_cache, logits=fwd_dyn if is_logits else 0.0,
+                   activations=saved + (0.0 if is_logits else fwd_dyn))
+    elif peak == backward:
+        is_logits = 4 * unit >= bwd_dyn
+        out.update(moment="backward", logits=bwd_dyn if is_logits else 0.0,
+                   activations=saved + (0.0 if is_logits else bwd_dyn))
+    else:
+        out.update(moment="optimizer step", step_temp=step_temp)
+    return out
+
+
+def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[str, float]:
+    """Generation: the KV cache of every row generated at once, on top of the persistent state."""
+    a = k.compute_bytes
+    kv_bytes = a if k.engine == "policy" else k.engine_bytes
+    kv = k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
+    fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
+    extra = 0.0
+    if k.strategy == "fsdp2" and k.gpus > 1:  # rollouts run on the full weights, gathered
+        extra += static["trained"] * k.master_bytes * (1 - 1 / k.gpus)
+    if k.precision == "bf16_mixed":
+        extra += 2 * static["trained"]  # generate under autocast: the bf16 cast copies
+    if k.engine == "hf":
+        extra += shape.parameters * k.engine_bytes  # a second transformers copy
+    # The last position's logits of every row, float32 (sampling).
+    logits = k.rollout_rows * shape.vocab * 4 * 2
+    return {"kv_cache": kv, "peak": fixed + extra + kv + logits}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class MemoryPlan:
+    """Estimated peak memory per device of one preset (GiB); ``to_markdown`` is what the CLI prints."""
+
+    components: dict[str, float]
+    peak_gib: float
+    device_gib: float | None
+    fits: bool | None
+    advice: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # update / rollout totals, GiB (no runtime)
+    allocated_gib: float = 0.0  # what torch allocates at the peak (compare with max_memory_allocated)
+    update_moment: str = ""  # forward | backward | optimizer step: where the update phase peaks
+    device_label: str = ""
+    preset_name: str = ""
+    gpus: int = 1
+    strategy: str = "single"
+    parameters: int = 0
+    trained_parameters: int = 0
+    precision: str = ""
+
+    def to_markdown(self) -> str:
+        """A small table, the verdict and the advice."""
+        where = "per process, host RAM" if self.device_label.startswith("host") else "per device"
+        lines = [
+            f"### Memory plan: `{self.preset_name}` ({self.gpus} × {self.strategy}, {self.precision})",
+            "",
+            f"{self.parameters / 1e9:.3g}B parameters, {self.trained_parameters / 1e6:,.1f}M trained. GiB {where}:",
+            "",
+            "| component | GiB |",
+            "|---|---|",
+            *(f"| {name} | {self.components.get(name, 0.0):.2f} |" for name in COMPONENTS),
+            f"| update phase (allocated) | {self.phases.get('update', 0.0):.2f} |",
+            f"| rollout phase (allocated) | {self.phases.get('rollout', 0.0):.2f} |",
+            f"| **peak** | **{self.peak_gib:.2f}** |",
+            "",
+        ]
+        if self.fits is None:
+            lines.append("Verdict: no device memory known; pass --gpu-mem.")
+        elif self.fits:
+            lines.append(f"Verdict: **fits** {self.device_label} ({self.device_gib:.1f} GiB; "
+                         f"{self.device_gib - self.peak_gib:.1f} GiB to spare).")
+        else:
+            lines.append(f"Verdict: **does not fit** {self.device_label} ({self.device_gib:.1f} GiB; "
+                         f"{self.peak_gib - self.device_gib:.1f} GiB short).")
+        if self.advice:
+            lines += ["", "What would make it fit:", *(f"- {item}" for item in self.advice)]
+        if self.notes:
+            lines += ["", "Notes:", *(f"- {item}" for item in self.notes)]
+        return "\n".join(lines) + "\n"
+
+
+def _device_memory(gpus: int, gpu_mem_gib: float | None) -> tuple[str, float | None, str]:
+    """(device kind, GiB, label): the card's total memory, or host RAM without CUDA."""
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except (ImportError, RuntimeError):  # a broken CUDA install plans as host
+        cuda = False
+    if cuda:
+        count = torch.cuda.device_count()
+        if gpus > count and gpu_mem_gib is None:
+            raise MemFactoryError(
+                f"--gpus {gpus}: this machine has {count} CUDA device(s); plan for at most {count}, or pass "
+                "--gpu-mem to plan for another machine's cards"
+            )
+        if gpu_mem_gib is not None:
+            return "cuda", gpu_mem_gib, f"a {gpu_mem_gib:g} GiB device"
+        total = torch.cuda.mem_get_info()[1] / GIB
+        return "cuda", total, f"{torch.cuda.get_device_name()}"
+    if gpu_mem_gib is not None:
+        return "cuda", gpu_mem_gib, f"a {gpu_mem_gib:g} GiB device"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return "cpu", ram, f"host RAM (no CUDA here; {ram:.1f} GiB)"
+
+
+def _resolve_strategy(gpus: int, strategy: str | None) -> str:
+    if strategy is None:
+        return "single" if gpus == 1 else "ddp"
+    name = {"fsdp": "fsdp2"}.get(strategy.lower(), strategy.lower())
+    if name not in STRATEGIES:
+        raise MemFactoryError(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    return "single" if gpus == 1 else name
+
+
+def _estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, Any]]:
+    """Components (GiB) and phase totals for one set of knobs."""
+    static = static_bytes(shape, k)
+    update = update_bytes(shape, k, static)
+    rollout = rollout_bytes(shape, k, static)
+    allocated = max(update["peak"], rollout["peak"])
+    if k.device == "cuda":
+        runtime = CUDA_CONTEXT_GIB * GIB + CUDA_FRAGMENTATION * allocated
+    else:
+        runtime = HOST_BASELINE_GIB * GIB + HOST_FRAGMENTATION * allocated
+    components = {
+        "weights": static["weights"], "gradients": static["gradients"], "optimizer": static["optimizer"],
+        "reference": static["reference"], "activations": update["activations"],
+        "logits": update["logits"] + update["cast_cache"] + update["step_temp"],
+        "kv_cache": rollout["kv_cache"], "runtime": runtime,
+    }
+    info = {"update": update["peak"], "rollout": rollout["peak"], "allocated": allocated, "moment": update["moment"],
+            "trained": static["trained"], "cast_cache": update["cast_cache"], "step_temp": update["step_temp"]}
+    return {name: value / GIB for name, value in components.items()}, info
+
+
+def _peak(info: dict[str, Any], components: dict[str, float]) -> float:
+    return info["allocated"] / GIB + components["runtime"]
+
+
+def estimate_memory(
+    preset: Any, *, gpus: int = 1, gpu_mem_gib: float | None = None, strategy: str | None = None,
+    call_shape: tuple[int, int] | None = None,
+) -> MemoryPlan:
+    """Peak memory per device of ``preset`` trained on ``gpus`` processes (``strategy``: single,
+    ddp or fsdp2; default ddp for several), against ``gpu_mem_gib`` or the detected device.
+    ``call_shape`` (prompt, response tokens) replaces the preset's longest call (bench/gpu_check.py
+    estimates the exact rows it measures).
+
+    Raises MemFactoryError for impossible requests (0 GPUs, negative memory, more GPUs than exist
+    when no --gpu-mem says the plan is for another machine, a model whose shape cannot be read).
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise MemFactoryError(f"--gpus {gpus}: the number of processes must be a whole number of at least 1")
+    if gpu_mem_gib is not None and not (isinstance(gpu_mem_gib, (int, float)) and math.isfinite(gpu_mem_gib)
+                                        and gpu_mem_gib > 0):
+        raise MemFactoryError(f"--gpu-mem {gpu_mem_gib}: device memory must be a positive number of GiB, e.g. 80")
+    device, device_gib, label = _device_memory(gpus, gpu_mem_gib)
+    strat = _resolve_strategy(gpus, strategy)
+    if preset.model.backend != "hf":
+        raise MemFactoryError(
+            f"model.backend {preset.model.backend!r}: the model runs elsewhere (a server), so this machine holds "
+            "no weights to plan; plan a preset with backend: hf"
+        )
+    shape = model_shape(preset.model.path, preset.model.seed)
+    k = _knobs(preset, gpus, strat, device)
+    if call_shape is not None:
+        k = replace(k, prompt=int(call_shape[0]), response=int(call_shape[1]))
+    components, info = _estimate(shape, k)
+    peak = _peak(info, components)
+    budget = device_gib
+    host_note = []
+    if device == "cpu" and gpus > 1:  # every process lives in the same RAM
+        budget = device_gib / gpus if device_gib else None
+        host_note.append(f"{gpus} processes share host RAM: each may use {budget:.1f} GiB")
+    fits = None if budget is None else peak <= budget
+    notes = [
+        (f"update peak at the {info['moment']} of a micro-batch of {k.micro_batch} × "
+         f"({k.prompt} prompt + {k.response} response) tokens; rollout: {k.rollout_rows} sequences at once"),
+        *host_note,
+    ]
+    if info["cast_cache"] and info["moment"] == "forward":
+        notes.append(f"logits include {info['cast_cache'] / GIB:.2f} GiB of bf16 autocast weight copies (bf16_mixed)")
+    if info["step_temp"] and info["moment"] == "optimizer step":
+        notes.append(f"the peak is AdamW's step: {info['step_temp'] / GIB:.2f} GiB of foreach temporaries")
+    if device == "cpu":
+        notes.append("no CUDA here: the device is host RAM; runtime = the Python/torch process's baseline RSS plus "
+                     f"{HOST_FRAGMENTATION:.0%} for glibc keeping freed blocks (peak RSS, not live tensors)")
+    else:
+        notes.append(f"runtime = CUDA context ({CUDA_CONTEXT_GIB} GiB) + {CUDA_FRAGMENTATION:.0%} allocator "
+                     "fragmentation (reserved over allocated)")
+    if k.engine == "vllm":
+        notes.append("trainer.rollout.engine vllm reserves its own gpu_memory_utilization share on top of this")
+    if k.strategy == "fsdp2":
+        notes.append("FSDP2: weights, gradients and optimizer state sharded; the reference copy is not")
+    plan = MemoryPlan(
+        components={name: round(value, 3) for name, value in components.items()},
+        peak_gib=round(peak, 2), device_gib=None if device_gib is None else round(device_gib, 2), fits=fits,
+        notes=notes, phases={"update": round(info["update"] / GIB, 2), "rollout": round(info["rollout"] / GIB, 2)},
+        allocated_gib=round(info["allocated"] / GIB, 2), update_moment=info["moment"], device_label=label, preset_name=preset.name,
+        gpus=gpus, strategy=strat, parameters=shape.parameters, trained_parameters=int(info["trained"]),
+        precision=k.precision,
+    )
+    if fits is False:
+        plan.advice = _advice(shape, k, budget)
+    return plan
+
+
+def _advice(shape: ModelShape, k: Knobs, budget: float) -> list[str]:
+    """Each knob that, turned on its own, brings the peak under ``budget``; else the best ones."""
+    tried: list[tuple[str, Knobs]] = []
+    for micro in (k.micro_batch // 2, k.micro_batch // 4, 1):
+        if 1 <= micro < k.micro_batch:
+            tried.append((f"trainer.micro_batch_size={micro}", replace(k, micro_batch=micro)))
+    if not k.checkpointing:
+        tried.append(("trainer.gradient_checkpointing=true", replace(k, checkpointing=True)))
+    if k.lora_r is None:
+        targets = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+        tried.append(("trainer.lora={r: 16} (LoRA; the reference becomes the adapter-disabled policy)",
+                      replace(k, lora_r=16, lora_targets=targets, reference=False)))
+    if k.precision == "bf16_mixed":
+        tried.append(("trainer.precision=bf16_pure (AdamW on bf16 weights: small updates round away)",
+                      replace(k, precision="bf16_pure")))
+    if k.device == "cuda":
+        for n in (2, 4, 8):
+            if n > k.gpus:
+                tried.append((f"{n} GPUs with FSDP2 (accelerate launch --config_file presets/accelerate/fsdp.yaml)",
+                              replace(k, gpus=n, strategy="fsdp2",
+                                      rollout_rows=math.ceil(k.batch_size / n) * k.group_size)))
+    tried.append(((f"shorter caps: response {k.response // 2}, prompt {k.prompt // 2} tokens "
+                   "(chunk/memory/answer tokens, trainer.max_new_tokens)"),
+                  replace(k, prompt=max(k.prompt // 2, 1), response=max(k.response // 2, 1))))
+    results = []
+    for label, knobs in tried:
+        components, info = _estimate(shape, knobs)
+        results.append((label, _peak(info, components)))
+    fitting = [(label, peak) for label, peak in results if peak <= budget]
+    # One FSDP2 suggestion is enough: the smallest number of GPUs that fits.
+    seen_fsdp = False
+    advice = []
+    for label, peak in fitting:
+        if "FSDP2" in label:
+            if seen_fsdp:
+                continue
+            seen_fsdp = True
+        advice.append(f"{label}: peak {peak:.1f} GiB")
+    if not advice:
+        best = sorted(results, key=lambda item: item[1])[:3]
+        advice = ["no single knob is enough; the largest savings (combine them):",
+                  *(f"{label}: peak {peak:.1f} GiB" for label, peak in best)]
+    return advice
+
+
+def plan_markdown(
+    preset_path_or_yaml_text: str, gpus: int = 1, gpu_mem_gib: float | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> str:
+    """The plan as markdown for the web UI; a user mistake comes back as markdown, never raised."""
+    import tempfile
+
+    from memfactory.config import load_preset
+
+    text = preset_path_or_yaml_text or ""
+    try:
+        if "\n" not in text.strip() and Path(text.strip()).expanduser().suffix in (".yaml", ".yml"):
+            preset = load_preset(Path(text.strip()).expanduser(), list(overrides))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "preset.yaml"
+                path.write_text(text, encoding="utf-8")
+                preset = load_preset(path, list(overrides))
+        return estimate_memory(preset, gpus=gpus, gpu_mem_gib=gpu_mem_gib).to_markdown()
+    except MemFactoryError as exc:
+        return f"**Cannot plan this preset:**\n\n```\n{exc}\n```\n"
