@@ -94,4 +94,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *,
         footer_links=["api", "settings"],
         auth=auth,
         auth_message="MemFactory: sign in with a login given to app.py (--auth / --auth-file)." if auth else None,
+        # FastAPI's own /openapi.json and /docs sit outside gradio's login check; gradio's API page
+        # (/gradio_api/info, /gradio_api/openapi.json) stays, behind the login.
+        app_kwargs={"openapi_url": None, "docs_url": None, "redoc_url": None},
     )
