@@ -271,18 +271,24 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str) -> Knobs:
 # --------------------------------------------------------------------------- the arithmetic
 
 
-def layer_activation_bytes(shape: ModelShape, compute_bytes: int) -> int:
+def layer_activation_bytes(shape: ModelShape, compute_bytes: int, residual_bytes: int | None = None) -> int:
     """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
 
-    In the compute dtype: the norm outputs and residual views (5h), q and the key/value heads
-    repeated for attention, RoPE's outputs and the attention output (4q + 2kv), the MLP's gate, up,
-    activation and product (4I); in float32: the two RMSNorms' inputs and normalised values
-    (4h x 4 bytes) and Qwen3's q/k norms (q + kv, twice). Checked against the bytes autograd
-    actually saves for one layer of qwen3-mini and SmolLM2 (tests/test_planner.py, within 15 %).
+    Counted from what autograd saves in a Llama/Qwen3 layer (tests/test_planner.py checks it
+    with a saved-tensor hook, exactly on CPU): each RMSNorm keeps its input (the residual
+    stream's dtype) and its float32 normalised value plus one rsqrt; in the compute dtype the
+    projections keep their inputs (2h + 2q: the attention's and the MLP's normed input, q for
+    o_proj's input), attention keeps q, k and v (q + 2kv after the q counted above), RoPE's cos
+    and sin (2 x head_dim), the MLP its gate, activation, up and product (4I); sdpa its float32
+    log-sum-exp per head. Qwen3's q/k norms add their inputs and float32 normalised values.
     """
+    a = compute_bytes
+    r = compute_bytes if residual_bytes is None else residual_bytes
     h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    norms = 16 * h + (8 * (q + kv) if shape.qk_norm else 0)
-    return compute_bytes * (5 * h + 4 * q + 2 * kv + 4 * i) + norms
+    total = 2 * h * r + 2 * (4 * h + 4) + a * (2 * h + 2 * q + 2 * kv + 4 * i + 2 * shape.head_dim) + 4 * shape.heads
+    if shape.qk_norm:
+        total += (a + 4) * (q + kv) + 4 * (shape.heads + shape.kv_heads)
+    return total
 
 
 def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
@@ -312,7 +318,7 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     tokens = k.micro_batch * (k.prompt + k.response)
     # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
     residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
-    layer = tokens * layer_activation_bytes(shape, a)
+    layer = tokens * layer_activation_bytes(shape, a, residual)
     # Backward holds one layer's saved tensors (recomputed under checkpointing) and as much again
     # in their gradients: measured on CPU, about two layers' worth over what stays saved.
     working = layer
