@@ -89,8 +89,9 @@ def build(ctx: UIContext) -> None:
                                         value="", label="precision (trainer.precision)", elem_id="mf-train-precision",
                                         scale=2)
             with gr.Row(equal_height=True):
-                override_boxes = {name: gr.Number(value=None, label=label, elem_id=f"mf-train-set-{name}",
-                                                  precision=None if name == "lr" else 0, placeholder="from preset")
+                # text boxes, not gr.Number: an empty box must mean "the preset's value" (a Number sends 0)
+                override_boxes = {name: gr.Textbox(label=label, elem_id=f"mf-train-set-{name}",
+                                                   placeholder="from the preset", max_lines=1)
                                   for name, label in OVERRIDE_LABELS.items()}
             checks_md = gr.Markdown(elem_id="mf-train-checks")
             force = gr.Checkbox(False, label="launch anyway (ignore the memory planner)", elem_id="mf-train-force")
