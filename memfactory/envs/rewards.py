@@ -88,7 +88,8 @@ def normalize_answer(text: str) -> str:
 
 
 def em(prediction: str, gold: str) -> float:
-    return float(bool(normalize_answer(prediction)) and normalize_answer(prediction) == normalize_answer(gold))
+    pred = normalize_answer(prediction)
+    return float(bool(pred) and pred == normalize_answer(gold))
 
 
 def _contains_run(tokens: list[str], run: list[str]) -> bool:

@@ -71,11 +71,15 @@ def lines_as_facts(text: str, limit: int) -> list[Fact]:
     """The fallback reading of a non-JSON response: each distinct non-empty line (thinking dropped) is a fact."""
     visible, _ = strip_thinking(text)
     seen: list[str] = []
+    known: set[str] = set()  # = set(seen): a list lookup made a long response quadratic
     for line in visible.splitlines():
+        if len(seen) >= limit:
+            break
         line = line.strip().strip("[]{},\"'").strip()
-        if len(line) > 3 and line not in seen:
+        if len(line) > 3 and line not in known:
             seen.append(line[:500])
-    return [Fact(value=line) for line in seen[:limit]]
+            known.add(line[:500])
+    return [Fact(value=line) for line in seen]
 
 
 @dataclass
