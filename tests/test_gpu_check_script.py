@@ -42,16 +42,29 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
         assert r["update"]["step_s"] > 0 and r["update"]["tokens_per_s"] > 0
         assert r["steps"]["update_s"] > 0, (name, r["steps"])  # the whole step really trained
         assert r["steps"]["kl"] > 0  # against the reference (beta 0.001)
+        # The memory planner's estimate for the rows measured, next to the peak (no CUDA: no error %).
+        u = r["update"]
+        assert u["estimate_gib"] > 0 and u["estimate_moment"] in ("forward", "backward", "optimizer step")
+        assert u["estimate_error_pct"] is None and u["peak_gib"] is None
+        parts = u["estimate_parts_gib"]
+        assert set(parts) == {"weights", "reference", "grads", "optimizer", "activations", "logits"}
+        assert abs(parts["weights"] - u["weights_gib"]) <= 0.01 and abs(parts["optimizer"] - u["optimizer_gib"]) <= 0.01
     assert results["preset:memagent_qwen3_1.7b"]["calls_per_trajectory_real"] == 7  # 6 chunks + the answer
     assert results["preset:memagent_qwen3_1.7b"]["steps"]["calls_per_trajectory"] == 3.0  # capped: 2 chunks + answer
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md
+    assert "planner estimate GiB (error)" in md and "(not measured)" in md
 
 
 def test_preset_shapes_are_the_presets_real_longest_calls():
-    """The update section measures each GPU preset at its own longest call, read from the preset."""
+    """The update section measures each GPU preset at its own longest call, read from the preset
+    by the memory planner's own function (so estimate and measurement agree on the rows)."""
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_check
+
+    from memfactory import planner
+
+    assert gpu_check.preset_shape is planner.preset_shape
 
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
