@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from webui.app import launch
 
-    launch(plan.host, plan.port, plan.share, auth=plan.auth, banner=plan.banner)
+    launch(plan.host, plan.port, plan.share, auth=plan.auth, insecure=plan.banner is not None)
     return 0
 
 

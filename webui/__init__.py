@@ -9,7 +9,8 @@ def build_app():
     return build()
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *, auth=None, insecure: bool = False) -> None:
+    """See :func:`webui.app.launch`: beyond loopback it needs ``auth`` (or ``insecure=True``)."""
     from webui.app import launch as run
 
-    run(host, port, share)
+    run(host, port, share, auth=auth, insecure=insecure)

@@ -81,8 +81,20 @@ def build_app(banner: str | None = None) -> gr.Blocks:
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *,
-           auth: Callable[[str, str], bool] | None = None, banner: str | None = None) -> None:
-    """Serve the UI (blocking). ``auth``: gradio's login check (``webui.sharing.CredentialChecker``)."""
+           auth: Callable[[str, str], bool] | None = None, insecure: bool = False) -> None:
+    """Serve the UI (blocking). ``auth``: gradio's login check (``webui.sharing.CredentialChecker``).
+
+    Beyond loopback (or with ``share``) it needs ``auth``, or ``insecure=True`` which adds the warning
+    banner; the rule lives here too so that ``from webui import launch`` cannot bypass ``app.py``'s.
+    """
+    from webui.sharing import AuthError, banner_text, exposure, refusal_message
+
+    banner = None
+    reasons = exposure(host, share)
+    if reasons and auth is None:
+        if not insecure:
+            raise AuthError(refusal_message(host, port, share, reasons))
+        banner = banner_text(host, port, share)
     demo = build_app(banner)
     css = assets_dir() / "style.css"
     demo.queue(default_concurrency_limit=4).launch(

@@ -163,6 +163,12 @@ def test_without_a_login_no_tab_or_endpoint_answers(auth_app):
     # A stale or forged cookie is no better than none.
     forged = cookie.replace("=", "=x", 1)
     assert _http("GET", base + "/config", cookie=forged)[0] == 401
+    # Gradio's housekeeping routes stay open by design (the login page needs some); none of them
+    # hands out the app's content: no component, tab or endpoint name.
+    for path in ("/gradio_api/user", "/gradio_api/token", "/gradio_api/app_id", "/gradio_api/startup-events",
+                 "/theme.css", "/manifest.json"):
+        status, text = _http("GET", base + path)
+        assert status == 200 and "mf-" not in text and api_names[0] not in text, (path, text[:200])
     # FastAPI's own schema and docs pages (outside gradio's login check) are switched off.
     for path in ("/openapi.json", "/docs", "/redoc"):
         assert _http("GET", base + path)[0] == 404, path

@@ -194,3 +194,11 @@ def test_app_py_refuses_share_and_bad_credentials_without_echoing_them(tmp_path)
     done = _app_py("--host", "0.0.0.0", "--auth-file", str(path))
     assert done.returncode == 2 and f"{path} line 2" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("host, share", [("0.0.0.0", False), ("127.0.0.1", True)])
+def test_launch_itself_refuses_so_the_python_api_cannot_bypass_app_py(host, share):
+    from webui import launch
+
+    with pytest.raises(AuthError, match="refusing to start the web UI without a login"):
+        launch(host, 7998, share)  # raises before building or serving anything
