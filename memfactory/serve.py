@@ -30,6 +30,10 @@ The server is bounded, so one client cannot tie it up for everyone:
   with 503, and the process exits within seconds.
 
 Every error is JSON in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+With an API key (``memfactory serve --api-key-env VAR``, required beyond loopback) every route but
+``/health`` answers 401 without ``Authorization: Bearer <key>``; the key is compared in constant
+time, and ``/health`` without it says only whether the server is up.
 """
 
 from __future__ import annotations
