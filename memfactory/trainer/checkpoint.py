@@ -393,7 +393,16 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
         # hidden folders come from saves that crashed mid-way (one process saves at a time)
         removed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")]
     for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+        # hide it first (one atomic rename): a kill in the middle of rmtree must not leave a
+        # published step-* folder that still has trainer_state.json but lacks other files
+        doomed = path
+        if not path.name.startswith("."):
+            doomed = root / f".{path.name}.del-{secrets.token_hex(4)}"
+            try:
+                path.rename(doomed)
+            except OSError:
+                doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
     return removed
 
 

@@ -1,0 +1,61 @@
+"""Helpers shared by the hardening tests: launch real ``memfactory train`` subprocesses and read
+what they leave behind (metrics.jsonl, samples.jsonl, stdout.log, checkpoints, the runs DB)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from memfactory.paths import presets_dir, project_root
+
+PRESET = str(presets_dir() / "tiny_test.yaml")
+ENTRY = str(Path(__file__).with_name("train_entry.py"))
+# every step trains (see train_entry.py), a checkpoint every step, the two newest kept
+TRAINING = ["--set", "rewards={test_vowel_share: 1.0}", "--set", "trainer.save_every=1",
+            "--set", "trainer.keep_checkpoints=2", "--no-progress"]
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng.pt", "model/model.safetensors")
+
+
+def train_command(*args: str) -> list[str]:
+    """The real CLI (``memfactory.cli.main`` behind train_entry.py), one thread."""
+    return [sys.executable, ENTRY, "train", PRESET, *TRAINING, *args]
+
+
+def spawn(cwd: Path, *args: str, env: dict[str, str] | None = None,
+          stderr: int | None = subprocess.DEVNULL) -> subprocess.Popen:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "PYTHONPATH": str(project_root()), **(env or {})}
+    return subprocess.Popen(train_command(*args), cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``predicate``; fail if ``proc`` exits first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the trainer exited with {proc.returncode} before the awaited moment")
+        time.sleep(0.005)
+    raise AssertionError("timed out waiting")
+
+
+def jsonl_steps(path: Path) -> list[int]:
+    if not path.is_file():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def jsonl_records(path: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())}
+
+
+def missing_files(checkpoint: Path) -> list[str]:
+    """Files a complete checkpoint of the tiny full model must hold but ``checkpoint`` lacks."""
+    return [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
