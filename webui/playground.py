@@ -8,7 +8,7 @@ what they load, so two workflows on the same model (say, "direct" and "memagent"
 share one loaded model.
 
 The comparison is plain data: a summary frame (avg score per workflow), a per-sample frame with
-one column group per workflow and a ``disagree`` flag, HTML for the side-by-side sample view and
+one row per sample and workflow and a ``disagree`` flag, HTML for the side-by-side sample view and
 the memory-trace viewer, and CSV/JSON exports.
 """
 
@@ -411,29 +411,44 @@ def _by_id(result: WorkflowResult) -> dict[str, SampleResult]:
     return {s.sample_id: s for s in result.samples}
 
 
-def comparison_frame(results: Sequence[WorkflowResult], *, answer_chars: int = 120) -> pd.DataFrame:
-    """One row per sample: question, gold, then answer / score / latency / tokens of each workflow."""
+COMPARISON_COLUMNS = ["sample", "workflow", "answer", "score", "gold", "disagree", "latency (s)", "tokens",
+                      "question"]
+# The per-sample table's column widths (Gradio's ``column_widths``), in COMPARISON_COLUMNS order: the
+# answer and question get the room, the numbers a fixed few characters, so no header or cell is
+# squeezed to one character a line (the old one-column-group-per-workflow layout was, at 4 workflows).
+# 660 px + 44 %: the whole table fits a 1200 px wide page; narrower pages scroll it sideways.
+COMPARISON_WIDTHS = ["110px", "140px", "26%", "70px", "100px", "80px", "90px", "70px", "18%"]
+
+
+def comparison_frame(results: Sequence[WorkflowResult], *, answer_chars: int = 300,
+                     question_chars: int = 200) -> pd.DataFrame:
+    """One row per sample and workflow (samples in order, workflows in order within each sample).
+
+    Long, not wide: the table has the same nine columns for 2 or 4 workflows, so it stays readable;
+    every row repeats its sample's question and gold, so sorting by any column keeps rows whole. A
+    workflow without an answer for a sample (it failed, or stopped early) gets a row saying so.
+    """
     flags = disagreements(results)
     maps = [_by_id(r) for r in results]
     rows = []
     for sid in sample_ids(results):
         first = next(m[sid] for m in maps if sid in m)
-        row: dict[str, Any] = {"sample": sid, "disagree": "⚠️" if flags[sid] else "",
-                               "question": first.question, "gold": " | ".join(first.gold)}
+        question = _short(first.question, question_chars) if question_chars else first.question
         for r, m in zip(results, maps):
             s = m.get(sid)
-            answer = "" if s is None else (s.answers[0] if s.answers else "")
-            if answer_chars and len(answer) > answer_chars:
-                answer = answer[: answer_chars - 1] + "…"
-            row[f"{r.label} · answer"] = answer
-            row[f"{r.label} · score"] = None if s is None else round(s.score, 4)
-            row[f"{r.label} · latency (s)"] = None if s is None else round(s.latency_s, 3)
-            row[f"{r.label} · tokens"] = None if s is None else sum(s.tokens)
-        rows.append(row)
-    columns = ["sample", "disagree", "question", "gold"]
-    for r in results:
-        columns += [f"{r.label} · {part}" for part in ("answer", "score", "latency (s)", "tokens")]
-    return pd.DataFrame(rows, columns=columns)
+            if s is None:
+                answer = f"(failed: {(r.error or '').splitlines()[0]})" if r.error else "(not answered)"
+            else:
+                answer = s.answers[0] if s.answers else ""
+            rows.append({
+                "sample": sid, "workflow": r.label,
+                "answer": _short(answer, answer_chars) if answer_chars else answer,
+                "score": None if s is None else round(s.score, 4),
+                "gold": " | ".join(first.gold), "disagree": "⚠️" if flags[sid] else "",
+                "latency (s)": None if s is None else round(s.latency_s, 3),
+                "tokens": None if s is None else sum(s.tokens), "question": question,
+            })
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 DISAGREE_STYLE = "background-color: #fff3cd"
@@ -494,8 +509,14 @@ def trace_html(trace: Sequence[dict[str, Any]]) -> str:
     rows = trace_rows(trace)
     if not rows:
         return "<div class='mf-pg-trace-empty'>(no memory trace)</div>"
-    body = "".join(f"<tr><td><b>{_esc(step)}</b></td><td>{_esc(text)}</td></tr>" for step, text in rows)
-    return f"<table class='mf-pg-trace'><tr><th>step</th><th>memory</th></tr>{body}</table>"
+    # fixed layout and wrapping anywhere: a long memory or an unbroken token string stays inside its
+    # workflow's column instead of overlapping the next one
+    cell = "vertical-align:top;overflow-wrap:anywhere;white-space:pre-wrap"
+    body = "".join(f"<tr><td style='{cell}'><b>{_esc(step)}</b></td><td style='{cell}'>{_esc(text)}</td></tr>"
+                   for step, text in rows)
+    return ("<table class='mf-pg-trace' style='width:100%;table-layout:fixed'>"
+            "<colgroup><col style='width:7em'><col></colgroup>"
+            f"<tr><th>step</th><th>memory</th></tr>{body}</table>")
 
 
 def sample_html(results: Sequence[WorkflowResult], sample_id: str | None) -> str:

@@ -31,6 +31,8 @@ def test_assemble_save_reload(page, workspace, tmp_path):
     # The page is generated from the registry: an agent chooser and the preview are there.
     assert page.locator("#mf-agent").count() == 1
     page.wait_for_function("document.querySelector('#mf-cli textarea, #mf-cli input')?.value.includes('memfactory train')")
+    # a newcomer starts from the real embedded model, not the random test model
+    assert page.locator("#mf-model-path input, #mf-model-path textarea").first.input_value() == "smollm2-135m-instruct"
 
     name = page.locator("#mf-name textarea, #mf-name input").first
     name.fill("browser_preset")
@@ -74,6 +76,7 @@ def test_assemble_save_reload(page, workspace, tmp_path):
     data = yaml.safe_load(saved.read_text())
     assert data["name"] == "browser_preset" and data["trainer"]["steps"] == 7
     assert data["agent"] == page.locator("#mf-agent input").first.input_value()
+    assert data["model"]["path"] == "smollm2-135m-instruct"
 
     # Saving again without the overwrite box is refused; the file is untouched.
     page.locator("#mf-save").click()

@@ -1,7 +1,8 @@
 """The Playground tab in a real chromium: two workflows on a tiny synthetic set, side by side.
 
 Both default workflows (direct, memagent) run on the tiny model through the "model path for all"
-field, so the test takes seconds; then a dead endpoint is added as a third workflow and only it fails.
+field, so the test takes seconds; then a dead endpoint and a fourth workflow are added and only the
+endpoint fails. The per-sample table's rendered column widths are measured after both runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,41 @@ def _wait_columns(page, count: int, timeout: float = 90_000) -> None:
                            arg=count, timeout=timeout)
 
 
+# Narrowest any column of the per-sample table may render, the least the answer column gets, and the
+# tallest a header's text may be (two lines); measured in chromium at the fixture's 1400 px viewport.
+# The old wide layout (one column group per workflow) rendered 40 px columns whose headers wrapped
+# one letter a line, and overflowed the page at 4 workflows.
+MIN_COLUMN_PX, MIN_ANSWER_PX, MAX_HEADER_TEXT_PX = 60, 250, 48
+
+LAYOUT_JS = """() => {
+  const root = document.querySelector('#mf-pg-table');
+  const width = e => e.getBoundingClientRect().width;
+  const heads = [...root.querySelectorAll('th.header-cell')].map(th => {
+    const text = th.querySelector('.header-content span') || th;
+    return [th.innerText.replace('⋮', '').trim(), width(th), text.getBoundingClientRect().height];
+  });
+  // Gradio 6 draws the body as a virtual list: div.virtual-row > div.body-cell (only rows in view)
+  const rows = [...root.querySelectorAll('.virtual-row')].map(row => [...row.querySelectorAll('.body-cell')].map(width));
+  const viewport = root.querySelector('.virtual-table-viewport');
+  return {heads, rows, overflow: viewport.scrollWidth - viewport.clientWidth};
+}"""
+
+
+def _assert_readable_columns(page, rows: int) -> None:
+    """Every header and cell of the per-sample table is at least ``MIN_COLUMN_PX`` wide with its
+    header on at most two lines, the answer column has room, and nothing overflows sideways."""
+    page.wait_for_function("() => document.querySelectorAll('#mf-pg-table .virtual-row').length > 0")
+    layout = page.evaluate(LAYOUT_JS)
+    names = [name for name, *_ in layout["heads"]]
+    assert names[:3] == ["sample", "workflow", "answer"], names
+    assert all(px >= MIN_COLUMN_PX and text_px <= MAX_HEADER_TEXT_PX for _, px, text_px in layout["heads"]), layout
+    assert {name: px for name, px, _ in layout["heads"]}["answer"] >= MIN_ANSWER_PX, layout["heads"]
+    assert 1 <= len(layout["rows"]) <= rows, layout["rows"]  # rows scrolled out of view are not drawn
+    for cells in layout["rows"]:
+        assert len(cells) == len(names) and min(cells) >= MIN_COLUMN_PX, layout["rows"]
+    assert layout["overflow"] <= 1, layout  # no sideways scrolling at 1400 px
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,9 +99,10 @@ def test_playground_compares_two_workflows(page, tmp_path):
     summary = page.locator("#mf-pg-summary").inner_text()
     assert "memagent" in summary and "direct tiny" in summary and summary.count("ok") >= 2
     table = page.locator("#mf-pg-table").inner_text()
-    for column in ("direct tiny · score", "memagent · score", "direct tiny · answer", "memagent · tokens"):
+    for column in ("workflow", "answer", "score", "tokens", "direct tiny", "memagent"):
         assert column in table, column
     assert "eval_docqa-0" in table and "eval_docqa-1" in table
+    _assert_readable_columns(page, rows=2 * 2)
     assert "chunk 0" in page.locator("#mf-pg-sample-view").inner_text()  # memagent's memory trace
     page.screenshot(path=str(tmp_path / "playground_two.png"), full_page=True)
 
@@ -78,18 +115,24 @@ def test_playground_compares_two_workflows(page, tmp_path):
         rows = list(csv.DictReader(fh))
     assert sorted({r["workflow"] for r in rows}) == ["direct tiny", "memagent"] and len(rows) == 4
 
-    # a dead endpoint as a third workflow: its error is shown, the other two still answer
+    # a dead endpoint as a third workflow and a fourth on the tiny preset: the dead one's error is
+    # shown, the other three still answer, and four workflows still give readable columns
     page.locator("#mf-pg-on-2 input").check()
     _fill(page, "mf-pg-label-2", "dead api")
     page.locator("#mf-pg-slot-2").get_by_text("OpenAI-compatible endpoint").click()
     _fill(page, "mf-pg-url-2", f"http://127.0.0.1:{_closed_port()}/v1")
     _fill(page, "mf-pg-served-2", "nothing")
+    page.locator("#mf-pg-on-3 input").check()
+    _fill(page, "mf-pg-preset-3", "tiny_test")
+    _fill(page, "mf-pg-label-3", "a fourth workflow with a long name")
     page.locator("#mf-pg-run").click()
-    _wait_columns(page, 3)
+    _wait_columns(page, 4)
     errors = page.locator("#mf-pg-errors").inner_text()
     assert "dead api" in errors and "cannot reach" in errors and "Traceback" not in errors
     summary = page.locator("#mf-pg-summary").inner_text()
-    assert "dead api" in summary and summary.count("ok") >= 2 and "error" in summary
+    assert "dead api" in summary and summary.count("ok") >= 3 and "error" in summary
+    assert "(failed: " in page.locator("#mf-pg-table").inner_text()  # the dead workflow's rows say why
+    _assert_readable_columns(page, rows=2 * 4)
     page.screenshot(path=str(tmp_path / "playground_dead_endpoint.png"), full_page=True)
 
     # the locale switch relabels the tab's widgets

@@ -83,14 +83,26 @@ def test_disagreements_and_highlighting():
     assert flags == {"s0": False, "s1": True, "s2": True, "only_a": False}
 
     frame = pg.comparison_frame([a, b])
-    assert frame["sample"].tolist() == ["s0", "s1", "s2", "only_a"]
-    assert frame["disagree"].tolist() == ["", "⚠️", "⚠️", ""]
-    assert frame.loc[1, "a · answer"] == "\\boxed{Rome}" and frame.loc[2, "b · score"] == 1.0
-    assert pd.isna(frame.loc[3, "b · score"])
+    # one row per sample and workflow, so the columns do not multiply with the workflows
+    assert list(frame.columns) == pg.COMPARISON_COLUMNS == list(pg.comparison_frame([a, b, a, b]).columns)
+    assert frame["sample"].tolist() == ["s0", "s0", "s1", "s1", "s2", "s2", "only_a", "only_a"]
+    assert frame["workflow"].tolist() == ["a", "b"] * 4
+    assert frame["disagree"].tolist() == ["", "", "⚠️", "⚠️", "⚠️", "⚠️", "", ""]
+    by = frame.set_index(["sample", "workflow"])
+    assert by.loc[("s1", "a"), "answer"] == "\\boxed{Rome}" and by.loc[("s2", "b"), "score"] == 1.0
+    assert by.loc[("s1", "b"), "question"] == "q s1?" and by.loc[("s1", "b"), "gold"] == "paris"  # repeated
+    assert pd.isna(by.loc[("only_a", "b"), "score"]) and by.loc[("only_a", "b"), "answer"] == "(not answered)"
     css = pg.styled_comparison([a, b]).to_html().split("</style>")[0]
     assert "background-color: #fff3cd" in css
     highlighted = set(re.findall(r"_row(\d+)_col(\d+)", css))
-    assert highlighted == {(row, str(col)) for row in ("1", "2") for col in range(len(frame.columns))}
+    assert highlighted == {(str(row), str(col)) for row in (2, 3, 4, 5) for col in range(len(frame.columns))}
+    # a failed workflow's rows say so; long answers are cut (the sample view has them whole)
+    dead = workflow("dead", [], error="cannot reach http://127.0.0.1:1/v1\nmore")
+    a.samples[0].answers = ["word " * 200]
+    frame = pg.comparison_frame([a, dead], answer_chars=50).set_index(["sample", "workflow"])
+    assert frame.loc[("s0", "dead"), "answer"] == "(failed: cannot reach http://127.0.0.1:1/v1)"
+    assert len(frame.loc[("s0", "a"), "answer"]) == 50 and frame.loc[("s0", "a"), "answer"].endswith("…")
+    assert len(pg.COMPARISON_WIDTHS) == len(pg.COMPARISON_COLUMNS)
     assert [c for c in pg.sample_choices([a, b])] == [("s0", "s0"), ("⚠️ s1", "s1"), ("⚠️ s2", "s2"),
                                                       ("only_a", "only_a")]
 
@@ -123,6 +135,8 @@ def test_sample_view_and_memory_traces():
     assert html.count("class='mf-pg-col'") == 3 and "workflows disagree" in html
     assert "Alice likes &lt;b&gt;red&lt;/b&gt;" in html and "<b>red</b>" not in html  # escaped
     assert "UPDATE m1" in html and "cannot reach the server" in html
+    # trace cells wrap inside their workflow's column (fixed layout) instead of running into the next
+    assert html.count("table-layout:fixed") == 2 and "overflow-wrap:anywhere" in html.split("mf-pg-trace")[1]
     assert pg.errors_markdown([a, c]) == "❌ **dead** failed: cannot reach the server"
 
 

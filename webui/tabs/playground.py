@@ -126,8 +126,9 @@ def build(ctx: UIContext) -> None:
         summary = gr.Dataframe(headers=pg.SUMMARY_COLUMNS, interactive=False, label=t("pg.summary"),
                                elem_id="mf-pg-summary")
         labels.add(summary, "pg.summary")
-        table = gr.Dataframe(interactive=False, wrap=True, label=t("pg.table"), elem_id="mf-pg-table",
-                             max_height=600)
+        # one row per sample and workflow, fixed column widths, long text wrapped (see pg.comparison_frame)
+        table = gr.Dataframe(headers=pg.COMPARISON_COLUMNS, column_widths=pg.COMPARISON_WIDTHS, interactive=False,
+                             wrap=True, label=t("pg.table"), elem_id="mf-pg-table", max_height=600)
         labels.add(table, "pg.table")
         with gr.Row():
             sample = gr.Dropdown(choices=[], value=None, label=t("pg.sample"), elem_id="mf-pg-sample", scale=3)
