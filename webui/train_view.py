@@ -329,7 +329,7 @@ def poll(db, attached: Attached, *, runs_dir: Path | None = None, now: float | N
             view.status = "starting"
         elif launched:
             view.status = "aborted" if attached.aborted else "failed"
-            view.error = exit_message(attached.pid, "before it recorded the run", log)
+            view.error = exit_message(attached.pid, "before it recorded the run", _error_log(run_dir))
         else:
             view.status, view.error = "failed", f"run {attached.run_id} is not in the runs database"
         return view
@@ -345,10 +345,10 @@ def poll(db, attached: Attached, *, runs_dir: Path | None = None, now: float | N
             code = runner.exit_code(attached.pid)
             if code not in (None, 0):
                 view.status = "aborted" if attached.aborted else "failed"
-                view.error = exit_message(attached.pid, "before it resumed the run", log)
+                view.error = exit_message(attached.pid, "before it resumed the run", _error_log(run_dir))
     elif record.is_active and record.pid is None and launched and not alive:
         # the row exists but the trainer died before recording its pid: reconcile cannot see it
-        error = exit_message(attached.pid, "before it started training", log)
+        error = exit_message(attached.pid, "before it started training", _error_log(run_dir))
         record = db.set_status(attached.run_id, "aborted" if attached.aborted else "failed", error)
         view.status, view.error = record.status, record.error
     if view.status == "running":
@@ -357,11 +357,38 @@ def poll(db, attached: Attached, *, runs_dir: Path | None = None, now: float | N
     return view
 
 
+def _error_log(run_dir: Path) -> str:
+    """A longer tail for a failed start: under ``accelerate launch`` the launcher's own traceback
+    and failure table (~40 lines) come after the ranks' real error."""
+    return runner.tail(run_dir / "stdout.log", 200)
+
+
+def launcher_noise(lines: list[str]) -> tuple[list[str], str | None]:
+    """The ranks' own output without torchrun's ``ChildFailedError`` report, and that report's root
+    cause (``rank 1 exited with code 2``); unchanged lines and None for a single-process run."""
+    end = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), None)
+    if end is None:
+        return lines, None
+    start = max((i for i in range(end + 1) if lines[i].startswith("Traceback (most recent call last)")), default=end)
+    kept = [line for line in lines[:start] if "torch/distributed/elastic/" not in line]
+    report = lines[end:]
+    root = None
+    if any(line.startswith("Root Cause") for line in report):
+        cause = report[next(i for i, line in enumerate(report) if line.startswith("Root Cause")):]
+        rank = next((line.split(":", 1)[1].strip() for line in cause if line.strip().startswith("rank ")), "?")
+        code = next((line.split(":", 1)[1].strip() for line in cause if line.strip().startswith("exitcode")), "?")
+        root = f"first failure: rank {rank}, exit code {code}"
+    return kept, root
+
+
 def exit_message(pid: int | None, when: str, log: str) -> str:
     code = runner.exit_code(pid) if pid else None
     how = f"with code {code}" if code is not None else "(exit code unknown)"
     message = f"the trainer exited {how} {when}"
-    lines = log.strip().splitlines()[-8:]
+    lines, root = launcher_noise(log.strip().splitlines())
+    if root:
+        message += f" ({root})"
+    lines = lines[-8:]
     return message + ("; last lines of stdout.log:\n" + "\n".join(lines) if lines else "")
 
 

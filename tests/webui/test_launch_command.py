@@ -225,3 +225,35 @@ def test_hardware_figure_draws_whatever_hw_keys_are_present():
     for empty in (None, [], [{"step": 1, "loss": 0.1}], [{"step": 1, "hw/rank0/rss_gib": "n/a"}]):
         fig = plots.hardware_figure(empty)
         assert not fig.data and "no hardware metrics" in fig.layout.annotations[0].text
+
+
+def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws):
+    """Two ranks that die before training (here: an argument ``memfactory train`` refuses) under
+    accelerate's launcher: the tab's poll reports the launcher's exit code and the log lines, and
+    the runs database stays empty."""
+    import time
+
+    from memfactory.tracking.runs import RunsDB
+    from webui import runner
+
+    db = RunsDB(ws / "runs" / "memfactory.db")
+    spec = LaunchSpec(strategy="ddp", num_processes=2, overrides={"steps": 2})
+    run_id, pid = runner.start_run(ws / "presets" / "tiny.yaml", runs_dir=ws / "runs", spec=spec,
+                                   extra_args=["--no-such-option"])
+    attached = train_view.Attached(run_id=run_id, pid=pid, launched_at=time.time())
+    deadline = time.monotonic() + 120
+    view = train_view.poll(db, attached)
+    while view.active and time.monotonic() < deadline:
+        time.sleep(0.5)
+        view = train_view.poll(db, attached)
+    assert view.status == "failed", view
+    assert "exited with code 1 before it recorded the run" in view.error
+    assert "--no-such-option" in view.error  # argparse's complaint, from the log's last lines
+    status = train_view.status_markdown(view)
+    assert "failed" in status and "last lines of stdout.log" in status
+    assert "(first failure: rank 1 (local_rank: 1), exit code 2" in view.error or \
+        "(first failure: rank 0 (local_rank: 0), exit code 2" in view.error
+    assert "ChildFailedError" not in view.error  # the launcher's own traceback is not the error
+    first = (ws / "runs" / run_id / "stdout.log").read_text().splitlines()[0]
+    assert first.startswith("$ OMP_NUM_THREADS=1 ") and "--num_processes 2" in first  # the command heads the log
+    assert db.list_runs() == [] and not runner.process_tree(pid)

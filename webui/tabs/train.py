@@ -96,7 +96,7 @@ def build(ctx: UIContext) -> None:
             checks_md = gr.Markdown(elem_id="mf-train-checks")
             force = gr.Checkbox(False, label="launch anyway (ignore the memory planner)", elem_id="mf-train-force")
             command_box = gr.Code(language="shell", label="command (what Start runs; copy it to a terminal)",
-                                  interactive=False, elem_id="mf-train-command")
+                                  interactive=False, wrap_lines=True, elem_id="mf-train-command")
         status = gr.Markdown(t("train_none"), elem_id="mf-train-status")
         progress = gr.HTML(elem_id="mf-train-progress")
         figures: dict[str, Any] = {}
