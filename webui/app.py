@@ -6,6 +6,7 @@ error instead of taking the whole UI down.
 
 from __future__ import annotations
 
+import html
 import importlib
 import logging
 import pkgutil
@@ -19,6 +20,8 @@ from webui.i18n import LOCALES, Labels, t
 from webui.tabs import UIContext
 
 log = logging.getLogger(__name__)
+_BANNER_STYLE = ("background:#fde68a;color:#7c2d12;border:2px solid #d97706;border-radius:6px;padding:10px 14px;"
+                 "font-weight:600")
 
 
 def tab_modules() -> list:
@@ -53,8 +56,8 @@ def build_app(banner: str | None = None) -> gr.Blocks:
     """
     labels = Labels()
     with gr.Blocks(title="MemFactory", delete_cache=(3600, 3600)) as demo:
-        if banner:
-            gr.Markdown(banner, elem_id="mf-insecure-banner")
+        if banner:  # plain text, escaped; styled inline so that no stylesheet can hide it
+            gr.HTML(f'<div role="alert" style="{_BANNER_STYLE}">{html.escape(banner)}</div>', elem_id="mf-insecure-banner")
         with gr.Row(equal_height=True):
             title = gr.Markdown(t("title"), elem_id="mf-title")
             labels.add(title, "title", "value")

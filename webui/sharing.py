@@ -150,9 +150,9 @@ def exposure(host: str, share: bool) -> list[str]:
 def banner_text(host: str, port: int, share: bool) -> str:
     """The warning shown at the top of every page of an ``--insecure`` UI."""
     where = f"{host or '0.0.0.0'}:{port}" + (" and a public gradio.live link" if share else "")
-    return (f"⚠️ **This workbench is served without authentication on {where}.** Anyone who can reach it can "
+    return (f"⚠️ This workbench is served without authentication on {where}. Anyone who can reach it can "
             "start training runs and read and write presets and files. Restart it with "
-            "`--auth USER:PASSWORD` or `--auth-file FILE` to require a login.")
+            "--auth USER:PASSWORD or --auth-file FILE to require a login.")
 
 
 def refusal_message(host: str, port: int, share: bool, reasons: list[str]) -> str:

@@ -164,10 +164,10 @@ def test_insecure_starts_exposed_with_a_banner_and_a_warning():
 def test_the_banner_is_the_first_thing_in_the_page():
     from webui.app import build_app
 
-    demo = build_app(banner="⚠️ served without authentication on test-host")
+    demo = build_app(banner="⚠️ served without authentication on <b>test-host</b>")
     first = demo.children[0]
-    assert isinstance(first, gr.Markdown) and first.elem_id == "mf-insecure-banner"
-    assert "test-host" in first.value
+    assert isinstance(first, gr.HTML) and first.elem_id == "mf-insecure-banner"
+    assert "on &lt;b&gt;test-host&lt;/b&gt;" in first.value  # text, never markup
     plain = build_app()
     assert not any(getattr(b, "elem_id", None) == "mf-insecure-banner" for b in plain.blocks.values())
 
