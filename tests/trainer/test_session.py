@@ -41,6 +41,9 @@ def test_train_writes_run_folder_and_database(tmp_path, monkeypatch):
     assert record.meta["attn_implementation"] in {"sdpa", "eager"}
     frame = RunsDB(tmp_path / "runs" / "memfactory.db").metrics_frame(["r1"])
     assert list(frame["step"]) == [1, 2, 3] and "reward/mean" in frame.columns
+    # hardware figures every step; the run keeps its largest device peak (here the peak RSS)
+    assert frame["hw/rank0/rss_gib"].min() > 0.1 and frame["hw/rank0/cpu_percent"].min() >= 0
+    assert record.peak_gib == frame["hw/peak_gib"].max() >= frame["hw/rank0/peak_rss_gib"].max() - 1e-6
 
 
 def test_bad_input_exits_2_with_a_readable_message(tmp_path, monkeypatch, capsys):
