@@ -297,6 +297,11 @@ def resume(db, run_id: str | None, attached: Attached, *, runs_dir: Path | None 
     runs = Path(runs_dir or workspace.runs_dir()).resolve()
     if Path(record.run_dir).resolve().parent != runs:
         raise MemFactoryError(f"run {run_id} lives in {record.run_dir}, outside this workspace's runs folder {runs}")
+    stored = runner.read_launch(runs, run_id)
+    if stored and stored.get("spec"):
+        problems = launch_problems(LaunchSpec.of(stored["spec"]), detect_hardware())
+        if problems:
+            raise MemFactoryError(f"run {run_id} cannot be resumed with its launch here: " + "; ".join(problems))
     try:
         pid = runner.resume_run(run_id, runs_dir=runs)
     except FileNotFoundError as exc:

@@ -6,6 +6,8 @@ so a command that ``accelerate launch`` would read differently fails here, not i
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from pathlib import Path
 
@@ -257,3 +259,40 @@ def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws
     first = (ws / "runs" / run_id / "stdout.log").read_text().splitlines()[0]
     assert first.startswith("$ OMP_NUM_THREADS=1 ") and "--num_processes 2" in first  # the command heads the log
     assert db.list_runs() == [] and not runner.process_tree(pid)
+
+
+def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
+    """A UI that did not launch the run knows only rank 0's pid (from the runs database): abort
+    finds the launcher from the stored launch record and ends the launcher and both ranks."""
+    import time
+
+    from memfactory.tracking.runs import RunsDB
+    from webui import runner
+
+    db = RunsDB(ws / "runs" / "memfactory.db")
+    spec = LaunchSpec(strategy="ddp", num_processes=2, overrides={"steps": 2000, "save_every": 1000})
+    run_id, launcher = runner.start_run(ws / "presets" / "tiny.yaml", runs_dir=ws / "runs", spec=spec)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ((run := db.get(run_id)) and run.pid and (run.step or 0) >= 1):
+            time.sleep(0.5)
+        assert run is not None and run.status == "running", run
+        tree = runner.process_tree(launcher)
+        assert len(tree) == 3 and run.pid in tree and run.pid != launcher  # launcher + 2 ranks; the row has rank 0
+        assert train_view.launcher_pid(ws / "runs", run_id, run.pid) == launcher
+        _, what = train_view.abort(db, train_view.Attached(run_id=run_id))  # no pid: as after a UI restart
+        assert what == "stopped"
+        assert runner._still_running(tree) == {}
+        assert db.get(run_id).status == "aborted"
+        # Resume refuses a launch this machine cannot do (here: a GPU launch on a CPU-only machine)
+        stored = runner.read_launch(ws / "runs", run_id)
+        stored["spec"]["cuda"] = True
+        runner.launch_file(ws / "runs", run_id).write_text(json.dumps(stored))
+        if not train_view.detect_hardware().cuda:
+            from memfactory.errors import MemFactoryError
+
+            with pytest.raises(MemFactoryError, match="cannot be resumed with its launch here"):
+                train_view.resume(db, run_id, train_view.Attached())
+    finally:
+        for pid in runner.process_tree(launcher):
+            os.kill(pid, 9)
