@@ -46,6 +46,7 @@ def app_url(workspace, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("app") / "app.log"
     env = dict(os.environ, MEMFACTORY_WORKSPACE=str(workspace), OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False",
                PYTHONUNBUFFERED="1")
+    env.pop("MEMFACTORY_UI_AUTH", None)  # a login set in the developer's shell would put these tests behind it
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
