@@ -13,7 +13,7 @@ Retries: none at application level — WAL plus ``BEGIN IMMEDIATE`` plus SQLite'
 make a writer wait inside the call instead of failing, so a lock wait shows up as latency
 (p99), never as an error. Any exception is counted as an error (``database is locked`` included).
 
-``python bench/concurrency.py [--bank-procs 4 --bank-ops 300 --runs-writers 2 --runs-steps 150]``
+``python bench/concurrency.py [--bank-procs 4 --bank-ops 300 --runs-writers 2 --runs-steps 1000]``
 The worker functions are also used by ``tests/hardening/test_concurrency.py``, which asserts on
 what they log (the bench only measures).
 """
@@ -235,7 +235,7 @@ def main() -> int:
     parser.add_argument("--bank-procs", type=int, default=4)
     parser.add_argument("--bank-ops", type=int, default=300, help="operations per bank process")
     parser.add_argument("--runs-writers", type=int, default=2)
-    parser.add_argument("--runs-steps", type=int, default=150, help="steps logged per writer")
+    parser.add_argument("--runs-steps", type=int, default=1000, help="steps logged per writer")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

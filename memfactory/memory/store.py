@@ -707,7 +707,7 @@ class MemoryStore:
         ``scope`` is the default for ADDs that name none.
         """
         result = ApplyResult()
-        index = 0
+        index: int | None = 0
         try:
             parsed: list[Operation] = []
             for index, op in enumerate(ops):
@@ -763,6 +763,7 @@ class MemoryStore:
                     else:
                         self._delete_row(o.id, actor, where)
                         result.deleted.append(o.id)
+                index = None  # a failure from here on (the commit: disk full, lock) is no one operation's
         except MemFactoryError as exc:
             if raise_on_error:
                 raise

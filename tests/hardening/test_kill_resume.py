@@ -69,7 +69,9 @@ def _kill_plan(seed: int) -> tuple[str, int, float]:
         return "checkpoint", rng.randint(2, STEPS - 1), 0.0
     if seed == 1:
         return "startup", 0, rng.uniform(0.0, 1.0)
-    return "step", rng.randint(1, STEPS - 2), rng.uniform(0.0, 0.3)
+    # after step k is logged, somewhere in step k+1 (rollout, update, metrics, or its checkpoint);
+    # k <= STEPS - 3 and a short delay keep the kill before the run's end even on an idle machine
+    return "step", rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.12)
 
 
 def _kill_at(proc: subprocess.Popen, run_dir: Path, db: RunsDB, run_id: str, plan: tuple[str, int, float]) -> None:
