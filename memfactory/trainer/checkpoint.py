@@ -247,7 +247,8 @@ _DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "no space
                 errno.EFBIG: "no space left on device (file size limit)", errno.EROFS: "read-only file system",
                 errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 _DISK_TEXTS = {"no space left": errno.ENOSPC, "os error 28": errno.ENOSPC, "disk quota": errno.EDQUOT,
-               "read-only file system": errno.EROFS, "os error 30": errno.EROFS}
+               "read-only file system": errno.EROFS, "os error 30": errno.EROFS, "file too large": errno.EFBIG,
+               "os error 27": errno.EFBIG}
 
 
 def _test_pause(step: int) -> None:

@@ -60,7 +60,8 @@ class TrainingSession:
         self.db = RunsDB(preset.logging.runs_db)
         if resume is not None:
             record = self.db.require(resume)
-            if record.status == "running" and RunsDB.is_alive(record.pid) and record.pid != os.getpid():
+            # process_alive also checks the start time: a recycled pid must not block the resume
+            if record.status == "running" and record.process_alive() and record.pid != os.getpid():
                 raise MemFactoryError(f"run {resume} is still running (pid {record.pid}); abort it before resuming")
             self.run_id = resume
             self.run_dir = RunDir(record.run_dir)

@@ -26,11 +26,15 @@ def train_command(*args: str) -> list[str]:
     return [sys.executable, ENTRY, "train", PRESET, *TRAINING, *args]
 
 
+def train_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """One thread (two cores are shared) and the project importable from any working folder."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(project_root()),
+            **(extra or {})}
+
+
 def spawn(cwd: Path, *args: str, env: dict[str, str] | None = None,
           stderr: int | None = subprocess.DEVNULL) -> subprocess.Popen:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "PYTHONPATH": str(project_root()), **(env or {})}
-    return subprocess.Popen(train_command(*args), cwd=cwd, env=full_env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(train_command(*args), cwd=cwd, env=train_env(env), stdout=subprocess.DEVNULL,
                             stderr=stderr, text=True)
 
 

@@ -2,11 +2,15 @@
 user reads one clear line, not a traceback.
 
 The file systems are real: a size-limited tmpfs mounted for the test (needs root or
-CAP_SYS_ADMIN; without it every test here is skipped with that reason), filled to the last byte
+CAP_SYS_ADMIN; without it those tests are skipped with that reason), filled to the last byte
 while a real trainer is held in the middle of a checkpoint write (``MEMFACTORY_TEST_CHECKPOINT_PAUSE``)
 or remounted read-only between runs. Running as root, ``chmod`` would not stop a write, so
 read-only is a read-only remount. The runs database lives outside the small file system, as it
 would on a separate volume, so the run's failed status and error can be read back.
+
+Where no tmpfs can be mounted, ``test_checkpoint_write_past_a_file_size_limit_...`` still runs
+the same failure path: the trainer runs under RLIMIT_FSIZE (SIGXFSZ ignored), so writing the
+weights file fails with EFBIG exactly where a full disk fails with ENOSPC.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hardening_util import jsonl_steps, missing_files, spawn, wait_for
+from hardening_util import jsonl_steps, missing_files, spawn, train_command, train_env, wait_for
 
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
@@ -200,3 +205,42 @@ def test_memory_bank_on_a_read_only_file_system_is_refused_with_one_line(small_f
         remount(small_fs, "rw")
     with MemoryStore(path, embedder=embedder) as store:
         assert _bank_state(store) == before
+
+
+# exec the command with a file size limit; SIGXFSZ ignored (inherited by exec), so a write past the
+# limit fails with EFBIG instead of killing the process
+LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def test_checkpoint_write_past_a_file_size_limit_keeps_the_previous_one(tmp_path: Path):
+    """No root needed: the weights file (~800 kB) cannot be written under a 400 kB file size limit."""
+    runs = tmp_path / "runs"
+    first = spawn(tmp_path, "--set", "trainer.steps=2", "--runs-dir", str(runs), "--run-id", "fsize")
+    assert first.wait(timeout=300) == 0
+    checkpoints = runs / "fsize" / "checkpoints"
+    weights = (checkpoints / checkpoint_name(2) / "model" / "model.safetensors").read_bytes()
+
+    limited = subprocess.Popen(
+        [sys.executable, "-c", LIMITED, "400000",
+         *train_command("--set", "trainer.steps=4", "--runs-dir", str(runs), "--resume", "fsize")],
+        cwd=tmp_path, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    _, err = limited.communicate(timeout=300)
+    assert limited.returncode == 2
+    assert error_line(err) == (
+        f"error: cannot write checkpoint {checkpoints / checkpoint_name(3)}: no space left on device "
+        f"(file size limit); the previous checkpoint {checkpoint_name(2)} is intact"
+    )
+    assert sorted(p.name for p in checkpoints.iterdir()) == [checkpoint_name(1), checkpoint_name(2)]
+    assert (checkpoints / checkpoint_name(2) / "model" / "model.safetensors").read_bytes() == weights
+    assert RunsDB(runs / "memfactory.db").require("fsize").status == "failed"
+
+    resumed = spawn(tmp_path, "--set", "trainer.steps=4", "--runs-dir", str(runs), "--resume", "fsize",
+                    stderr=subprocess.PIPE)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert f"resumed from {checkpoints / checkpoint_name(2)} (step 2)" in (runs / "fsize" / "stdout.log").read_text()
+    assert jsonl_steps(runs / "fsize" / "metrics.jsonl") == [1, 2, 3, 4]
+    assert RunsDB(runs / "memfactory.db").require("fsize").status == "finished"
