@@ -230,21 +230,21 @@ class Knobs:
         return 4 if self.precision == "fp32" else 2
 
 
-def _knobs(preset: Any, gpus: int, strategy: str, device: str) -> Knobs:
+def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape | None = None) -> Knobs:
+    """The preset's knobs, with the precision resolved by the trainer's own rules."""
     import torch
 
     from memfactory.trainer.precision import load_dtype, resolve_precision
 
-    shape = model_shape(preset.model.path, preset.model.seed)
+    shape = shape or model_shape(preset.model.path, preset.model.seed)
     loaded = load_dtype(preset.trainer.precision, preset.model.dtype)
     if loaded == "auto":
         loaded = shape.dtype
     plan = resolve_precision(preset.trainer.precision, getattr(torch, loaded))
     cfg = preset.trainer
     prompt, response, _ = preset_shape(preset)
-    rollout = cfg.rollout if hasattr(cfg, "rollout") and cfg.rollout is not None else None
-    engine = getattr(rollout, "engine", "policy") if rollout is not None else "policy"
-    engine_dtype = getattr(rollout, "dtype", None) or loaded
+    engine = cfg.rollout.engine
+    engine_dtype = cfg.rollout.dtype or loaded
     lora = cfg.lora
     return Knobs(
         precision=plan.name,
@@ -512,7 +512,7 @@ def estimate_memory(
             "no weights to plan; plan a preset with backend: hf"
         )
     shape = model_shape(preset.model.path, preset.model.seed)
-    k = _knobs(preset, gpus, strat, device)
+    k = _knobs(preset, gpus, strat, device, shape)
     if call_shape is not None:
         k = replace(k, prompt=int(call_shape[0]), response=int(call_shape[1]))
     components, info = _estimate(shape, k)
