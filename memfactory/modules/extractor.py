@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory.modules.llm_module import LLMModule
-from memfactory.modules.memory_ops import Fact, ParseReport, parse_facts
+from memfactory.modules.memory_ops import Fact, ParseReport, parse_facts, valid_text
 from memfactory.registry import register
 from memfactory.text import strip_thinking
 from memfactory.types import SamplingParams, Trajectory
@@ -75,7 +75,7 @@ def lines_as_facts(text: str, limit: int) -> list[Fact]:
     for line in visible.splitlines():
         if len(seen) >= limit:
             break
-        line = line.strip().strip("[]{},\"'").strip()
+        line = valid_text(line.strip().strip("[]{},\"'").strip())  # no lone surrogates into the bank
         if len(line) > 3 and line not in known:
             seen.append(line[:500])
             known.add(line[:500])

@@ -195,10 +195,11 @@ def _text(value: Any) -> str:
             return ""
     else:
         text = str(value).strip()
-    return _valid_text(text)
+    return valid_text(text)
 
 
-def _valid_text(text: str) -> str:
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by "?" (unchanged when it is valid UTF-8)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -236,7 +237,7 @@ def parse_facts(text: Any, *, max_facts: int = 32, max_chars: int = 500) -> tupl
     facts: list[Fact] = []
     for item in items:
         if isinstance(item, str):
-            fact = Fact(value=_valid_text(item.strip()))
+            fact = Fact(value=valid_text(item.strip()))
         elif isinstance(item, dict):
             raw = item.get("value", item.get("fact", item.get("text", item.get("memory"))))
             tags = item.get("tags")
@@ -434,4 +435,5 @@ __all__ = [
     "parse_json",
     "parse_operations",
     "repair_json",
+    "valid_text",
 ]
