@@ -19,6 +19,7 @@ from fuzz_harness import (
     big_outputs,
     big_presets,
     check_data_file,
+    check_data_uri,
     check_output,
     check_preset_file,
     corpus_files,
@@ -90,6 +91,24 @@ def test_python_tags_are_refused_and_never_run(tmp_path: Path, monkeypatch: pyte
         with pytest.raises(ConfigError, match="could not determine a constructor"):
             load_preset(Path(__file__).parent / "corpus" / "presets" / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_override_on_a_preset_that_is_not_a_mapping() -> None:
+    path = Path(__file__).parent / "corpus" / "presets" / "top_level_list.yaml"
+    outcome = check_preset_file(path, ["trainer.lr=1e-4"])
+    assert outcome.kind == "refused" and "expected a mapping at the top level" in outcome.detail
+
+
+def test_synthetic_uris_are_bounded() -> None:
+    for uri, words in (("synthetic://docqa?n=1000000000", "at most 100000"),
+                       ("synthetic://hotpotqa?n=2&docs=99999999", "at most 25600"),
+                       ("synthetic://fwe?n=1&length=99999999", "at most 1048576"),
+                       ("synthetic://locomo?n=-1", "between 1 and 10000"),
+                       ("synthetic://locomo?n=1&sessions=1000000", "between 1 and 1000")):
+        began = time.monotonic()
+        outcome = check_data_uri(uri)
+        assert outcome.kind == "refused" and words in outcome.detail, (uri, outcome.detail)
+        assert time.monotonic() - began < 2.0
 
 
 def test_big_presets(scratch: Path) -> None:
