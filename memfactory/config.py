@@ -406,6 +406,40 @@ def _structure_problems(data: Any) -> list[tuple[str, str]]:
     return []
 
 
+# Fields that name files or folders: each must be a path the file system can take, or every
+# later ``Path.is_file()`` raises OSError (ENAMETOOLONG) instead of answering.
+_PATH_FIELDS = (("model", "path"), ("model", "checkpoint"), ("judge", "path"), ("judge", "checkpoint"),
+                ("env", "data"), ("env", "data_dir"), ("logging", "runs_dir"), ("logging", "runs_db"))
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
+
+
+def _path_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not _is_text(value):
+        return None  # the schema and the text check report those
+    encoded = value.encode("utf-8")
+    if len(encoded) > MAX_PATH_BYTES:
+        return f"is {len(encoded)} bytes long; a path is at most {MAX_PATH_BYTES}"
+    if "\x00" in value:
+        return "holds a NUL character, which no path can"
+    if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in value.replace("\\", "/").split("/")):
+        return f"has a name longer than {MAX_NAME_BYTES} bytes between slashes, which no file system takes"
+    return None
+
+
+def _paths_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for section, key in _PATH_FIELDS:
+        node = data.get(section)
+        if isinstance(node, dict) and (problem := _path_problem(node.get(key))):
+            problems.append((f"{section}.{key}", problem))
+    env = data.get("env")
+    evals = env.get("eval") if isinstance(env, dict) else None
+    for i, name in enumerate(evals if isinstance(evals, list) else []):
+        if problem := _path_problem(name):
+            problems.append((f"env.eval.{i}", problem))
+    return problems
+
+
 def _is_text(value: str) -> bool:
     """False for a string holding a lone surrogate (YAML's "\\ud800"): it cannot be written as UTF-8."""
     try:
@@ -430,7 +464,7 @@ def parse_preset(data: Any, source: str = "<preset>") -> Preset:
         raise ConfigError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     # Checked on the shared objects (linear even for an alias bomb) and reported with everything
     # else; the bomb itself is never expanded, and a preset with one is never returned.
-    structure = _structure_problems(data)
+    structure = _structure_problems(data) or _paths_problems(data)
     numbers = _number_problems(data)
     try:
         preset = Preset.model_validate(data)
@@ -448,7 +482,11 @@ def parse_preset(data: Any, source: str = "<preset>") -> Preset:
 def load_preset(path: str | Path, overrides: list[str] | None = None) -> Preset:
     """Read a YAML preset (safe loader only), apply ``key.path=value`` overrides, validate."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ConfigError(str(path), [("", f"cannot open the file: {exc.strerror}")]) from None
+    if not found:
         raise ConfigError(str(path), [("", "file not found")])
     size = path.stat().st_size
     if size > MAX_PRESET_BYTES:

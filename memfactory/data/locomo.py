@@ -56,7 +56,11 @@ def read_locomo(path: str | Path) -> list[dict[str, Any]]:
     """The raw conversation records of a LoCoMo .json file (a list, or one conversation object)."""
     path = Path(path)
     name = str(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        found = False
+    if not found:
         raise DataError(name, "file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -256,9 +260,11 @@ def is_locomo(path: str | Path) -> bool:
     text = str(path)
     if text.startswith("synthetic://"):
         return urlparse(text).netloc == "locomo"
-    if not text.lower().endswith(".json") or not Path(text).is_file():
+    if not text.lower().endswith(".json"):
         return False
     try:
+        if not Path(text).is_file():
+            return False
         data = json.loads(Path(text).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError covers JSONDecodeError
         return False

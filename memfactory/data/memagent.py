@@ -42,7 +42,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The raw records of a .json / .jsonl / .parquet file; DataError for anything unreadable."""
     path = Path(path)
     name = str(path)
-    if not path.is_file():
+    if not _is_file(path):
         raise DataError(name, "file not found")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -85,6 +85,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise DataError(name, f"expected a JSON object, got {type(record).__name__}", record=i)
     return records
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an OSError) for a name the file system cannot take."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _json_trouble(exc: BaseException) -> str:
@@ -350,7 +358,7 @@ def eval_search_dirs(data_dir: str | Path | None) -> list[Path]:
 def find_eval_set(name: str, data_dir: str | Path | None = "data") -> Path:
     """``eval_50`` / ``eval_fwe_16384`` / a file path -> the file that holds it."""
     direct = Path(name)
-    if direct.suffix.lower() in SUFFIXES and direct.is_file():
+    if direct.suffix.lower() in SUFFIXES and _is_file(direct):
         return direct
     stem = direct.name
     if direct.suffix.lower() in SUFFIXES:
@@ -359,7 +367,7 @@ def find_eval_set(name: str, data_dir: str | Path | None = "data") -> Path:
     for folder in searched:
         for suffix in SUFFIXES:
             candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
     available = sorted(
         {p.stem for folder in searched if folder.is_dir() for p in folder.iterdir() if p.suffix in SUFFIXES}

@@ -29,6 +29,13 @@ from memfactory.registry import register
 from memfactory.types import Sample, Trajectory
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name the file system cannot take (too long, ...) is not a file there
+        return False
+
+
 def find_locomo(name: str, data_dir: str | None) -> str:
     """A file path, a synthetic:// URI, or a set name found in ``data_dir`` / ``data_dir/locomo`` / assets/data."""
     from memfactory.paths import assets_dir
@@ -36,13 +43,13 @@ def find_locomo(name: str, data_dir: str | None) -> str:
     if name.startswith("synthetic://"):
         return name
     direct = Path(name)
-    if direct.is_file():
+    if _is_file(direct):
         return str(direct)
     stem = direct.stem if direct.suffix == ".json" else direct.name
     folders = ([Path(data_dir), Path(data_dir) / "locomo"] if data_dir else []) + [assets_dir() / "data"]
     for folder in folders:
         candidate = folder / f"{stem}.json"
-        if candidate.is_file():
+        if _is_file(candidate):
             return str(candidate)
     raise DataError(
         name,

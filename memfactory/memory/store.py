@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -126,7 +127,7 @@ class Operation:
             key=data.get("key"),
             value=None if data.get("value") is None else str(data.get("value")),
             type=data.get("type"),
-            tags=None if tags is None else [str(t) for t in tags],
+            tags=[str(t) for t in tags] if isinstance(tags, (list, tuple)) else tags,  # else refused by apply
         )
 
 
@@ -151,6 +152,15 @@ def normalise_op(op: str) -> str:
     if name not in OPS:
         raise MemFactoryError(f"unknown memory operation {op!r}; expected one of {', '.join(OPS)}")
     return name
+
+
+def _is_text(value: str) -> bool:
+    """False for a string SQLite cannot store as UTF-8 (a lone surrogate such as JSON's "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _now() -> str:
@@ -225,7 +235,7 @@ class MemoryStore:
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
                 if self.path != ":memory:":
-                    mode = conn.execute("PRAGMA journal_mode=wal").fetchone()[0]
+                    mode = self._switch_to_wal(conn)
                     if str(mode).lower() != "wal":
                         raise sqlite3.OperationalError(f"could not switch to WAL journal mode (got {mode})")
                     conn.execute("PRAGMA synchronous=NORMAL")
@@ -233,6 +243,18 @@ class MemoryStore:
                 conn.close()
                 raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=wal``, retried until the timeout: SQLite answers "locked" at once,
+        without the busy timeout, when two processes switch a fresh file to WAL together."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=wal").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -780,6 +802,15 @@ class MemoryStore:
             self._check_text(o.text, where)
         if o.scope is not None:
             self._check_scope(o.scope, where)
+        # A dict from a model (Operation.from_dict) may carry anything: refuse here, not in SQLite.
+        for name in ("id", "text", "scope", "key", "value", "type"):
+            value = getattr(o, name)
+            if value is not None and not (isinstance(value, str) and _is_text(value)):
+                raise MemFactoryError(f"{where}: {name} must be valid text, got {value!r:.80}")
+        if o.tags is not None and not (
+            isinstance(o.tags, (list, tuple)) and all(isinstance(t, str) and _is_text(t) for t in o.tags)
+        ):
+            raise MemFactoryError(f"{where}: tags must be a list of strings, got {o.tags!r:.80}")
 
     def reembed(self, batch_size: int = 512) -> int:
         """Recomputes every stored embedding with the current embedder (to switch models)."""

@@ -336,6 +336,37 @@ class UpdateBank:
         return outcome
 
 
+    def apply_dicts(self, ops: list[Any]) -> Outcome:
+        """``MemoryStore.apply`` on operation dicts straight from a model (``Operation.from_dict``):
+        a bad batch comes back ``ok=False`` (or a MemFactoryError) and leaves the bank unchanged."""
+        before = self.rows()
+        holder: dict[str, Any] = {}
+        outcome = _guarded(lambda: holder.update(result=self.store.apply(ops, raise_on_error=False)))
+        after = self.rows()
+        result = holder.get("result")
+        if before != after:
+            if result is None or not result.ok:
+                outcome.changed_store = True
+                outcome.detail = f"a refused batch changed the bank: {repr(ops)[:160]}"
+            self.store.restore(self.pristine)
+        return outcome
+
+
+def gen_op_dicts(rng: random.Random) -> list[Any]:
+    """A batch of operation dicts with any field of any kind (what a model's JSON can hold)."""
+    ops: list[Any] = []
+    for _ in range(rng.randrange(1, 4)):
+        op: dict[Any, Any] = {rng.choice(["op", "op", "event"]): rng.choice(
+            ["ADD", "UPDATE", "DELETE", "NONE", "add", "x", None, 5])}
+        for key in ("id", "text", "scope", "key", "value", "type", "tags"):
+            if rng.random() < 0.5:
+                op[key] = rng.choice([gen_weird(rng), "m0", "m1", "m2", "some text", ["tag"]])
+        if rng.random() < 0.1:
+            op[gen_key(rng)] = gen_weird(rng)
+        ops.append(op if rng.random() < 0.95 else gen_weird(rng))
+    return ops
+
+
 # --------------------------------------------------------------------------- corpus
 
 
@@ -661,12 +692,16 @@ def run_corpus(tally: Tally, folder: Path, bank: UpdateBank) -> None:
 
 
 def run_generated(tally: Tally, folder: Path, bank: UpdateBank, n: int, seed: int = 0) -> None:
-    """``n`` generated inputs: 55% model outputs (each also applied to the bank, counted once),
-    20% preset dicts, 10% preset YAML files, 10% data files, 5% synthetic URIs."""
+    """``n`` generated inputs: 45% model outputs (each also applied to the bank, counted once), 10%
+    operation dicts applied to the bank, 20% preset dicts, 10% preset YAML files, 10% data files, 5%
+    synthetic URIs."""
     rng = random.Random(seed)
     for i in range(n):
         roll = rng.random()
-        if roll < 0.55:
+        if roll < 0.1:
+            ops = gen_op_dicts(rng)
+            tally.add(f"generated operation dicts {i} {repr(ops)[:80]}", bank.apply_dicts(ops))
+        elif roll < 0.55:
             text = gen_output(rng)
             outcome = _worst([check_output(text), bank.apply(text)])
             tally.add(f"generated output {i} {text[:80]!r}", outcome)

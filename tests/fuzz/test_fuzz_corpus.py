@@ -15,12 +15,14 @@ from fuzz_harness import (
     SLOW_S,
     UpdateBank,
     _guarded,
+    base_preset,
     big_data,
     big_outputs,
     big_presets,
     check_data_file,
     check_data_uri,
     check_output,
+    check_preset_data,
     check_preset_file,
     corpus_files,
     read_output,
@@ -97,6 +99,22 @@ def test_an_override_on_a_preset_that_is_not_a_mapping() -> None:
     path = Path(__file__).parent / "corpus" / "presets" / "top_level_list.yaml"
     outcome = check_preset_file(path, ["trainer.lr=1e-4"])
     assert outcome.kind == "refused" and "expected a mapping at the top level" in outcome.detail
+
+
+def test_names_no_file_system_takes() -> None:
+    """Found by the fuzzer: a 10000-character model.path made presets validate raise OSError
+    (ENAMETOOLONG) from Path.is_dir(); file arguments that long did the same in the loaders."""
+    data = base_preset()
+    data["model"]["path"] = "x" * 10_000
+    data["env"]["eval"] = ["y" * 300 + ".json", "a\x00b"]
+    outcome = check_preset_data(data)
+    assert outcome.kind == "refused", outcome.detail
+    for words in ("model.path: is 10000 bytes long", "env.eval.0: has a name longer than 255 bytes",
+                  "env.eval.1: holds a NUL character"):
+        assert words in outcome.detail
+    for check, name in ((check_preset_file, "p" * 300 + ".yaml"), (check_data_file, "d" * 300 + ".json")):
+        outcome = check(Path(name))
+        assert outcome.kind == "refused", outcome.detail
 
 
 def test_synthetic_uris_are_bounded() -> None:
@@ -178,6 +196,18 @@ def test_unparseable_outputs_leave_the_bank_row_for_row(bank: UpdateBank) -> Non
         outcome = bank.apply(read_output(Path(__file__).parent / "corpus" / "outputs" / name))
         assert outcome.kind == "accepted" and not outcome.changed_store, (name, outcome.detail)
         assert bank.rows() == pristine, name
+
+
+def test_operation_dicts_of_the_wrong_kind_are_refused_whole(bank: UpdateBank) -> None:
+    """Found by the fuzzer: these raised TypeError / OverflowError / UnicodeEncodeError from SQLite."""
+    pristine = bank.rows()
+    for ops in ([{"op": "ADD", "text": "x", "tags": 5}], [{"op": "ADD", "text": "x", "type": 10**30}],
+                [{"op": "UPDATE", "id": "\udfff", "text": "x"}], [{"op": "ADD", "text": "x", "key": ["k"]}],
+                [{"op": "ADD", "text": "fine"}, {"op": "DELETE", "id": "m0", "tags": 2.5}],
+                [{"op": "ADD", "text": "bad \ud800"}]):
+        result = bank.store.apply(ops, raise_on_error=False)
+        assert not result.ok and result.error.startswith("operation "), (ops, result)
+        assert bank.rows() == pristine, ops
 
 
 def test_a_valid_update_does_change_the_bank(bank: UpdateBank) -> None:

@@ -21,6 +21,7 @@ from fuzz_harness import (
     check_preset_data,
     check_preset_file,
     gen_data_file,
+    gen_op_dicts,
     gen_output,
     gen_preset,
     gen_preset_text,
@@ -93,6 +94,14 @@ def test_any_text_applied_to_the_bank(text: str, bank: UpdateBank) -> None:
     outcome = bank.apply(text)
     assert outcome.ok, outcome.detail
     assert bank.rows() == pristine  # applied or not, the harness hands the bank back as it was
+
+
+@profile(200)
+@given(rng=SEEDS)
+def test_operation_dicts_applied_to_the_bank(rng: random.Random, bank: UpdateBank) -> None:
+    """MemoryStore.apply on dicts as a model writes them: refused batches leave the bank unchanged."""
+    outcome = bank.apply_dicts(gen_op_dicts(rng))
+    assert outcome.ok, outcome.detail
 
 
 # --------------------------------------------------------------------------- presets
