@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -234,7 +235,7 @@ class MemoryStore:
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
                 if self.path != ":memory:":
-                    mode = conn.execute("PRAGMA journal_mode=wal").fetchone()[0]
+                    mode = self._switch_to_wal(conn)
                     if str(mode).lower() != "wal":
                         raise sqlite3.OperationalError(f"could not switch to WAL journal mode (got {mode})")
                     conn.execute("PRAGMA synchronous=NORMAL")
@@ -242,6 +243,18 @@ class MemoryStore:
                 conn.close()
                 raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=wal``, retried until the timeout: SQLite answers "locked" at once,
+        without the busy timeout, when two processes switch a fresh file to WAL together."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=wal").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:

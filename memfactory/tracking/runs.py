@@ -230,9 +230,7 @@ class RunsDB:
         self._local = threading.local()
         with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = self.db
-            if db.journal_mode != "wal":
-                db.enable_wal()
+            self._enable_wal(self.db)
             self._ensure_schema()
 
     # -- connection handling -------------------------------------------------------------------
@@ -249,6 +247,24 @@ class RunsDB:
             db = sqlite_utils.Database(conn)
             self._local.db, self._local.pid = db, os.getpid()
         return db
+
+    def _enable_wal(self, db: sqlite_utils.Database) -> None:
+        """Switch the file to WAL, retrying while another process does the same.
+
+        SQLite answers "database is locked" at once, without the busy timeout, when two processes
+        switch a fresh file to WAL together (a trainer and the UI on a new workspace), so wait here.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if db.journal_mode != "wal":
+                    db.enable_wal()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""

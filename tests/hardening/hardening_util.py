@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memfactory.paths import presets_dir, project_root
+from memfactory.tracking.metrics import read_metrics
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
 ENTRY = str(Path(__file__).with_name("train_entry.py"))
@@ -51,9 +52,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 180.0, proc: subpro
 
 
 def jsonl_steps(path: Path) -> list[int]:
-    if not path.is_file():
-        return []
-    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+    """The steps of a run's metrics/samples file; a line still being written is not counted."""
+    return [record["step"] for record in read_metrics(path).records]
 
 
 def jsonl_records(path: Path) -> dict[int, dict]:

@@ -109,9 +109,14 @@ def test_sigkill_then_resume_continues_from_the_last_complete_checkpoint(
     plan = _kill_plan(seed)
     env = {PAUSE_ENV: f"{plan[1]}:60"} if plan[0] == "checkpoint" else {}
     proc = spawn(tmp_path, *common, "--run-id", run_id, env=env)
-    wait_for(db_path.is_file, proc=proc)
-    db = RunsDB(db_path)
-    _kill_at(proc, run_dir, db, run_id, plan)
+    try:
+        wait_for(db_path.is_file, proc=proc)
+        db = RunsDB(db_path)
+        _kill_at(proc, run_dir, db, run_id, plan)
+    finally:
+        if proc.poll() is None:  # the test failed before its kill: leave no trainer behind
+            proc.kill()
+            proc.wait(30)
 
     # -- what the kill left
     complete = list_checkpoints(run_dir)
