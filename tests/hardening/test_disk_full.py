@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ def _mount(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs at ``tmp_path/fs`` (unmounted afterwards), or a skip saying why not."""
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount/umount command here to make a size-limited tmpfs")
     mount_point = tmp_path / "fs"
     mount_point.mkdir()
     done = _mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point))
