@@ -325,3 +325,25 @@ def test_cpu_estimate_within_30_percent_of_a_real_runs_peak_rss():
     assert result["measured_gib"] > result["loaded_gib"] + 0.3  # the update really cost memory
     assert abs(result["error_pct"]) <= 30, result
     assert abs(result["update_error_pct"]) <= 30, result  # the phase that dominates, at the cap shape
+
+
+def test_a_model_whose_shape_cannot_be_read_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MemFactoryError, match="cannot read its config.json|does not exist locally"):
+        estimate_memory(_preset("tiny_test", "model.path=someone/not-cached-model"), gpu_mem_gib=80)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MemFactoryError, match="no config.json"):
+        estimate_memory(_preset("tiny_test", f"model.path={tmp_path / 'empty'}"), gpu_mem_gib=80)
+    with pytest.raises(MemFactoryError, match="backend: hf"):
+        estimate_memory(_preset("tiny_test", "model.backend=openai", "model.base_url=http://127.0.0.1:9/v1"))
+
+
+def test_a_local_folder_plans_from_its_config_json(tmp_path):
+    """A save_pretrained folder: the shape comes from config.json alone (no weights in the folder)."""
+    from memfactory.backends.sources import resolve_model_path
+
+    source = Path(resolve_model_path("smollm2-135m-instruct")) / "config.json"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    plan = estimate_memory(_preset("tiny_cpu_demo", f"model.path={tmp_path / 'model'}"), gpu_mem_gib=80)
+    assert plan.parameters == model_shape("smollm2-135m-instruct").parameters and plan.fits
