@@ -144,7 +144,17 @@ def _check_accepted_preset(preset: Preset, source: str) -> None:
     text = preset.to_yaml()
     text.encode("utf-8")
     again = parse_preset(yaml.safe_load(text), "<round trip>")
-    assert again == preset, "a preset changed when dumped and reloaded"
+    # The dump leaves out None values (an option set to null reloads as its default): equal means
+    # equal after that, and every component's options resolve to the same settings.
+    assert again.model_dump(exclude_none=True) == preset.model_dump(exclude_none=True), "preset changed on reload"
+    for slot, spec in preset.modules.items():
+        assert (again.component_options(again.modules[slot], "module").model_dump()
+                == preset.component_options(spec, "module").model_dump()), f"modules.{slot} changed on reload"
+    assert (again.component_options(again.env, "env").model_dump()
+            == preset.component_options(preset.env, "env").model_dump()), "env options changed on reload"
+    agent = REGISTRY.get("agent", preset.agent).config
+    assert (agent.model_validate(again.agent_options).model_dump()
+            == agent.model_validate(preset.agent_options).model_dump()), "agent_options changed on reload"
     check_preflight(preset, source)
 
 
