@@ -389,6 +389,7 @@ class MemoryPlan:
     phases: dict[str, float] = field(default_factory=dict)  # update / rollout totals, GiB (no runtime)
     allocated_gib: float = 0.0  # what torch allocates at the peak (compare with max_memory_allocated)
     update_moment: str = ""  # forward | backward | optimizer step: where the update phase peaks
+    budget_gib: float | None = None  # what one process may use: device_gib, or its share of host RAM
     device_label: str = ""
     preset_name: str = ""
     gpus: int = 1
@@ -415,12 +416,15 @@ class MemoryPlan:
         ]
         if self.fits is None:
             lines.append("Verdict: no device memory known; pass --gpu-mem.")
-        elif self.fits:
-            lines.append(f"Verdict: **fits** {self.device_label} ({self.device_gib:.1f} GiB; "
-                         f"{self.device_gib - self.peak_gib:.1f} GiB to spare).")
         else:
-            lines.append(f"Verdict: **does not fit** {self.device_label} ({self.device_gib:.1f} GiB; "
-                         f"{self.peak_gib - self.device_gib:.1f} GiB short).")
+            budget = self.budget_gib if self.budget_gib is not None else self.device_gib
+            share = f"{budget:.1f} GiB per process" if budget != self.device_gib else f"{budget:.1f} GiB"
+            if self.fits:
+                lines.append(f"Verdict: **fits** {self.device_label} ({share}; "
+                             f"{budget - self.peak_gib:.1f} GiB to spare).")
+            else:
+                lines.append(f"Verdict: **does not fit** {self.device_label} ({share}; "
+                             f"{self.peak_gib - budget:.1f} GiB short).")
         if self.advice:
             lines += ["", "What would make it fit:", *(f"- {item}" for item in self.advice)]
         if self.notes:
@@ -450,7 +454,7 @@ def _device_memory(gpus: int, gpu_mem_gib: float | None) -> tuple[str, float | N
     if gpu_mem_gib is not None:
         return "cuda", gpu_mem_gib, f"a {gpu_mem_gib:g} GiB device"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    return "cpu", ram, f"host RAM (no CUDA here; {ram:.1f} GiB)"
+    return "cpu", ram, "host RAM (no CUDA here)"
 
 
 def _resolve_strategy(gpus: int, strategy: str | None) -> str:
@@ -550,7 +554,8 @@ def estimate_memory(
         components={name: round(value, 3) for name, value in components.items()},
         peak_gib=round(peak, 2), device_gib=None if device_gib is None else round(device_gib, 2), fits=fits,
         notes=notes, phases={"update": round(info["update"] / GIB, 2), "rollout": round(info["rollout"] / GIB, 2)},
-        allocated_gib=round(info["allocated"] / GIB, 2), update_moment=info["moment"], device_label=label, preset_name=preset.name,
+        allocated_gib=round(info["allocated"] / GIB, 2), update_moment=info["moment"], device_label=label,
+        budget_gib=None if budget is None else round(budget, 2), preset_name=preset.name,
         gpus=gpus, strategy=strat, parameters=shape.parameters, trained_parameters=int(info["trained"]),
         precision=k.precision,
     )

@@ -142,6 +142,10 @@ def test_static_parts_match_the_h200_measurement():
 @pytest.mark.parametrize("overrides", [
     ["trainer.beta=0.1"],  # full fp32 fine-tuning with a reference copy
     ["trainer.lora={r: 8}", "trainer.beta=0.1"],  # LoRA: no copy
+    # bf16_mixed: fp32 master weights and AdamW state, the reference in the loaded bf16
+    ["model.dtype=bfloat16", "trainer.precision=bf16_mixed", "trainer.beta=0.1"],
+    # bf16_pure: bf16 weights, gradients and AdamW moments (torch's AdamW follows the weights' dtype)
+    ["model.dtype=bfloat16", "trainer.precision=bf16_pure"],
 ])
 def test_static_bytes_match_a_real_trainer(overrides, tmp_path, monkeypatch):
     """Bytes of a real GRPOTrainer's weights, reference, gradients and AdamW state after an update."""
@@ -271,6 +275,10 @@ def test_cli_plan_without_gpu_mem_reports_against_this_machine(capsys):
     out = capsys.readouterr().out
     if not torch.cuda.is_available():
         assert "host RAM" in out and "no CUDA here" in out
+        # Two CPU processes share the host's RAM: each gets half.
+        plan = estimate_memory(_preset("tiny_test"), gpus=2)
+        assert plan.budget_gib == pytest.approx(plan.device_gib / 2, abs=0.01)
+        assert "GiB per process" in plan.to_markdown()
 
 
 @pytest.mark.parametrize(("argv", "message"), [
