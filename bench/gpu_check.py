@@ -261,7 +261,10 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
         raise RuntimeError(f"update at real shape gave {stats}")
     out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
                      **_peak(), **state_gib(trainer)}
-    out["update"].update(planner_estimate(real, prompt, response, out["update"]))
+    try:
+        out["update"].update(planner_estimate(real, prompt, response, out["update"]))
+    except Exception as exc:  # noqa: BLE001 - the estimate is a comparison: the measurement must survive it
+        out["update"]["estimate_error"] = f"{type(exc).__name__}: {exc}"[:500]
     # (b) two whole GRPO steps through the agent
     _reset_peak()
     result = None
