@@ -266,15 +266,22 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     except Exception as exc:  # noqa: BLE001 - the estimate is a comparison: the measurement must survive it
         out["update"]["estimate_error"] = f"{type(exc).__name__}: {exc}"[:500]
     # (b) two whole GRPO steps through the agent
-    _reset_peak()
+    # train_step resets CUDA's peak counters at its start (its hw/ metrics are per step), so the
+    # peak over both steps is the largest of the steps' own figures.
     result = None
+    peaks: dict[str, float | None] = {"peak_gib": None, "reserved_gib": None}
     for _ in range(2):
         result = trainer.train_step()
+        for key, metric in (("peak_gib", "hw/peak_gib"), ("reserved_gib", "hw/rank0/gpu_reserved_gib")):
+            if metric in result.metrics:
+                peaks[key] = round(max(peaks[key] or 0.0, result.metrics[metric]), 2)
+    if not _cuda():
+        peaks = {"peak_gib": None, "reserved_gib": None}  # on CPU hw/peak_gib is RSS, not a device figure
     m = result.metrics
     out["steps"] = {"step_s": round(m["time/step_s"], 2), "rollout_s": round(m["time/rollout_s"], 2),
                     "update_s": round(m["time/update_s"], 2), "tokens": int(m["tokens/total"]),
                     "calls_per_trajectory": round(m["calls_per_trajectory"], 2), "kl": m["kl"],
-                    "capped": not full, **_peak()}
+                    "capped": not full, **peaks}
     del trainer, result, calls
     _free()
     return out
