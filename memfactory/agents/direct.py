@@ -7,7 +7,6 @@ strings come from the sampling params and are passed through untouched).
 
 from __future__ import annotations
 
-import string
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,6 +15,7 @@ from memfactory.agents.base import Agent
 from memfactory.agents.common import check_run
 from memfactory.backends.base import Backend
 from memfactory.calls import model_call, response_tokens
+from memfactory.modules.extractor import check_placeholders
 from memfactory.registry import register
 from memfactory.text import codec_for, context_of, strip_thinking, truncate_text
 from memfactory.types import ChatPrompt, Sample, SamplingParams, Trajectory
@@ -54,18 +54,7 @@ class DirectConfig(BaseModel):
     @field_validator("prompt_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        try:
-            names = {n for _, n, _, _ in string.Formatter().parse(value) if n is not None}
-        except ValueError as exc:
-            raise ValueError(
-                f"prompt_template is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
-            ) from None
-        unknown = sorted(names - {"context", "question"})
-        if unknown:
-            raise ValueError(f"prompt_template has unknown placeholder(s) {unknown}; use {{context}} and {{question}}")
-        if "question" not in names:
-            raise ValueError("prompt_template must contain {question}")
-        return value
+        return check_placeholders(value, {"question"}, {"context", "question"}, "prompt_template")
 
 
 @register(

@@ -31,11 +31,21 @@ def check_placeholders(template: str, required: set[str], allowed: set[str], wha
     import string
 
     try:
-        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+        fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(template) if n is not None]
     except ValueError as exc:
         raise ValueError(
             f"{what} is not a valid format string ({exc}); write a literal brace as {{{{ or }}}}"
         ) from None
+    # A format spec or conversion ("{memory:d}", "{memory!x}", "{memory:{chunk}}") passes the names
+    # check but raises when the prompt is built, mid-rollout: placeholders are plain names only.
+    fancy = sorted({"{" + n + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                    for n, spec, conv in fields if spec or conv})
+    if fancy:
+        raise ValueError(
+            f"{what}: placeholders take no format spec or conversion, got {', '.join(fancy)[:200]}; "
+            "write a literal brace as {{ or }}"
+        )
+    names = {n for n, _, _ in fields}
     unknown = sorted(names - allowed)
     if unknown:
         raise ValueError(

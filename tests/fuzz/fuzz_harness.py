@@ -458,7 +458,8 @@ def big_outputs() -> list[str]:
 # --------------------------------------------------------------------------- generators (seeded)
 
 _UNICODE = ["", " ", "é", "東京", "🦄", "\u202e", "\u200b", "\x00", "\ufeff", "\ud800", "\udfff", "ẑ̸̢", "\n", "\t", '"', "'",
-            "\\", "{", "}", "[", "]", "<think>", "</think>", "\\boxed{", "the answer is", "True", "False", "```json\n", "```"]
+            "\\", "{", "}", "[", "]", "<think>", "</think>", "\\boxed{", "the answer is", "True", "False", "```json\n", "```",
+            "{memory:{chunk}}", "{question!x}", "{memories:d}", "{0}", "{}", "{chunk.__class__}", "{{"]
 
 
 def gen_string(rng: random.Random, max_len: int = 40) -> str:
@@ -505,7 +506,8 @@ def gen_weird(rng: random.Random, depth: int = 0) -> Any:
 
 
 def gen_key(rng: random.Random) -> Any:
-    return rng.choice([gen_string(rng, 8), "type", "steps", "lr", "data", "options", "eval", 1, 2.5, None, True, "🦄"])
+    return rng.choice([gen_string(rng, 8), "type", "steps", "lr", "data", "options", "eval", 1, 2.5, None, True, "🦄",
+                       "update_template", "answer_template", "memory_init", "truncate"])
 
 
 def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
