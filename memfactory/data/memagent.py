@@ -316,7 +316,7 @@ def records_to_samples(
         if fmt is None:
             raise DataError(
                 source,
-                f"unrecognised record shape with fields {sorted(records[0])}; expected MemAgent HotpotQA "
+                f"unrecognised record shape with fields {sorted(map(str, records[0]))}; expected MemAgent HotpotQA "
                 "{context, input, answers}, RULER {context, input, outputs, answer_prefix} or verl "
                 "{context, prompt, reward_model, extra_info}",
                 record=0,

@@ -156,6 +156,22 @@ def _check_accepted_preset(preset: Preset, source: str) -> None:
     assert (agent.model_validate(again.agent_options).model_dump()
             == agent.model_validate(preset.agent_options).model_dump()), "agent_options changed on reload"
     check_preflight(preset, source)
+    _templates_format(preset)
+
+
+class _AnyName(dict):
+    def __missing__(self, key: str) -> str:
+        return "x"
+
+
+def _templates_format(preset: Preset) -> None:
+    """Every prompt template an accepted preset sets can be filled in (what each rollout does)."""
+    options = [preset.component_options(spec, "module") for spec in preset.modules.values()]
+    options.append(REGISTRY.get("agent", preset.agent).config.model_validate(preset.agent_options))
+    for opts in options:
+        for name, value in opts.model_dump().items():
+            if "template" in name and isinstance(value, str):
+                value.format_map(_AnyName())
 
 
 def check_preset_file(path: Path, overrides: list[str] | None = None) -> Outcome:
@@ -430,6 +446,14 @@ def big_data(folder: Path) -> list[Path]:
         else:
             path.write_text(content, encoding="utf-8")
         out.append(path)
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns about the mixed column names: the point of the file
+        pd.DataFrame({1.5: [1], "x": ["y"]}).to_parquet(folder / "mixed_column_names.parquet")
+    out.append(folder / "mixed_column_names.parquet")
     conv = json.loads((CORPUS / "data" / "locomo_valid.json").read_text(encoding="utf-8"))
     conv[0]["conversation"]["session_1"][0]["text"] = "t" * 1_000_000
     (folder / "locomo_turn_1m.json").write_text(json.dumps(conv), encoding="utf-8")

@@ -167,6 +167,7 @@ def test_big_data_files(scratch: Path) -> None:
     assert "nested too deeply" in outcomes["deep_100k.json"].detail
     assert "unreadable parquet file" in outcomes["csv_1m.parquet"].detail
     assert "not UTF-8" in outcomes["binary_1m.json"].detail
+    assert "unrecognised record shape with fields ['1.5', 'x']" in outcomes["mixed_column_names.parquet"].detail
 
 
 @pytest.mark.parametrize("path", OUTPUTS, ids=lambda p: p.name)
