@@ -470,6 +470,9 @@ _DOCQA = {
 
 def gen_docqa(n: int = 64, seed: int = 0, min_docs: int = 3, max_docs: int = 6) -> list[dict[str, Any]]:
     """Short document QA: a few one-line facts about different people, one question, a one-word answer."""
+    most = min(len(_FIRST_NAMES), 90 - 18)  # one person per document; ages are distinct numbers in [18, 90)
+    if not 1 <= min_docs <= max_docs <= most:
+        raise ValueError(f"docqa needs 1 <= min_docs <= max_docs <= {most}, got min_docs={min_docs}, max_docs={max_docs}")
     records = []
     for index in range(n):
         rng = random.Random(f"docqa-{seed}-{index}")
