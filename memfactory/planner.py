@@ -539,10 +539,9 @@ def estimate_memory(
     if device == "cpu":
         notes.append("no CUDA here: the device is host RAM; runtime = the Python/torch process's baseline RSS plus "
                      f"{HOST_FRAGMENTATION:.0%} for glibc keeping freed blocks (peak RSS, not live tensors)")
-        if shape.layers >= 8:
-            notes.append("glibc's dynamic mmap threshold can leave a many-layer model's peak RSS 2-3x above this "
-                         "(freed per-layer temporaries stay in the heap); MALLOC_MMAP_THRESHOLD_=65536 in the "
-                         "environment keeps it near the estimate (bench/plan_calibration.py)")
+        if shape.layers >= 8 and os.environ.get("MEMFACTORY_MALLOC_MMAP_THRESHOLD", "1") == "0":
+            notes.append("MEMFACTORY_MALLOC_MMAP_THRESHOLD=0 keeps glibc's dynamic mmap threshold, which can leave a "
+                         "many-layer model's peak RSS 2-4x above this (freed per-layer temporaries stay in the heap)")
     else:
         notes.append(f"runtime = CUDA context ({CUDA_CONTEXT_GIB} GiB) + {CUDA_FRAGMENTATION:.0%} allocator "
                      "fragmentation (reserved over allocated)")

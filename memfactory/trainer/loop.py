@@ -31,7 +31,7 @@ from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
-from memfactory.trainer import precision, sharding
+from memfactory.trainer import host_memory, precision, sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
 from memfactory.trainer.hardware import HardwareMonitor
@@ -151,6 +151,8 @@ class GRPOTrainer:
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if self.accelerator.device.type == "cpu":  # host RAM is the device: keep freed activations out of the heap
+            host_memory.fix_mmap_threshold()
         precision.require_hardware(self.precision, self.accelerator.device, self.accelerator.mixed_precision)
         precision.warn_if_pure(self.precision, self.cfg.lr)
         sharding.enable_fsdp_on_cpu(self.accelerator)

@@ -85,7 +85,8 @@ def test_open_in_assemble_and_delete(page, workspace, trained_run, tmp_path):
     # trainer.steps sits in a closed accordion (slow to open on a loaded machine): read it off the YAML
     # preview, which Assemble renders from the widgets' values
     page.wait_for_function("() => { const text = document.querySelector('#mf-yaml')?.innerText || '';"
-                           " return text.includes('name: runs_browser_open') && /\\bsteps: 2\\n/.test(text); }")
+                           " return text.includes('name: runs_browser_open') && /\\bsteps: 2\\n/.test(text); }",
+                           timeout=90_000)  # the preview redraws after every widget's change event
     page.screenshot(path=str(tmp_path / "runs_open_in_assemble.png"))
 
     # delete without confirmation: refused, nothing lost
