@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memfactory.errors import ConfigError
 from memfactory.registry import REGISTRY, unknown_name_message
+from memfactory.text import is_utf8_text
 
 # Upper bounds of the numeric fields: generous, but what a run can honour. Floats must be finite
 # everywhere (``allow_inf_nan=False``); every integer must fit SQLite's signed 64 bits, which the
@@ -340,13 +341,13 @@ def _number_problems(data: Any) -> list[tuple[str, str]]:
         path, value = stack.pop()
         if isinstance(value, bool):
             continue
-        if isinstance(value, str) and not _is_text(value):
+        if isinstance(value, str) and not is_utf8_text(value):
             problems.append((path, "not valid Unicode text (holds a lone surrogate such as \\ud800)"))
             continue
         if isinstance(value, dict):
             problems.extend(
                 (f"{path}.{key!r}" if path else repr(key), "this key is not valid Unicode text (a lone surrogate)")
-                for key in value if isinstance(key, str) and not _is_text(key)
+                for key in value if isinstance(key, str) and not is_utf8_text(key)
             )
         if isinstance(value, (dict, list)):
             if id(value) in seen:
@@ -414,7 +415,7 @@ MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
 
 
 def _path_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not _is_text(value):
+    if not isinstance(value, str) or not is_utf8_text(value):
         return None  # the schema and the text check report those
     encoded = value.encode("utf-8")
     if len(encoded) > MAX_PATH_BYTES:
@@ -439,14 +440,6 @@ def _paths_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((f"env.eval.{i}", problem))
     return problems
 
-
-def _is_text(value: str) -> bool:
-    """False for a string holding a lone surrogate (YAML's "\\ud800"): it cannot be written as UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _merge_number_problems(problems: list[tuple[str, str]], numbers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -150,3 +150,13 @@ def context_of(sample: Any) -> str:
             field=f"{sample.id}.context",
         )
     return context
+
+
+def is_utf8_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (YAML's or JSON's "\\ud800"): it cannot be written as
+    UTF-8, so SQLite, files and tokenizers would all fail on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

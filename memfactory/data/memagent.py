@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from memfactory.errors import DataError
+from memfactory.text import is_utf8_text
 from memfactory.types import Sample
 
 SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -163,7 +164,7 @@ class _Checker:
         value = self.get(field, source, prefix=prefix)
         if not isinstance(value, str):
             raise self.fail(prefix + field, f"expected a string, got {type(value).__name__}")
-        if not _is_text(value):
+        if not is_utf8_text(value):
             raise self.fail(prefix + field, "not valid Unicode text (holds a lone surrogate such as \\ud800)")
         if not empty_ok and not value.strip():
             raise self.fail(prefix + field, "empty")
@@ -193,7 +194,7 @@ class _Checker:
                 item = str(item)
             if not isinstance(item, str):
                 raise self.fail(prefix + field, f"expected strings in the list, got {type(item).__name__}")
-            if not _is_text(item):
+            if not is_utf8_text(item):
                 raise self.fail(prefix + field, "not valid Unicode text (holds a lone surrogate such as \\ud800)")
             out.append(item)
         return out
@@ -211,14 +212,6 @@ class _Checker:
             raise self.fail(prefix + field, f"expected an integer, got {_describe(value)}")
         return int(value)
 
-
-def _is_text(value: str) -> bool:
-    """False for a string holding a lone surrogate (JSON's "\\ud800"): it cannot be written as UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _describe(value: Any) -> str:

@@ -35,6 +35,7 @@ import sqlite_utils
 
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import Embedder, get_embedder, l2_normalise
+from memfactory.text import is_utf8_text
 
 OPS = ("ADD", "UPDATE", "DELETE", "NONE")
 _OP_ALIASES = {"NOOP": "NONE", "NO_OP": "NONE", "NOTHING": "NONE", "KEEP": "NONE"}
@@ -153,14 +154,6 @@ def normalise_op(op: str) -> str:
         raise MemFactoryError(f"unknown memory operation {op!r}; expected one of {', '.join(OPS)}")
     return name
 
-
-def _is_text(value: str) -> bool:
-    """False for a string SQLite cannot store as UTF-8 (a lone surrogate such as JSON's "\\ud800")."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _now() -> str:
@@ -805,10 +798,10 @@ class MemoryStore:
         # A dict from a model (Operation.from_dict) may carry anything: refuse here, not in SQLite.
         for name in ("id", "text", "scope", "key", "value", "type"):
             value = getattr(o, name)
-            if value is not None and not (isinstance(value, str) and _is_text(value)):
+            if value is not None and not (isinstance(value, str) and is_utf8_text(value)):
                 raise MemFactoryError(f"{where}: {name} must be valid text, got {value!r:.80}")
         if o.tags is not None and not (
-            isinstance(o.tags, (list, tuple)) and all(isinstance(t, str) and _is_text(t) for t in o.tags)
+            isinstance(o.tags, (list, tuple)) and all(isinstance(t, str) and is_utf8_text(t) for t in o.tags)
         ):
             raise MemFactoryError(f"{where}: tags must be a list of strings, got {o.tags!r:.80}")
 
