@@ -242,3 +242,18 @@ def test_a_new_form_starts_from_smollm2_but_presets_keep_the_schema_default():
     tiny = list(form.defaults())
     tiny[index] = "tiny://qwen3-mini"
     assert check(form, tiny)[1].model.path == "tiny://qwen3-mini"
+
+
+def test_assemble_plans_the_preview_and_reports_mistakes_in_place():
+    """The Assemble tab's "Will it fit?" panel: the planner on the YAML preview, user mistakes as text."""
+    from memfactory.paths import presets_dir
+    from webui.tabs.assemble import plan_for_preview
+
+    text = (presets_dir() / "memagent_qwen3_4b.yaml").read_text(encoding="utf-8")
+    verdict = plan_for_preview(text, 1, "80")
+    assert "not fit" in verdict.lower() or "does not fit" in verdict.lower(), verdict
+    assert "fsdp" in verdict.lower() or "lora" in verdict.lower()  # names a knob to turn
+    assert "fits" in plan_for_preview(text, 1, "141").lower()
+    assert "must be a number" in plan_for_preview(text, 1, "lots")
+    assert "Assemble a valid preset first" in plan_for_preview("", 1, "")
+    assert "Cannot plan" in plan_for_preview("trainer: [unclosed\nx: 1\n", 1, "")

@@ -129,6 +129,20 @@ def load_file(form: PresetForm, path: Path) -> tuple[list[Any], list[str]]:
 # --------------------------------------------------------------------------- the tab
 
 
+def plan_for_preview(yaml_text: str, gpus: Any, gpu_mem: str) -> str:
+    """The memory planner on the preset being assembled (its YAML preview, never a path from the page)."""
+    from memfactory.planner import plan_markdown
+
+    if not yaml_text or "\n" not in yaml_text.strip():
+        return "Assemble a valid preset first: the plan is made from its YAML preview."
+    try:
+        count = int(gpus or 1)
+        mem = float(gpu_mem) if str(gpu_mem or "").strip() else None
+    except (TypeError, ValueError):
+        return f"GiB per device must be a number (got {gpu_mem!r}); leave it empty to use the detected memory."
+    return plan_markdown(yaml_text, gpus=count, gpu_mem_gib=mem)
+
+
 def build(ctx: UIContext) -> None:
     form = build_form()
     labels = ctx.labels
@@ -224,6 +238,14 @@ def build(ctx: UIContext) -> None:
                 labels.add(cli, "cli")
                 download = gr.DownloadButton(t("download"), elem_id="mf-download", interactive=False)
                 labels.add(download, "download", "value")
+                with gr.Accordion("Will it fit? (memory planner)", open=False, elem_id="mf-plan-acc"):
+                    with gr.Row():
+                        plan_gpus = gr.Number(value=1, precision=0, minimum=1, label="GPUs (processes)",
+                                              elem_id="mf-plan-gpus")
+                        plan_mem = gr.Textbox(value="", placeholder="detected", label="GiB per device",
+                                              elem_id="mf-plan-mem")
+                    plan_btn = gr.Button("Estimate peak memory", elem_id="mf-plan")
+                    plan_md = gr.Markdown(elem_id="mf-plan-out")
                 with gr.Group():
                     save_name = gr.Textbox(label=t("save_name"), placeholder="my_preset", elem_id="mf-save-name")
                     labels.add(save_name, "save_name")
@@ -321,6 +343,8 @@ def build(ctx: UIContext) -> None:
         except MemFactoryError:
             save_as = ""
         return loaded(values, notes, Path(path), save_as)
+
+    plan_btn.click(plan_for_preview, [yaml_code, plan_gpus, plan_mem], plan_md)
 
     load_outputs = [status, save_name, *widgets]
     load_btn.click(on_load, choices, load_outputs)
