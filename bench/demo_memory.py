@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -39,11 +38,12 @@ def child(variant: str, steps: int, workdir: str) -> None:
     os.chdir(workdir)
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
+    from memfactory.trainer.hardware import peak_rss_gib
     from memfactory.trainer.loop import GRPOTrainer
 
     preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml", [*VARIANTS[variant], f"trainer.steps={steps}"])
     trainer = GRPOTrainer(preset)
-    loaded_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loaded_mb = peak_rss_gib() * 1024  # VmHWM: ru_maxrss would carry over the parent's peak
     rows = []
     for _ in range(steps):
         m = trainer.train_step().metrics
@@ -51,7 +51,7 @@ def child(variant: str, steps: int, workdir: str) -> None:
     cfg = preset.trainer
     print(json.dumps({"checkpointing": cfg.gradient_checkpointing, "micro_batch_size": cfg.micro_batch_size,
                       "loaded_rss_mb": round(loaded_mb),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "steps": rows}))
+                      "peak_rss_mb": round(peak_rss_gib() * 1024), "steps": rows}))
 
 
 def main() -> None:

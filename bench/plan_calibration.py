@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,10 @@ FAST = ["trainer.steps=1", "trainer.save_every=1000", "trainer.sample_every=1000
 
 
 def _rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
+    """This child's own peak RSS (VmHWM: ru_maxrss would carry over the parent's peak, e.g. pytest's)."""
+    from memfactory.trainer.hardware import peak_rss_gib
+
+    return peak_rss_gib()
 
 
 def baseline_child() -> dict:

@@ -319,8 +319,9 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
     residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
     layer = tokens * layer_activation_bytes(shape, a, residual)
-    # Backward holds one layer's saved tensors (recomputed under checkpointing) and as much again
-    # in their gradients: measured on CPU, about two layers' worth over what stays saved.
+    # Backward of a layer holds its saved tensors and about as much again in their gradients. Without
+    # checkpointing the saved tensors are already in ``saved``, so only the gradients come on top;
+    # under checkpointing the layer's tensors are recomputed, so both do.
     working = layer
     if k.checkpointing:
         saved = shape.layers * tokens * shape.hidden * residual  # each layer's input
@@ -336,7 +337,7 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     step_temp = static["trained"] * k.master_bytes / shards if k.device == "cuda" else 0.0
     fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
     fwd_dyn = max(working if k.checkpointing else 0.0, 3 * unit)
-    bwd_dyn = max(4 * unit, 2 * working)
+    bwd_dyn = max(4 * unit, (2 if k.checkpointing else 1) * working)
     forward = fixed + cast_cache + saved + fwd_dyn
     backward = fixed + saved + bwd_dyn
     step = fixed + step_temp

@@ -8,7 +8,8 @@ Keys (the Train tab plots exactly these; do not rename):
 
 * ``hw/rank{r}/rss_gib``: resident memory now (``/proc/self/statm``; ``ru_maxrss`` where there
   is no /proc);
-* ``hw/rank{r}/peak_rss_gib``: the process's peak resident memory so far (``ru_maxrss``);
+* ``hw/rank{r}/peak_rss_gib``: the process's peak resident memory so far (``VmHWM``, see
+  :func:`peak_rss_gib`);
 * ``hw/rank{r}/cpu_percent``: process CPU time / wall time × 100 since the previous step (all
   threads: 2 busy threads read 200);
 * on CUDA: ``hw/rank{r}/gpu_allocated_gib`` and ``hw/rank{r}/gpu_reserved_gib`` (the peaks of
@@ -36,7 +37,19 @@ PEAK_KEY = "hw/peak_gib"
 
 
 def peak_rss_gib() -> float:
-    """The process's peak resident set size in GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """The process's peak resident set size in GiB.
+
+    Linux: ``VmHWM`` from /proc/self/status, the high-water mark of this program's own memory.
+    Not ``ru_maxrss``: Linux carries it over fork and exec, so a trainer started by a 2 GB parent
+    (the web UI, pytest) reported the parent's peak as its own. Elsewhere ``ru_maxrss`` (KiB on
+    Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / GIB  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / GIB if sys.platform == "darwin" else maxrss * 1024 / GIB
 
