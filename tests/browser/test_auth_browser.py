@@ -9,18 +9,13 @@ and every page shows the warning banner.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from app_process import start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
@@ -28,52 +23,6 @@ USER, PASSWORD = "alice", "correct horse: battery staple"  # a colon inside: spl
 OTHER_USER, OTHER_PASSWORD = "bob", "b0b-Pa55"
 # Each tab and an element only its content holds.
 TABS = {"Assemble": "#mf-yaml", "Train": "#mf-train-start", "Playground": "#mf-pg-n", "Runs": "#mf-runs-refresh"}
-
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = float(os.environ.get("MEMFACTORY_UI_START_TIMEOUT", "120"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_app(args: list[str], workspace: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``python app.py --port <free> ARGS``; its loopback URL once ``/`` answers (the login page counts)."""
-    port = _free_port()
-    env = dict(os.environ, MEMFACTORY_WORKSPACE=str(workspace), OMP_NUM_THREADS="1",
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    env.pop("MEMFACTORY_UI_AUTH", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(process)
-            pytest.fail(f"app.py did not answer on {url} within {START_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +33,12 @@ def auth_app(workspace, tmp_path_factory) -> Iterator[str]:
     creds.write_text(f"# MemFactory UI logins\n\n{USER}:{PASSWORD}\n")
     creds.chmod(0o600)
     log_path = folder / "app.log"
-    process, url = _start_app(["--auth-file", str(creds), "--auth", f"{OTHER_USER}:{OTHER_PASSWORD}"],
-                              workspace, log_path)
+    process, url = start_app(workspace, log_path,
+                             ["--auth-file", str(creds), "--auth", f"{OTHER_USER}:{OTHER_PASSWORD}"])
     try:
         yield url
     finally:
-        _stop(process)
+        stop_app(process)
     log = log_path.read_text()
     assert PASSWORD not in log and OTHER_PASSWORD not in log  # never printed, not even by gradio
 
@@ -207,7 +156,7 @@ def test_wrong_password_is_refused_and_a_login_opens_every_tab(browser, auth_app
 
 
 def test_insecure_on_every_interface_starts_with_a_banner(browser, workspace, tmp_path):
-    process, url = _start_app(["--host", "0.0.0.0", "--insecure"], workspace, tmp_path / "app.log")
+    process, url = start_app(workspace, tmp_path / "app.log", ["--host", "0.0.0.0", "--insecure"])
     try:
         page = browser.new_page()
         page.set_default_timeout(30_000)
@@ -224,5 +173,5 @@ def test_insecure_on_every_interface_starts_with_a_banner(browser, workspace, tm
         finally:
             page.close()
     finally:
-        _stop(process)
+        stop_app(process)
     assert "WARNING: serving the web UI WITHOUT a login" in (tmp_path / "app.log").read_text()

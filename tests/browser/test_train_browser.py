@@ -10,26 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from app_process import start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = float(os.environ.get("MEMFACTORY_UI_START_TIMEOUT", "120"))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class App:
@@ -42,37 +32,12 @@ class App:
         self.starts = 0
 
     def start(self) -> str:
-        port = _free_port()
         self.starts += 1
-        log_path = self.log_dir / f"app{self.starts}.log"
-        env = dict(os.environ, MEMFACTORY_WORKSPACE=str(self.workspace), OMP_NUM_THREADS="1",
-                   GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"app.py exited with {self.process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
-                    if response.status == 200:
-                        return self.url
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {START_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        self.process, self.url = start_app(self.workspace, self.log_dir / f"app{self.starts}.log")
+        return self.url
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_app(self.process)
         self.process = None
 
 
