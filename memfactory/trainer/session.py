@@ -161,18 +161,14 @@ class TrainingSession:
             log.error("%s", exc)
             self._finish("failed", str(exc))
             raise
-        except OSError as exc:
-            cause = disk_error(exc)
-            if cause is None:
-                log.error("training crashed:\n%s", traceback.format_exc())
-                self._finish("failed", f"{type(exc).__name__}: {exc}")
-                raise
-            # a full or read-only disk is the user's to fix: one line, not a traceback
-            message = f"cannot write to run folder {self.run_dir.path}: {cause} ({exc})"
-            log.error("%s", message)
-            self._finish("failed", message)
-            raise MemFactoryError(message) from exc
         except Exception as exc:
+            cause = disk_error(exc) if isinstance(exc, OSError) else None
+            if cause is not None:
+                # a full or read-only disk is the user's to fix: one line, not a traceback
+                message = f"cannot write to run folder {self.run_dir.path}: {cause} ({exc})"
+                log.error("%s", message)
+                self._finish("failed", message)
+                raise MemFactoryError(message) from exc
             log.error("training crashed:\n%s", traceback.format_exc())
             self._finish("failed", f"{type(exc).__name__}: {exc}")
             raise
