@@ -1,0 +1,129 @@
+"""The demo's held-out accuracy over several seeds, this tree against an earlier revision.
+
+Issue 18's no-regression check: one training run per seed in each version (`memfactory demo
+--no-eval --set trainer.seed=S`), the earlier one from a `git worktree` of ``--ref`` run with its
+own code, then every checkpoint scored by *this* tree's `memfactory eval` under one protocol
+(`--sets eval_docqa --k 4 --temperature 0.7 --metric sub_em`), so both versions meet the same
+yardstick. Prints avg@k per seed, the mean and standard deviation per version, and the difference
+with its standard error (Welch).
+
+    OMP_NUM_THREADS=1 python bench/demo_seeds.py --seeds 1 2 3 --ref 0a6fa67^
+
+The two versions' runs go side by side (``--parallel``, default on) so that two cores finish
+both in the time of one; each run is a subprocess with its own runs folder under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_ARGS = ["--sets", "eval_docqa", "--k", "4", "--temperature", "0.7", "--metric", "sub_em", "--no-progress"]
+
+
+def worktree(ref: str, workdir: Path) -> Path:
+    """A checkout of ``ref`` under ``workdir`` (made once; reused when it is already there)."""
+    path = workdir / "ref_tree"
+    if not (path / "memfactory").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True)
+    return path
+
+
+def train(tree: Path, seed: int, runs_dir: Path, log: Path) -> Path:
+    """One demo run of ``tree``'s own code; returns its run folder."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [
+        sys.executable, "-m", "memfactory", "demo", "--no-eval",
+        "--set", f"trainer.seed={seed}",
+        "--set", f"logging.runs_dir={runs_dir}",
+        "--set", f"logging.runs_db={runs_dir / 'memfactory.db'}",
+    ]  # fmt: skip
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        done = subprocess.run(cmd, check=False, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    found = re.search(r"run folder: (\S+)", text)
+    if done.returncode != 0 or not found:
+        raise SystemExit(f"training {tree} seed {seed} failed (exit {done.returncode}); see {log}")
+    run = Path(found.group(1))
+    return run if run.is_absolute() else tree / run
+
+
+def evaluate(checkpoint: str, out: Path, log: Path) -> float:
+    """avg@k of ``checkpoint`` (a run folder, or ``none`` for the base model) with this tree's eval."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable, "-m", "memfactory", "eval", str(ROOT / "presets" / "tiny_cpu_demo.yaml"),
+        "--checkpoint", checkpoint, "--data-dir", str(ROOT / "assets" / "data"), "--out", str(out), *EVAL_ARGS,
+    ]  # fmt: skip
+    with log.open("w") as sink:
+        done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"eval of {checkpoint} failed (exit {done.returncode}); see {log}")
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()]
+    return statistics.fmean(float(r["score"]) for r in records)
+
+
+def one_version(label: str, tree: Path, seeds: list[int], workdir: Path) -> dict[int, float]:
+    scores = {}
+    for seed in seeds:
+        folder = workdir / label / f"seed{seed}"
+        cached = folder / "score.json"
+        if cached.is_file():
+            scores[seed] = json.loads(cached.read_text())["sub_em"]
+            continue
+        start = time.time()
+        run = train(tree, seed, folder / "runs", folder / "train.log")
+        scores[seed] = evaluate(str(run), folder / "eval", folder / "eval.log")
+        cached.write_text(json.dumps({"sub_em": scores[seed], "run": str(run), "wall_s": time.time() - start}))
+        print(f"{label} seed {seed}: sub_em avg@4 {scores[seed]:.4f} ({time.time() - start:.0f} s)", flush=True)
+    return scores
+
+
+def summary(scores: dict[int, float]) -> tuple[float, float]:
+    values = list(scores.values())
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--ref", default="0a6fa67^", help="the earlier revision to compare with")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/memfactory_demo_seeds"))
+    parser.add_argument("--base", action="store_true", help="also score the untrained model once")
+    parser.add_argument("--sequential", action="store_true", help="one version after the other")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    trees = {"current": ROOT, "ref": worktree(args.ref, args.workdir)}
+    with ThreadPoolExecutor(max_workers=1 if args.sequential else 2) as pool:
+        jobs = {label: pool.submit(one_version, label, tree, args.seeds, args.workdir) for label, tree in trees.items()}
+        results = {label: job.result() for label, job in jobs.items()}
+    if args.base:
+        base_dir = args.workdir / "base"
+        base_dir.mkdir(exist_ok=True)
+        print(f"base (untrained): sub_em avg@4 {evaluate('none', base_dir / 'eval', base_dir / 'eval.log'):.4f}")
+    print(f"\n| version | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | sd |")
+    print(f"|---|{'---|' * len(args.seeds)}---|---|")
+    for label, scores in results.items():
+        mean, sd = summary(scores)
+        name = "this tree" if label == "current" else f"`{args.ref}`"
+        print(f"| {name} | {' | '.join(f'{scores[s]:.4f}' for s in args.seeds)} | {mean:.4f} | {sd:.4f} |")
+    (m1, s1), (m0, s0) = summary(results["current"]), summary(results["ref"])
+    n = len(args.seeds)
+    se = math.sqrt(s1**2 / n + s0**2 / n)
+    print(f"\ndifference this tree - ref: {m1 - m0:+.4f} (standard error {se:.4f}, {len(args.seeds)} seeds each)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
