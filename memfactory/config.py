@@ -151,6 +151,13 @@ class TrainerConfig(Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: far less memory, ~30% more compute"
     )
+    shared_prompt_forward: bool = Field(
+        True,
+        description="In the policy update, score the rows of a micro-batch that share one prompt (a GRPO group) "
+        "with one forward of the prompt and its KV cache repeated for the rows; same values and gradients. "
+        "Applies to single-process (not DDP/FSDP) training without gradient checkpointing, and to no-grad "
+        "old/reference scoring always; step metric update/shared_prompt_fraction",
+    )
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout engine and its weight sync")
     save_every: int = Field(20, ge=1, le=MAX_STEPS, description="Checkpoint every N steps")

@@ -4,17 +4,22 @@ Layout (the same as TRL's GRPO trainer and as generation uses): prompts are left
 common width ``P`` and responses right-padded to ``R``, so every response starts at column ``P``
 and the logits that predict it are the contiguous slice ``[P - 1, P + R - 1)``. Token ids come
 straight from ``ModelCall`` (the sampled ids), never from re-tokenising text.
+
+A chunk whose rows all share one prompt (a GRPO group) can run that prompt once and only the
+responses per row: :func:`_shared_prompt_logprobs`, same values and gradients as the plain path.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from memfactory.trainer import sharding
 from memfactory.types import ModelCall
 
 
@@ -151,17 +156,24 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (possibly PEFT- and DDP-wrapped) model's forward takes ``logits_to_keep``."""
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a (possibly PEFT- and DDP-wrapped) model."""
     # DDP's forward is (*inputs, **kwargs) and passes keyword arguments on to .module
     target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     get_base = getattr(target, "get_base_model", None)
-    if callable(get_base):
-        target = get_base()
+    return get_base() if callable(get_base) else target
+
+
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
     try:
-        return "logits_to_keep" in inspect.signature(target.forward).parameters
+        return set(inspect.signature(_base_model(model).forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (possibly PEFT- and DDP-wrapped) model's forward takes ``logits_to_keep``."""
+    return "logits_to_keep" in _forward_parameters(model)
 
 
 def token_logprobs(
@@ -170,6 +182,8 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
+    shared_prompt: bool = True,
+    stats: dict[str, int] | None = None,
 ) -> Tensor:
     """``[N, R]`` log-prob of each response token under ``model`` (0 on padding), differentiable.
 
@@ -179,6 +193,11 @@ def token_logprobs(
     left-padded row scores like the same row unpadded. Only the response slice of the logits is
     ever materialised (``logits_to_keep`` when the model supports it); ``micro_batch_size``
     bounds how many rows go through one forward (each chunk trimmed to the columns it needs).
+
+    ``shared_prompt``: a chunk whose rows all carry the same prompt (a GRPO group) runs that
+    prompt through the model once, see :func:`_shared_prompt_logprobs`; same values and
+    gradients. ``stats``, when given, counts ``rows`` scored and ``shared_rows`` among them that
+    took the shared path.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for scoring, got {temperature}")
@@ -188,15 +207,34 @@ def token_logprobs(
         return torch.zeros((n, R), dtype=torch.float32, device=device)
     size = micro_batch_size or n
     keep_kw = _accepts_logits_to_keep(model)
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    share = shared_prompt and _may_share_prompt(model, checkpointed)
     parts = []
-    for start in range(0, n, size):
-        chunk = batch.select(slice(start, start + size))
-        if chunk.response_width == 0:  # only empty responses in this chunk: nothing to score
-            parts.append(torch.zeros((chunk.num_rows, R), dtype=torch.float32, device=device))
-            continue
-        logps = _chunk_logprobs(model, chunk, temperature, keep_kw)
-        parts.append(torch.nn.functional.pad(logps, (0, R - chunk.response_width)))
+    # Without gradients checkpointing saves nothing; off, every transformers version keeps the cache.
+    with _checkpointing_off(checkpointed if share else []):
+        for start in range(0, n, size):
+            chunk = batch.select(slice(start, start + size))
+            if chunk.response_width == 0:  # only empty responses in this chunk: nothing to score
+                parts.append(torch.zeros((chunk.num_rows, R), dtype=torch.float32, device=device))
+                continue
+            if share and _one_prompt(chunk):
+                logps = _shared_prompt_logprobs(model, chunk, temperature, keep_kw)
+                if stats is not None:
+                    stats["shared_rows"] = stats.get("shared_rows", 0) + chunk.num_rows
+            else:
+                logps = _chunk_logprobs(model, chunk, temperature, keep_kw)
+            if stats is not None:
+                stats["rows"] = stats.get("rows", 0) + chunk.num_rows
+            parts.append(torch.nn.functional.pad(logps, (0, R - chunk.response_width)))
     return torch.cat(parts, dim=0)
+
+
+def _response_logprobs(logits: Tensor, chunk: TokenBatch, temperature: float) -> Tensor:
+    """``[n, R]`` log-probs of the response tokens from the ``[n, R, V]`` logits that predict them."""
+    logits = logits.float() / temperature
+    targets = chunk.response_ids.unsqueeze(-1)
+    logps = torch.gather(logits, -1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logps * chunk.response_mask.to(logps.dtype)
 
 
 def _chunk_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperature: float, keep_kw: bool) -> Tensor:
@@ -211,7 +249,83 @@ def _chunk_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperature: floa
         kwargs["logits_to_keep"] = R + 1
     logits = model(**kwargs).logits
     logits = logits[:, -(R + 1) : -1, :]  # positions P-1 .. P+R-2 predict response tokens 0 .. R-1
-    logits = logits.float() / temperature
-    targets = chunk.response_ids.unsqueeze(-1)
-    logps = torch.gather(logits, -1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logps * chunk.response_mask.to(logps.dtype)
+    return _response_logprobs(logits, chunk, temperature)
+
+
+def _may_share_prompt(model: torch.nn.Module, checkpointed: list[torch.nn.Module]) -> bool:
+    """Whether ``model`` may score a chunk as one prompt forward + one response forward.
+
+    Not where two forwards before one backward are unsafe: a DDP-wrapped or FSDP-sharded model
+    (their hooks expect one forward per backward). Not for a checkpointed model under grad:
+    transformers drops the cache in checkpointed layers, and keeping it would hold the prompt's
+    activations that checkpointing exists to free. Under no_grad (old/reference scoring)
+    checkpointing saves nothing and is switched off for the call.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or sharding.is_sharded(model):
+        return False
+    if torch.is_grad_enabled() and any(m.training for m in checkpointed):
+        return False
+    params = _forward_parameters(model)
+    return "cache" in params or "past_key_values" in params
+
+
+@contextmanager
+def _checkpointing_off(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Clear ``gradient_checkpointing`` on ``modules`` for the block (no-grad scoring only)."""
+    for m in modules:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.gradient_checkpointing = True
+
+
+def _one_prompt(chunk: TokenBatch) -> bool:
+    """At least two rows, all with the same prompt (same tokens at the same columns), of >= 2 tokens."""
+    P = chunk.prompt_width
+    if chunk.num_rows < 2 or P < 2:
+        return False
+    mask = chunk.attention_mask[:, :P]
+    ids = chunk.input_ids[:, :P].masked_fill(mask == 0, 0)
+    return bool((mask == mask[:1]).all() and (ids == ids[:1]).all() and mask[0, :-1].any())
+
+
+def _shared_prompt_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperature: float, keep_kw: bool) -> Tensor:
+    """:func:`_chunk_logprobs` for a chunk whose rows share one prompt, running that prompt once.
+
+    Why: a GRPO group is G samples of one prompt and the update's micro-batches are consecutive
+    rows, so a micro-batch of the direct agent usually holds rows of one long prompt with short
+    responses (the CPU demo: 191 prompt tokens, 16 response tokens); the plain path runs the
+    prompt once per row. Here the prompt but its last token runs once, for one row, with grad (its
+    keys/values carry gradients into the weights, LoRA included); its KV cache is repeated for the
+    rows (``repeat_interleave``: the rows' gradients add up on the one prompt), and only
+    [last prompt token + response] runs per row on top, at the same positions and under the same
+    mask as in the plain forward. Same values and gradients (fp32: ~1e-6 apart, summation order).
+    """
+    from transformers import DynamicCache
+
+    n, P, R = chunk.num_rows, chunk.prompt_width, chunk.response_width
+    positions = position_ids_from_mask(chunk.attention_mask)
+    cache_kw = "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+    cache = DynamicCache(config=_base_model(model).config)
+    prefix = {
+        "input_ids": chunk.input_ids[:1, : P - 1],
+        "attention_mask": chunk.attention_mask[:1, : P - 1],
+        "position_ids": positions[:1, : P - 1],
+        cache_kw: cache,
+        "use_cache": True,
+    }
+    if keep_kw:
+        prefix["logits_to_keep"] = 1  # only the cache is needed
+    model(**prefix)
+    cache.batch_repeat_interleave(n)
+    # Last prompt token + response but its last token: R positions that predict the R response tokens.
+    logits = model(
+        input_ids=chunk.input_ids[:, P - 1 : P + R - 1],
+        attention_mask=chunk.attention_mask[:, : P + R - 1],
+        position_ids=positions[:, P - 1 : P + R - 1],
+        use_cache=True,
+        **{cache_kw: cache},
+    ).logits
+    return _response_logprobs(logits, chunk, temperature)

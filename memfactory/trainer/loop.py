@@ -312,12 +312,14 @@ class GRPOTrainer:
                     # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
                     if cfg.num_iterations > 1:
                         old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
-                                             micro_batch_size=cfg.micro_batch_size)
+                                             micro_batch_size=cfg.micro_batch_size,
+                                             shared_prompt=cfg.shared_prompt_forward)
                     if cfg.beta > 0:
                         with self.reference_context():
                             ref = token_logprobs(self.reference_model(), batch,
                                                  temperature=max(cfg.temperature, 1e-6),
-                                                 micro_batch_size=cfg.micro_batch_size)
+                                                 micro_batch_size=cfg.micro_batch_size,
+                                                 shared_prompt=cfg.shared_prompt_forward)
                 prepared.append((batch, adv, old, ref))
         micro = [
             (batch, adv, old, ref, slice(start, start + cfg.micro_batch_size))
@@ -331,6 +333,7 @@ class GRPOTrainer:
             return {}  # no rank has anything to train on: all skip the optimizer step together
         total_seqs = int(total_seqs)
         passes = int(dist.all_reduce(acc, [float(len(micro))], op="max")[0]) if world > 1 else len(micro)
+        scored: dict[str, int] = {}  # rows of the grad passes, and those scored with a shared prompt forward
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             for k in range(passes):
@@ -346,7 +349,8 @@ class GRPOTrainer:
                     mb = batch.select(index)
                     width = mb.response_width  # trimming only drops trailing padding columns
                     with self.autocast():  # the forward in bf16 under bf16_mixed; backward outside it
-                        logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6))
+                        logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6),
+                                               shared_prompt=cfg.shared_prompt_forward, stats=scored)
                         old_logps = old[index, :width] if old is not None else logps.detach()
                         loss, parts = grpo_loss(
                             logps,
@@ -395,6 +399,8 @@ class GRPOTrainer:
             stats = merged | {"grad_norm": stats["grad_norm"]}
         out = {key: float(np.mean(values)) for key, values in stats.items()}
         out["loss"] = loss_sum / cfg.num_iterations
+        # This rank's share of update rows whose prompt ran once per micro-batch (step metric update/...).
+        out["shared_prompt_fraction"] = scored.get("shared_rows", 0) / max(scored.get("rows", 0), 1)
         return out
 
     def train_step(self) -> StepResult:
