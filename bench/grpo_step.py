@@ -21,7 +21,7 @@ optimizer). The first ``--warmup`` steps of each are dropped; the median of the 
 ``--model smollm2-135m-instruct`` measures the real CPU demo instead: SmolLM2-135M-Instruct (a copy
 with the same never-sampled EOS), the prompts of ``presets/tiny_cpu_demo.yaml`` (one-shot document
 QA, ~250 tokens, the ``\boxed{`` answer prefix), 4 prompts x 8 samples x 16 tokens at temperature
-0.7, LoRA r 16 / alpha 32 on the same projections and gradient checkpointing on both sides. Each
+0.7, LoRA r 16 / alpha 32 on the same projections and the preset's gradient checkpointing on both sides. Each
 side then runs in its own process, so each one's peak RSS (``ru_maxrss``) is its own; the rollout
 / update split, tokens/s and which prefill path ours took are printed.
 
@@ -161,22 +161,22 @@ def run_trl(
     total = args.warmup + args.steps
     demo = demo_mode(args)
     extra: dict = {}
+    checkpointing = False
     if demo:
         from peft import LoraConfig
 
-        from memfactory.config import load_preset
-        from memfactory.paths import presets_dir
-
-        lora = load_preset(presets_dir() / "tiny_cpu_demo.yaml").trainer.lora
+        demo_cfg = demo_trainer_config()
+        lora = demo_cfg.lora
         extra["peft_config"] = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                           target_modules=list(lora.target_modules))
+        checkpointing = demo_cfg.gradient_checkpointing  # as ours: the preset's setting
     config = trl.GRPOConfig(
         output_dir=str(workdir / "trl"),
         use_cpu=True,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=demo,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if demo else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="no",
         report_to="none",
         per_device_train_batch_size=args.prompts * args.group,
@@ -239,6 +239,14 @@ DEMO_TEMPERATURE = 0.7  # tiny_cpu_demo's rollout temperature
 
 def demo_mode(args: argparse.Namespace) -> bool:
     return args.model == DEMO_MODEL
+
+
+def demo_trainer_config():
+    """``presets/tiny_cpu_demo.yaml``'s trainer section: LoRA and checkpointing for both sides."""
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+
+    return load_preset(presets_dir() / "tiny_cpu_demo.yaml").trainer
 
 
 def peak_rss_mb() -> float:
@@ -336,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     goal = 0.5 if demo_mode(args) else 0.8
     print(f"ratio ours/TRL: {ratio:.2f} (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'}); "
           f"peak RSS ours/TRL: {ours['peak_rss_mb'] / trl_side['peak_rss_mb']:.2f}")
-    setup = (f"{args.model}, {args.prompts} prompt(s) x {args.group} completions x {args.tokens} tokens, fp32, beta 0"
-             + (", LoRA r16, gradient checkpointing, T 0.7" if demo_mode(args) else ""))
+    setup = f"{args.model}, {args.prompts} prompt(s) x {args.group} completions x {args.tokens} tokens, fp32, beta 0"
+    if demo_mode(args):
+        demo_cfg = demo_trainer_config()
+        setup += (f", LoRA r16, gradient checkpointing {'on' if demo_cfg.gradient_checkpointing else 'off'} (both sides), "
+                  f"micro-batch {demo_cfg.micro_batch_size} (ours), T 0.7")
     print(
         f"setup: {setup}, "
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
