@@ -1,9 +1,12 @@
-"""Peak memory of the CPU demo before and after gradient checkpointing, same seed, same steps.
+"""Peak memory of the CPU demo under each way of running the update, same seed, same steps.
 
 Variants of ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M + LoRA): ``before`` = as shipped until
 checkpointing existed (micro-batch 16, no checkpointing), ``checkpointed`` = the same with
-checkpointing, ``shipped`` = the preset now (checkpointing, micro-batch 4). Each trains for
-``--steps`` GRPO steps in its own child process, so each peak RSS (``ru_maxrss``) is that run's
+checkpointing, ``checkpointed_mb4`` = checkpointing at micro-batch 4 (shipped until the shared
+prompt forward existed), ``unshared_mb8`` = micro-batch 8 without checkpointing and with
+``trainer.shared_prompt_forward`` off, ``shipped`` = the preset now (micro-batch 8 = one group,
+no checkpointing, the group's prompt run once per micro-batch). Each trains for
+``--steps`` GRPO steps in its own child process, so each peak RSS (``VmHWM``) is that run's
 alone. Printed per variant: peak RSS, seconds per step (rollout / update), and the mean reward of
 every step: with the same seed the curves must agree (checkpointing recomputes the same
 activations and the loss is normalised over the whole step: memory changes, not maths).
@@ -29,6 +32,12 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {
     "before": ["trainer.gradient_checkpointing=false", "trainer.micro_batch_size=16"],
     "checkpointed": ["trainer.gradient_checkpointing=true", "trainer.micro_batch_size=16"],
+    "checkpointed_mb4": ["trainer.gradient_checkpointing=true", "trainer.micro_batch_size=4"],
+    "unshared_mb8": [
+        "trainer.gradient_checkpointing=false",
+        "trainer.micro_batch_size=8",
+        "trainer.shared_prompt_forward=false",
+    ],
     "shipped": [],
 }
 
@@ -57,6 +66,8 @@ def child(variant: str, steps: int, workdir: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which variants to run (default all; the first is the baseline of the ratios)")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -66,7 +77,7 @@ def main() -> None:
     import tempfile
 
     results = {}
-    for variant in VARIANTS:
+    for variant in args.variants:
         with tempfile.TemporaryDirectory() as workdir:
             started = time.perf_counter()
             done = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
@@ -84,12 +95,13 @@ def main() -> None:
         steps = r["steps"]
         print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean(steps, 'time/step_s')} | {mean(steps, 'time/rollout_s')} "
               f"| {mean(steps, 'time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
-    before = results["before"]
-    for variant in ("checkpointed", "shipped"):
+    baseline = args.variants[0]
+    before = results[baseline]
+    for variant in args.variants[1:]:
         r = results[variant]
         update = sum(s["time/update_s"] for s in r["steps"]) / sum(s["time/update_s"] for s in before["steps"])
         same = [s["reward/mean"] for s in r["steps"]] == [s["reward/mean"] for s in before["steps"]]
-        print(f"{variant} vs before: peak RSS x{r['peak_rss_mb'] / before['peak_rss_mb']:.2f}, "
+        print(f"{variant} vs {baseline}: peak RSS x{r['peak_rss_mb'] / before['peak_rss_mb']:.2f}, "
               f"update time x{update:.2f}, same rewards: {same}")
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ def rank_job(args: argparse.Namespace) -> int:
     from common import bench_trainer
 
     from memfactory.trainer.checkpoint import save_checkpoint
+    from memfactory.trainer.hardware import peak_rss_gib
 
     out = Path(args.rank_job)
     trainer = bench_trainer(
@@ -78,7 +78,7 @@ def rank_job(args: argparse.Namespace) -> int:
             v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0
         )
         / 2**20,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_gib() * 1024,  # VmHWM: ru_maxrss carries over the parent's peak
         "step_s": statistics.median(steps[args.warmup :]),
         "rollout_s": statistics.median(rollouts[args.warmup :]),
         "update_s": statistics.median(updates[args.warmup :]),

@@ -22,7 +22,7 @@ optimizer). The first ``--warmup`` steps of each are dropped; the median of the 
 with the same never-sampled EOS), the prompts of ``presets/tiny_cpu_demo.yaml`` (one-shot document
 QA, ~250 tokens, the ``\boxed{`` answer prefix), 4 prompts x 8 samples x 16 tokens at temperature
 0.7, LoRA r 16 / alpha 32 on the same projections and the preset's gradient checkpointing on both sides. Each
-side then runs in its own process, so each one's peak RSS (``ru_maxrss``) is its own; the rollout
+side then runs in its own process, so each one's peak RSS (``VmHWM``) is its own; the rollout
 / update split, tokens/s and which prefill path ours took are printed.
 
     OMP_NUM_THREADS=2 python bench/grpo_step.py --model smollm2-135m-instruct --steps 3 --warmup 1
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import platform
 import statistics
@@ -162,6 +163,7 @@ def run_trl(
     demo = demo_mode(args)
     extra: dict = {}
     checkpointing = False
+    rows_per_pass = args.prompts * args.group  # the tiny-model bench: one pass per step, as before
     if demo:
         from peft import LoraConfig
 
@@ -170,6 +172,9 @@ def run_trl(
         extra["peft_config"] = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                           target_modules=list(lora.target_modules))
         checkpointing = demo_cfg.gradient_checkpointing  # as ours: the preset's setting
+        # As ours: passes of the preset's micro-batch, accumulated into one optimizer step per
+        # generation batch (TRL's steps_per_generation follows gradient_accumulation_steps).
+        rows_per_pass = math.gcd(demo_cfg.micro_batch_size, args.prompts * args.group)
     config = trl.GRPOConfig(
         output_dir=str(workdir / "trl"),
         use_cpu=True,
@@ -179,9 +184,9 @@ def run_trl(
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         save_strategy="no",
         report_to="none",
-        per_device_train_batch_size=args.prompts * args.group,
+        per_device_train_batch_size=rows_per_pass,
         num_generations=args.group,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=args.prompts * args.group // rows_per_pass,
         max_completion_length=args.tokens,
         temperature=DEMO_TEMPERATURE if demo else 1.0,
         beta=0.0,
@@ -250,9 +255,10 @@ def demo_trainer_config():
 
 
 def peak_rss_mb() -> float:
-    import resource
+    """This process's own peak RSS (VmHWM; ``ru_maxrss`` would carry over the parent's peak)."""
+    from memfactory.trainer.hardware import peak_rss_gib
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_gib() * 1024
 
 
 def run_side(args: argparse.Namespace) -> None:
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if demo_mode(args):
         demo_cfg = demo_trainer_config()
         setup += (f", LoRA r16, gradient checkpointing {'on' if demo_cfg.gradient_checkpointing else 'off'} (both sides), "
-                  f"micro-batch {demo_cfg.micro_batch_size} (ours), T 0.7")
+                  f"micro-batch {demo_cfg.micro_batch_size} (both sides), T 0.7")
     print(
         f"setup: {setup}, "
         f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ def one(args: argparse.Namespace, overrides: list[str]) -> dict:
     from common import bench_trainer
 
     from memfactory.trainer.checkpoint import save_checkpoint
+    from memfactory.trainer.hardware import peak_rss_gib
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -67,7 +67,7 @@ def one(args: argparse.Namespace, overrides: list[str]) -> dict:
             "trainable": trainer.trainable_parameters,
             "total": total_params,
             "reference_copy": trainer.reference is not None,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_gib() * 1024,  # VmHWM: ru_maxrss carries over the parent's peak
             "checkpoint_model_mb": model_bytes / 2**20,
             "checkpoint_mb": all_bytes / 2**20,
         }

@@ -1,7 +1,7 @@
 """The memory planner's estimate against the measured peak RSS of real short CPU runs.
 
 On a machine without CUDA the planner's "device" is host RAM, so its estimate must match a run's
-peak resident memory. Each case runs in its own child process (so ``ru_maxrss`` is that run's
+peak resident memory. Each case runs in its own child process (so ``VmHWM`` is that run's
 alone): build the ``GRPOTrainer``, one real GRPO step (rollouts, scoring, update), then two
 optimizer steps over ``2 x micro_batch_size`` rows of the planner's longest-call shape, as
 bench/gpu_check.py does on a GPU (the caps, not the data, decide what a preset must fit).
