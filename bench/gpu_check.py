@@ -134,19 +134,25 @@ def cuda_tests() -> dict:
 # --------------------------------------------------------------------------- 2. presets at real shape
 
 
-def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int = 0):
-    """Model calls of exactly the given shape, random token ids (what the update costs is the shape)."""
+def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int = 0, group: int = 1):
+    """Model calls of exactly the given shape, random token ids (what the update costs is the shape).
+
+    ``group``: consecutive rows share one prompt, as a GRPO group's do (the update may then run it
+    once per micro-batch, see trainer.shared_prompt_forward).
+    """
     import random
 
     from memfactory.types import ModelCall
 
     rng = random.Random(seed)
-    return [
-        ModelCall(module="shape", prompt_ids=[rng.randrange(3, vocab) for _ in range(prompt)],
-                  response_ids=[rng.randrange(3, vocab) for _ in range(response)],
-                  logprobs=[-1.0] * response, text="")
-        for _ in range(rows)
-    ]
+    calls = []
+    for i in range(rows):
+        if i % group == 0:
+            prompt_ids = [rng.randrange(3, vocab) for _ in range(prompt)]
+        calls.append(ModelCall(module="shape", prompt_ids=list(prompt_ids),
+                               response_ids=[rng.randrange(3, vocab) for _ in range(response)],
+                               logprobs=[-1.0] * response, text=""))
+    return calls
 
 
 def state_gib(trainer) -> dict:

@@ -41,6 +41,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "smollm2_demo_no_ckpt": ("tiny_cpu_demo.yaml", ["trainer.gradient_checkpointing=false",
                                                     "trainer.micro_batch_size=2"]),
     "smollm2_full_ft": ("tiny_cpu_demo.yaml", [*DEMO_CKPT, "trainer.lora=null", "trainer.lr=1e-5"]),
+    # As shipped: no checkpointing, one 8-row group per micro-batch, the group's prompt run once.
+    "smollm2_demo_shared": ("tiny_cpu_demo.yaml", []),
 }
 FAST = ["trainer.steps=1", "trainer.save_every=1000", "trainer.sample_every=1000", "logging.swanlab=disabled"]
 
@@ -84,7 +86,9 @@ def case_child(name: str, workdir: str) -> dict:
     print(f"{name}: loaded {loaded:.2f} GiB, after one GRPO step {after_step:.2f} GiB", file=sys.stderr, flush=True)
     prompt, response, _ = preset_shape(preset)
     rows = 2 * preset.trainer.micro_batch_size
-    calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size)
+    # Rows come group by group, as the trainer's buffers hold them: a group shares its prompt.
+    calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size,
+                            group=preset.trainer.group_size if preset.agent == "direct" else 1)
     advantages = [1.0 if i % 2 else -1.0 for i in range(rows)]
     for _ in range(2):
         trainer.policy_update([(calls, advantages)])

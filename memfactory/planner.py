@@ -209,6 +209,7 @@ class Knobs:
     reference: bool  # a second frozen copy (full fine-tuning with beta > 0)
     checkpointing: bool
     micro_batch: int
+    shared_prompt: bool  # the update runs a micro-batch's one prompt once (trainer.shared_prompt_forward)
     prompt: int
     response: int
     rollout_rows: int  # sequences generated at once per process (batch_size x group_size / N)
@@ -255,6 +256,7 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
         reference=cfg.beta > 0 and lora is None,
         checkpointing=cfg.gradient_checkpointing,
         micro_batch=cfg.micro_batch_size,
+        shared_prompt=_update_shares_prompt(preset, strategy),
         prompt=prompt,
         response=response,
         rollout_rows=math.ceil(cfg.batch_size / gpus) * cfg.group_size,
@@ -265,6 +267,25 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
         gpus=gpus,
         strategy=strategy,
         device=device,
+    )
+
+
+def _update_shares_prompt(preset: Any, strategy: str) -> bool:
+    """Whether the update's micro-batches run one shared prompt once (batching.token_logprobs' rules).
+
+    The direct agent's calls come group by group, so a micro-batch that divides the group holds
+    one prompt; the trainer shares it in one process without gradient checkpointing. Other
+    agents' longest calls (a MemAgent chunk after the first, a memory-bank turn) carry per-row
+    memory in the prompt, so they are planned at the plain path.
+    """
+    cfg = preset.trainer
+    return (
+        cfg.shared_prompt_forward
+        and not cfg.gradient_checkpointing
+        and strategy == "single"
+        and preset.agent == "direct"
+        and 2 <= cfg.micro_batch_size <= cfg.group_size
+        and cfg.group_size % cfg.micro_batch_size == 0
     )
 
 
@@ -316,6 +337,12 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     """The update phase's dynamic memory and its peak over forward end, backward start and the step."""
     a = k.compute_bytes
     tokens = k.micro_batch * (k.prompt + k.response)
+    repeated_kv = 0.0
+    if k.shared_prompt and not k.checkpointing:
+        # The prompt runs once and only the responses per row; attention then saves the prompt's
+        # keys and values repeated for every row (batching._shared_prompt_logprobs).
+        tokens = k.prompt + k.micro_batch * k.response
+        repeated_kv = shape.layers * k.micro_batch * k.prompt * 2 * shape.kv_dim * a
     # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
     residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
     layer = tokens * layer_activation_bytes(shape, a, residual)
@@ -326,7 +353,7 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     if k.checkpointing:
         saved = shape.layers * tokens * shape.hidden * residual  # each layer's input
     else:
-        saved = shape.layers * layer
+        saved = shape.layers * layer + repeated_kv
     # Response logits: only R + 1 positions are kept; normalised in float32. The forward holds the
     # float32 copy and log-softmax's two temporaries (3 units); the backward four.
     unit = k.micro_batch * k.response * shape.vocab * 4

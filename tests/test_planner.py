@@ -27,6 +27,7 @@ from memfactory.planner import (
     plan_markdown,
     preset_shape,
     static_bytes,
+    update_bytes,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +200,36 @@ def test_checkpointing_reduces_activations():
     assert off.peak_gib > on.peak_gib + 100  # 28 layers of everything at 7.8k tokens x 4 rows
     smaller = estimate_memory(_preset("memagent_qwen3_1.7b", "trainer.micro_batch_size=1"), gpu_mem_gib=141)
     assert smaller.components["activations"] == pytest.approx(on.components["activations"] / 4, rel=0.01)
+
+
+def test_shared_prompt_update_is_planned_by_the_trainers_rules():
+    """The demo's micro-batch is one GRPO group: its prompt runs once (trainer.shared_prompt_forward),
+    so the update holds prompt + 8 responses of activations, not 8 whole rows; the trainer's
+    fallbacks (switch off, checkpointing, several processes, a micro-batch wider than a group,
+    agents whose prompts carry per-row memory) are planned at the plain path."""
+    demo = _preset("tiny_cpu_demo")
+    assert _knobs(demo, 1, "single", "cpu").shared_prompt
+    for overrides, strategy in (
+        (["trainer.shared_prompt_forward=false"], "single"),
+        (["trainer.gradient_checkpointing=true"], "single"),
+        ([], "ddp"),
+        (["trainer.micro_batch_size=16"], "single"),
+        (["trainer.micro_batch_size=3"], "single"),
+    ):
+        assert not _knobs(_preset("tiny_cpu_demo", *overrides), 1, strategy, "cpu").shared_prompt, overrides
+    assert not _knobs(_preset("memagent_qwen3_1.7b", "trainer.gradient_checkpointing=false"), 1, "single",
+                      "cuda").shared_prompt
+    shared = estimate_memory(demo, gpu_mem_gib=80)
+    plain = estimate_memory(_preset("tiny_cpu_demo", "trainer.shared_prompt_forward=false"), gpu_mem_gib=80)
+    shape = model_shape(demo.model.path)
+    prompt, response, _ = preset_shape(demo)
+    k = _knobs(demo, 1, "single", "cpu")
+    per_token = layer_activation_bytes(shape, 4, 4)
+    # saved activations: (prompt + 8 responses) tokens per layer plus the prompt's K/V repeated for 8 rows
+    expected = shape.layers * ((prompt + 8 * response) * per_token + 8 * prompt * 2 * shape.kv_dim * 4)
+    assert k.micro_batch == 8
+    assert shared.phases["update"] < plain.phases["update"] / 3
+    assert update_bytes(shape, k, static_bytes(shape, k))["activations"] >= expected
 
 
 @pytest.mark.parametrize("name", GPU_PRESETS)
