@@ -340,9 +340,12 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     repeated_kv = 0.0
     if k.shared_prompt and not k.checkpointing:
         # The prompt runs once and only the responses per row; attention then saves the prompt's
-        # keys and values repeated for every row (batching._shared_prompt_logprobs).
+        # keys and values repeated for every row (batching._shared_prompt_logprobs), and, its
+        # queries being shorter than its keys, sdpa gets a mask, under which transformers repeats
+        # K/V to every query head (repeat_kv) before the kernel saves them: 2q per key position.
         tokens = k.prompt + k.micro_batch * k.response
-        repeated_kv = shape.layers * k.micro_batch * k.prompt * 2 * shape.kv_dim * a
+        per_row_keys = k.prompt * 2 * shape.q_dim + k.response * 2 * (shape.q_dim - shape.kv_dim)
+        repeated_kv = shape.layers * k.micro_batch * per_row_keys * a
     # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
     residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
     layer = tokens * layer_activation_bytes(shape, a, residual)

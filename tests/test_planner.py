@@ -225,8 +225,10 @@ def test_shared_prompt_update_is_planned_by_the_trainers_rules():
     prompt, response, _ = preset_shape(demo)
     k = _knobs(demo, 1, "single", "cpu")
     per_token = layer_activation_bytes(shape, 4, 4)
-    # saved activations: (prompt + 8 responses) tokens per layer plus the prompt's K/V repeated for 8 rows
-    expected = shape.layers * ((prompt + 8 * response) * per_token + 8 * prompt * 2 * shape.kv_dim * 4)
+    # saved activations: (prompt + 8 responses) tokens per layer plus the K/V of 8 rows, repeated to
+    # every query head (sdpa under a mask): the prompt's whole, the responses' beyond what ℓ counts
+    repeated = 8 * (prompt * 2 * shape.q_dim + response * 2 * (shape.q_dim - shape.kv_dim)) * 4
+    expected = shape.layers * ((prompt + 8 * response) * per_token + repeated)
     assert k.micro_batch == 8
     assert shared.phases["update"] < plain.phases["update"] / 3
     assert update_bytes(shape, k, static_bytes(shape, k))["activations"] >= expected
