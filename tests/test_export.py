@@ -10,26 +10,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.cli import main
 from memfactory.config import load_preset
-from memfactory.envs.base import Reward
 from memfactory.errors import MemFactoryError
 from memfactory.export import export_checkpoint, require_qlora, resolve_checkpoint
 from memfactory.paths import presets_dir
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer import loop
+from tests.vowel_reward import VowelShare
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
 LORA = "trainer.lora={r: 4, alpha: 8}"
 
 
-class VowelShare(Reward):
-    name = "vowels"
-
-    def score(self, trajectories):
-        out = []
-        for t in trajectories:
-            letters = [c for c in t.answer.lower() if c.isalpha()]
-            out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
-        return out
 
 
 class VowelTrainer(loop.GRPOTrainer):

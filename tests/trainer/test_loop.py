@@ -11,19 +11,7 @@ from memfactory.config import load_preset
 from memfactory.envs.base import Reward
 from memfactory.paths import presets_dir
 from memfactory.trainer.loop import GRPOTrainer, TrainingDiverged
-
-
-class VowelShare(Reward):
-    """A real, continuous reward: the share of vowels in the answer (varies between samples)."""
-
-    name = "vowels"
-
-    def score(self, trajectories):
-        out = []
-        for t in trajectories:
-            letters = [c for c in t.answer.lower() if c.isalpha()]
-            out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
-        return out
+from tests.vowel_reward import VowelShare
 
 
 class Constant(Reward):

@@ -11,26 +11,15 @@ from safetensors.torch import load_file
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.cli import main
 from memfactory.config import load_preset
-from memfactory.envs.base import Reward
 from memfactory.paths import presets_dir
 from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.loop import GRPOTrainer
+from tests.vowel_reward import VowelShare
 
 PRESET = presets_dir() / "tiny_test.yaml"
 LORA = "trainer.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj]}"
 
 
-class VowelShare(Reward):
-    """A real, continuous reward (share of vowels in the answer): groups nearly always have signal."""
-
-    name = "vowels"
-
-    def score(self, trajectories):
-        out = []
-        for t in trajectories:
-            letters = [c for c in t.answer.lower() if c.isalpha()]
-            out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
-        return out
 
 
 def lora_trainer(*overrides: str) -> GRPOTrainer:

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from memfactory.config import LoraConfig, load_preset
-from memfactory.envs.base import Reward
 from memfactory.paths import presets_dir
 from memfactory.trainer.batching import TokenBatch, pack_calls, token_logprobs
 from memfactory.trainer.loop import GRPOTrainer, attach_lora, enable_gradient_checkpointing
 from memfactory.types import ModelCall
+from tests.vowel_reward import VowelShare
 
 
 def calls_for(prompts: list[list[int]], lengths: list[int], seed: int = 0) -> list[ModelCall]:
@@ -118,17 +118,6 @@ def test_the_switch_off_forces_the_plain_path(model, pad_id):
     assert score(model, group_batch(pad_id), shared=False)[2] == {"rows": 8}
 
 
-class VowelShare(Reward):
-    """A continuous reward, so the tiny model's groups carry signal."""
-
-    name = "vowels"
-
-    def score(self, trajectories):
-        out = []
-        for t in trajectories:
-            letters = [c for c in t.answer.lower() if c.isalpha()]
-            out.append(sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0)
-        return out
 
 
 def step(shared: bool) -> dict[str, float]:
