@@ -85,9 +85,23 @@ def one_version(label: str, tree: Path, seeds: list[int], workdir: Path) -> dict
         start = time.time()
         run = train(tree, seed, folder / "runs", folder / "train.log")
         scores[seed] = evaluate(str(run), folder / "eval", folder / "eval.log")
-        cached.write_text(json.dumps({"sub_em": scores[seed], "run": str(run), "wall_s": time.time() - start}))
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        record = {"sub_em": scores[seed], "run": str(run), "commit": commit, "wall_s": time.time() - start}
+        cached.write_text(json.dumps(record))
         print(f"{label} seed {seed}: sub_em avg@4 {scores[seed]:.4f} ({time.time() - start:.0f} s)", flush=True)
     return scores
+
+
+def finished_seeds(label: str, seeds: list[int], workdir: Path) -> dict[int, float]:
+    """The scores already on disk for ``label`` (a version not run this time)."""
+    out = {}
+    for seed in seeds:
+        cached = workdir / label / f"seed{seed}" / "score.json"
+        if cached.is_file():
+            out[seed] = json.loads(cached.read_text())["sub_em"]
+    return out
 
 
 def summary(scores: dict[int, float]) -> tuple[float, float]:
@@ -102,12 +116,24 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/memfactory_demo_seeds"))
     parser.add_argument("--base", action="store_true", help="also score the untrained model once")
     parser.add_argument("--sequential", action="store_true", help="one version after the other")
+    parser.add_argument(
+        "--only",
+        choices=["current", "ref"],
+        help="train and score one version (the table reads the other's finished seeds from --workdir)",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     trees = {"current": ROOT, "ref": worktree(args.ref, args.workdir)}
     with ThreadPoolExecutor(max_workers=1 if args.sequential else 2) as pool:
-        jobs = {label: pool.submit(one_version, label, tree, args.seeds, args.workdir) for label, tree in trees.items()}
+        jobs = {
+            label: pool.submit(one_version, label, tree, args.seeds, args.workdir)
+            for label, tree in trees.items()
+            if args.only in (None, label)
+        }
         results = {label: job.result() for label, job in jobs.items()}
+    for label in trees:
+        if label not in results:
+            results[label] = finished_seeds(label, args.seeds, args.workdir)
     if args.base:
         base_dir = args.workdir / "base"
         base_dir.mkdir(exist_ok=True)
@@ -117,11 +143,12 @@ def main() -> int:
     for label, scores in results.items():
         mean, sd = summary(scores)
         name = "this tree" if label == "current" else f"`{args.ref}`"
-        print(f"| {name} | {' | '.join(f'{scores[s]:.4f}' for s in args.seeds)} | {mean:.4f} | {sd:.4f} |")
+        cells = " | ".join(f"{scores[s]:.4f}" if s in scores else "-" for s in args.seeds)
+        print(f"| {name} | {cells} | {mean:.4f} | {sd:.4f} |")
     (m1, s1), (m0, s0) = summary(results["current"]), summary(results["ref"])
-    n = len(args.seeds)
-    se = math.sqrt(s1**2 / n + s0**2 / n)
-    print(f"\ndifference this tree - ref: {m1 - m0:+.4f} (standard error {se:.4f}, {len(args.seeds)} seeds each)")
+    n1, n0 = len(results["current"]), len(results["ref"])
+    se = math.sqrt(s1**2 / n1 + s0**2 / n0)
+    print(f"\ndifference this tree - ref: {m1 - m0:+.4f} (standard error {se:.4f}; seeds: {n1} and {n0})")
     return 0
 
 
