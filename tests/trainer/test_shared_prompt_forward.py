@@ -139,3 +139,37 @@ def test_a_train_step_is_the_same_with_the_switch_on_and_off(tmp_path, monkeypat
     assert on["update/shared_prompt_fraction"] > 0.0 and off["update/shared_prompt_fraction"] == 0.0
     for key in ("loss", "grad_norm", "kl", "clip_ratio"):
         assert on[key] == pytest.approx(off[key], rel=1e-4, abs=1e-6), key
+
+
+
+def assert_close_in_bf16(shared, plain):
+    """bf16 keeps 8 bits of mantissa: log-probs of ~-7 agree to a few tenths, gradients to ~2 %."""
+    torch.testing.assert_close(shared[0], plain[0], rtol=0.05, atol=0.05)
+    assert shared[1].keys() == plain[1].keys()
+    for k in plain[1]:
+        scale = float(plain[1][k].abs().max())
+        assert float((shared[1][k] - plain[1][k]).abs().max()) <= 0.05 * scale + 1e-6, k
+
+
+def test_shared_prompt_under_bf16_autocast_on_cpu(model, pad_id):
+    """bf16_mixed's forward: the shared cache is made and repeated under autocast like the plain path."""
+    batch = group_batch(pad_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared, plain = score(model, batch, shared=True), score(model, batch, shared=False)
+    assert shared[2]["shared_rows"] == 8
+    assert_close_in_bf16(shared, plain)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_shared_prompt_on_cuda_fp32_and_under_bf16_autocast(model, pad_id):
+    """On the GPU: the repeated cache lives on the model's device, fp32 matches the plain path as on
+    CPU, and under bf16 autocast (bf16_mixed) both paths agree to bf16's precision."""
+    gpu = model.to("cuda")
+    batch = group_batch(pad_id).to("cuda")
+    shared, plain = score(gpu, batch, shared=True), score(gpu, batch, shared=False)
+    assert shared[0].device.type == "cuda" and shared[2]["shared_rows"] == 8
+    torch.testing.assert_close(shared[0], plain[0], rtol=0, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        shared16, plain16 = score(gpu, batch, shared=True), score(gpu, batch, shared=False)
+    assert_close_in_bf16(shared16, plain16)
