@@ -140,11 +140,14 @@ def main() -> int:
         print(f"base (untrained): sub_em avg@4 {evaluate('none', base_dir / 'eval', base_dir / 'eval.log'):.4f}")
     print(f"\n| version | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | sd |")
     print(f"|---|{'---|' * len(args.seeds)}---|---|")
+    results = {label: scores for label, scores in results.items() if scores}  # a version with no seed yet: no row
     for label, scores in results.items():
         mean, sd = summary(scores)
         name = "this tree" if label == "current" else f"`{args.ref}`"
         cells = " | ".join(f"{scores[s]:.4f}" if s in scores else "-" for s in args.seeds)
         print(f"| {name} | {cells} | {mean:.4f} | {sd:.4f} |")
+    if len(results) < 2:
+        return 0
     (m1, s1), (m0, s0) = summary(results["current"]), summary(results["ref"])
     n1, n0 = len(results["current"]), len(results["ref"])
     se = math.sqrt(s1**2 / n1 + s0**2 / n0)
