@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, Generation, SamplingParams
@@ -305,7 +306,7 @@ class HFBackend:
         self.prefill_stats["prefilled"] += len(distinct)
         first = torch.tensor([owner.index(k) for k in range(len(distinct))], device=input_ids.device)
         ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
-        cache = DynamicCache(config=self._base_model().config)
+        cache = DynamicCache(config=base_model(self.model).config)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
             "attention_mask": mask,
@@ -320,21 +321,11 @@ class HFBackend:
         cache.reorder_cache(torch.tensor(owner, device=input_ids.device))  # one copy per row
         return cache
 
-    def _base_model(self) -> Any:
-        get_base = getattr(self.model, "get_base_model", None)  # a peft model: the transformers model inside
-        return get_base() if callable(get_base) else self.model
-
     def _forward_parameters(self) -> set[str]:
-        import inspect
-
-        try:
-            return set(inspect.signature(self._base_model().forward).parameters)
-        except (TypeError, ValueError):
-            return set()
+        return forward_parameters(self.model)
 
     def _cache_keyword(self) -> str:
-        """``cache`` in newer transformers (``past_key_values`` deprecated), ``past_key_values`` before."""
-        return "cache" if "cache" in self._forward_parameters() else "past_key_values"
+        return cache_keyword(self._forward_parameters()) or "past_key_values"
 
     def _finish_row(
         self, tokens: list[int], logprobs: torch.Tensor, eos_ids: list[int], params: SamplingParams, latency: float

@@ -11,7 +11,6 @@ responses per row: :func:`_shared_prompt_logprobs`, same values and gradients as
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
 from memfactory.trainer import sharding
 from memfactory.types import ModelCall
 
@@ -156,26 +156,6 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a (possibly PEFT- and DDP-wrapped) model."""
-    # DDP's forward is (*inputs, **kwargs) and passes keyword arguments on to .module
-    target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    get_base = getattr(target, "get_base_model", None)
-    return get_base() if callable(get_base) else target
-
-
-def _forward_parameters(model: torch.nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(_base_model(model).forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (possibly PEFT- and DDP-wrapped) model's forward takes ``logits_to_keep``."""
-    return "logits_to_keep" in _forward_parameters(model)
-
-
 def token_logprobs(
     model: torch.nn.Module,
     batch: TokenBatch,
@@ -206,9 +186,11 @@ def token_logprobs(
     if n == 0 or R == 0:
         return torch.zeros((n, R), dtype=torch.float32, device=device)
     size = micro_batch_size or n
-    keep_kw = _accepts_logits_to_keep(model)
+    params = forward_parameters(model)
+    keep_kw = "logits_to_keep" in params
+    cache_kw = cache_keyword(params)
     checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-    share = shared_prompt and _may_share_prompt(model, checkpointed)
+    share = shared_prompt and cache_kw is not None and _may_share_prompt(model, checkpointed)
     parts = []
     # Without gradients checkpointing saves nothing; off, every transformers version keeps the cache.
     with _checkpointing_off(checkpointed if share else []):
@@ -218,7 +200,7 @@ def token_logprobs(
                 parts.append(torch.zeros((chunk.num_rows, R), dtype=torch.float32, device=device))
                 continue
             if share and _one_prompt(chunk):
-                logps = _shared_prompt_logprobs(model, chunk, temperature, keep_kw)
+                logps = _shared_prompt_logprobs(model, chunk, temperature, keep_kw, cache_kw)
                 if stats is not None:
                     stats["shared_rows"] = stats.get("shared_rows", 0) + chunk.num_rows
             else:
@@ -263,10 +245,7 @@ def _may_share_prompt(model: torch.nn.Module, checkpointed: list[torch.nn.Module
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel) or sharding.is_sharded(model):
         return False
-    if torch.is_grad_enabled() and any(m.training for m in checkpointed):
-        return False
-    params = _forward_parameters(model)
-    return "cache" in params or "past_key_values" in params
+    return not (torch.is_grad_enabled() and any(m.training for m in checkpointed))
 
 
 @contextmanager
@@ -291,7 +270,9 @@ def _one_prompt(chunk: TokenBatch) -> bool:
     return bool((mask == mask[:1]).all() and (ids == ids[:1]).all() and mask[0, :-1].any())
 
 
-def _shared_prompt_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperature: float, keep_kw: bool) -> Tensor:
+def _shared_prompt_logprobs(
+    model: torch.nn.Module, chunk: TokenBatch, temperature: float, keep_kw: bool, cache_kw: str
+) -> Tensor:
     """:func:`_chunk_logprobs` for a chunk whose rows share one prompt, running that prompt once.
 
     Why: a GRPO group is G samples of one prompt and the update's micro-batches are consecutive
@@ -307,8 +288,7 @@ def _shared_prompt_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperatu
 
     n, P, R = chunk.num_rows, chunk.prompt_width, chunk.response_width
     positions = position_ids_from_mask(chunk.attention_mask)
-    cache_kw = "cache" if "cache" in _forward_parameters(model) else "past_key_values"
-    cache = DynamicCache(config=_base_model(model).config)
+    cache = DynamicCache(config=base_model(model).config)
     prefix = {
         "input_ids": chunk.input_ids[:1, : P - 1],
         "attention_mask": chunk.attention_mask[:1, : P - 1],

@@ -31,14 +31,9 @@ from typing import Any
 import torch
 
 from memfactory.backends.hf import HFBackend
+from memfactory.backends.model_api import base_model
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
-
-
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def _merged_weight(layer: Any) -> torch.Tensor | None:
@@ -59,7 +54,7 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     """
     from peft.tuners.lora import LoraLayer
 
-    base = _base_model(model)
+    base = base_model(model)
     lora = {f"{name}.base_layer.weight": m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
     with torch.no_grad():
         for name, param in base.named_parameters():

@@ -4,9 +4,9 @@ import pytest
 import torch
 import transformers
 
+from memfactory.backends.model_api import forward_parameters
 from memfactory.trainer.batching import (
     TokenBatch,
-    _accepts_logits_to_keep,
     pack_calls,
     position_ids_from_mask,
     split_micro_batches,
@@ -188,7 +188,7 @@ def test_lora_wrapped_model_scores_and_trains_adapters(model):
         model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), adapter_name="t"
     )
     try:
-        assert _accepts_logits_to_keep(lora)  # found through the PEFT wrapper
+        assert "logits_to_keep" in forward_parameters(lora)  # found through the PEFT wrapper
         logps = token_logprobs(lora, b, micro_batch_size=2)
         assert torch.allclose(logps.detach(), base, atol=1e-6)  # LoRA B starts at zero
         logps.sum().backward()

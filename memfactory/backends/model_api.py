@@ -1,0 +1,38 @@
+"""What a (possibly PEFT- and DDP-wrapped) transformers model's forward accepts.
+
+The hf backend's shared prefill and the trainer's scoring both pass keyword arguments that only
+some transformers versions take (``logits_to_keep``; the KV cache as ``cache`` or, before,
+``past_key_values``), so both ask here instead of guessing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model inside DDP (``.module``) and PEFT (``get_base_model()``) wrappers."""
+    import torch
+
+    # DDP's forward is (*inputs, **kwargs) and passes keyword arguments on to .module
+    target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    get_base = getattr(target, "get_base_model", None)
+    return get_base() if callable(get_base) else target
+
+
+def forward_parameters(model: Any) -> set[str]:
+    """The names the base model's ``forward`` takes (empty when its signature cannot be read)."""
+    try:
+        return set(inspect.signature(base_model(model).forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def cache_keyword(parameters: set[str]) -> str | None:
+    """``cache`` in newer transformers (``past_key_values`` deprecated), ``past_key_values`` before;
+    None when the forward takes neither."""
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return None
