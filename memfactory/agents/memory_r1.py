@@ -39,7 +39,8 @@ from memfactory.calls import model_call, require_token_backend, response_tokens
 from memfactory.envs.rewards import extract_prediction, normalize_answer
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
-from memfactory.memory.store import MemoryHit, MemoryStore
+from memfactory.memory.records import MemoryHit
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import ExtractRequest, NaiveExtractor, check_placeholders
 from memfactory.modules.memory_ops import Fact, parse_id_list
 from memfactory.modules.retriever import NaiveRetriever

@@ -39,7 +39,8 @@ from memfactory.agents.memory_r1 import (
     session_observations,
 )
 from memfactory.backends.base import Backend
-from memfactory.memory.store import MemoryStore, Operation
+from memfactory.memory.ops import Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import NaiveExtractor, check_placeholders
 from memfactory.modules.reranker import RerankRequest, RerankRetriever
 from memfactory.modules.retriever import NaiveRetriever

@@ -51,7 +51,8 @@ from memfactory.envs.rewards import (
 from memfactory.envs.rewards import strip_thinking as reward_strip_thinking
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
-from memfactory.memory.store import OPS, MemoryStore, Operation
+from memfactory.memory.ops import OPS, Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import lines_as_facts
 from memfactory.modules.memory_ops import Fact, parse_facts, parse_id_list, parse_json, parse_operations
 from memfactory.modules.updater import NaiveUpdater, UpdaterConfig, UpdateRequest
