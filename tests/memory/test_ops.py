@@ -23,8 +23,17 @@ def bank(tmp_path):
 
 @pytest.mark.parametrize(
     ("word", "op"),
-    [("INSERT", "ADD"), ("insert", "ADD"), (" Remove ", "DELETE"), ("NOOP", "NONE"), ("no_op", "NONE"),
-     ("NOTHING", "NONE"), ("keep", "NONE"), ("add", "ADD"), ("Update", "UPDATE")],
+    [
+        ("INSERT", "ADD"),
+        ("insert", "ADD"),
+        (" Remove ", "DELETE"),
+        ("NOOP", "NONE"),
+        ("no_op", "NONE"),
+        ("NOTHING", "NONE"),
+        ("keep", "NONE"),
+        ("add", "ADD"),
+        ("Update", "UPDATE"),
+    ],
 )
 def test_every_alias_means_its_op_in_the_store_and_the_parser(word, op):
     assert Operation(word).op == op == normalise_op(word) == canonical_op(word)
@@ -95,7 +104,10 @@ def test_a_value_alone_is_the_text_and_the_value_column(bank):
 def test_a_parsed_batch_applies_through_the_store_unchanged(bank):
     keep = bank.add("Ava lives in Oslo")
     text = json.dumps(
-        [{"action": "INSERT", "fact": "Ava runs marathons"}, {"event": "UPDATE", "memory_id": "0", "value": "Ava lives in Bergen"}]
+        [
+            {"action": "INSERT", "fact": "Ava runs marathons"},
+            {"event": "UPDATE", "memory_id": "0", "value": "Ava lives in Bergen"},
+        ]
     )
     ops, report = parse_operations(text, {"0": keep})
     assert not report.warnings
