@@ -127,7 +127,7 @@ def _prediction(scorer: Any, trajectory: Trajectory) -> str | None:
     getter = getattr(scorer, "prediction", None)
     if getter is not None:
         return getter(trajectory)
-    from memfactory.envs.rewards import extract_prediction
+    from memfactory.envs.answer_metrics import extract_prediction
 
     return extract_prediction(trajectory.answer)
 

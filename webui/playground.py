@@ -377,7 +377,7 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def _normalized(result: SampleResult) -> str:
-    from memfactory.envs.rewards import normalize_answer
+    from memfactory.envs.answer_metrics import normalize_answer
 
     prediction = result.predictions[0] if result.predictions and result.predictions[0] is not None else None
     return normalize_answer(prediction if prediction is not None else (result.answers[0] if result.answers else ""))

@@ -19,27 +19,23 @@ group advantages compare reranker choices on identical candidates.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memfactory.agents.base import Agent
-from memfactory.agents.common import check_run, group_trajectories
-from memfactory.agents.memory_r1 import (
+from memfactory.agents.bank_agent import BankAgent
+from memfactory.agents.banks import (
     ANSWER_TEMPLATE,
-    BankCache,
     BankFolder,
     Episode,
     answer_with_memories,
-    bank_trace,
-    conversation_banks,
     conversation_sessions,
     episode_steps,
     session_observations,
 )
 from memfactory.backends.base import Backend
-from memfactory.memory.store import MemoryStore, Operation
+from memfactory.memory.ops import Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import NaiveExtractor, check_placeholders
 from memfactory.modules.reranker import RerankRequest, RerankRetriever
 from memfactory.modules.retriever import NaiveRetriever
@@ -135,17 +131,15 @@ def add_observations(store: MemoryStore, sample: Sample) -> int:
     # extractor/updater build the bank with memory_source "reflect" (unused with "turns"/"observations").
     slots={"retriever": ["retriever"], "reranker": ["reranker"], "extractor": ["extractor"], "updater": ["updater"]},
 )
-class MemoryRMMAgent(Agent):
+class MemoryRMMAgent(BankAgent):
     options: RMMConfig
-
-    def __init__(self, modules: dict[str, Any] | None = None, options: RMMConfig | None = None):
-        modules = dict(modules or {})
-        modules.setdefault("retriever", NaiveRetriever())
-        modules.setdefault("reranker", RerankRetriever())
-        modules.setdefault("extractor", NaiveExtractor())
-        modules.setdefault("updater", NaiveUpdater())
-        super().__init__(modules, options or RMMConfig())
-        self.bank_cache = BankCache()
+    options_type = RMMConfig
+    default_modules: ClassVar[dict[str, Any]] = {
+        "retriever": NaiveRetriever,
+        "reranker": RerankRetriever,
+        "extractor": NaiveExtractor,
+        "updater": NaiveUpdater,
+    }
 
     @property
     def retriever(self) -> NaiveRetriever:
@@ -155,93 +149,62 @@ class MemoryRMMAgent(Agent):
     def reranker(self) -> RerankRetriever:
         return self.modules["reranker"]
 
-    def run(
-        self,
-        samples: list[Sample],
-        backend: Backend,
-        *,
-        params: SamplingParams,
-        group_size: int = 1,
-        train: bool = False,
-    ) -> list[Trajectory]:
-        if not check_run(samples, backend, group_size, train):
-            return []
-        mode = self.options.train
-        trajectories = group_trajectories(samples, group_size)
-        with BankFolder(self.options.embedder) as folder:
-            banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
-            # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
-            top_n = self.reranker.options.top_n
-            found = [
-                self.retriever.retrieve(banks[i * group_size], [sample.question], k=top_n)[0]
-                for i, sample in enumerate(samples)
-            ]
-            candidates = [found[i // group_size] for i in range(len(trajectories))]
-            selected = self.reranker.generate(
-                [RerankRequest(t, t.sample.question, c) for t, c in zip(trajectories, candidates)],
-                backend,
-                params,
-                train=train,
-                trainable=mode in ("reranker", "both"),
-            )
-            answer_params = params
-            if train and mode == "reranker" and self.options.frozen_answer_temperature is not None:
-                answer_params = replace(params, temperature=self.options.frozen_answer_temperature)
-            cited = answer_with_memories(
-                trajectories,
-                selected,
-                backend,
-                answer_params,
-                template=self.options.answer_template,
-                assistant_prefix=self.options.answer_prefix,
-                system_prompt=self.options.system_prompt,
-                max_tokens=self.options.answer_tokens,
-                train=train,
-                trainable=mode in ("answer", "both"),
-                module="rmm.answer",
-                stop=self.options.answer_stop,
-                citations=self.options.citations,
-            )
-            for trajectory, picked, ids, bank in zip(trajectories, selected, cited, banks):
-                chosen = {h.item.id for h in picked}
-                trajectory.count("rerank_cited", len(chosen & set(ids)))
-                trajectory.trace.append(bank_trace(bank))
-        return trajectories
-
-    def shared_banks(
+    def answer(
         self,
         samples: list[Sample],
         trajectories: list[Trajectory],
         folder: BankFolder,
-        backend: Any,
+        backend: Backend,
         params: SamplingParams,
         *,
-        train: bool = False,
+        group_size: int,
+        train: bool,
     ) -> list[MemoryStore]:
-        """One bank per conversation (prospective reflection, never trained), reused between inference calls."""
-        extractor: NaiveExtractor = self.modules["extractor"]
-        updater: NaiveUpdater = self.modules["updater"]
-
-        def start(episode: Episode) -> None:
-            source = self.options.memory_source
-            if source in ("turns", "observations"):
-                add = add_turns if source == "turns" else add_observations
-                count = add(episode.store, episode.trajectory.sample)
-                episode.trajectory.trace.append({"kind": "bank_built", "source": source, "memories": count})
-            else:
-                episode.steps = episode_steps(episode.trajectory.sample, extractor.options.turns_per_call)
-
-        return conversation_banks(
-            samples,
-            trajectories,
-            folder,
+        mode = self.options.train
+        banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
+        # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
+        top_n = self.reranker.options.top_n
+        found = [
+            self.retriever.retrieve(banks[i * group_size], [sample.question], k=top_n)[0]
+            for i, sample in enumerate(samples)
+        ]
+        candidates = [found[i // group_size] for i in range(len(trajectories))]
+        selected = self.reranker.generate(
+            [RerankRequest(t, t.sample.question, c) for t, c in zip(trajectories, candidates)],
             backend,
             params,
-            bank_cache=self.bank_cache,
-            reuse=self.options.reuse_banks,
-            embedder=self.options.embedder,
-            start=start,
-            extractor=extractor,
-            updater=updater,
             train=train,
+            trainable=mode in ("reranker", "both"),
         )
+        answer_trains = mode in ("answer", "both")
+        cited = answer_with_memories(
+            trajectories,
+            selected,
+            backend,
+            self.answer_params(params, train=train, answer_trains=answer_trains),
+            template=self.options.answer_template,
+            assistant_prefix=self.options.answer_prefix,
+            system_prompt=self.options.system_prompt,
+            max_tokens=self.options.answer_tokens,
+            train=train,
+            trainable=answer_trains,
+            module="rmm.answer",
+            stop=self.options.answer_stop,
+            citations=self.options.citations,
+        )
+        for trajectory, picked, ids in zip(trajectories, selected, cited):
+            chosen = {h.item.id for h in picked}
+            trajectory.count("rerank_cited", len(chosen & set(ids)))
+        return banks
+
+    def start_episode(self, episode: Episode) -> None:
+        """Prospective reflection, never trained: turns or observations stored as they are, or the
+        extractor/updater steps of ``memory_source: reflect``."""
+        source = self.options.memory_source
+        if source in ("turns", "observations"):
+            add = add_turns if source == "turns" else add_observations
+            count = add(episode.store, episode.trajectory.sample)
+            episode.trajectory.trace.append({"kind": "bank_built", "source": source, "memories": count})
+        else:
+            turns = self.modules["extractor"].options.turns_per_call
+            episode.steps = episode_steps(episode.trajectory.sample, turns)

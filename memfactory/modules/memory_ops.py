@@ -26,13 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memfactory.memory.store import OPS, ApplyResult, MemoryStore, Operation
+from memfactory.memory.ops import ApplyResult, Operation, canonical_op, read_field
+from memfactory.memory.store import MemoryStore
 from memfactory.text import strip_thinking
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\n?(.*?)(```|$)", re.DOTALL)
 _CLOSERS = {"[": "]", "{": "}"}
 _BARE = {"True": "true", "False": "false", "None": "null"}
-_OP_ALIASES = {"NOOP": "NONE", "NO_OP": "NONE", "NOTHING": "NONE", "KEEP": "NONE", "INSERT": "ADD", "REMOVE": "DELETE"}
 
 
 @dataclass
@@ -273,10 +273,11 @@ def parse_operations(
 ) -> tuple[list[Operation], ParseReport]:
     """An updater's operations with short ids mapped to bank ids through ``id_map``.
 
-    Every returned operation is valid against a bank holding ``id_map``'s memories: unknown ops,
-    unknown ids, ADD/UPDATE without text and operations on an id deleted earlier in the same batch
-    become NONE and are counted (``unknown_op``, ``unknown_memory_id``, ``invalid_op``,
-    ``conflicting_op``).
+    Op words and fields are the one dialect of ``memory/ops.py`` (``OP_ALIASES``, ``FIELDS``), the
+    same the store's ``apply`` reads. Every returned operation is valid against a bank holding
+    ``id_map``'s memories: unknown ops, unknown ids, ADD/UPDATE without text and operations on an
+    id deleted earlier in the same batch become NONE and are counted (``unknown_op``,
+    ``unknown_memory_id``, ``invalid_op``, ``conflicting_op``).
     """
     value, report = parse_json(text)
     items = _as_list(value, ("operations", "ops", "memory", "actions", "updates"))
@@ -292,14 +293,12 @@ def parse_operations(
             report.warn("invalid_op")
             ops.append(Operation("NONE"))
             continue
-        raw_op = _text(item.get("op", item.get("event", item.get("operation", item.get("action"))))).upper()
-        name = _OP_ALIASES.get(raw_op, raw_op)
-        if name not in OPS:
+        name = canonical_op(_text(read_field(item, "op")))
+        if name is None:
             report.warn("unknown_op")
             ops.append(Operation("NONE"))
             continue
-        raw_text = item.get("text", item.get("memory", item.get("value", item.get("fact"))))
-        body = _text(raw_text)[:max_chars]
+        body = _text(read_field(item, "text"))[:max_chars]
         if name == "NONE":
             ops.append(Operation("NONE"))
             continue
@@ -319,7 +318,7 @@ def parse_operations(
                 )
             )
             continue
-        short = _text(item.get("id", item.get("memory_id")))
+        short = _text(read_field(item, "id"))
         target = lookup.get(short) or (short if short in reverse else None)
         if target is None:
             report.warn("unknown_memory_id")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memfactory.memory.store import MemoryHit
+from memfactory.memory.records import MemoryHit
 from memfactory.modules.extractor import check_placeholders
 from memfactory.modules.llm_module import LLMModule
 from memfactory.modules.memory_ops import parse_id_list

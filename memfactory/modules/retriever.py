@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memfactory.memory.store import MemoryHit, MemoryStore
+from memfactory.memory.records import MemoryHit
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.base import MemoryModule
 from memfactory.registry import register
 

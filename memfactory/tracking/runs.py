@@ -40,7 +40,6 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -52,6 +51,7 @@ from typing import Any
 import sqlite_utils
 
 from memfactory.errors import MemFactoryError
+from memfactory.sqlite import connect, immediate, sqlite_errors
 
 STATUSES = ("created", "running", "finished", "failed", "aborted")
 ACTIVE_STATUSES = ("created", "running")
@@ -230,41 +230,18 @@ class RunsDB:
         self._local = threading.local()
         with self._errors("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._enable_wal(self.db)
             self._ensure_schema()
 
-    # -- connection handling -------------------------------------------------------------------
+    # -- connection handling (memfactory/sqlite.py: WAL, busy timeout, errors, transactions) ---
 
     @property
     def db(self) -> sqlite_utils.Database:
         """This thread's sqlite-utils Database (one connection per thread and process)."""
         db = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            # in WAL mode NORMAL stays consistent after a crash and skips an fsync per commit
-            conn.execute("PRAGMA synchronous = NORMAL")
-            db = sqlite_utils.Database(conn)
+            db = sqlite_utils.Database(connect(self.path, timeout=self.timeout))
             self._local.db, self._local.pid = db, os.getpid()
         return db
-
-    def _enable_wal(self, db: sqlite_utils.Database) -> None:
-        """Switch the file to WAL, retrying while another process does the same.
-
-        SQLite answers "database is locked" at once, without the busy timeout, when two processes
-        switch a fresh file to WAL together (a trainer and the UI on a new workspace), so wait here.
-        """
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                if db.journal_mode != "wal":
-                    db.enable_wal()
-                return
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -273,39 +250,23 @@ class RunsDB:
             db.close()
             self._local.db = None
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
         """Turn SQLite failures into one readable MemFactoryError naming the file."""
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            message = str(exc)
-            if "locked" in message or "busy" in message:
-                raise MemFactoryError(
-                    f"runs database {self.path} is locked by another process (waited {self.timeout:g} s "
-                    f"to {action}); is a stuck trainer or another tool holding it?"
-                ) from exc
-            raise MemFactoryError(f"runs database {self.path}: cannot {action}: {message}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise MemFactoryError(
-                f"runs database {self.path} is not a readable SQLite file ({exc}); move it away to start a new one"
-            ) from exc
-        except OSError as exc:
-            raise MemFactoryError(f"runs database {self.path}: cannot {action}: {exc}") from exc
+        return sqlite_errors(
+            f"runs database {self.path}",
+            action,
+            path=self.path,
+            timeout=self.timeout,
+            locked_hint="Is a stuck trainer or another tool holding it?",
+        )
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite_utils.Database]:
         """A write transaction that takes the lock first, so the busy timeout covers it."""
         with self._errors(action):
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db.conn):
                 yield db
-            except BaseException:
-                db.rollback()
-                raise
-            else:
-                db.commit()
 
     def _ensure_schema(self) -> None:
         with self._write("create tables") as db:

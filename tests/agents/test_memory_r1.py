@@ -8,7 +8,8 @@ import tempfile
 
 import pytest
 
-from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config, cited_ids, episode_steps
+from memfactory.agents.banks import episode_steps
+from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config
 from memfactory.data.locomo import load_locomo
 from memfactory.errors import MemFactoryError
 from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
@@ -36,15 +37,6 @@ def _agent(mode: str, **extra) -> MemoryR1Agent:
 
 def _banks_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "memfactory-banks-*")))
-
-
-def test_episode_steps_follow_sessions(samples):
-    steps = episode_steps(samples[0], 3)
-    sessions = samples[0].meta["sessions"]
-    assert len(steps) == sum(-(-len(s["turns"]) // 3) for s in sessions)
-    assert steps[0].date == sessions[0]["date_time"] and steps[0].dialogue.count("\n") == 2
-    plain = episode_steps(Sample("p", "q", ["a"], context="A: one\n\nB: two\nA: three"), 2)
-    assert [s.dialogue for s in plain] == ["A: one\nB: two", "A: three"]
 
 
 @pytest.mark.parametrize(
@@ -108,21 +100,6 @@ def test_distilled_ids_come_from_the_answer(tiny_backend, samples):
 def test_template_is_checked():
     with pytest.raises(ValueError, match="memories"):
         MemoryR1Config(answer_template="{question} only")
-
-
-@pytest.mark.parametrize(
-    ("text", "ids"),
-    [
-        ("[0, 2] \\boxed{Brevik}", ["0", "2"]),
-        ("\\boxed{Brevik} [1]", ["1"]),
-        ("\\boxed{a{b}} I used 2 and 0", ["2", "0"]),
-        ("\\boxed{Brevik}", None),
-        ("\\boxed{unclosed [1]", None),
-        ("[1]", ["1"]),
-    ],
-)
-def test_citations_before_or_after_the_boxed_answer(text, ids):
-    assert cited_ids(text, 3) == ids
 
 
 def test_inference_reuses_conversation_banks_until_training(tiny_backend, samples):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memfactory.agents.memory_r1 import text_cited
+from memfactory.agents.banks import text_cited
 from memfactory.agents.rmm import MemoryRMMAgent, RMMConfig, add_observations, add_turns
 from memfactory.data.locomo import load_locomo
 from memfactory.envs.memory_bank import CitationBonus

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from memfactory.envs.rewards import boxed_em, memagent_extract
+from memfactory.envs.answer_metrics import boxed_em, memagent_extract
 from memfactory.registry import REGISTRY
 from memfactory.types import Sample, Trajectory
 

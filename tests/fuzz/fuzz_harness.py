@@ -39,19 +39,13 @@ import yaml
 from memfactory.config import Preset, load_preset, parse_preset
 from memfactory.data.locomo import is_locomo, load_locomo
 from memfactory.data.memagent import load_samples
+from memfactory.envs.answer_metrics import boxed_em, extract_boxed, extract_prediction, memagent_boxed, memagent_extract
 from memfactory.envs.build import build_rewards
-from memfactory.envs.rewards import (
-    boxed_em,
-    extract_boxed,
-    extract_prediction,
-    memagent_boxed,
-    memagent_extract,
-    parse_verdict,
-)
-from memfactory.envs.rewards import strip_thinking as reward_strip_thinking
+from memfactory.envs.rewards import parse_verdict
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
-from memfactory.memory.store import OPS, MemoryStore, Operation
+from memfactory.memory.ops import OPS, Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import lines_as_facts
 from memfactory.modules.memory_ops import Fact, parse_facts, parse_id_list, parse_json, parse_operations
 from memfactory.modules.updater import NaiveUpdater, UpdaterConfig, UpdateRequest
@@ -290,10 +284,9 @@ def _parser_contracts(text: str) -> None:
     assert 0.0 <= boxed_em(text, GOLDS) <= 1.0
     visible, terminated = strip_thinking(text)
     assert isinstance(visible, str) and isinstance(terminated, bool)
-    assert isinstance(reward_strip_thinking(text), str)
     lines = lines_as_facts(text, 8)  # the extractor's fallback: these facts may be ADDed to the bank
     assert len(lines) <= 8 and all(isinstance(f, Fact) and f.value.encode("utf-8") for f in lines)
-    from memfactory.agents.memory_r1 import cited_ids
+    from memfactory.agents.banks import cited_ids
 
     cited = cited_ids(visible, 3)
     assert cited is None or set(cited) <= set(VALID_IDS)

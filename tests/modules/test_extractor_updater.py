@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from memfactory.memory.embed import get_embedder
-from memfactory.memory.store import MemoryStore, Operation
+from memfactory.memory.ops import Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import ExtractorConfig, ExtractRequest, NaiveExtractor
 from memfactory.modules.memory_ops import Fact
 from memfactory.modules.reranker import RerankerConfig, RerankRequest, RerankRetriever

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from memfactory.errors import MemFactoryError
 from memfactory.memory.embed import get_embedder
-from memfactory.memory.store import OPS, MemoryStore, Operation
+from memfactory.memory.ops import OPS, Operation
+from memfactory.memory.store import MemoryStore
 from memfactory.modules.memory_ops import (
     apply_operations,
     parse_facts,
