@@ -1,4 +1,10 @@
-"""A run's folder and its JSON-lines files, written so a UI can tail them while training runs.
+"""A run's folder and its JSON-lines files: THE per-step store, written so a UI can tail it live.
+
+metrics.jsonl is the only place a run's per-step metrics live (the runs database keeps one row per
+run with summary columns: step, last/best reward, peak GiB, seconds per step, ETA). It is
+crash-safe (whole lines, flushed), can be tailed while training runs, and travels with the run
+folder. Everything that shows steps (the Train tab, the Runs tab, ``memfactory runs show``, the
+demo's table) reads it through :func:`read_records`, one cached incremental reader.
 
 Layout of ``runs/<id>/``::
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -60,6 +67,7 @@ class RunDir:
 
     @property
     def swanlab_dir(self) -> Path:
+        """Where SwanLab's offline/local run files go (``swanlog/run-*/``)."""
         return self.path / "swanlog"
 
     def create(self) -> RunDir:
@@ -130,6 +138,46 @@ def read_metrics(path: str | Path, since_line: int = 0) -> MetricsChunk:
         if isinstance(record, dict):
             records.append(record)
     return MetricsChunk(records, max(since_line, len(complete)))
+
+
+class RecordsCache:
+    """Incremental readers of growing JSON-lines files (re-read from the start when one shrinks).
+
+    A UI polls the same few files every second or two: each call reads only the lines appended
+    since the last one. At most ``limit`` files are remembered (least recently read dropped).
+    """
+
+    def __init__(self, limit: int = 32) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
+        self.limit = limit
+
+    def read(self, path: str | Path) -> list[dict[str, Any]]:
+        key = str(path)
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            return []
+        with self._lock:
+            next_line, seen, records = self._files.get(key, (0, 0, []))
+            if size < seen:  # truncated (a resume rewrote it): start over
+                next_line, records = 0, []
+            if size != seen or not records:
+                chunk = read_metrics(path, next_line)
+                records = records + chunk.records
+                self._files.pop(key, None)
+                self._files[key] = (chunk.next_line, size, records)
+                while len(self._files) > self.limit:
+                    self._files.pop(next(iter(self._files)))
+            return list(records)
+
+
+_CACHE = RecordsCache()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics.jsonl / samples.jsonl, oldest first (cached, read incrementally)."""
+    return _CACHE.read(path)
 
 
 def truncate_after(path: str | Path, step: int) -> int:
