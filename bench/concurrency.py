@@ -256,7 +256,7 @@ def main() -> int:
     print("  p99 by kind: " + ", ".join(f"{k} {v:.1f} ms" for k, v in bank["p99_ms_by_kind"].items()))
     print(f"runs database, {args.runs_writers} writers x {args.runs_steps} steps + 1 UI reader: "
           f"{runs['writes_per_s']:.0f} writes/s, write p99 {runs['write_p99_ms']:.1f} ms, "
-          f"{runs['polls']} polls, poll p50 {runs['poll_p50_ms']:.1f} ms p99 {runs['poll_p99_ms']:.1f} ms "
+          f"{runs['polls']} polls, poll p50 {runs['poll_p50_ms']:.1f} ms p99 {runs['poll_p99_ms']:.1f} ms, "
           f"retries {runs['retries']}, "
           f"errors {runs['errors']}, exit codes {runs['exit_codes']}")
     if args.json:
