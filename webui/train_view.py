@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from memfactory.errors import MemFactoryError
+from memfactory.tracking import metric_keys as keys
 from memfactory.tracking import process
 from memfactory.tracking.metrics import RunDir
 from memfactory.tracking.runs import ACTIVE_STATUSES, LAUNCH_LOG_LINES, TERMINAL_STATUSES, Launch
@@ -410,8 +411,9 @@ def sample_steps(samples: list[dict[str, Any]]) -> list[int]:
     """Steps whose samples.jsonl record holds whole trajectories, newest first."""
     steps = []
     for record in samples:
-        if record.get("samples") and isinstance(record.get("step"), int) and record["step"] not in steps:
-            steps.append(record["step"])
+        step = record.get(keys.STEP)
+        if record.get(keys.TRAJECTORIES) and isinstance(step, int) and step not in steps:
+            steps.append(step)
     return sorted(steps, reverse=True)
 
 
@@ -422,8 +424,8 @@ def trajectories_at(samples: list[dict[str, Any]], step: int | None) -> list[dic
         return []
     wanted = steps[0] if step is None else step
     for record in reversed(samples):  # after a resume a step may appear twice: the last one counts
-        if record.get("step") == wanted and record.get("samples"):
-            return [s for s in record["samples"] if isinstance(s, dict)]
+        if record.get(keys.STEP) == wanted and record.get(keys.TRAJECTORIES):
+            return [s for s in record[keys.TRAJECTORIES] if isinstance(s, dict)]
     return []
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from memfactory.tracking import metric_keys as keys
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -195,7 +197,7 @@ def truncate_after(path: str | Path, step: int) -> int:
             continue
         try:
             record = json.loads(raw)
-            keep = isinstance(record, dict) and int(record.get("step", -1)) <= step
+            keep = isinstance(record, dict) and int(record.get(keys.STEP, -1)) <= step
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
             keep = False
         if keep:
@@ -240,7 +242,7 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Append ``{"step", "time", **metrics}`` to metrics.jsonl; returns the record written."""
-        record = {"step": int(step), "time": time.time(), **metrics}
+        record = {keys.STEP: int(step), keys.TIME: time.time(), **metrics}
         self._append(self._metrics, record)
         return record
 
@@ -255,10 +257,10 @@ class MetricsWriter:
         ``samples``: short per-trajectory dicts (question, answer, reward, memory excerpt, ...).
         ``group_rewards``: one list of rewards per GRPO group, as they were, not only mean/std.
         """
-        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        record: dict[str, Any] = {keys.STEP: int(step), keys.TIME: time.time()}
         if group_rewards is not None:
-            record["rewards"] = [list(group) for group in group_rewards]
-        record["samples"] = list(samples)
+            record[keys.GROUP_REWARDS] = [list(group) for group in group_rewards]
+        record[keys.TRAJECTORIES] = list(samples)
         self._append(self._samples, record)
         return record
 
