@@ -5,9 +5,10 @@ Two workloads, each on real files with real processes (multiprocessing, spawn):
 * **memory bank**: P processes (default 4) each run a seeded mix of add / atomic batch (apply) /
   update / delete of their own memories, updates of four memories they all share, and searches
   (each checks that it finds a memory it just wrote: read-your-writes under concurrency).
-* **runs database**: W writers (default 2) log a trainer's per-step metrics and progress the way
-  ``TrainingSession._on_step`` does, while one reader polls it the way the web UI's Train and
-  Runs tabs do (reconcile, list_runs, get, metrics_frame).
+* **runs database**: W writers (default 2) log a trainer's per-step metrics (metrics.jsonl) and
+  the run row's progress the way ``TrainingSession._on_step`` does, while one reader polls the way
+  the web UI's Train and Runs tabs do (reconcile, list_runs, get, the run's metrics.jsonl through
+  ``read_records``).
 
 Retries: none at application level — WAL plus ``BEGIN IMMEDIATE`` plus SQLite's busy timeout
 make a writer wait inside the call instead of failing, so a lock wait shows up as latency
@@ -36,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SHARED_IDS = [f"shared-{i}" for i in range(4)]
-METRIC_KEYS = [f"metric/{i}" for i in range(24)] + ["reward/mean", "loss"]
+METRIC_KEYS = [f"metric/{i}" for i in range(23)] + ["reward/mean", "loss", "hw/peak_gib"]
 WORDS = ["river", "castle", "lantern", "violet", "harbour", "meadow", "copper", "falcon", "orchard", "summit"]
 
 
@@ -106,14 +107,17 @@ def bank_worker(path: str, name: str, seed: int, n_ops: int, out: str, start: An
 
 
 def runs_writer(db_path: str, run_id: str, steps: int, out: str, start: Any = None) -> None:
-    """Log ``steps`` steps the way the trainer does (metrics + progress), timing each call."""
+    """Log ``steps`` steps the way the trainer does (metrics.jsonl + the row's progress), timing each call."""
+    from memfactory.tracking.metrics import MetricsWriter
     from memfactory.tracking.runs import RunsDB
 
     db = RunsDB(db_path)
     latencies: list[float] = []
     errors: list[str] = []
-    db.create_run("bench", Path(db_path).parent / run_id, run_id=run_id, total_steps=steps)
+    run_dir = Path(db_path).parent / run_id
+    db.create_run("bench", run_dir, run_id=run_id, total_steps=steps)
     db.set_status(run_id, "running")
+    writer = MetricsWriter(run_dir)
     if start is not None:
         start.wait(120)
     window = [time.time()]
@@ -123,19 +127,22 @@ def runs_writer(db_path: str, run_id: str, steps: int, out: str, start: Any = No
             began = time.perf_counter()
             try:
                 if write == "metrics":
-                    db.log_metrics(run_id, step, metrics)
+                    writer.write(step, metrics)
                 else:
-                    db.update_progress(run_id, step, metrics["reward/mean"])
+                    db.update_progress(run_id, step, metrics["reward/mean"], peak_gib=metrics["hw/peak_gib"],
+                                       seconds_per_step=0.01, eta_s=(steps - step) * 0.01)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors.append(f"{type(exc).__name__}: {exc}")
             latencies.append(time.perf_counter() - began)
     window.append(time.time())
+    writer.close()
     db.set_status(run_id, "finished")
     Path(out).write_text(json.dumps({"window": window, "latencies": latencies, "errors": errors}))
 
 
 def ui_reader(db_path: str, run_ids: list[str], out: str, timeout: float = 600.0, start: Any = None) -> None:
     """Poll like the UI until every run in ``run_ids`` has ended: what it saw, latencies, errors."""
+    from memfactory.tracking.metrics import RunDir, read_records
     from memfactory.tracking.runs import TERMINAL_STATUSES, RunsDB
 
     if start is not None:
@@ -156,8 +163,8 @@ def ui_reader(db_path: str, run_ids: list[str], out: str, timeout: float = 600.0
                 for run_id in run_ids:
                     record = db.get(run_id)
                     if record is not None:
-                        frame = db.metrics_frame(run_id, ["reward/mean", "loss"])
-                        seen[run_id].append([record.status, record.step, len(frame)])
+                        records = read_records(RunDir(record.run_dir).metrics_path)
+                        seen[run_id].append([record.status, record.step, len(records)])
         except Exception as exc:  # noqa: BLE001 - counted and reported
             errors.append(f"{type(exc).__name__}: {exc}")
         latencies.append(time.perf_counter() - began)
@@ -249,8 +256,8 @@ def main() -> int:
     print("  p99 by kind: " + ", ".join(f"{k} {v:.1f} ms" for k, v in bank["p99_ms_by_kind"].items()))
     print(f"runs database, {args.runs_writers} writers x {args.runs_steps} steps + 1 UI reader: "
           f"{runs['writes_per_s']:.0f} writes/s, write p99 {runs['write_p99_ms']:.1f} ms, "
-          f"{runs['polls']} polls, poll p50 {runs['poll_p50_ms']:.1f} ms p99 {runs['poll_p99_ms']:.1f} ms "
-          f"(the first imports pandas), retries {runs['retries']}, "
+          f"{runs['polls']} polls, poll p50 {runs['poll_p50_ms']:.1f} ms p99 {runs['poll_p99_ms']:.1f} ms, "
+          f"retries {runs['retries']}, "
           f"errors {runs['errors']}, exit codes {runs['exit_codes']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"bank": bank, "runs": runs}, indent=2))

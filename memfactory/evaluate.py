@@ -254,7 +254,7 @@ def _needs_judge(samples: Sequence[Sample], default_metric: str, metric_map: Map
 
 def default_preset_data(model: str) -> dict[str, Any]:
     """A MemAgent preset around ``model`` with the paper's eval recipe (chunks of 2500, no cap)."""
-    from memfactory.tracking.runs import slugify
+    from memfactory.tracking.process import slugify
 
     return {
         "name": f"memagent_{slugify(Path(model).name or model)}",

@@ -96,7 +96,7 @@ TEXT: dict[str, dict[str, str]] = {
     "train_step": {"en": "step", "zh": "步"},
     "train_elapsed": {"en": "elapsed", "zh": "已用"},
     "train_eta": {"en": "ETA", "zh": "预计剩余"},
-    "status.starting": {"en": "starting", "zh": "启动中"},
+    "status.created": {"en": "created", "zh": "已创建"},
     "status.running": {"en": "running", "zh": "运行中"},
     "status.finished": {"en": "finished", "zh": "已完成"},
     "status.failed": {"en": "failed", "zh": "失败"},

@@ -1,29 +1,20 @@
 """Plotly figures of a run's metrics (one row per optimizer step, as in ``metrics.jsonl``).
 
-Metric names vary a little between writers (``reward/mean`` or ``reward``), so each figure looks
-for the first of a few known keys. Missing data never raises: the figure says "no data yet".
+Every figure reads the names the trainer writes, from :mod:`memfactory.tracking.metric_keys`.
+Missing data never raises: the figure says "no data yet".
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-REWARD_MEAN = ("reward/mean", "reward", "reward_mean", "rewards/mean")
-REWARD_STD = ("reward/std", "reward_std", "rewards/std")
-RAW_REWARDS = ("rewards", "reward/raw", "group_rewards", "raw_rewards")
-LOSS = ("loss", "train/loss")
-KL = ("kl", "train/kl", "kl/mean")
-LENGTH = ("response_length", "response_length/mean", "completion_length", "completions/mean_length")
-CLIP = ("clip_ratio", "clip_ratio/mean", "clip_ratio/region_mean")
-STEP = ("step", "global_step")
-NOT_PARTS = {"mean", "std", "min", "max", "raw", "total"}
+from memfactory.tracking import metric_keys as keys
 
 
 def to_frame(metrics: Any) -> pd.DataFrame:
@@ -33,9 +24,9 @@ def to_frame(metrics: Any) -> pd.DataFrame:
     frame = metrics.copy() if isinstance(metrics, pd.DataFrame) else pd.DataFrame(list(metrics))
     if frame.empty:
         return frame
-    step = _first(frame, STEP)
-    frame["step"] = pd.to_numeric(frame[step], errors="coerce") if step else range(len(frame))
-    return frame.sort_values("step", kind="stable").reset_index(drop=True)
+    has_step = _has(frame, keys.STEP)
+    frame[keys.STEP] = pd.to_numeric(frame[keys.STEP], errors="coerce") if has_step else range(len(frame))
+    return frame.sort_values(keys.STEP, kind="stable").reset_index(drop=True)
 
 
 def empty_figure(title: str = "", message: str = "no data yet") -> go.Figure:
@@ -49,16 +40,15 @@ def empty_figure(title: str = "", message: str = "no data yet") -> go.Figure:
 def reward_figure(metrics: Any) -> go.Figure:
     """Mean reward with a ±1 std band, plus every named reward part (``reward/<name>``)."""
     frame = to_frame(metrics)
-    mean_key = _first(frame, REWARD_MEAN)
+    has_mean = _has(frame, keys.REWARD_MEAN)
     parts = reward_parts(frame)
-    if mean_key is None and not parts:
+    if not has_mean and not parts:
         return empty_figure("Reward")
     fig = go.Figure()
-    if mean_key is not None:
-        data = _numeric(frame, mean_key)
-        std_key = _first(frame, REWARD_STD)
-        if std_key is not None:
-            band = data.assign(std=pd.to_numeric(frame.loc[data.index, std_key], errors="coerce").fillna(0.0))
+    if has_mean:
+        data = _numeric(frame, keys.REWARD_MEAN)
+        if _has(frame, keys.REWARD_STD):
+            band = data.assign(std=pd.to_numeric(frame.loc[data.index, keys.REWARD_STD], errors="coerce").fillna(0.0))
             fig.add_trace(go.Scatter(x=band["step"], y=band["value"] + band["std"], mode="lines",
                                      line={"width": 0}, showlegend=False, hoverinfo="skip"))
             fig.add_trace(go.Scatter(x=band["step"], y=band["value"] - band["std"], mode="lines",
@@ -74,16 +64,15 @@ def reward_figure(metrics: Any) -> go.Figure:
 
 
 def reward_parts(frame: pd.DataFrame) -> list[str]:
-    """Columns like ``reward/sub_em`` (named reward parts), not the mean/std summaries."""
-    return [c for c in frame.columns if isinstance(c, str) and c.startswith("reward/")
-            and c.split("/", 1)[1] not in NOT_PARTS and _is_numeric(frame[c])]
+    """Columns like ``reward/sub_em`` (named reward parts), not the mean/std/max/min summaries."""
+    return [c for c in frame.columns if isinstance(c, str) and c.startswith(keys.REWARD_PREFIX)
+            and c not in keys.REWARD_SUMMARIES and _is_numeric(frame[c])]
 
 
-def scalar_figure(metrics: Any, keys: Sequence[str], title: str, y_title: str = "") -> go.Figure:
-    """One metric over steps (the first of ``keys`` present)."""
+def scalar_figure(metrics: Any, key: str, title: str, y_title: str = "") -> go.Figure:
+    """One metric over steps."""
     frame = to_frame(metrics)
-    key = _first(frame, keys)
-    if key is None:
+    if not _has(frame, key):
         return empty_figure(title)
     data = _numeric(frame, key)
     if data.empty:
@@ -93,30 +82,29 @@ def scalar_figure(metrics: Any, keys: Sequence[str], title: str, y_title: str = 
 
 
 def loss_figure(metrics: Any) -> go.Figure:
-    return scalar_figure(metrics, LOSS, "Loss")
+    return scalar_figure(metrics, keys.LOSS, "Loss")
 
 
 def kl_figure(metrics: Any) -> go.Figure:
-    return scalar_figure(metrics, KL, "KL to reference")
+    return scalar_figure(metrics, keys.KL, "KL to reference")
 
 
 def length_figure(metrics: Any) -> go.Figure:
-    return scalar_figure(metrics, LENGTH, "Response length", "tokens")
+    return scalar_figure(metrics, keys.RESPONSE_LENGTH_MEAN, "Response length", "tokens")
 
 
 def clip_figure(metrics: Any) -> go.Figure:
-    return scalar_figure(metrics, CLIP, "Clip ratio")
+    return scalar_figure(metrics, keys.CLIP_RATIO, "Clip ratio")
 
 
 def reward_distribution_figure(metrics: Any, last_steps: int = 10) -> go.Figure:
-    """Violin per step of the raw group rewards over the last ``last_steps`` steps."""
+    """Violin per step of the raw group rewards (samples.jsonl) over the last ``last_steps`` steps."""
     frame = to_frame(metrics)
-    key = _first(frame, RAW_REWARDS)
-    if key is None:
+    if not _has(frame, keys.GROUP_REWARDS):
         return empty_figure("Reward distribution")
     fig = go.Figure()
-    rows = frame[["step", key]].dropna().tail(last_steps)
-    for step, values in zip(rows["step"], rows[key]):
+    rows = frame[[keys.STEP, keys.GROUP_REWARDS]].dropna().tail(last_steps)
+    for step, values in zip(rows[keys.STEP], rows[keys.GROUP_REWARDS]):
         numbers = [float(v) for v in _flatten(values)]
         if numbers:
             fig.add_trace(go.Violin(y=numbers, name=f"step {int(step) if pd.notna(step) else '?'}",
@@ -132,10 +120,9 @@ def overlay_figure(runs: Mapping[str, Any]) -> go.Figure:
     fig = go.Figure()
     for run_id, metrics in runs.items():
         frame = to_frame(metrics)
-        key = _first(frame, REWARD_MEAN)
-        if key is None:
+        if not _has(frame, keys.REWARD_MEAN):
             continue
-        data = _numeric(frame, key)
+        data = _numeric(frame, keys.REWARD_MEAN)
         fig.add_trace(go.Scatter(x=data["step"], y=data["value"], mode="lines", name=str(run_id)))
     if not fig.data:
         return empty_figure("Reward by run", "no runs with reward data selected")
@@ -158,11 +145,9 @@ def all_figures(metrics: Any) -> dict[str, go.Figure]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _first(frame: pd.DataFrame, keys: Iterable[str]) -> str | None:
-    for key in keys:
-        if key in frame.columns and frame[key].notna().any():
-            return key
-    return None
+def _has(frame: pd.DataFrame, key: str) -> bool:
+    """Whether ``frame`` has a column ``key`` with any value in it."""
+    return key in frame.columns and bool(frame[key].notna().any())
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -170,7 +155,7 @@ def _is_numeric(column: pd.Series) -> bool:
 
 
 def _numeric(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    data = pd.DataFrame({"step": frame["step"], "value": pd.to_numeric(frame[key], errors="coerce")})
+    data = pd.DataFrame({"step": frame[keys.STEP], "value": pd.to_numeric(frame[key], errors="coerce")})
     return data.dropna()
 
 
@@ -199,16 +184,13 @@ def _layout(fig: go.Figure, title: str, x_title: str = "", y_title: str = "") ->
 
 # --------------------------------------------------------------------------- hardware (hw/... metrics)
 
-HW_KEY = re.compile(r"hw/rank(\d+)/(\w+)")
-
-
 def hardware_figure(metrics: Any) -> go.Figure:
     """Memory per rank (GPU allocated/reserved when logged, else RSS) and utilisation (GPU util,
     else CPU %) from the trainer's ``hw/rank{r}/...`` metrics; whatever subset is present is drawn."""
     frame = to_frame(metrics)
     ranks: dict[int, set[str]] = {}
     for column in frame.columns:
-        match = HW_KEY.fullmatch(str(column)) if isinstance(column, str) else None
+        match = keys.HW_RANK_KEY.fullmatch(column) if isinstance(column, str) else None
         if match and _is_numeric(frame[column]):
             ranks.setdefault(int(match.group(1)), set()).add(match.group(2))
     if not ranks:
@@ -216,18 +198,18 @@ def hardware_figure(metrics: Any) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("memory per rank (GiB)", "utilisation (%)"))
     for rank in sorted(ranks):
         names = ranks[rank]
-        memory = ["gpu_allocated_gib", "gpu_reserved_gib"] if "gpu_allocated_gib" in names else ["rss_gib"]
-        for name in memory + ["gpu_util_percent" if "gpu_util_percent" in names else "cpu_percent"]:
+        gpu = keys.HW_GPU_ALLOCATED in names
+        memory = [keys.HW_GPU_ALLOCATED, keys.HW_GPU_RESERVED] if gpu else [keys.HW_RSS]
+        for name in memory + [keys.HW_GPU_UTIL if keys.HW_GPU_UTIL in names else keys.HW_CPU]:
             if name not in names:
                 continue
-            data = _numeric(frame, f"hw/rank{rank}/{name}")
+            data = _numeric(frame, keys.hw_key(rank, name))
             fig.add_trace(go.Scatter(x=data["step"], y=data["value"], mode="lines+markers", name=f"rank {rank} {name}",
-                                     line={"dash": "dot" if name == "gpu_reserved_gib" else "solid"}),
-                          row=1, col=1 if name.endswith("_gib") else 2)
-    peak = _first(frame, ("hw/peak_gib",))
+                                     line={"dash": "dot" if name == keys.HW_GPU_RESERVED else "solid"}),
+                          row=1, col=1 if name in memory else 2)
     title = "Hardware"
-    if peak is not None:
-        values = _numeric(frame, peak)["value"]
+    if _has(frame, keys.HW_PEAK_GIB):
+        values = _numeric(frame, keys.HW_PEAK_GIB)["value"]
         if not values.empty:
             title += f" · peak {values.max():.2f} GiB"
     fig.update_xaxes(title="step")

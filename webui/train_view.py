@@ -2,9 +2,11 @@
 
 The tab keeps a small ``Attached`` dict per browser session (the run it follows, and the pid when
 this UI launched it) and calls :func:`poll` on every timer tick. ``poll`` never spins forever on
-a dead trainer: it reconciles the runs database (a run whose process is gone becomes ``failed``
-with its last log lines) and also covers the gap before the trainer has written its database row
-(a process that dies that early is reported with its exit code and log tail).
+a dead trainer: it reconciles the runs database, telling it what this UI launched
+(``RunsDB.reconcile``: a run whose process is gone becomes ``failed`` with its last log lines),
+and also covers the gap before the trainer has written its database row (a process that dies that
+early is reported with its exit code and log tail). Status words, durations and the ETA are
+memfactory.tracking's: this module never writes a run's status itself.
 """
 
 from __future__ import annotations
@@ -13,24 +15,23 @@ import html
 import importlib
 import importlib.util
 import inspect
-import itertools
 import json
-import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memfactory.errors import MemFactoryError
-from memfactory.tracking.metrics import read_metrics
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking import process
+from memfactory.tracking.metrics import RunDir
+from memfactory.tracking.runs import ACTIVE_STATUSES, LAUNCH_LOG_LINES, TERMINAL_STATUSES, Launch
+from memfactory.tracking.view import STATUS_ICONS, format_duration
 from webui import runner, workspace
 from webui.launch_command import Hardware, LaunchSpec, build_command, detect_hardware, launch_problems, override_args
 
 DEFAULT_PRESET = "tiny_cpu_demo"
 LOG_LINES = 20
-ETA_WINDOW = 20
-ACTIVE = ("starting", "running")
 
 
 # --------------------------------------------------------------------------- what a session follows
@@ -56,13 +57,17 @@ class Attached:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def launches(self) -> dict[str, Launch]:
+        """What this session knows about its run's launch, for ``RunsDB.reconcile``."""
+        return {self.run_id: Launch(pid=self.pid, aborted=self.aborted)} if self.run_id else {}
+
 
 @dataclass
 class RunView:
     """One poll's result: everything the status line, progress bar and log box need."""
 
     run_id: str | None
-    status: str = "none"  # none, starting, running, finished, failed, aborted
+    status: str | None = None  # a runs-database status word (tracking.runs.STATUSES); None: no run
     step: int = 0
     total: int | None = None
     elapsed_s: float | None = None
@@ -74,7 +79,7 @@ class RunView:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        return self.status in ACTIVE_STATUSES
 
     @property
     def fraction(self) -> float | None:
@@ -127,7 +132,7 @@ def busy(db, attached: Attached) -> str | None:
     """The id of the followed run when it is still going (one run at a time from this tab)."""
     if not attached.run_id:
         return None
-    if attached.pid and runner.is_alive(attached.pid):
+    if attached.pid and process.is_alive(attached.pid):
         return attached.run_id
     record = db.get(attached.run_id)
     if record is not None and record.is_active and record.process_alive():
@@ -252,9 +257,9 @@ def launcher_pid(runs_dir: Path, run_id: str, rank0_pid: int | None) -> int | No
     so an abort from a restarted UI stops the whole launch, not rank 0 alone."""
     record = runner.read_launch(runs_dir, run_id) or {}
     pid = record.get("pid")
-    if not isinstance(pid, int) or not runner.is_alive(pid):
+    if not isinstance(pid, int) or not process.is_alive(pid):
         return None
-    if rank0_pid is None or rank0_pid == pid or rank0_pid in runner.process_tree(pid):
+    if rank0_pid is None or rank0_pid == pid or rank0_pid in process.process_tree(pid):
         return pid
     return None
 
@@ -263,23 +268,21 @@ def abort(db, attached: Attached, *, grace: float = 10.0) -> tuple[Attached, str
     """Stop the followed run's process group; the trainer records ``aborted`` itself on SIGTERM.
 
     When it could not (killed before its handler was installed, or already gone without a
-    status), the run is marked aborted here.
+    status), ``RunsDB.reconcile`` records it, told that a user aborted this launch.
     """
     if not attached.run_id:
         raise MemFactoryError("no run is selected")
     record = db.get(attached.run_id)
     pid = None
-    if attached.pid and runner.is_alive(attached.pid):
+    if attached.pid and process.is_alive(attached.pid):
         pid = attached.pid
     elif record is not None and record.is_active and record.process_alive():
         pid = launcher_pid(Path(record.run_dir).parent, attached.run_id, record.pid) or record.pid
     if pid is None and record is not None and not record.is_active:
         raise MemFactoryError(f"run {attached.run_id} is not running (it is {record.status})")
-    stopped = runner.abort(pid, grace=grace) if pid else False
+    stopped = process.abort(pid, grace=grace) if pid else False
     attached = Attached(**{**attached.to_dict(), "aborted": True})
-    record = db.get(attached.run_id)
-    if record is not None and record.is_active:
-        db.set_status(attached.run_id, "aborted", "aborted from the web UI (the trainer did not record it)")
+    db.reconcile(attached.launches())
     return attached, ("stopped" if stopped else "was not running")
 
 
@@ -309,143 +312,57 @@ def resume(db, run_id: str | None, attached: Attached, *, runs_dir: Path | None 
     return Attached(run_id=run_id, pid=pid, launched_at=time.time())
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    folder = Path(run_dir) / "checkpoints"
-    return folder.is_dir() and any(p.is_dir() and p.name.startswith("step-") for p in folder.iterdir())
-
-
 # --------------------------------------------------------------------------- polling
 
 
-def poll(db, attached: Attached, *, runs_dir: Path | None = None, now: float | None = None) -> RunView:
+def poll(db, attached: Attached, *, runs_dir: Path | None = None) -> RunView:
     """The followed run's state; a dead trainer becomes failed (or aborted), never a spinner."""
     if not attached.run_id:
         return RunView(run_id=None)
-    now = time.time() if now is None else now
-    db.reconcile()
+    db.reconcile(attached.launches())
     record = db.get(attached.run_id)
     launched = bool(attached.pid)
-    alive = launched and runner.is_alive(attached.pid)
+    alive = launched and process.is_alive(attached.pid)
     run_dir = Path(record.run_dir) if record else Path(runs_dir or workspace.runs_dir()) / attached.run_id
-    log = runner.tail(run_dir / "stdout.log", LOG_LINES)
+    log = process.tail(RunDir(run_dir).log_path, LOG_LINES)
     view = RunView(run_id=attached.run_id, run_dir=run_dir, log=log)
     if record is None:
         if alive:
-            view.status = "starting"
+            view.status = "created"
         elif launched:
             view.status = "aborted" if attached.aborted else "failed"
-            view.error = exit_message(attached.pid, "before it recorded the run", _error_log(run_dir))
+            view.error = process.exit_message(attached.pid, "before it recorded the run", _error_log(run_dir))
         else:
             view.status, view.error = "failed", f"run {attached.run_id} is not in the runs database"
         return view
     view.preset, view.step, view.total = record.name, record.step or 0, record.total_steps
-    view.elapsed_s, view.error = record.duration_s, record.error
-    view.status = "starting" if record.status == "created" else record.status
+    view.elapsed_s, view.error, view.status = record.duration_s, record.error, record.status
     relaunched = launched and attached.launched_at is not None and (record.ended_at or 0) < attached.launched_at
-    if record.status in ("finished", "failed", "aborted") and relaunched:
+    if record.status in TERMINAL_STATUSES and relaunched:
         # a resume we launched has not marked the run running yet, or died before it could
         if alive:
-            view.status, view.error = "starting", None
-        else:
-            code = runner.exit_code(attached.pid)
-            if code not in (None, 0):
-                view.status = "aborted" if attached.aborted else "failed"
-                view.error = exit_message(attached.pid, "before it resumed the run", _error_log(run_dir))
-    elif record.is_active and record.pid is None and launched and not alive:
-        # the row exists but the trainer died before recording its pid: reconcile cannot see it
-        error = exit_message(attached.pid, "before it started training", _error_log(run_dir))
-        record = db.set_status(attached.run_id, "aborted" if attached.aborted else "failed", error)
-        view.status, view.error = record.status, record.error
+            view.status, view.error = "created", None
+        elif process.exit_code(attached.pid) not in (None, 0):
+            view.status = "aborted" if attached.aborted else "failed"
+            view.error = process.exit_message(attached.pid, "before it resumed the run", _error_log(run_dir))
     if view.status == "running":
-        metrics = metrics_records(run_dir / "metrics.jsonl")
-        view.eta_s = eta_seconds(metrics, view.step, view.total)
+        view.eta_s = record.eta_s  # the trainer's own, written with each step
     return view
 
 
 def _error_log(run_dir: Path) -> str:
     """A longer tail for a failed start: under ``accelerate launch`` the launcher's own traceback
     and failure table (~40 lines) come after the ranks' real error."""
-    return runner.tail(run_dir / "stdout.log", 200)
-
-
-def launcher_noise(lines: list[str]) -> tuple[list[str], str | None]:
-    """The ranks' own output without torchrun's ``ChildFailedError`` report, and that report's root
-    cause (``rank 1 exited with code 2``); unchanged lines and None for a single-process run."""
-    end = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), None)
-    if end is None:
-        return lines, None
-    start = max((i for i in range(end + 1) if lines[i].startswith("Traceback (most recent call last)")), default=end)
-    kept = [line for line in lines[:start] if "torch/distributed/elastic/" not in line]
-    report = lines[end:]
-    root = None
-    if any(line.startswith("Root Cause") for line in report):
-        cause = report[next(i for i, line in enumerate(report) if line.startswith("Root Cause")):]
-        rank = next((line.split(":", 1)[1].strip() for line in cause if line.strip().startswith("rank ")), "?")
-        code = next((line.split(":", 1)[1].strip() for line in cause if line.strip().startswith("exitcode")), "?")
-        root = f"first failure: rank {rank}, exit code {code}"
-    return kept, root
-
-
-def exit_message(pid: int | None, when: str, log: str) -> str:
-    code = runner.exit_code(pid) if pid else None
-    how = f"with code {code}" if code is not None else "(exit code unknown)"
-    message = f"the trainer exited {how} {when}"
-    lines, root = launcher_noise(log.strip().splitlines())
-    if root:
-        message += f" ({root})"
-    lines = lines[-8:]
-    return message + ("; last lines of stdout.log:\n" + "\n".join(lines) if lines else "")
-
-
-# --------------------------------------------------------------------------- progress and ETA
-
-
-def seconds_per_step(records: list[dict[str, Any]], window: int = ETA_WINDOW) -> float | None:
-    """Median wall time per step over the last ``window`` steps (a resume gap does not skew it)."""
-    points = []
-    for record in records:
-        try:
-            points.append((int(record["step"]), float(record["time"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    points = points[-(window + 1):]
-    rates = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(points) if s1 > s0 and t1 >= t0]
-    if rates:
-        return statistics.median(rates)
-    for record in reversed(records):  # one step so far: the trainer's own step time
-        value = record.get("time/step_s")
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    return None
-
-
-def eta_seconds(records: list[dict[str, Any]], step: int, total: int | None) -> float | None:
-    """Seconds left: steps to go times the recent seconds per step (None when unknown)."""
-    if not total:
-        return None
-    if step >= total:
-        return 0.0
-    rate = seconds_per_step(records)
-    return None if rate is None else (total - step) * rate
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = round(max(0.0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-STATUS_ICON = {"none": "⚪", "starting": "⏳", "running": "🟢", "finished": "✅", "failed": "❌", "aborted": "⏹️"}
+    return process.tail(RunDir(run_dir).log_path, LAUNCH_LOG_LINES)
 
 
 def status_markdown(view: RunView, labels: dict[str, str] | None = None) -> str:
     """``🟢 **running** · run `id` (preset)``, plus the error for a failed run."""
     labels = labels or {}
-    if view.run_id is None:
+    if view.run_id is None or view.status is None:
         return labels.get("none", "No run selected. Start one, or pick a run below.")
     status = labels.get(view.status, view.status)
-    text = f"{STATUS_ICON.get(view.status, '')} **{status}** · `{view.run_id}`"
+    text = f"{STATUS_ICONS.get(view.status, '')} **{status}** · `{view.run_id}`"
     if view.preset:
         text += f" ({view.preset})"
     if view.error and view.status in ("failed", "aborted"):
@@ -470,47 +387,12 @@ def progress_html(view: RunView, labels: dict[str, str] | None = None) -> str:
         parts.append(f"{labels.get('eta', 'ETA')} {format_duration(view.eta_s)}")
     bar = f'<progress value="{view.step}" max="{max(total, 1)}" style="width:100%"></progress>' if total else \
         '<progress style="width:100%"></progress>' if view.active else ""
+    status = html.escape(view.status or "")
     return (f'<div class="mf-train-progress" data-step="{view.step}" data-total="{total}" '
-            f'data-status="{html.escape(view.status)}">{bar}<div>{html.escape(" · ".join(parts))}</div></div>')
+            f'data-status="{status}">{bar}<div>{html.escape(" · ".join(parts))}</div></div>')
 
 
 # --------------------------------------------------------------------------- metrics and samples files
-
-
-class _JsonlCache:
-    """Incremental readers of growing JSON-lines files (re-read from the start when one shrinks)."""
-
-    def __init__(self, limit: int = 32) -> None:
-        self._lock = threading.Lock()
-        self._files: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
-        self.limit = limit
-
-    def read(self, path: str | Path) -> list[dict[str, Any]]:
-        key = str(path)
-        try:
-            size = Path(path).stat().st_size
-        except OSError:
-            return []
-        with self._lock:
-            next_line, seen, records = self._files.get(key, (0, 0, []))
-            if size < seen:  # truncated (a resume rewrote it): start over
-                next_line, records = 0, []
-            if size != seen or not records:
-                chunk = read_metrics(path, next_line)
-                records = records + chunk.records
-                self._files.pop(key, None)
-                self._files[key] = (chunk.next_line, size, records)
-                while len(self._files) > self.limit:
-                    self._files.pop(next(iter(self._files)))
-            return list(records)
-
-
-_CACHE = _JsonlCache()
-
-
-def metrics_records(path: str | Path) -> list[dict[str, Any]]:
-    """All complete records of a metrics.jsonl / samples.jsonl (cached, read incrementally)."""
-    return _CACHE.read(path)
 
 
 def file_signature(*paths: str | Path) -> list[list[float]]:
@@ -529,8 +411,9 @@ def sample_steps(samples: list[dict[str, Any]]) -> list[int]:
     """Steps whose samples.jsonl record holds whole trajectories, newest first."""
     steps = []
     for record in samples:
-        if record.get("samples") and isinstance(record.get("step"), int) and record["step"] not in steps:
-            steps.append(record["step"])
+        step = record.get(keys.STEP)
+        if record.get(keys.TRAJECTORIES) and isinstance(step, int) and step not in steps:
+            steps.append(step)
     return sorted(steps, reverse=True)
 
 
@@ -541,8 +424,8 @@ def trajectories_at(samples: list[dict[str, Any]], step: int | None) -> list[dic
         return []
     wanted = steps[0] if step is None else step
     for record in reversed(samples):  # after a resume a step may appear twice: the last one counts
-        if record.get("step") == wanted and record.get("samples"):
-            return [s for s in record["samples"] if isinstance(s, dict)]
+        if record.get(keys.STEP) == wanted and record.get(keys.TRAJECTORIES):
+            return [s for s in record[keys.TRAJECTORIES] if isinstance(s, dict)]
     return []
 
 

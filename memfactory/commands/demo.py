@@ -8,9 +8,10 @@ after training — the quickest way to see that the whole stack really learns on
 from __future__ import annotations
 
 import argparse
-import json
 
 from memfactory.paths import presets_dir
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking.metrics import read_records
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def reward_table(metrics: list[dict]) -> str:
     rows = ["| step | reward mean | reward std | skipped groups | step time (s) |", "|---|---|---|---|---|"]
     for m in metrics:
         rows.append(
-            f"| {m['step']} | {m['reward/mean']:.3f} | {m['reward/std']:.3f} | "
-            f"{m.get('skipped_group_fraction', 0.0):.2f} | {m['time/step_s']:.1f} |"
+            f"| {m[keys.STEP]} | {m[keys.REWARD_MEAN]:.3f} | {m[keys.REWARD_STD]:.3f} | "
+            f"{m.get(keys.SKIPPED_GROUP_FRACTION, 0.0):.2f} | {m[keys.STEP_S]:.1f} |"
         )
     return "\n".join(rows)
 
@@ -54,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
         after = trainer.evaluate(held_out)
         with trainer.reference_context():
             before = trainer.evaluate(held_out)
-    metrics = [json.loads(line) for line in session.run_dir.metrics_path.read_text().splitlines() if line.strip()]
+    metrics = read_records(session.run_dir.metrics_path)
     print()
     print(reward_table(metrics))
-    first, last = fifths([m["reward/mean"] for m in metrics])
+    first, last = fifths([m[keys.REWARD_MEAN] for m in metrics])
     print(f"\nmean reward, first fifth of steps: {first:.3f}; last fifth: {last:.3f} (change {last - first:+.3f})")
     if before is not None:
         print(f"held-out greedy accuracy ({len(held_out)} questions): before {before:.3f}, after {after:.3f}")

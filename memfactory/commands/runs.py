@@ -1,7 +1,9 @@
 """``memfactory runs list|show|delete``: what the runs database knows, from the terminal.
 
 ``list`` and ``show`` first reconcile the database (a run whose trainer process is gone is
-marked failed), so they never report a dead run as running.
+marked failed), so they never report a dead run as running. Durations, step counts and the ETA
+are formatted by memfactory.tracking.view, as in the web UI; ``show``'s last metrics come from
+the run's metrics.jsonl through the one reader (memfactory.tracking.metrics.read_records).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 
 from memfactory.errors import MemFactoryError
-from memfactory.tracking.runs import RunRecord, RunsDB
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking.metrics import RunDir, read_records
+from memfactory.tracking.runs import STATUSES, RunRecord, open_db
+from memfactory.tracking.view import format_duration, steps_text
 
 
 def _default_db() -> str:
@@ -30,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p_list = actions.add_parser("list", help="a table of all runs, newest first")
     add_db(p_list)
-    p_list.add_argument("--status", choices=["created", "running", "finished", "failed", "aborted"])
+    p_list.add_argument("--status", choices=STATUSES)
     p_list.add_argument("-n", "--limit", type=int, default=None, help="show at most N runs")
     p_list.set_defaults(func=run_list)
 
@@ -48,38 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
-def open_db(path: str | Path) -> RunsDB:
-    """The runs database at ``path``; a missing file is a user error (we don't create one to read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MemFactoryError(
-            f"no runs database at {path}; runs are recorded there by `memfactory train` (or pass --db PATH)"
-        )
-    return RunsDB(path)
-
-
 def _num(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:.{digits}g}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def _gib(value: float | None) -> str:
     """Peak memory as ``1.23`` GiB, or ``-`` for runs that logged none (older versions)."""
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
-
-
-def _steps(record: RunRecord) -> str:
-    return f"{record.step}/{record.total_steps}" if record.total_steps else str(record.step)
 
 
 def format_table(records: list[RunRecord]) -> str:
@@ -90,12 +71,12 @@ def format_table(records: list[RunRecord]) -> str:
             r.id,
             r.name,
             r.status,
-            _steps(r),
+            steps_text(r.step, r.total_steps),
             _num(r.best_reward),
             _num(r.last_reward),
             _gib(r.peak_gib),
             RunRecord.iso(r.started_at),
-            _duration(r.duration_s),
+            format_duration(r.duration_s),
         ]
         for r in records
     ]
@@ -105,7 +86,7 @@ def format_table(records: list[RunRecord]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    db = open_db(args.db)
+    db = open_db(args.db, create=False)
     db.reconcile()
     records = db.list_runs(status=args.status, limit=args.limit)
     if not records:
@@ -115,28 +96,17 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _last_metrics(db: RunsDB, record: RunRecord) -> tuple[int | None, dict]:
-    frame = db.metrics_frame(record.id)
-    if not frame.empty:
-        last = frame.iloc[-1]
-        values = {k: last[k] for k in frame.columns if k not in ("run_id", "step") and not _isnan(last[k])}
-        return int(last["step"]), values
-    # the trainer may only have written metrics.jsonl
-    from memfactory.tracking.metrics import RunDir, read_metrics
-
-    records = read_metrics(RunDir(record.run_dir).metrics_path).records
-    if records:
-        values = {k: v for k, v in records[-1].items() if k not in ("step", "time")}
-        return records[-1].get("step"), values
-    return None, {}
-
-
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def _last_metrics(record: RunRecord) -> tuple[int | None, dict]:
+    """The run's last step in metrics.jsonl: its step and its values (NaN/inf, stored as null, left out)."""
+    records = read_records(RunDir(record.run_dir).metrics_path)
+    if not records:
+        return None, {}
+    last = records[-1]
+    return last.get(keys.STEP), {k: v for k, v in last.items() if k not in (keys.STEP, keys.TIME) and v is not None}
 
 
 def run_show(args: argparse.Namespace) -> int:
-    db = open_db(args.db)
+    db = open_db(args.db, create=False)
     db.reconcile()
     r = db.get(args.run_id)
     if r is None:
@@ -148,7 +118,7 @@ def run_show(args: argparse.Namespace) -> int:
         ("run", r.id),
         ("preset", r.name),
         ("status", r.status),
-        ("steps", _steps(r) + (f" ({r.progress:.0%})" if r.progress is not None else "")),
+        ("steps", steps_text(r.step, r.total_steps) + (f" ({r.progress:.0%})" if r.progress is not None else "")),
         ("best reward", _num(r.best_reward)),
         ("last reward", _num(r.last_reward)),
         ("peak GiB", _gib(r.peak_gib)),
@@ -156,7 +126,9 @@ def run_show(args: argparse.Namespace) -> int:
         ("created", RunRecord.iso(r.created_at)),
         ("started", RunRecord.iso(r.started_at)),
         ("ended", RunRecord.iso(r.ended_at)),
-        ("duration", _duration(r.duration_s)),
+        ("duration", format_duration(r.duration_s)),
+        ("seconds/step", _num(r.seconds_per_step)),
+        ("ETA", format_duration(r.eta_s if r.status == "running" else None)),
         ("run folder", r.run_dir),
         ("preset file", r.preset_path or "-"),
         ("checkpoint", str(latest) if latest else "-"),
@@ -166,7 +138,7 @@ def run_show(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key + ':':<{width + 1}} {value}")
-    step, metrics = _last_metrics(db, r)
+    step, metrics = _last_metrics(r)
     if metrics:
         print(f"last metrics (step {step}):")
         for key in sorted(metrics):
@@ -180,7 +152,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    db = open_db(args.db)
+    db = open_db(args.db, create=False)
     db.reconcile()
     if db.get(args.run_id) is None:
         raise MemFactoryError(db.unknown_run_message(args.run_id))

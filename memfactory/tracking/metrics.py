@@ -1,4 +1,10 @@
-"""A run's folder and its JSON-lines files, written so a UI can tail them while training runs.
+"""A run's folder and its JSON-lines files: THE per-step store, written so a UI can tail it live.
+
+metrics.jsonl is the only place a run's per-step metrics live (the runs database keeps one row per
+run with summary columns: step, last/best reward, peak GiB, seconds per step, ETA). It is
+crash-safe (whole lines, flushed), can be tailed while training runs, and travels with the run
+folder. Everything that shows steps (the Train tab, the Runs tab, ``memfactory runs show``, the
+demo's table) reads it through :func:`read_records`, one cached incremental reader.
 
 Layout of ``runs/<id>/``::
 
@@ -19,10 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from memfactory.tracking import metric_keys as keys
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,6 +69,7 @@ class RunDir:
 
     @property
     def swanlab_dir(self) -> Path:
+        """Where SwanLab's offline/local run files go (``swanlog/run-*/``)."""
         return self.path / "swanlog"
 
     def create(self) -> RunDir:
@@ -132,6 +142,46 @@ def read_metrics(path: str | Path, since_line: int = 0) -> MetricsChunk:
     return MetricsChunk(records, max(since_line, len(complete)))
 
 
+class RecordsCache:
+    """Incremental readers of growing JSON-lines files (re-read from the start when one shrinks).
+
+    A UI polls the same few files every second or two: each call reads only the lines appended
+    since the last one. At most ``limit`` files are remembered (least recently read dropped).
+    """
+
+    def __init__(self, limit: int = 32) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
+        self.limit = limit
+
+    def read(self, path: str | Path) -> list[dict[str, Any]]:
+        key = str(path)
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            return []
+        with self._lock:
+            next_line, seen, records = self._files.get(key, (0, 0, []))
+            if size < seen:  # truncated (a resume rewrote it): start over
+                next_line, records = 0, []
+            if size != seen or not records:
+                chunk = read_metrics(path, next_line)
+                records = records + chunk.records
+                self._files.pop(key, None)
+                self._files[key] = (chunk.next_line, size, records)
+                while len(self._files) > self.limit:
+                    self._files.pop(next(iter(self._files)))
+            return list(records)
+
+
+_CACHE = RecordsCache()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records of a metrics.jsonl / samples.jsonl, oldest first (cached, read incrementally)."""
+    return _CACHE.read(path)
+
+
 def truncate_after(path: str | Path, step: int) -> int:
     """Rewrite ``path`` keeping only complete records with ``step <= step``; returns lines dropped.
 
@@ -147,7 +197,7 @@ def truncate_after(path: str | Path, step: int) -> int:
             continue
         try:
             record = json.loads(raw)
-            keep = isinstance(record, dict) and int(record.get("step", -1)) <= step
+            keep = isinstance(record, dict) and int(record.get(keys.STEP, -1)) <= step
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
             keep = False
         if keep:
@@ -192,7 +242,7 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Append ``{"step", "time", **metrics}`` to metrics.jsonl; returns the record written."""
-        record = {"step": int(step), "time": time.time(), **metrics}
+        record = {keys.STEP: int(step), keys.TIME: time.time(), **metrics}
         self._append(self._metrics, record)
         return record
 
@@ -207,10 +257,10 @@ class MetricsWriter:
         ``samples``: short per-trajectory dicts (question, answer, reward, memory excerpt, ...).
         ``group_rewards``: one list of rewards per GRPO group, as they were, not only mean/std.
         """
-        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        record: dict[str, Any] = {keys.STEP: int(step), keys.TIME: time.time()}
         if group_rewards is not None:
-            record["rewards"] = [list(group) for group in group_rewards]
-        record["samples"] = list(samples)
+            record[keys.GROUP_REWARDS] = [list(group) for group in group_rewards]
+        record[keys.TRAJECTORIES] = list(samples)
         self._append(self._samples, record)
         return record
 

@@ -1,7 +1,7 @@
-"""The runs database: one SQLite row per training run plus its scalar curves.
+"""The runs database: the index of training runs, one SQLite row per run with its summary.
 
-Two processes use it at once: the trainer subprocess writes (status, progress, metrics) while the
-web UI reads. So the file is opened in WAL mode (readers never block the writer) with a busy
+Two processes use it at once: the trainer subprocess writes (status, progress) while the web UI
+reads. So the file is opened in WAL mode (readers never block the writer) with a busy
 timeout (writers wait for each other instead of failing), every write runs in a ``BEGIN IMMEDIATE``
 transaction (takes the write lock up front, so the busy timeout always applies), and each thread
 gets its own connection (Gradio handlers run on worker threads).
@@ -12,21 +12,20 @@ Tables
 (one of :data:`STATUSES`), ``pid`` and ``pid_start`` (the process's start time, so a recycled pid
 is not mistaken for the trainer), ``created_at`` / ``started_at`` / ``ended_at`` (UNIX seconds,
 REAL), ``step``, ``total_steps``, ``best_reward``, ``last_reward``, ``peak_gib`` (the largest
-``hw/peak_gib`` metric logged: peak device memory over ranks, GiB), ``error`` (text), ``meta``
-(JSON object: attention implementation, device, model path, ...).
+``hw/peak_gib`` metric logged: peak device memory over ranks, GiB), ``seconds_per_step`` and
+``eta_s`` (the trainer's recent step time and the time left, written each step), ``error`` (text),
+``meta`` (JSON object: attention implementation, device, model path, ...).
 
-``metrics``: long format ``(run_id, step, key, value REAL, time REAL)`` with primary key
-``(run_id, step, key)``: re-logging a step after a resume replaces the old value. NaN and inf are
-stored as NULL. :meth:`RunsDB.metrics_frame` pivots it into one wide pandas DataFrame.
+Per-step metrics are not here: they live in each run's ``metrics.jsonl`` (see
+:mod:`memfactory.tracking.metrics`). A ``metrics`` table left by older versions stays on disk, unused.
 
 Typical use::
 
     db = RunsDB("runs/memfactory.db")
-    run_id = db.new_run_id("memagent_tiny_cpu")
+    run_id = new_run_id("memagent_tiny_cpu")      # memfactory.tracking.process
     db.create_run("memagent_tiny_cpu", f"runs/{run_id}", run_id=run_id, total_steps=60)
     db.set_status(run_id, "running")              # records pid and started_at
-    db.log_metrics(run_id, 1, {"loss": 0.3, "reward/mean": 0.5})
-    db.update_progress(run_id, 1, reward=0.5)
+    db.update_progress(run_id, 1, reward=0.5, peak_gib=1.2, seconds_per_step=3.1, eta_s=183.0)
     db.set_status(run_id, "finished")
 """
 
@@ -37,12 +36,10 @@ import difflib
 import json
 import math
 import os
-import re
-import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,12 +49,13 @@ import sqlite_utils
 
 from memfactory.errors import MemFactoryError
 from memfactory.sqlite import connect, immediate, sqlite_errors
+from memfactory.tracking.metrics import RunDir
+from memfactory.tracking.process import LOG_TAIL_LINES, exit_message, is_alive, new_run_id, process_start, tail
 
 STATUSES = ("created", "running", "finished", "failed", "aborted")
 ACTIVE_STATUSES = ("created", "running")
 TERMINAL_STATUSES = ("finished", "failed", "aborted")
-LOG_TAIL_LINES = 20
-PEAK_METRIC = "hw/peak_gib"  # the trainer's per-step device peak (memfactory.trainer.hardware.PEAK_KEY)
+LAUNCH_LOG_LINES = 200  # a failed launch's tail: under accelerate the launcher's report follows the real error
 
 _RUN_COLUMNS: dict[str, type] = {
     "id": str,
@@ -75,6 +73,8 @@ _RUN_COLUMNS: dict[str, type] = {
     "best_reward": float,
     "last_reward": float,
     "peak_gib": float,
+    "seconds_per_step": float,
+    "eta_s": float,
     "error": str,
     "meta": str,
 }
@@ -99,6 +99,8 @@ class RunRecord:
     best_reward: float | None = None
     last_reward: float | None = None
     peak_gib: float | None = None
+    seconds_per_step: float | None = None
+    eta_s: float | None = None
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -146,75 +148,25 @@ class RunRecord:
         return cls(**known)
 
 
-def slugify(text: str, max_len: int = 32) -> str:
-    """Lowercase ``a-z0-9-`` slug of ``text`` (``run`` if nothing is left)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].strip("-") or "run"
-
-
-def new_run_id(name: str) -> str:
-    """A run id that sorts by creation time: ``20261129-221903-memagent-tiny-cpu-3f2a``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{slugify(name)}-{secrets.token_hex(2)}"
-
-
-def is_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (an exited child nobody reaped yet)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        # the state letter follows the parenthesised command name, which may itself hold spaces
-        state = stat.read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust os.kill
-    return state not in ("Z", "X")
-
-
-def process_start(pid: int | None) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or None if unknown.
-
-    Stored with a run's pid so a recycled pid (a new, unrelated process) is not taken for the
-    trainer.
-    """
-    if not pid:
+def _finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, else ``None`` (NaN, inf, None, strings, other non-numbers)."""
+    if value is None or isinstance(value, str):
         return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[19])  # field 22 of stat(5); fields[0] is field 3
-    except (OSError, IndexError, ValueError):
+        number = float(value)  # ints, bools, numpy and 0-d torch scalars all support __float__
+    except (TypeError, ValueError):
         return None
-
-
-def tail_lines(path: str | Path, n: int = LOG_TAIL_LINES, max_bytes: int = 64_000) -> list[str]:
-    """The last ``n`` lines of a text file (empty list if missing), reading at most ``max_bytes``."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-n:]
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a float, ``None`` for NaN/inf; raises TypeError/ValueError if not numeric."""
-    if isinstance(value, str):
-        raise TypeError("strings are not metrics")
-    number = float(value)  # ints, bools, numpy and 0-d torch scalars all support __float__
     return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher of a run knows and the runs database does not: the process it spawned
+    (``pid``, which may never reach the run's row when the trainer dies early) and whether a user
+    asked it to stop (``aborted``). Passed to :meth:`RunsDB.reconcile`."""
+
+    pid: int | None = None
+    aborted: bool = False
 
 
 class RunsDB:
@@ -274,17 +226,9 @@ class RunsDB:
             missing = {k: v for k, v in _RUN_COLUMNS.items() if k not in db["runs"].columns_dict}
             for column, kind in missing.items():  # a database made by an older version
                 db["runs"].add_column(column, kind)
-            db["metrics"].create(
-                {"run_id": str, "step": int, "key": str, "value": float, "time": float},
-                pk=("run_id", "step", "key"),
-                if_not_exists=True,
-            )
             db["runs"].create_index(["status"], if_not_exists=True)
 
     # -- runs ----------------------------------------------------------------------------------
-
-    new_run_id = staticmethod(new_run_id)
-    is_alive = staticmethod(is_alive)
 
     def create_run(
         self,
@@ -386,22 +330,35 @@ class RunsDB:
             db["runs"].update(run_id, updates)
         return self.require(run_id)
 
-    def update_progress(self, run_id: str, step: int, reward: float | None = None) -> None:
-        """Record the current step and, when given, the latest mean reward (best is kept as the max)."""
+    def update_progress(
+        self,
+        run_id: str,
+        step: int,
+        reward: float | None = None,
+        *,
+        peak_gib: float | None = None,
+        seconds_per_step: float | None = None,
+        eta_s: float | None = None,
+    ) -> None:
+        """Record the current step and the run's summary of it (the trainer calls this every step).
+
+        ``reward``: the latest mean reward (``best_reward`` keeps the max); ``peak_gib``: the step's
+        device peak (``peak_gib`` keeps the max); ``seconds_per_step`` / ``eta_s``: the trainer's
+        recent step time and the time left. NaN, inf and non-numbers leave a column as it was.
+        """
+        last, peak, rate, eta = (_finite_or_none(v) for v in (reward, peak_gib, seconds_per_step, eta_s))
         with self._write("update progress") as db:
-            last = None
-            if reward is not None:
-                try:
-                    last = _finite(reward)
-                except (TypeError, ValueError):
-                    last = None
             cursor = db.execute(
                 "UPDATE runs SET step = ?, "
                 "last_reward = COALESCE(?, last_reward), "
                 "best_reward = CASE WHEN ? IS NULL THEN best_reward "
-                "WHEN best_reward IS NULL OR ? > best_reward THEN ? ELSE best_reward END "
+                "WHEN best_reward IS NULL OR ? > best_reward THEN ? ELSE best_reward END, "
+                "peak_gib = CASE WHEN ? IS NULL THEN peak_gib "
+                "WHEN peak_gib IS NULL OR ? > peak_gib THEN ? ELSE peak_gib END, "
+                "seconds_per_step = COALESCE(?, seconds_per_step), "
+                "eta_s = COALESCE(?, eta_s) "
                 "WHERE id = ?",
-                [int(step), last, last, last, last, run_id],
+                [int(step), last, last, last, last, peak, peak, peak, rate, eta, run_id],
             )
             if cursor.rowcount == 0:
                 raise MemFactoryError(f"no run {run_id!r} in {self.path}")
@@ -429,7 +386,7 @@ class RunsDB:
         return self.require(run_id)
 
     def delete(self, run_id: str, *, remove_files: bool = False) -> None:
-        """Delete a run's row and metrics (and its folder when ``remove_files``).
+        """Delete a run's row (and its folder, metrics.jsonl included, when ``remove_files``).
 
         Refuses while the run's process is alive: stop it first.
         """
@@ -437,7 +394,8 @@ class RunsDB:
         if record.status in ACTIVE_STATUSES and record.process_alive():
             raise MemFactoryError(f"run {run_id} is still running (pid {record.pid}); stop it before deleting it")
         with self._write("delete a run") as db:
-            db.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            if "metrics" in db.table_names():  # the per-step table of older versions: drop the run's rows too
+                db.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
             db.execute("DELETE FROM runs WHERE id = ?", [run_id])
         if remove_files and record.run_dir:
             run_dir = Path(record.run_dir)
@@ -445,103 +403,73 @@ class RunsDB:
             if run_dir.is_dir() and run_dir.name == run_id:
                 shutil.rmtree(run_dir, ignore_errors=True)
 
-    def reconcile(self) -> list[str]:
-        """Mark ``created``/``running`` runs whose process is gone as ``failed``; return their ids.
+    def reconcile(self, launches: Mapping[str, Launch] | None = None) -> list[str]:
+        """End ``created``/``running`` runs whose process is gone; return their ids.
 
-        Call it when the UI starts or refreshes, so a run whose trainer died (killed, machine
-        rebooted) never shows a spinner forever. The error holds the last lines of stdout.log.
-        Runs without a pid (created but never launched) are left alone.
+        The one place a run's status is settled from outside the trainer: the CLI and the UI call
+        it on every refresh, so a run whose trainer died (killed, machine rebooted) never shows a
+        spinner forever.
+
+        * A run whose recorded process is gone becomes ``failed``, its error the last lines of
+          stdout.log; ``aborted`` instead when its launcher says a user stopped it.
+        * A run without a recorded pid is left alone (created, not launched yet), unless
+          ``launches`` knows better: a launch whose process has exited makes it ``failed`` with
+          the exit code and log tail (``aborted`` if a user stopped it), and a launch a user
+          aborted with nothing left running makes it ``aborted``.
         """
+        launches = launches or {}
         changed = []
         for record in self.list_runs(status=ACTIVE_STATUSES):
-            if record.pid is None or record.process_alive():
+            launch = launches.get(record.id)
+            aborted = launch is not None and launch.aborted
+            log = RunDir(record.run_dir).log_path
+            if record.pid is not None:
+                if record.process_alive():
+                    continue
+                if aborted:
+                    message = "aborted on request; the trainer ended before it could record it"
+                else:
+                    message = f"the trainer process (pid {record.pid}) exited without reporting an end status"
+                    lines = tail(log, LOG_TAIL_LINES)
+                    if lines:
+                        message += "; last lines of stdout.log:\n" + lines
+            elif launch is None or (launch.pid and is_alive(launch.pid)) or not (launch.pid or aborted):
                 continue
-            lines = tail_lines(Path(record.run_dir) / "stdout.log")
-            message = f"the trainer process (pid {record.pid}) exited without reporting an end status"
-            if lines:
-                message += "; last lines of stdout.log:\n" + "\n".join(lines)
+            elif launch.pid:
+                message = exit_message(launch.pid, "before it started training", tail(log, LAUNCH_LOG_LINES))
+            else:
+                message = "aborted on request before the trainer recorded its process"
+            status = "aborted" if aborted else "failed"
             with self._write("reconcile runs") as db:
-                # re-check inside the lock: the trainer may have finished in the meantime
+                # re-check inside the lock: the trainer may have recorded its pid or its end meanwhile
                 cursor = db.execute(
-                    "UPDATE runs SET status = 'failed', ended_at = ?, error = COALESCE(error || '\n', '') || ? "
-                    "WHERE id = ? AND status IN ('created', 'running') AND pid = ?",
-                    [time.time(), message, record.id, record.pid],
+                    "UPDATE runs SET status = ?, ended_at = ?, error = COALESCE(error || '\n', '') || ? "
+                    "WHERE id = ? AND status IN ('created', 'running') AND pid IS ?",
+                    [status, time.time(), message, record.id, record.pid],
                 )
             if cursor.rowcount:
                 changed.append(record.id)
         return changed
 
-    # -- metrics -------------------------------------------------------------------------------
 
-    def log_metrics(self, run_id: str, step: int, metrics: dict[str, Any]) -> int:
-        """Store the numeric values of ``metrics`` for ``step``; returns how many were stored.
+_OPEN: dict[str, RunsDB] = {}
+_OPEN_LOCK = threading.Lock()
 
-        Non-numeric values (strings, lists) are skipped; NaN/inf become NULL. Logging the same
-        (step, key) again replaces the value. A :data:`PEAK_METRIC` raises the run's ``peak_gib``
-        to it (in the same transaction), so the Runs table needs no scan of the metrics.
-        """
-        now = time.time()
-        rows = []
-        for key, value in metrics.items():
-            try:
-                number = _finite(value)
-            except (TypeError, ValueError):
-                continue
-            rows.append({"run_id": run_id, "step": int(step), "key": str(key), "value": number, "time": now})
-        peak = next((r["value"] for r in rows if r["key"] == PEAK_METRIC and r["value"] is not None), None)
-        if rows:
-            with self._write("log metrics") as db:
-                db["metrics"].insert_all(rows, replace=True)
-                if peak is not None:
-                    db.execute("UPDATE runs SET peak_gib = MAX(COALESCE(peak_gib, ?), ?) WHERE id = ?",
-                               [peak, peak, run_id])
-        return len(rows)
 
-    def truncate_metrics(self, run_id: str, after_step: int) -> int:
-        """Drop metrics with ``step > after_step`` (on resume from a checkpoint); returns rows removed."""
-        with self._write("truncate metrics") as db:
-            return db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", [run_id, int(after_step)]).rowcount
+def open_db(path: str | Path, *, create: bool = True) -> RunsDB:
+    """The runs database at ``path``, one handle per file and process (it keeps a connection per thread).
 
-    def metric_keys(self, run_ids: str | Iterable[str]) -> list[str]:
-        """The metric names logged for these runs, sorted."""
-        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-        if not ids:
-            return []
-        with self._errors("read metric names"):
-            rows = self.db.execute(
-                f"SELECT DISTINCT key FROM metrics WHERE run_id IN ({', '.join('?' for _ in ids)}) ORDER BY key",
-                ids,
-            ).fetchall()
-        return [r[0] for r in rows]
-
-    def metrics_frame(
-        self, run_ids: str | Iterable[str], keys: Iterable[str] | None = None, *, since_step: int | None = None
-    ):
-        """A wide pandas DataFrame: columns ``run_id``, ``step`` then one column per metric key.
-
-        Sorted by run_id then step; missing values are NaN. ``keys`` limits the metric columns,
-        ``since_step`` keeps only steps greater than it (for incremental refreshes).
-        """
-        import pandas as pd
-
-        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
-        key_list = list(keys) if keys is not None else None
-        if not ids or key_list == []:
-            return pd.DataFrame(columns=["run_id", "step"])
-        sql = f"SELECT run_id, step, key, value FROM metrics WHERE run_id IN ({', '.join('?' for _ in ids)})"
-        params: list[Any] = list(ids)
-        if key_list is not None:
-            sql += f" AND key IN ({', '.join('?' for _ in key_list)})"
-            params += key_list
-        if since_step is not None:
-            sql += " AND step > ?"
-            params.append(int(since_step))
-        with self._errors("read metrics"):
-            long = pd.read_sql_query(sql, self.db.conn, params=params)
-        if long.empty:
-            return pd.DataFrame(columns=["run_id", "step", *(key_list or [])])
-        long["value"] = pd.to_numeric(long["value"], errors="coerce")
-        wide = long.pivot(index=["run_id", "step"], columns="key", values="value")
-        wide.columns.name = None
-        wide = wide.reset_index().sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
-        return wide
+    ``create=False`` is for readers (``memfactory runs``): a missing file is the user's mistake, not
+    a new empty database. A handle whose file was removed (a wiped workspace) is opened afresh.
+    """
+    path = Path(path)
+    if not create and not path.is_file():
+        raise MemFactoryError(
+            f"no runs database at {path}; runs are recorded there by `memfactory train` (or pass --db PATH)"
+        )
+    key = str(path.resolve())
+    with _OPEN_LOCK:
+        db = _OPEN.get(key)
+        if db is None or not db.path.exists():
+            db = _OPEN[key] = RunsDB(path)
+        return db

@@ -70,14 +70,6 @@ class SwanLabSink:
     def active(self) -> bool:
         return self._run is not None
 
-    @property
-    def run_path(self) -> Path | None:
-        """The SwanLab run folder (``logdir/run-*``) while active, else None."""
-        try:
-            return Path(self._run.dir) if self._run is not None else None
-        except (AttributeError, AssertionError):
-            return None
-
     def _start(self, project: str, run_name: str, config: dict[str, Any]):
         import swanlab
 

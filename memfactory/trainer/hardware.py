@@ -4,7 +4,7 @@ Why here and not in the UI: only the training process knows its own memory and C
 under ``accelerate launch`` only rank 0 writes metrics, so each rank measures itself and the
 numbers travel in one small float tensor (``accelerator.gather``; every rank must call it).
 
-Keys (the Train tab plots exactly these; do not rename):
+Keys (names from :mod:`memfactory.tracking.metric_keys`, which the Train tab plots):
 
 * ``hw/rank{r}/rss_gib``: resident memory now (``/proc/self/statm``; ``ru_maxrss`` where there
   is no /proc);
@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 
+from memfactory.tracking import metric_keys as keys
+
 GIB = float(1 << 30)
-# One rank's measurement, in this order; NaN marks "not measured here" (the key is then omitted).
-FIELDS = ("rss_gib", "peak_rss_gib", "cpu_percent", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_util_percent")
-PEAK_KEY = "hw/peak_gib"
 
 
 def peak_rss_gib() -> float:
@@ -104,7 +103,7 @@ class HardwareMonitor:
             return math.nan
 
     def sample(self) -> list[float]:
-        """This rank's figures in :data:`FIELDS` order (NaN where not measured)."""
+        """This rank's figures in ``keys.HW_FIELDS`` order (NaN marks "not measured here": the key is omitted)."""
         values = [rss_gib(), peak_rss_gib(), self.cpu_percent(), math.nan, math.nan, math.nan]
         if self.cuda:
             values[3] = torch.cuda.max_memory_allocated(self.device) / GIB
@@ -133,12 +132,12 @@ def to_metrics(rows: list[list[float]], *, cuda: bool) -> dict[str, float]:
     out: dict[str, float] = {}
     peaks = []
     for rank, row in enumerate(rows):
-        for name, value in zip(FIELDS, row):
+        for name, value in zip(keys.HW_FIELDS, row):
             if math.isfinite(value):
-                out[f"hw/rank{rank}/{name}"] = float(value)
-        peak = row[FIELDS.index("gpu_allocated_gib" if cuda else "peak_rss_gib")]
+                out[keys.hw_key(rank, name)] = float(value)
+        peak = row[keys.HW_FIELDS.index(keys.HW_GPU_ALLOCATED if cuda else keys.HW_PEAK_RSS)]
         if math.isfinite(peak):
             peaks.append(peak)
     if peaks:
-        out[PEAK_KEY] = max(peaks)
+        out[keys.HW_PEAK_GIB] = max(peaks)
     return out

@@ -30,6 +30,7 @@ from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import Preset
 from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
+from memfactory.tracking import metric_keys as keys
 from memfactory.trainer import distributed as dist
 from memfactory.trainer import host_memory, precision, sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
@@ -421,7 +422,7 @@ class GRPOTrainer:
         if prefill:  # hf backends: the share of generated rows whose prompt prefill was shared
             after = self.backend.prefill_stats
             rows = after["rows"] - prefill["rows"]
-            engine_stats["rollout/shared_prefill_fraction"] = 1.0 - (after["prefilled"] - prefill["prefilled"]) / max(rows, 1)
+            engine_stats[keys.SHARED_PREFILL_FRACTION] = 1.0 - (after["prefilled"] - prefill["prefilled"]) / max(rows, 1)
         update_stats = self.policy_update(buffers)
         with warnings.catch_warnings():
             # A step whose groups all lacked signal makes no optimizer step; the schedule still
@@ -437,17 +438,15 @@ class GRPOTrainer:
             stats = [TrajectoryStats(**{**vars(s), "group": (rank, s.group)})
                      for rank, part in enumerate(gathered) for s in part]
         metrics = self.step_metrics(stats, update_stats)
-        metrics.update(
-            {
-                "time/step_s": elapsed,
-                "time/rollout_s": rollout_time,
-                "time/update_s": elapsed - rollout_time,
-                "lr": float(self.scheduler.get_last_lr()[0]),
-                "tokens_per_s": metrics["tokens/total"] / max(elapsed, 1e-9),
-                **engine_stats,
-                **self.hardware.metrics(self.accelerator),  # a collective: every rank gets here
-            }
-        )
+        metrics.update({
+            keys.STEP_S: elapsed,
+            keys.ROLLOUT_S: rollout_time,
+            keys.UPDATE_S: elapsed - rollout_time,
+            keys.LR: float(self.scheduler.get_last_lr()[0]),
+            keys.TOKENS_PER_S: metrics[keys.TOKENS_TOTAL] / max(elapsed, 1e-9),
+            **engine_stats,
+            **self.hardware.metrics(self.accelerator),  # a collective: every rank gets here
+        })
         groups: dict[Any, list[float]] = {}
         for item in stats:
             groups.setdefault(item.group, []).append(item.reward)
@@ -460,31 +459,31 @@ class GRPOTrainer:
         rewards = np.array([t.reward for t in trajectories], dtype=np.float64)
         lengths = [n for t in trajectories for n in t.response_lengths]
         metrics: dict[str, float] = {
-            "reward/mean": float(rewards.mean()) if len(rewards) else 0.0,
-            "reward/std": float(rewards.std()) if len(rewards) else 0.0,
-            "reward/max": float(rewards.max()) if len(rewards) else 0.0,
-            "reward/min": float(rewards.min()) if len(rewards) else 0.0,
-            "response_length/mean": float(np.mean(lengths)) if lengths else 0.0,
-            "response_length/max": float(np.max(lengths)) if lengths else 0.0,
-            "calls_per_trajectory": len(lengths) / max(len(trajectories), 1),
-            "tokens/total": float(sum(lengths) + sum(t.prompt_tokens for t in trajectories)),
-            "loss": update.get("loss", 0.0),
-            "kl": update.get("kl", 0.0),
-            "clip_ratio": update.get("clip_ratio/region_mean", update.get("clip_ratio", 0.0)),
-            "grad_norm": update.get("grad_norm", 0.0),
+            keys.REWARD_MEAN: float(rewards.mean()) if len(rewards) else 0.0,
+            keys.REWARD_STD: float(rewards.std()) if len(rewards) else 0.0,
+            keys.REWARD_MAX: float(rewards.max()) if len(rewards) else 0.0,
+            keys.REWARD_MIN: float(rewards.min()) if len(rewards) else 0.0,
+            keys.RESPONSE_LENGTH_MEAN: float(np.mean(lengths)) if lengths else 0.0,
+            keys.RESPONSE_LENGTH_MAX: float(np.max(lengths)) if lengths else 0.0,
+            keys.CALLS_PER_TRAJECTORY: len(lengths) / max(len(trajectories), 1),
+            keys.TOKENS_TOTAL: float(sum(lengths) + sum(t.prompt_tokens for t in trajectories)),
+            keys.LOSS: update.get("loss", 0.0),
+            keys.KL: update.get("kl", 0.0),
+            keys.CLIP_RATIO: update.get("clip_ratio/region_mean", update.get("clip_ratio", 0.0)),
+            keys.GRAD_NORM: update.get("grad_norm", 0.0),
         }
         for key, value in update.items():
-            metrics.setdefault(f"update/{key}", value)
+            metrics.setdefault(f"{keys.UPDATE_PREFIX}{key}", value)
         parts = sorted({name for t in trajectories for name in t.rewards})
         for name in parts:
-            metrics[f"reward/{name}"] = float(np.mean([t.rewards.get(name, 0.0) for t in trajectories]))
+            metrics[keys.reward_part(name)] = float(np.mean([t.rewards.get(name, 0.0) for t in trajectories]))
         counters = sorted({name for t in trajectories for name in t.counters})
         for name in counters:
             total = float(np.sum([t.counters.get(name, 0.0) for t in trajectories]))
             if name == "skipped_group":
-                metrics["skipped_group_fraction"] = total / max(len(trajectories), 1)
+                metrics[keys.SKIPPED_GROUP_FRACTION] = total / max(len(trajectories), 1)
             else:
-                metrics[f"count/{name}"] = total
+                metrics[f"{keys.COUNT_PREFIX}{name}"] = total
         return metrics
 
     def fit(self, on_step: Callable[[StepResult], None] | None = None) -> None:

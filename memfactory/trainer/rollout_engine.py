@@ -34,6 +34,7 @@ from memfactory.backends.hf import HFBackend
 from memfactory.backends.model_api import base_model
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
+from memfactory.tracking import metric_keys as keys
 
 
 def _merged_weight(layer: Any) -> torch.Tensor | None:
@@ -153,8 +154,8 @@ class RolloutEngine:
         if due:
             self.sync(completed_steps)
         return {
-            "rollout/policy_lag": float(completed_steps - self.synced_at),
-            "time/sync_s": self.last_sync_s if due else 0.0,
+            keys.POLICY_LAG: float(completed_steps - self.synced_at),
+            keys.SYNC_S: self.last_sync_s if due else 0.0,
         }
 
     def ensure_current(self, completed_steps: int) -> None:

@@ -1,9 +1,10 @@
 """One training run's bookkeeping around the GRPO loop.
 
 Creates (or re-opens, for ``--resume``) ``runs/<id>/`` and its row in the runs database, streams
-metrics to metrics.jsonl / the database / SwanLab, writes sample trajectories and reward
-distributions, checkpoints every N steps, and records how the run ended: finished, aborted
-(SIGTERM/SIGINT from the UI's Abort button), or failed with the error.
+each step's metrics to metrics.jsonl (the per-step store) and SwanLab, keeps the run's row current
+(step, rewards, peak memory, seconds per step and ETA: computed here, where the steps happen),
+writes sample trajectories and reward distributions, checkpoints every N steps, and records how
+the run ended: finished, aborted (SIGTERM/SIGINT from the UI's Abort button), or failed with the error.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import os
 import signal
 import sys
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from memfactory.config import Preset, save_preset
 from memfactory.errors import MemFactoryError
+from memfactory.tracking import metric_keys as keys
 from memfactory.tracking.metrics import MetricsWriter, RunDir
-from memfactory.tracking.runs import RunsDB, new_run_id
+from memfactory.tracking.process import new_run_id
+from memfactory.tracking.runs import RunsDB
 from memfactory.tracking.swanlab_sink import SwanLabSink
+from memfactory.tracking.view import ETA_WINDOW, eta_seconds, seconds_per_step
 from memfactory.trainer.checkpoint import disk_error, latest_checkpoint, load_checkpoint, save_checkpoint
 from memfactory.trainer.distributed import DebugRecorder, broadcast_object, is_main_env
 
@@ -48,6 +53,7 @@ class TrainingSession:
         # Under `accelerate launch` only rank 0 writes (run folder, runs DB, SwanLab, checkpoints).
         self.is_main = is_main_env()
         self.debug = DebugRecorder()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=ETA_WINDOW + 1)  # this process's last steps, for the ETA
         if not self.is_main:
             self.status = "created"
             self.error = None
@@ -145,7 +151,7 @@ class TrainingSession:
                 project=self.preset.logging.project,
                 run_name=self.run_id,
                 config=self.preset.model_dump(mode="json"),
-                logdir=self.run_dir.path / "swanlog",
+                logdir=self.run_dir.swanlab_dir,
             )
             if progress:
                 from tqdm import tqdm
@@ -211,7 +217,6 @@ class TrainingSession:
         self.db.update(self.run_id, total_steps=self.preset.trainer.steps)
         # Metrics stay continuous: whatever was logged after the checkpoint is re-done.
         self.writer.truncate_after(step)
-        self.db.truncate_metrics(self.run_id, step)
         self.db.update_progress(self.run_id, step)
 
     def _on_step(self, trainer: Any, result: Any, sink: Any, bar: Any) -> None:
@@ -222,9 +227,12 @@ class TrainingSession:
         state = trainer.checkpoint_state() if save else None  # FSDP: gathered on every rank
         if not self.is_main:
             return
-        self.writer.write(step, metrics)
-        self.db.log_metrics(self.run_id, step, metrics)
-        self.db.update_progress(self.run_id, step, metrics.get("reward/mean"))
+        self._recent.append(self.writer.write(step, metrics))
+        per_step = seconds_per_step(self._recent)
+        self.db.update_progress(
+            self.run_id, step, metrics.get(keys.REWARD_MEAN), peak_gib=metrics.get(keys.HW_PEAK_GIB),
+            seconds_per_step=per_step, eta_s=eta_seconds(step, cfg.steps, per_step),
+        )
         if sink is not None:
             sink.log(step, metrics)
         # The raw group rewards every step (the reward distribution); whole trajectories every N.
@@ -245,9 +253,9 @@ class TrainingSession:
             log.info("checkpoint %s", path)
         log.info(
             "step %d/%d reward %.3f ± %.3f loss %.4f skipped %.2f %.1fs",
-            step, cfg.steps, metrics["reward/mean"], metrics["reward/std"], metrics["loss"],
-            metrics.get("skipped_group_fraction", 0.0), metrics["time/step_s"],
+            step, cfg.steps, metrics[keys.REWARD_MEAN], metrics[keys.REWARD_STD], metrics[keys.LOSS],
+            metrics.get(keys.SKIPPED_GROUP_FRACTION, 0.0), metrics[keys.STEP_S],
         )
         if bar is not None:
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics['loss']:.3f}")
+            bar.set_postfix(reward=f"{metrics[keys.REWARD_MEAN]:.3f}", loss=f"{metrics[keys.LOSS]:.3f}")
             bar.update(1)

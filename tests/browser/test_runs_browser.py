@@ -10,6 +10,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_runs_table_and_overlay(page, workspace, tmp_path):
+    from memfactory.tracking.metrics import MetricsWriter
     from memfactory.tracking.runs import RunsDB
 
     db = RunsDB(workspace / "runs" / "memfactory.db")
@@ -17,9 +18,10 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
     if db.get(run_id) is None:
         db.create_run("browser_preset", workspace / "runs" / run_id, run_id=run_id, total_steps=4)
         db.set_status(run_id, "running")
-        for step, reward in enumerate([0.1, 0.3, 0.2, 0.5], 1):
-            db.log_metrics(run_id, step, {"reward/mean": reward, "reward/std": 0.1, "hw/peak_gib": 2.25 + step})
-            db.update_progress(run_id, step, reward=reward)
+        with MetricsWriter(workspace / "runs" / run_id) as writer:  # as the trainer records a step
+            for step, reward in enumerate([0.1, 0.3, 0.2, 0.5], 1):
+                writer.write(step, {"reward/mean": reward, "reward/std": 0.1, "hw/peak_gib": 2.25 + step})
+                db.update_progress(run_id, step, reward=reward, peak_gib=2.25 + step)
         db.set_status(run_id, "finished")
 
     page.get_by_role("tab", name="Runs").click()

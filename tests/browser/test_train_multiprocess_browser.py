@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
-from webui import runner
 
 pytestmark = pytest.mark.browser
 
@@ -46,8 +46,8 @@ def _kill_leftovers(workspace: Path) -> None:
     """Whatever a failed assertion left running is killed (each run is its own process tree)."""
     for path in (workspace / "runs" / ".launch").glob("*.json"):
         pid = json.loads(path.read_text()).get("pid")
-        if isinstance(pid, int) and runner.is_alive(pid):
-            for member in runner.process_tree(pid):
+        if isinstance(pid, int) and process.is_alive(pid):
+            for member in process.process_tree(pid):
                 try:
                     os.kill(member, 9)
                 except ProcessLookupError:
@@ -104,10 +104,10 @@ def _launch(workspace: Path, run_id: str) -> dict:
 def _ranks_of(launcher: int) -> dict[int, int]:
     """The launcher and its two rank processes (torchrun starts each rank in a session of its own)."""
     deadline = time.monotonic() + 30
-    tree = runner.process_tree(launcher)
+    tree = process.process_tree(launcher)
     while len(tree) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-        tree = runner.process_tree(launcher)
+        tree = process.process_tree(launcher)
     return tree
 
 

@@ -1,4 +1,4 @@
-"""metrics.jsonl / samples.jsonl: live tailing, NaN safety, torn lines, truncation on resume."""
+"""metrics.jsonl / samples.jsonl: live tailing, the cached reader, NaN safety, torn lines, truncation on resume."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from memfactory.tracking.metrics import MetricsWriter, RunDir, read_metrics, truncate_after
+from memfactory.tracking.metrics import MetricsWriter, RecordsCache, RunDir, read_metrics, read_records, truncate_after
 
 
 def test_run_dir_layout(tmp_path):
@@ -19,6 +19,7 @@ def test_run_dir_layout(tmp_path):
     assert run.checkpoints.is_dir()
     assert run.preset_path.name == "preset.yaml" and run.metrics_path.name == "metrics.jsonl"
     assert run.samples_path.name == "samples.jsonl" and run.log_path.name == "stdout.log"
+    assert run.swanlab_dir == run.path / "swanlog"
 
 
 def test_records_are_strict_json_and_tailable_line_by_line(tmp_path):
@@ -118,3 +119,28 @@ def test_reopening_after_a_crash_drops_the_torn_line(tmp_path):
         writer.write(2, {"loss": 0.5})
     assert [r["step"] for r in read_metrics(run.metrics_path).records] == [1, 2]
     assert len(run.metrics_path.read_text().splitlines()) == 2
+
+
+def test_cached_reader_reads_only_what_was_appended_and_restarts_after_a_truncation(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert read_records(path) == []  # not written yet
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')  # half a line
+    assert [r["step"] for r in read_records(path)] == [1, 2, 3]
+    with path.open("a") as fh:  # the writer finishes the line and adds one more
+        fh.write('ss": 0.5}\n{"step": 5}\n')
+    records = read_records(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and records[3]["loss"] == 0.5
+    records.append({"step": 99})  # callers get a copy: the cache is not changed through it
+    assert len(read_records(path)) == 5
+    path.write_text(json.dumps({"step": 1}) + "\n")  # truncated (a resume): read again from the start
+    assert [r["step"] for r in read_records(path)] == [1]
+
+
+def test_cached_reader_remembers_a_bounded_number_of_files(tmp_path):
+    cache = RecordsCache(limit=2)
+    paths = [tmp_path / f"{i}.jsonl" for i in range(3)]
+    for i, path in enumerate(paths):
+        path.write_text(json.dumps({"step": i}) + "\n")
+        assert cache.read(path) == [{"step": i}]
+    assert len(cache._files) == 2 and str(paths[0]) not in cache._files
+    assert cache.read(paths[0]) == [{"step": 0}]  # forgotten files are simply read again

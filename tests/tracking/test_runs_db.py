@@ -1,32 +1,29 @@
-"""The runs database on real SQLite files: lifecycle, metrics, concurrency, reconcile, errors."""
+"""The runs database on real SQLite files: lifecycle, summary columns, concurrency, reconcile, errors."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from memfactory.errors import MemFactoryError
-from memfactory.tracking.runs import RunsDB, is_alive, new_run_id
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking.metrics import MetricsWriter
+from memfactory.tracking.process import is_alive, new_run_id, spawn
+from memfactory.tracking.runs import Launch, RunsDB, open_db
 
 
 def _db(tmp_path) -> RunsDB:
     return RunsDB(tmp_path / "runs" / "memfactory.db")
-
-
-def test_run_ids_sort_by_creation_time_and_carry_the_name():
-    first = new_run_id("MemAgent tiny/CPU")
-    assert "memagent-tiny-cpu" in first
-
-    time.sleep(1.05)
-    second = new_run_id("aaa")  # a name that sorts before the first one's still sorts after it
-    assert sorted([second, first]) == [first, second]
 
 
 def test_lifecycle_progress_and_listing(tmp_path):
@@ -45,10 +42,13 @@ def test_lifecycle_progress_and_listing(tmp_path):
     db.update_progress(run.id, 1, reward=0.2)
     db.update_progress(run.id, 2, reward=0.7)
     db.update_progress(run.id, 3, reward=0.4)
-    db.update_progress(run.id, 4, reward=float("nan"))  # NaN keeps the last finite value
+    db.update_progress(run.id, 4, reward=float("nan"), seconds_per_step=2.5, eta_s=15.0)  # NaN keeps the last
     got = db.get(run.id)
     assert (got.step, got.best_reward, got.last_reward) == (4, 0.7, 0.4)
-    assert got.progress == 0.4
+    assert got.progress == 0.4 and (got.seconds_per_step, got.eta_s) == (2.5, 15.0)
+    db.update_progress(run.id, 5, reward="junk", seconds_per_step=math.inf)  # not numbers: columns kept
+    got = db.get(run.id)
+    assert (got.step, got.last_reward, got.seconds_per_step, got.eta_s) == (5, 0.4, 2.5, 15.0)
 
     db.update_meta(run.id, model_path="tiny://qwen3-mini")
     assert db.get(run.id).meta == {"device": "cpu", "attn": "sdpa", "model_path": "tiny://qwen3-mini"}
@@ -69,69 +69,49 @@ def test_lifecycle_progress_and_listing(tmp_path):
     assert RunsDB(db.path).get(run.id).best_reward == 0.7
 
 
-def test_metrics_frame_is_wide_sorted_and_nan_safe(tmp_path):
+def test_a_new_database_has_no_per_step_table(tmp_path):
+    """Per-step metrics live in metrics.jsonl; the database is the index of runs."""
     db = _db(tmp_path)
-    a = db.create_run("a", tmp_path / "a").id
-    b = db.create_run("b", tmp_path / "b").id
-    for step in (2, 1, 3):
-        db.log_metrics(a, step, {"loss": 1.0 / step, "reward/mean": step * 0.1, "note": "text is skipped"})
-    assert db.log_metrics(b, 1, {"loss": float("nan"), "kl": 0.01}) == 2
-    db.log_metrics(a, 3, {"loss": 0.5})  # re-logging a step replaces
-
-    frame = db.metrics_frame([a, b])
-    assert list(frame.columns[:2]) == ["run_id", "step"]
-    assert set(frame.columns) == {"run_id", "step", "loss", "reward/mean", "kl"}
-    a_rows = frame[frame.run_id == a]
-    assert a_rows.step.tolist() == [1, 2, 3]
-    assert a_rows.loss.tolist() == [1.0, 0.5, 0.5]
-    b_row = frame[frame.run_id == b].iloc[0]
-    assert math.isnan(b_row.loss) and b_row.kl == 0.01
-
-    only = db.metrics_frame(a, keys=["loss"], since_step=1)
-    assert list(only.columns) == ["run_id", "step", "loss"] and only.step.tolist() == [2, 3]
-    assert db.metric_keys(a) == ["loss", "reward/mean"]
-    assert db.metrics_frame([]).empty and db.metrics_frame("missing").empty
-
-    assert db.truncate_metrics(a, after_step=1) == 4
-    assert db.metrics_frame(a).step.tolist() == [1]
+    assert db.db.table_names() == ["runs"]
+    assert not hasattr(db, "log_metrics") and not hasattr(db, "metrics_frame")
 
 
-def _writer(path: str, run_id: str, worker: int, steps: int, barrier) -> None:
+def _writer(path: str, run_id: str, steps: int, barrier, out: str) -> None:
     db = RunsDB(path, timeout=60)
     barrier.wait(timeout=60)  # both start writing at the same moment
-    for step in range(steps):
-        db.log_metrics(run_id, step, {f"w{worker}/a": step, f"w{worker}/b": -step})
-        db.update_progress(run_id, step, reward=float(step))
+    began = time.time()
+    for step in range(1, steps + 1):
+        db.update_progress(run_id, step, reward=float(step), peak_gib=step / 100, seconds_per_step=0.5,
+                           eta_s=(steps - step) * 0.5)
+    with open(out, "w") as fh:
+        json.dump([began, time.time()], fh)
 
 
 def test_two_processes_writing_concurrently_lose_nothing(tmp_path):
     db = _db(tmp_path)
-    run_id = db.create_run("conc", tmp_path / "conc").id
+    ids = [db.create_run(f"conc{w}", tmp_path / f"conc{w}").id for w in (0, 1)]
     ctx = mp.get_context("spawn")
     steps = 150
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_writer, args=(str(db.path), run_id, w, steps, barrier)) for w in (0, 1)]
+    outs = [str(tmp_path / f"w{w}.json") for w in (0, 1)]
+    procs = [ctx.Process(target=_writer, args=(str(db.path), ids[w], steps, barrier, outs[w])) for w in (0, 1)]
     for p in procs:
         p.start()
     # meanwhile this process keeps reading, like the UI does
+    seen = {run_id: [] for run_id in ids}
     while any(p.is_alive() for p in procs):
-        db.metrics_frame(run_id)
-        db.list_runs()
+        for run in db.list_runs():
+            seen[run.id].append(run.step)
         time.sleep(0.02)
     for p in procs:
         p.join()
         assert p.exitcode == 0
-    frame = db.metrics_frame(run_id)
-    assert len(frame) == steps
-    for w in (0, 1):
-        assert frame[f"w{w}/a"].tolist() == list(range(steps))
-        assert frame[f"w{w}/b"].tolist() == [-s for s in range(steps)]
-    assert db.get(run_id).best_reward == steps - 1
-    # the two writers really overlapped in time
-    spans = [
-        db.db.execute("SELECT MIN(time), MAX(time) FROM metrics WHERE key = ?", [f"w{w}/a"]).fetchone() for w in (0, 1)
-    ]
-    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]
+    for run_id in ids:
+        got = db.get(run_id)
+        assert (got.step, got.best_reward, got.peak_gib, got.eta_s) == (steps, steps, steps / 100, 0.0)
+        assert seen[run_id] == sorted(seen[run_id])  # never went backwards
+    spans = [json.loads(Path(out).read_text()) for out in outs]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # the two writers really overlapped
 
 
 def test_threads_get_their_own_connections(tmp_path):
@@ -140,13 +120,15 @@ def test_threads_get_their_own_connections(tmp_path):
 
     def work(k):
         for step in range(20):
-            db.log_metrics(run_id, step, {f"t{k}": step})
+            db.update_progress(run_id, step, reward=k * 100 + step)
+            db.update_meta(run_id, **{f"t{k}": step})
         return threading.get_ident()
 
     with ThreadPoolExecutor(3) as pool:
         idents = list(pool.map(work, range(3)))  # re-raises any thread's error here
-    assert len(idents) == 3
-    assert len(db.metrics_frame(run_id)) == 20
+    assert len(set(idents)) == 3
+    got = db.get(run_id)
+    assert got.best_reward == 219 and got.meta == {"t0": 19, "t1": 19, "t2": 19}
 
 
 def _dead_pid() -> int:
@@ -197,27 +179,49 @@ def test_reconcile_marks_a_run_with_a_dead_pid_failed_with_its_log_tail(tmp_path
     assert not is_alive(sleeper.pid)
 
 
-def test_is_alive_treats_an_unreaped_child_as_dead():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-
-    deadline = time.time() + 20
-    while is_alive(proc.pid) and time.time() < deadline:  # zombie until wait()
+def test_reconcile_uses_what_the_launcher_knows(tmp_path):
+    """A row without a pid (the trainer died before recording it) is settled only with its launch:
+    a launch that exited makes it failed with the exit code and log; an aborted one, aborted."""
+    db = _db(tmp_path)
+    early = tmp_path / "early"
+    pid = spawn([sys.executable, "-c", "import sys; print('killed while importing torch'); sys.exit(4)"], early)
+    db.create_run("p", early, run_id="early")
+    deadline = time.time() + 60
+    while is_alive(pid) and time.time() < deadline:
         time.sleep(0.05)
-    assert not is_alive(proc.pid)
-    proc.wait()
-    assert not is_alive(None) and not is_alive(0)
+    assert db.reconcile() == [] and db.get("early").status == "created"  # no pid, no launch: left alone
+    assert db.reconcile({"early": Launch(pid=pid)}) == ["early"]
+    got = db.get("early")
+    assert got.status == "failed" and got.ended_at is not None
+    assert "exited with code 4 before it started training" in got.error and "killed while importing" in got.error
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        db.create_run("p", tmp_path / "booting", run_id="booting")
+        assert db.reconcile({"booting": Launch(pid=sleeper.pid)}) == []  # its launcher still runs
+        db.create_run("p", tmp_path / "stopped", run_id="stopped")
+        assert db.reconcile({"stopped": Launch(aborted=True)}) == ["stopped"]
+        assert db.get("stopped").status == "aborted" and "aborted on request" in db.get("stopped").error
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    # a recorded pid that is gone after a user's abort: aborted, not failed
+    db.create_run("p", tmp_path / "killed", run_id="killed")
+    db.set_status("killed", "running", pid=_dead_pid())
+    assert db.reconcile({"killed": Launch(pid=None, aborted=True)}) == ["killed"]
+    assert db.get("killed").status == "aborted"
 
 
-def test_delete_removes_row_metrics_and_optionally_the_folder(tmp_path):
+def test_delete_removes_the_row_and_optionally_the_folder(tmp_path):
     db = _db(tmp_path)
     run_id = new_run_id("gone")
     run_dir = tmp_path / "runs" / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("{}\n")
     db.create_run("gone", run_dir, run_id=run_id)
-    db.log_metrics(run_id, 1, {"loss": 1.0})
     db.delete(run_id, remove_files=True)
-    assert db.get(run_id) is None and db.metrics_frame(run_id).empty and not run_dir.exists()
+    assert db.get(run_id) is None and not run_dir.exists()
     with pytest.raises(MemFactoryError, match="no run"):
         db.delete(run_id)
 
@@ -244,11 +248,12 @@ def test_unreadable_or_locked_database_gives_a_clear_error(tmp_path):
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(MemFactoryError, match="locked"):
-            db.log_metrics(run_id, 1, {"loss": 1.0})
+            db.update_progress(run_id, 1, reward=1.0)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert db.log_metrics(run_id, 1, {"loss": 1.0}) == 1
+    db.update_progress(run_id, 1, reward=1.0)
+    assert db.get(run_id).step == 1
 
 
 def _cli(argv, capsys):
@@ -271,8 +276,10 @@ def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "r"
     run = db.create_run("memagent_tiny_cpu", run_dir, total_steps=10, meta={"device": "cpu"})
     db.set_status(run.id, "running")
-    db.update_progress(run.id, 5, reward=0.625)
-    db.log_metrics(run.id, 5, {"loss": 0.125, "reward/mean": 0.625})
+    db.update_progress(run.id, 5, reward=0.625, seconds_per_step=12.0, eta_s=60.0)
+    with MetricsWriter(run_dir) as writer:  # the trainer's per-step store
+        writer.write(4, {keys.LOSS: 0.25, keys.REWARD_MEAN: 0.5})
+        writer.write(5, {keys.LOSS: 0.125, keys.REWARD_MEAN: 0.625, keys.KL: math.nan, keys.HW_PEAK_GIB: 1.5})
     crashed = db.create_run("crashy", tmp_path / "runs" / "c")
     db.set_status(crashed.id, "running", pid=_dead_pid())
 
@@ -282,7 +289,7 @@ def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
     assert lines[1].split()[:4] == [crashed.id, "crashy", "failed", "0"]  # reconciled, newest first
     assert lines[2].split()[:6] == [run.id, "memagent_tiny_cpu", "running", "5/10", "0.625", "0.625"]
     assert "PEAK GiB" in lines[0] and lines[2].split()[6] == "-"  # no hw/peak_gib logged yet
-    db.log_metrics(run.id, 5, {"hw/peak_gib": 1.5})
+    db.update_progress(run.id, 5, peak_gib=1.5)
     code, out, _ = _cli(["runs", "list", "--db", str(db_path)], capsys)
     assert out.splitlines()[2].split()[6] == "1.50"
 
@@ -290,10 +297,14 @@ def test_cli_runs_list_show_and_unknown_id(tmp_path, capsys):
     assert code == 0
     assert "status:" in out and "running" in out and "5/10 (50%)" in out and "meta.device:" in out
     assert "last metrics (step 5):" in out and "loss: 0.125" in out and "hw/peak_gib: 1.5" in out
+    assert "kl:" not in out  # NaN, stored as null: left out
     assert any(line.split() == ["peak", "GiB:", "1.50"] for line in out.splitlines())
+    assert any(line.split() == ["ETA:", "0:01:00"] for line in out.splitlines())  # the trainer's, as in the UI
+    assert any(line.split() == ["seconds/step:", "12"] for line in out.splitlines())
 
     code, out, _ = _cli(["runs", "show", crashed.id, "--db", str(db_path)], capsys)
     assert code == 0 and "error:" in out and "exited without reporting" in out
+    assert any(line.split() == ["ETA:", "-"] for line in out.splitlines())
 
     code, out, err = _cli(["runs", "show", run.id[:-2], "--db", str(db_path)], capsys)
     assert code == 2 and "no run" in err and run.id in err and "Traceback" not in err
@@ -315,24 +326,20 @@ def test_a_database_from_an_older_schema_gains_the_new_columns(tmp_path):
     conn.close()
     db = RunsDB(path)
     assert db.get("old-run").status == "finished" and db.get("old-run").pid_start is None
+    assert db.get("old-run").eta_s is None and db.get("old-run").seconds_per_step is None
     assert db.set_status(db.create_run("new", tmp_path / "n").id, "running").pid_start is not None
 
 
 def test_peak_gib_is_the_largest_logged_device_peak(tmp_path):
-    """``hw/peak_gib`` lifts the run's ``peak_gib`` column; lower or non-finite values never lower it."""
+    """Each step's ``hw/peak_gib`` lifts the run's ``peak_gib`` column; lower or non-finite values never lower it."""
     db = _db(tmp_path)
     run = db.create_run("p", tmp_path / "runs" / "p")
     other = db.create_run("q", tmp_path / "runs" / "q")
     assert db.get(run.id).peak_gib is None
-    db.log_metrics(run.id, 1, {"hw/peak_gib": 1.25, "loss": 0.5})
-    db.log_metrics(run.id, 2, {"hw/peak_gib": 2.75})
-    db.log_metrics(run.id, 3, {"hw/peak_gib": 2.0})
-    db.log_metrics(run.id, 4, {"hw/peak_gib": math.nan, "loss": 0.1})
-    db.log_metrics(run.id, 5, {"loss": 0.2})
-    assert db.get(run.id).peak_gib == 2.75
+    for step, peak in enumerate([1.25, 2.75, 2.0, math.nan, None], 1):
+        db.update_progress(run.id, step, peak_gib=peak)
+    assert db.get(run.id).peak_gib == 2.75 and db.get(run.id).step == 5
     assert db.get(other.id).peak_gib is None  # only the run that logged it
-    frame = db.metrics_frame(run.id, ["hw/peak_gib"])
-    assert frame["hw/peak_gib"].max() == db.get(run.id).peak_gib  # the column is the metric's max
 
 
 def test_an_older_database_gains_peak_gib_and_keeps_its_runs(tmp_path):
@@ -347,5 +354,34 @@ def test_an_older_database_gains_peak_gib_and_keeps_its_runs(tmp_path):
     conn.close()
     db = RunsDB(path)
     assert db.get("legacy-run").peak_gib is None
-    db.log_metrics("legacy-run", 1, {"hw/peak_gib": 0.5})
+    db.update_progress("legacy-run", 1, peak_gib=0.5)
     assert db.get("legacy-run").peak_gib == 0.5
+
+
+def test_a_database_with_the_old_metrics_table_keeps_working(tmp_path):
+    """Databases written before metrics.jsonl became the one per-step store keep their ``metrics``
+    table on disk, unused; deleting a run also drops its old rows there."""
+    path = tmp_path / "with-metrics.db"
+    RunsDB(path).create_run("legacy", tmp_path / "l", run_id="legacy-run")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE metrics (run_id TEXT, step INTEGER, key TEXT, value FLOAT, time FLOAT, "
+                 "PRIMARY KEY (run_id, step, key))")
+    conn.execute("INSERT INTO metrics VALUES ('legacy-run', 1, 'loss', 0.5, 0.0), ('other', 1, 'loss', 0.1, 0.0)")
+    conn.commit()
+    conn.close()
+    db = RunsDB(path)
+    db.update_progress("legacy-run", 2, reward=0.5)
+    assert db.get("legacy-run").step == 2
+    db.delete("legacy-run")
+    assert db.db.execute("SELECT run_id FROM metrics").fetchall() == [("other",)]
+
+
+def test_open_db_shares_one_handle_and_readers_need_the_file(tmp_path):
+    path = tmp_path / "runs" / "memfactory.db"
+    with pytest.raises(MemFactoryError, match="no runs database"):
+        open_db(path, create=False)
+    assert not path.exists()
+    db = open_db(path)
+    assert open_db(path) is db and open_db(path, create=False) is db
+    path.unlink()  # a wiped workspace: a fresh handle on a fresh file
+    assert open_db(path) is not db and path.is_file()

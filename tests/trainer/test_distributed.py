@@ -206,7 +206,7 @@ def test_two_process_training_is_consistent(runs, case):
 @pytest.mark.parametrize("case", ["ddp", "fsdp"])
 def test_every_rank_logs_its_hardware_figures_each_step(runs, case):
     """Each rank measures itself and rank 0 logs both (``accelerator.gather`` over gloo): every
-    step of metrics.jsonl and of the runs DB has both ranks' memory and CPU figures, and the run's
+    step of metrics.jsonl has both ranks' memory and CPU figures, and the run's
     ``peak_gib`` is the largest ``hw/peak_gib`` (the larger rank's peak RSS on CPU)."""
     run = runs(case)
     metrics = [json.loads(line) for line in (run.root / "runs" / run.run_id / "metrics.jsonl").read_text().splitlines()]
@@ -220,9 +220,7 @@ def test_every_rank_logs_its_hardware_figures_each_step(runs, case):
         assert m["hw/peak_gib"] == pytest.approx(max(m["hw/rank0/peak_rss_gib"], m["hw/rank1/peak_rss_gib"]))
     # two separate processes: their resident sizes are their own, not one number copied
     assert any(m["hw/rank0/rss_gib"] != m["hw/rank1/rss_gib"] for m in metrics)
-    db = RunsDB(run.root / "runs" / "memfactory.db")
-    frame = db.metrics_frame(run.run_id, ["hw/rank0/rss_gib", "hw/rank1/rss_gib", "hw/peak_gib"])
-    assert list(frame["step"]) == list(range(1, STEPS + 1)) and not frame.isna().any().any()
+    # the run's row keeps the largest peak (metrics.jsonl, checked above, is the one per-step store)
     assert run.record.peak_gib == pytest.approx(max(m["hw/peak_gib"] for m in metrics))
 
 

@@ -12,7 +12,9 @@ import torch
 
 from memfactory.config import load_preset
 from memfactory.paths import presets_dir
-from memfactory.trainer.hardware import FIELDS, PEAK_KEY, HardwareMonitor, peak_rss_gib, rss_gib, to_metrics
+from memfactory.tracking.metric_keys import HW_FIELDS as FIELDS
+from memfactory.tracking.metric_keys import HW_PEAK_GIB as PEAK_KEY
+from memfactory.trainer.hardware import HardwareMonitor, peak_rss_gib, rss_gib, to_metrics
 
 CPU_KEYS = ("rss_gib", "peak_rss_gib", "cpu_percent")
 GPU_KEYS = ("gpu_allocated_gib", "gpu_reserved_gib")
@@ -102,12 +104,6 @@ def test_cuda_figures_are_the_steps_own_peaks():
     assert first[PEAK_KEY] == first["hw/rank0/gpu_allocated_gib"]  # on CUDA the device peak is the GPU's
     if "hw/rank0/gpu_util_percent" in first:
         assert 0 <= first["hw/rank0/gpu_util_percent"] <= 100
-
-
-def test_the_runs_database_watches_the_same_peak_key():
-    from memfactory.tracking.runs import PEAK_METRIC
-
-    assert PEAK_METRIC == PEAK_KEY  # runs.py keeps the max of this key as the run's peak_gib
 
 
 def test_peak_rss_is_the_process_own_not_its_parents():

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from memfactory.cli import main
 from memfactory.paths import presets_dir
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking.metrics import read_records
 from memfactory.tracking.runs import RunsDB
+from memfactory.tracking.view import seconds_per_step
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
 
@@ -39,11 +42,17 @@ def test_train_writes_run_folder_and_database(tmp_path, monkeypatch):
     record = RunsDB(tmp_path / "runs" / "memfactory.db").require("r1")
     assert record.status == "finished" and record.step == 3 and record.total_steps == 3
     assert record.meta["attn_implementation"] in {"sdpa", "eager"}
-    frame = RunsDB(tmp_path / "runs" / "memfactory.db").metrics_frame(["r1"])
-    assert list(frame["step"]) == [1, 2, 3] and "reward/mean" in frame.columns
+    metrics = read_records(run_dir / "metrics.jsonl")  # the one per-step store
+    assert [m[keys.STEP] for m in metrics] == [1, 2, 3] and keys.REWARD_MEAN in metrics[0]
     # hardware figures every step; the run keeps its largest device peak (here the peak RSS)
-    assert frame["hw/rank0/rss_gib"].min() > 0.1 and frame["hw/rank0/cpu_percent"].min() >= 0
-    assert record.peak_gib == frame["hw/peak_gib"].max() >= frame["hw/rank0/peak_rss_gib"].max() - 1e-6
+    assert min(m[keys.hw_key(0, keys.HW_RSS)] for m in metrics) > 0.1
+    assert min(m[keys.hw_key(0, keys.HW_CPU)] for m in metrics) >= 0
+    peak = max(m[keys.HW_PEAK_GIB] for m in metrics)
+    assert record.peak_gib == peak >= max(m[keys.hw_key(0, keys.HW_PEAK_RSS)] for m in metrics) - 1e-6
+    # the row's summary of the steps: last/best reward and the trainer's own step time; done, so no time left
+    assert record.last_reward == metrics[-1][keys.REWARD_MEAN]
+    assert record.best_reward == max(m[keys.REWARD_MEAN] for m in metrics)
+    assert record.seconds_per_step == seconds_per_step(metrics) > 0 and record.eta_s == 0.0  # same records
 
 
 def test_bad_input_exits_2_with_a_readable_message(tmp_path, monkeypatch, capsys):

@@ -235,6 +235,7 @@ def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws
     the runs database stays empty."""
     import time
 
+    from memfactory.tracking import process
     from memfactory.tracking.runs import RunsDB
     from webui import runner
 
@@ -258,7 +259,7 @@ def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws
     assert "ChildFailedError" not in view.error  # the launcher's own traceback is not the error
     first = (ws / "runs" / run_id / "stdout.log").read_text().splitlines()[0]
     assert first.startswith("$ OMP_NUM_THREADS=1 ") and "--num_processes 2" in first  # the command heads the log
-    assert db.list_runs() == [] and not runner.process_tree(pid)
+    assert db.list_runs() == [] and not process.process_tree(pid)
 
 
 def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
@@ -266,6 +267,7 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
     finds the launcher from the stored launch record and ends the launcher and both ranks."""
     import time
 
+    from memfactory.tracking import process
     from memfactory.tracking.runs import RunsDB
     from webui import runner
 
@@ -277,12 +279,12 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
         while time.monotonic() < deadline and not ((run := db.get(run_id)) and run.pid and (run.step or 0) >= 1):
             time.sleep(0.5)
         assert run is not None and run.status == "running", run
-        tree = runner.process_tree(launcher)
+        tree = process.process_tree(launcher)
         assert len(tree) == 3 and run.pid in tree and run.pid != launcher  # launcher + 2 ranks; the row has rank 0
         assert train_view.launcher_pid(ws / "runs", run_id, run.pid) == launcher
         _, what = train_view.abort(db, train_view.Attached(run_id=run_id))  # no pid: as after a UI restart
         assert what == "stopped"
-        assert runner._still_running(tree) == {}
+        assert process.still_running(tree) == {}
         assert db.get(run_id).status == "aborted"
         # Resume refuses a launch this machine cannot do (here: a GPU launch on a CPU-only machine)
         stored = runner.read_launch(ws / "runs", run_id)
@@ -294,5 +296,5 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
             with pytest.raises(MemFactoryError, match="cannot be resumed with its launch here"):
                 train_view.resume(db, run_id, train_view.Attached())
     finally:
-        for pid in runner.process_tree(launcher):
+        for pid in process.process_tree(launcher):
             os.kill(pid, 9)

@@ -8,12 +8,15 @@ import math
 import pandas as pd
 import pytest
 
+from memfactory.tracking import metric_keys as keys
 from webui import plots
 
 
 def _metrics(n=5):
-    return [{"step": s, "time": 1.0 + s, "reward/mean": 0.1 * s, "reward/std": 0.05, "reward/sub_em": 0.1 * s,
-             "reward/format": 1.0, "loss": 1.0 / s, "kl": 0.01 * s, "response_length": 20 + s, "clip_ratio": 0.0}
+    """Records shaped as the trainer writes them to metrics.jsonl (names from metric_keys)."""
+    return [{keys.STEP: s, keys.TIME: 1.0 + s, keys.REWARD_MEAN: 0.1 * s, keys.REWARD_STD: 0.05,
+             keys.reward_part("sub_em"): 0.1 * s, keys.reward_part("format"): 1.0, keys.REWARD_MAX: 1.0,
+             keys.LOSS: 1.0 / s, keys.KL: 0.01 * s, keys.RESPONSE_LENGTH_MEAN: 20 + s, keys.CLIP_RATIO: 0.0}
             for s in range(1, n + 1)]
 
 
@@ -35,7 +38,7 @@ def test_reward_figure_has_band_mean_and_parts():
     fig = plots.reward_figure(_metrics())
     names = [trace.name for trace in fig.data]
     assert "reward (mean)" in names and "± std" in names
-    assert {"sub_em", "format"} <= set(names)
+    assert {"sub_em", "format"} <= set(names) and "max" not in names  # parts, not the summaries
     mean = next(t for t in fig.data if t.name == "reward (mean)")
     assert list(mean.x) == [1, 2, 3, 4, 5] and mean.y[-1] == pytest.approx(0.5)
     upper = fig.data[0]
@@ -71,6 +74,9 @@ def test_overlay_has_one_curve_per_run_with_reward():
     assert len(fig.data[1].x) == 4
 
 
-def test_alternative_key_names():
-    fig = plots.reward_figure([{"global_step": 3, "reward": 0.7}])
-    assert list(fig.data[0].x) == [3] and fig.data[0].y[0] == pytest.approx(0.7)
+def test_only_the_names_the_trainer_writes_are_read():
+    """No alias guessing: ``reward`` or ``train/loss`` are not what the trainer writes, so nothing is drawn."""
+    assert "no data yet" in _annotation(plots.reward_figure([{"step": 3, "reward": 0.7}]))
+    assert "no data yet" in _annotation(plots.loss_figure([{"step": 3, "train/loss": 0.7}]))
+    fig = plots.reward_figure([{"time": 1.0, keys.REWARD_MEAN: 0.7}])  # no step column: rows count from 0
+    assert list(fig.data[0].x) == [0] and fig.data[0].y[0] == pytest.approx(0.7)

@@ -1,4 +1,4 @@
-"""Runs tab logic on a real SQLite runs database."""
+"""Runs tab logic on a real SQLite runs database and real metrics.jsonl files."""
 
 from __future__ import annotations
 
@@ -6,23 +6,33 @@ import json
 
 import pandas as pd
 
+from memfactory.tracking import metric_keys as keys
+from memfactory.tracking.metrics import MetricsWriter
 from memfactory.tracking.runs import RunsDB
 from webui.tabs import runs as runs_tab
+
+
+def _step(db, writer, run_id, step, metrics, **summary):
+    """One trainer step as TrainingSession records it: metrics.jsonl, then the run row's summary."""
+    writer.write(step, metrics)
+    db.update_progress(run_id, step, metrics.get(keys.REWARD_MEAN), peak_gib=metrics.get(keys.HW_PEAK_GIB), **summary)
 
 
 def test_runs_table_and_overlay(tmp_path):
     db = RunsDB(tmp_path / "runs" / "memfactory.db")
     a = db.create_run("preset_a", tmp_path / "runs" / "a", run_id="a", total_steps=3).id
     db.set_status(a, "running")
-    for step, reward in enumerate([0.1, 0.4, 0.3], 1):
-        db.log_metrics(a, step, {"reward/mean": reward, "loss": 1.0, "hw/peak_gib": 1.0 + step / 8})
-        db.update_progress(a, step, reward=reward)
+    with MetricsWriter(tmp_path / "runs" / "a") as writer:
+        for step, reward in enumerate([0.1, 0.4, 0.3], 1):
+            _step(db, writer, a, step, {keys.REWARD_MEAN: reward, keys.LOSS: 1.0, keys.HW_PEAK_GIB: 1.0 + step / 8})
     db.set_status(a, "finished")
-    # run b has its metrics only in metrics.jsonl (not yet in the database)
     b_dir = tmp_path / "runs" / "b"
     b_dir.mkdir(parents=True)
     (b_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": s / 10}) + "\n" for s in (1, 2)))
     db.create_run("preset_b", b_dir, run_id="b")
+    c = db.create_run("preset_c", tmp_path / "runs" / "c", run_id="c", total_steps=10).id
+    db.set_status(c, "running")  # this test process: alive
+    db.update_progress(c, 4, reward=0.5, seconds_per_step=2.0, eta_s=12.0)
 
     table = runs_tab.runs_table(db)
     assert list(table.columns) == runs_tab.COLUMNS
@@ -30,11 +40,13 @@ def test_runs_table_and_overlay(tmp_path):
     assert row["status"] == "finished" and row["steps"] == "3/3" and row["preset"] == "preset_a"
     assert row["best reward"] == 0.4 and row["last reward"] == 0.3
     assert row["peak GiB"] == 1.38  # the largest hw/peak_gib logged (1.375), as the trainer logs it
+    assert row["ETA"] == "-" and row["duration"].count(":") == 2  # H:MM:SS, the CLI's format too
     assert table.set_index("run").loc["b", "status"] == "created"
     assert pd.isna(table.set_index("run").loc["b", "peak GiB"])  # no step yet: empty, not 0
+    assert table.set_index("run").loc["c", "ETA"] == "0:00:12"  # the trainer's ETA, as runs show prints it
 
-    fig = runs_tab.overlay(db, ["a", "b"])
-    assert [t.name for t in fig.data] == ["a", "b"]
+    fig = runs_tab.overlay(db, ["a", "b", "c", "missing"])
+    assert [t.name for t in fig.data] == ["a", "b"]  # c has no metrics.jsonl yet, missing is no run
     assert list(fig.data[0].y) == [0.1, 0.4, 0.3] and list(fig.data[1].x) == [1, 2]
     assert "no runs" in " ".join(x.text for x in runs_tab.overlay(db, []).layout.annotations)
 
@@ -51,8 +63,9 @@ def test_run_details_figures_and_log(tmp_path):
     run_dir = tmp_path / "r1"
     run_dir.mkdir()
     run = db.create_run("p", run_dir, run_id="r1").id
-    db.log_metrics(run, 1, {"reward/mean": 0.2, "reward/std": 0.1, "loss": 0.5, "kl": 0.0, "clip_ratio": 0.1,
-                            "response_length/mean": 12.0})
+    with MetricsWriter(run_dir) as writer:
+        _step(db, writer, run, 1, {keys.REWARD_MEAN: 0.2, keys.REWARD_STD: 0.1, keys.LOSS: 0.5, keys.KL: 0.0,
+                                   keys.CLIP_RATIO: 0.1, keys.RESPONSE_LENGTH_MEAN: 12.0})
     (run_dir / "samples.jsonl").write_text(json.dumps({"step": 1, "rewards": [[0.0, 1.0], [0.5, 0.5]]}) + "\n")
     (run_dir / "stdout.log").write_text("loading\nstep 1/1 reward 0.2\n")
     db.set_status(run, "failed", error="boom")
@@ -143,7 +156,7 @@ def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
     db = RunsDB(workspace.runs_db())
     done = _finished_run(db, runs_dir, "done")
     keep = _finished_run(db, runs_dir, "keep")
-    db.log_metrics("done", 1, {"reward/mean": 0.5})
+    (done / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5}) + "\n")
 
     with pytest.raises(MemFactoryError, match="tick"):
         runs_tab.delete_run(db, "done", confirmed=False)
@@ -159,7 +172,7 @@ def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
 
     message = runs_tab.delete_run(db, "done", confirmed=True)
     assert "deleted run done" in message and "folder" in message
-    assert db.get("done") is None and not done.exists() and db.metrics_frame("done").empty
+    assert db.get("done") is None and not done.exists()  # its metrics.jsonl went with its folder
     assert db.get("keep") is not None and (keep / "preset.yaml").is_file()
     assert "done" not in runs_tab.runs_table(db)["run"].tolist()
 

@@ -11,8 +11,11 @@ import pytest
 import yaml
 
 from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.tracking import process
+from memfactory.tracking.metrics import read_records
 from memfactory.tracking.runs import RunsDB
-from webui import runner, train_view
+from memfactory.trainer.checkpoint import latest_checkpoint
+from webui import train_view
 from webui.train_view import Attached
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,20 +75,6 @@ def test_start_refuses_an_invalid_preset_with_the_config_error(ws):
 # --------------------------------------------------------------------------- progress and ETA
 
 
-def test_eta_from_recent_step_times_ignores_a_resume_gap():
-    records = [{"step": s, "time": 100.0 + 2.0 * s} for s in range(1, 11)]
-    records.append({"step": 11, "time": 100.0 + 2.0 * 10 + 3600})  # an hour-long pause (resume), once
-    records += [{"step": s, "time": 3720.0 + 2.0 * (s - 11)} for s in range(12, 16)]
-    assert train_view.seconds_per_step(records) == pytest.approx(2.0)
-    assert train_view.eta_seconds(records, 15, 40) == pytest.approx(50.0)
-    assert train_view.eta_seconds(records, 40, 40) == 0.0
-    assert train_view.eta_seconds(records, 3, None) is None
-    # one step so far: the trainer's own step time; nothing usable: unknown
-    assert train_view.eta_seconds([{"step": 1, "time": 5.0, "time/step_s": 1.5}], 1, 11) == pytest.approx(15.0)
-    assert train_view.eta_seconds([{"step": 1, "note": "x"}], 1, 11) is None
-    assert train_view.format_duration(3725.4) == "1:02:05" and train_view.format_duration(None) == "–"
-
-
 def test_status_and_progress_text():
     view = train_view.RunView(run_id="r1", status="running", step=12, total=300, elapsed_s=30, eta_s=720, preset="p")
     html = train_view.progress_html(view)
@@ -97,6 +86,8 @@ def test_status_and_progress_text():
     assert "**失败**" in text and "RuntimeError: boom" in text and "line b" in text
     assert "ETA" not in train_view.progress_html(failed)
     assert "No run" in train_view.status_markdown(train_view.RunView(run_id=None))
+    created = train_view.RunView(run_id="r3", status="created")  # the database's word, not a UI-only one
+    assert "**created**" in train_view.status_markdown(created) and "ETA -" in train_view.progress_html(created)
 
 
 # --------------------------------------------------------------------------- samples
@@ -118,7 +109,7 @@ def test_sample_browsing(tmp_path):
              {"step": 2, "rewards": [[0.5, 0.5]], "samples": []},
              {"step": 3, "rewards": [[1.0, 1.0]], "samples": [{**SAMPLE, "question": "Q3?"}]}]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "samp')  # half-written last line
-    samples = train_view.metrics_records(path)
+    samples = read_records(path)
     assert [r["step"] for r in samples] == [1, 2, 3]
     assert train_view.sample_steps(samples) == [3, 1]
 
@@ -137,13 +128,6 @@ def test_sample_browsing(tmp_path):
     assert train_view.browse_samples(samples, "junk", 99).index == 0
     assert "No sample" in train_view.browse_samples([], None, 1).markdown
 
-    # the writer finishes the line and adds more: the cached reader picks up only the new lines
-    with path.open("a") as fh:
-        fh.write('les": [], "rewards": [[0.2]]}\n')
-    assert [r["step"] for r in train_view.metrics_records(path)] == [1, 2, 3, 4]
-    path.write_text(json.dumps(lines[0]) + "\n")  # truncated (resume): read again from the start
-    assert [r["step"] for r in train_view.metrics_records(path)] == [1]
-
 
 def test_markdown_cannot_break_out_of_code_blocks():
     md = train_view.sample_markdown({**SAMPLE, "answer": "```\n# injected"}, step=1, index=0, count=1)
@@ -156,9 +140,9 @@ def test_markdown_cannot_break_out_of_code_blocks():
 def test_process_that_dies_before_recording_the_run_shows_its_exit_and_log(ws):
     db = RunsDB(ws / "runs" / "memfactory.db")
     script = "import sys; print('loading the model'); print('Traceback: OSError: weights missing'); sys.exit(3)"
-    pid = runner.spawn([sys.executable, "-c", script], ws / "runs" / "r-early")
+    pid = process.spawn([sys.executable, "-c", script], ws / "runs" / "r-early")
     attached = Attached(run_id="r-early", pid=pid, launched_at=time.time())
-    view = _wait(lambda: (v := train_view.poll(db, attached)).status != "starting" and v)
+    view = _wait(lambda: (v := train_view.poll(db, attached)).status != "created" and v)
     assert view.status == "failed" and not view.active
     assert "code 3" in view.error and "weights missing" in view.error and "weights missing" in view.log
     assert "weights missing" in train_view.status_markdown(view)
@@ -178,11 +162,13 @@ def test_running_record_with_a_dead_trainer_becomes_failed(ws):
 
 def test_row_without_pid_and_a_dead_launcher_is_marked_failed(ws):
     db = RunsDB(ws / "runs" / "memfactory.db")
-    pid = runner.spawn([sys.executable, "-c", "print('killed while importing torch')"], ws / "runs" / "r-nopid")
+    pid = process.spawn([sys.executable, "-c", "print('killed while importing torch')"], ws / "runs" / "r-nopid")
     db.create_run("p", ws / "runs" / "r-nopid", run_id="r-nopid", total_steps=5)  # created, no pid yet
-    assert _wait(lambda: not runner.is_alive(pid))
+    assert _wait(lambda: not process.is_alive(pid))
+    assert train_view.poll(db, Attached(run_id="r-nopid")).status == "created"  # nothing known of its launch
     view = train_view.poll(db, Attached(run_id="r-nopid", pid=pid, launched_at=time.time() - 1))
     assert view.status == "failed" and "killed while importing torch" in view.error
+    assert "exited with code 0 before it started training" in view.error
     assert db.get("r-nopid").status == "failed"
     assert train_view.pick_run(db) == "r-nopid"  # nothing running: the newest run
 
@@ -208,17 +194,19 @@ def test_start_abort_resume_a_real_tiny_run(ws):
     db = RunsDB(ws / "runs" / "memfactory.db")
     attached = train_view.start(db, name, Attached())
     try:
-        assert attached.pid and runner.is_alive(attached.pid)
-        assert train_view.poll(db, attached).status in ("starting", "running")
+        assert attached.pid and process.is_alive(attached.pid)
+        assert train_view.poll(db, attached).status in ("created", "running")
         with pytest.raises(MemFactoryError, match="still running"):
             train_view.start(db, name, attached)
         view = _wait(lambda: (v := train_view.poll(db, attached)).step >= 3 and v, timeout=120)
-        assert view, runner.tail(ws / "runs" / attached.run_id / "stdout.log", 20)
+        assert view, process.tail(ws / "runs" / attached.run_id / "stdout.log", 20)
         assert view.status == "running" and view.total == 300 and view.eta_s is not None and view.eta_s > 0
-        assert train_view.has_checkpoint(view.run_dir)
+        record = db.get(attached.run_id)  # the ETA is the trainer's: written to the run's row each step
+        assert record.seconds_per_step > 0 and view.eta_s == record.eta_s
+        assert latest_checkpoint(view.run_dir) is not None
 
         attached, what = train_view.abort(db, attached)
-        assert what == "stopped" and attached.aborted and not runner.is_alive(attached.pid)
+        assert what == "stopped" and attached.aborted and not process.is_alive(attached.pid)
         view = train_view.poll(db, attached)
         assert view.status == "aborted" and db.get(attached.run_id).status == "aborted"
         with pytest.raises(MemFactoryError, match="not running"):
@@ -227,17 +215,17 @@ def test_start_abort_resume_a_real_tiny_run(ws):
 
         resumed = train_view.resume(db, attached.run_id, attached)
         assert resumed.run_id == attached.run_id and resumed.pid != attached.pid
-        assert train_view.poll(db, resumed).status in ("starting", "running")  # not the old "aborted"
+        assert train_view.poll(db, resumed).status in ("created", "running")  # not the old "aborted"
         view = _wait(lambda: (v := train_view.poll(db, resumed)).status == "running" and v.step > stopped_at and v,
                      timeout=120)
-        assert view, runner.tail(ws / "runs" / resumed.run_id / "stdout.log", 30)
-        assert "resumed from" in runner.tail(ws / "runs" / resumed.run_id / "stdout.log", 400)
+        assert view, process.tail(ws / "runs" / resumed.run_id / "stdout.log", 30)
+        assert "resumed from" in process.tail(ws / "runs" / resumed.run_id / "stdout.log", 400)
         resumed, _ = train_view.abort(db, resumed)
         assert train_view.poll(db, resumed).status == "aborted"
     finally:
         for pid in (attached.pid, locals().get("resumed", attached).pid):
-            if pid and runner.is_alive(pid):
-                runner.abort(pid, grace=1)
+            if pid and process.is_alive(pid):
+                process.abort(pid, grace=1)
 
 
 def test_resume_refusals(ws):

@@ -1,8 +1,9 @@
 """Runs tab: every run in the runs database, and several runs' reward curves on one chart.
 
-Reads ``<workspace>/runs/memfactory.db`` (memfactory.tracking.runs.RunsDB); a run whose metrics
-are not in the database yet is read from its ``metrics.jsonl``. Refreshing also marks runs whose
-trainer died as failed (``RunsDB.reconcile``), so nothing spins forever after a crash.
+The table is ``<workspace>/runs/memfactory.db`` (memfactory.tracking.runs: one row per run with its
+summary); curves come from each run's ``metrics.jsonl`` through the one cached reader
+(memfactory.tracking.metrics.read_records). Refreshing also marks runs whose trainer died as
+failed (``RunsDB.reconcile``), so nothing spins forever after a crash.
 """
 
 from __future__ import annotations
@@ -15,25 +16,21 @@ import pandas as pd
 import yaml
 
 from memfactory.errors import MemFactoryError
-from webui import plots, runner, workspace
+from memfactory.tracking import process, runs
+from memfactory.tracking.metrics import RunDir, read_records
+from memfactory.tracking.view import format_duration, steps_text
+from webui import plots, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
 
 ORDER = 50
-COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "peak GiB", "duration", "started (UTC)"]
+COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "peak GiB", "duration", "ETA",
+           "started (UTC)"]
 
 
-def open_db(path: str | Path | None = None):
-    from memfactory.tracking.runs import RunsDB
-
-    return RunsDB(path or workspace.runs_db())
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+def open_db():
+    """The workspace's runs database."""
+    return runs.open_db(workspace.runs_db())
 
 
 def _reward(value: float | None) -> float | None:
@@ -50,23 +47,17 @@ def runs_table(db) -> pd.DataFrame:
     db.reconcile()
     rows = []
     for run in db.list_runs():
-        steps = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
-        rows.append([run.id, run.status, run.name, steps, _reward(run.best_reward), _reward(run.last_reward),
-                     _gib(run.peak_gib), _duration(run.duration_s), run.iso(run.started_at or run.created_at)])
+        eta = format_duration(run.eta_s) if run.status == "running" else format_duration(None)
+        rows.append([run.id, run.status, run.name, steps_text(run.step, run.total_steps), _reward(run.best_reward),
+                     _reward(run.last_reward), _gib(run.peak_gib), format_duration(run.duration_s), eta,
+                     run.iso(run.started_at or run.created_at)])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def run_metrics(db, run_id: str) -> pd.DataFrame:
-    """A run's metrics: from the database, else from its ``metrics.jsonl``."""
-    frame = db.metrics_frame(run_id)
-    if not frame.empty:
-        return frame
+def run_metrics(db, run_id: str) -> list[dict[str, Any]]:
+    """A run's per-step records, from its ``metrics.jsonl`` (empty for an unknown run)."""
     record = db.get(run_id)
-    if record is None:
-        return pd.DataFrame()
-    from memfactory.tracking.metrics import read_metrics
-
-    return pd.DataFrame(read_metrics(Path(record.run_dir) / "metrics.jsonl").records)
+    return read_records(RunDir(record.run_dir).metrics_path) if record is not None else []
 
 
 def overlay(db, run_ids: list[str]) -> Any:
@@ -75,15 +66,13 @@ def overlay(db, run_ids: list[str]) -> Any:
 
 def run_details(db, run_id: str | None) -> tuple[dict[str, Any], str]:
     """One run's figures (reward, distribution, loss, KL, length, clip) and the tail of its log."""
-    from memfactory.tracking.metrics import read_metrics
-
     record = db.get(run_id) if run_id else None
     if record is None:
         return plots.all_figures(None), ""
-    figures = plots.all_figures(run_metrics(db, run_id))
-    samples = read_metrics(Path(record.run_dir) / "samples.jsonl").records
-    figures["distribution"] = plots.reward_distribution_figure(samples)
-    log = runner.tail(Path(record.run_dir) / "stdout.log", 40)
+    folder = RunDir(record.run_dir)
+    figures = plots.all_figures(read_records(folder.metrics_path) or None)
+    figures["distribution"] = plots.reward_distribution_figure(read_records(folder.samples_path) or None)
+    log = process.tail(folder.log_path, 40)
     if record.error:
         log = f"{log}\n\n[error] {record.error}".strip()
     return figures, log
@@ -103,7 +92,7 @@ def run_preset_file(db, run_id: str | None) -> Path:
 
 
 def delete_run(db, run_id: str | None, confirmed: bool) -> str:
-    """Delete a finished run's row and metrics, and its folder when that lies in the workspace's runs folder.
+    """Delete a finished run's row, and its folder (metrics.jsonl included) when in the workspace's runs folder.
 
     Refuses without ``confirmed`` and (RunsDB.delete) while the run's trainer is alive. Returns a
     message saying what was removed; a folder outside the runs folder is never touched.

@@ -3,7 +3,8 @@
 The run is a separate process group (webui.runner), so closing the browser or restarting the UI
 does not stop it; on load the tab follows the newest running run from the runs database. A
 ``gr.Timer`` polls the run (webui.train_view.poll) and redraws the curves only when metrics.jsonl
-or samples.jsonl changed. All logic lives in webui.train_view; this file draws and wires.
+or samples.jsonl changed (read through memfactory.tracking.metrics.read_records). All logic lives
+in webui.train_view; this file draws and wires.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import gradio as gr
 
 from memfactory.errors import MemFactoryError
-from webui import launch_command, plots, runner, train_view, workspace
+from memfactory.tracking import process, runs
+from memfactory.tracking.metrics import RunDir, read_records
+from webui import launch_command, plots, train_view, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
 
@@ -26,23 +29,14 @@ OVERRIDE_LABELS = {"steps": "steps", "lr": "learning rate", "group_size": "group
 log = logging.getLogger(__name__)
 
 
-_DBS: dict[str, Any] = {}
-
-
 def open_db():
-    """The workspace's runs database, opened once (it keeps one connection per thread)."""
-    from memfactory.tracking.runs import RunsDB
-
-    path = str(workspace.runs_db())
-    db = _DBS.get(path)
-    if db is None or not db.path.exists():
-        db = _DBS[path] = RunsDB(path)
-    return db
+    """The workspace's runs database."""
+    return runs.open_db(workspace.runs_db())
 
 
 def _labels(lang: str | None) -> dict[str, str]:
     lang = lang or "en"
-    out = {status: t(f"status.{status}", lang) for status in ("starting", "running", "finished", "failed", "aborted")}
+    out = {status: t(f"status.{status}", lang) for status in runs.STATUSES}
     out.update(none=t("train_none", lang), step=t("train_step", lang), elapsed=t("train_elapsed", lang),
                eta=t("train_eta", lang))
     return out
@@ -140,15 +134,15 @@ def build(ctx: UIContext) -> None:
         labels_now = _labels(lang_code)
         outputs: list[Any] = [train_view.status_markdown(view, labels_now), train_view.progress_html(view, labels_now)]
         run_dir = view.run_dir
-        metrics_path = run_dir / "metrics.jsonl" if run_dir else None
-        samples_path = run_dir / "samples.jsonl" if run_dir else None
+        metrics_path = RunDir(run_dir).metrics_path if run_dir else None
+        samples_path = RunDir(run_dir).samples_path if run_dir else None
         signature = {"run": view.run_id,
                      "files": train_view.file_signature(metrics_path, samples_path) if run_dir else [],
                      "runs": [c[0] for c in choices], "step": step_choice, "index": index}
         files_changed = signature["run"] != last.get("run") or signature["files"] != last.get("files")
-        samples = train_view.metrics_records(samples_path) if samples_path else []
+        samples = read_records(samples_path) if samples_path else []
         if files_changed:
-            metrics = train_view.metrics_records(metrics_path) if metrics_path else []
+            metrics = read_records(metrics_path) if metrics_path else []
             figs = plots.all_figures(metrics or None)
             figs["distribution"] = plots.reward_distribution_figure(samples or None)
             figs["hardware"] = plots.hardware_figure(metrics or None)
@@ -216,8 +210,8 @@ def build(ctx: UIContext) -> None:
 
     def fresh_pending(name: str | None, spec: launch_command.LaunchSpec) -> dict:
         """A new run id (and a free rendezvous port for several processes) for the next launch."""
-        return {"preset": name, "run_id": runner.new_run_id(name or "run"),
-                "port": runner.free_port() if spec.distributed else None}
+        return {"preset": name, "run_id": process.new_run_id(name or "run"),
+                "port": process.free_port() if spec.distributed else None}
 
     def on_preview(name: str | None, *fields: Any, pending_now: dict | None = None):
         spec, errors = launch_spec(*fields)
