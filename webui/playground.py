@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from memfactory.data import sources
 from memfactory.errors import MemFactoryError
 from memfactory.evaluate import SampleResult, evaluate_workflow, load_sets, resolve_checkpoint
 from memfactory.types import SamplingParams
@@ -106,14 +107,9 @@ def default_data_dir() -> Path:
 
 def eval_set_choices(data_dir: str | Path | None = None) -> list[str]:
     """Eval sets visible from the data folder (MemAgent's, when downloaded) and the shipped demo sets."""
-    from memfactory.data.memagent import eval_search_dirs, list_eval_sets
-
     folder = data_dir if data_dir is not None else default_data_dir()
-    names = set(list_eval_sets(folder))
-    # LoCoMo-format sets (for memory-bank agents: Memory-R1, RMM) sit beside them
-    for path in eval_search_dirs(folder):
-        if path.is_dir():
-            names |= {p.stem for p in path.glob("locomo*.json")}
+    # LoCoMo-format sets (for memory-bank agents: Memory-R1, RMM) are listed beside them
+    names = {name for family in sources.FAMILIES for name in sources.list_sets(family, folder)}
     return sorted(names, key=lambda n: (n != DEFAULT_SET, n))
 
 

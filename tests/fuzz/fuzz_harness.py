@@ -37,8 +37,8 @@ from typing import Any
 import yaml
 
 from memfactory.config import Preset, load_preset, parse_preset
-from memfactory.data.locomo import is_locomo, load_locomo
-from memfactory.data.memagent import load_samples
+from memfactory.data.locomo import looks_like_locomo
+from memfactory.data.sources import load_locomo, load_samples
 from memfactory.envs.build import build_rewards
 from memfactory.envs.rewards import (
     boxed_em,
@@ -216,7 +216,7 @@ def _check_samples(samples: Any) -> None:
 def check_data_file(path: Path) -> Outcome:
     """Every loader a data file can reach: MemAgent/RULER/verl samples and, for .json, LoCoMo and
     its sniffer. The kind is that of the loader ``memfactory data check`` picks (LoCoMo when
-    ``is_locomo``); the other loader must refuse cleanly too."""
+    ``looks_like_locomo``); the other loader must refuse cleanly too."""
     memagent = _guarded(lambda: _check_samples(load_samples(path)), names=str(path))
     if path.suffix.lower() != ".json":
         return memagent
@@ -224,7 +224,7 @@ def check_data_file(path: Path) -> Outcome:
     sniffed: dict[str, bool] = {}
 
     def sniff() -> None:
-        sniffed["locomo"] = is_locomo(path)
+        sniffed["locomo"] = looks_like_locomo(path)
         assert isinstance(sniffed["locomo"], bool)
 
     sniffing = _guarded(sniff)
