@@ -7,14 +7,12 @@ into the weights (``merge_and_unload``) and saves an ordinary transformers folde
 tokenizer, which any tool loads with ``AutoModelForCausalLM.from_pretrained`` — no peft needed.
 Without ``--merge`` the checkpoint's model folder is copied unchanged.
 
-QLoRA (4-bit base + LoRA) needs bitsandbytes and CUDA: :func:`require_qlora` says clearly which
-one is missing. A QLoRA adapter is merged into a float base (the usual practice: merging into
-4-bit weights would round the update away).
+A QLoRA adapter is merged into a float base (the usual practice: merging into 4-bit weights would
+round the update away).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,20 +164,3 @@ def export_checkpoint(
         return merge_adapter(ckpt, out_path)
     shutil.copytree(ckpt.model_dir, out_path, dirs_exist_ok=True)
     return out_path
-
-
-def require_qlora() -> None:
-    """QLoRA needs bitsandbytes and a CUDA device; raise a MemFactoryError naming what is missing."""
-    import torch
-
-    missing = []
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package (pip install bitsandbytes)")
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (bitsandbytes 4-bit kernels do not run on this CPU-only torch)")
-    if missing:
-        raise MemFactoryError(
-            "QLoRA (4-bit base model + LoRA) needs "
-            + " and ".join(missing)
-            + "; use plain LoRA (trainer.lora) on this machine"
-        )

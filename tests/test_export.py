@@ -11,7 +11,8 @@ from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.cli import main
 from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
-from memfactory.export import export_checkpoint, require_qlora, resolve_checkpoint
+from memfactory.export import export_checkpoint, resolve_checkpoint
+from memfactory.trainer.precision import require_qlora
 from memfactory.paths import presets_dir
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer import loop

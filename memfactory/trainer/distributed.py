@@ -33,6 +33,9 @@ from typing import Any
 
 import torch
 
+from memfactory.errors import MemFactoryError
+from memfactory.trainer.sharding import fsdp_modules, local_numel, trainable_parameters
+
 DEBUG_ENV = "MEMFACTORY_DIST_DEBUG"
 
 
@@ -92,8 +95,6 @@ def require_supported_sharding(accelerator: Any) -> None:
     here, and a forward pass over their shards on uneven schedules would hang.
     """
     from accelerate.utils import DistributedType
-
-    from memfactory.errors import MemFactoryError
 
     kind = getattr(accelerator, "distributed_type", None)
     state = getattr(accelerator, "state", None)
@@ -166,8 +167,6 @@ class DebugRecorder:
         if not self.active or trainer is None:
             return
         acc = trainer.accelerator
-        from memfactory.trainer.sharding import fsdp_modules, local_numel, trainable_parameters
-
         # Under FSDP every rank gathers the full parameters: the same checksum means in sync.
         params = list(trainable_parameters(trainer.policy))
         digest = hashlib.sha256()
