@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 KINDS = ("hotpotqa", "fwe", "docqa")
 CHARS_PER_TOKEN = 4
 
