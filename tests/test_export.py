@@ -11,11 +11,12 @@ from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.cli import main
 from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
-from memfactory.export import export_checkpoint, resolve_checkpoint
-from memfactory.trainer.precision import require_qlora
+from memfactory.export import export_checkpoint
 from memfactory.paths import presets_dir
+from memfactory.targets import resolve_checkpoint
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer import loop
+from memfactory.trainer.precision import require_qlora
 from tests.vowel_reward import VowelShare
 
 PRESET = str(presets_dir() / "tiny_test.yaml")

@@ -1,6 +1,6 @@
 """Training checkpoints: save atomically, find the newest complete one, restore everything.
 
-Layout of ``<run_dir>/checkpoints/step-000020/``::
+Layout of ``<run_dir>/checkpoints/step-000020/`` (names and listing: :mod:`memfactory.trainer.layout`)::
 
     model/            save_pretrained output: safetensors weights + config
                       (a peft model: only adapter_model.safetensors + adapter_config.json)
@@ -37,7 +37,6 @@ import io
 import json
 import os
 import random
-import re
 import secrets
 import shutil
 import time
@@ -50,43 +49,11 @@ import torch
 from memfactory.backends.model_api import is_peft, unwrap
 from memfactory.errors import MemFactoryError
 from memfactory.tracking.metrics import to_jsonable
+from memfactory.trainer.layout import STATE_FILE, checkpoint_name, checkpoints_dir, latest_checkpoint, list_checkpoints
 from memfactory.trainer.sharding import is_sharded, load_model_state, load_optimizer_state
 
 FORMAT_VERSION = 1
 OPTIMIZER_BY_NAME = "by_name"  # trainer_state.json "optimizer_keys" of sharded (FSDP) checkpoints
-STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{int(step):06d}"
-
-
-def _checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    """``run_dir/checkpoints`` (a path that already ends in ``checkpoints`` is used as is)."""
-    path = Path(run_dir)
-    return path if path.name == "checkpoints" else path / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest step first."""
-    root = _checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / STATE_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 # -- RNG -------------------------------------------------------------------------------------
 
 
@@ -314,7 +281,7 @@ def save_checkpoint(
     into ``model/`` too, so a full-model checkpoint loads with ``from_pretrained(path / "model")``.
     ``state``: the full (model, optimizer) state dicts of a sharded run, from ``gather_state``.
     """
-    root = _checkpoints_dir(run_dir)
+    root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{secrets.token_hex(4)}"
@@ -366,7 +333,7 @@ def save_checkpoint(
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints and leftover temp folders."""
-    root = _checkpoints_dir(run_dir)
+    root = checkpoints_dir(run_dir)
     removed = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
     if root.is_dir():
         # hidden folders come from saves that crashed mid-way (one process saves at a time)
