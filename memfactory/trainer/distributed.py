@@ -28,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from memfactory.errors import MemFactoryError
@@ -123,10 +125,6 @@ def reseed_for_step(accelerator: Any, seed: int, step: int) -> None:
     """
     if world(accelerator) == 1:
         return
-    import random
-
-    import numpy as np
-
     value = int.from_bytes(hashlib.sha256(f"{seed}/{step}/{accelerator.process_index}".encode()).digest()[:8], "little")
     random.seed(value)
     np.random.seed(value % 2**32)

@@ -15,6 +15,8 @@ import pandas as pd
 import yaml
 
 from memfactory.errors import MemFactoryError
+from memfactory.tracking.metrics import read_metrics
+from memfactory.tracking.runs import RunsDB
 from webui import plots, runner, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
@@ -24,8 +26,6 @@ COLUMNS = ["run", "status", "preset", "steps", "best reward", "last reward", "pe
 
 
 def open_db(path: str | Path | None = None):
-    from memfactory.tracking.runs import RunsDB
-
     return RunsDB(path or workspace.runs_db())
 
 
@@ -64,8 +64,6 @@ def run_metrics(db, run_id: str) -> pd.DataFrame:
     record = db.get(run_id)
     if record is None:
         return pd.DataFrame()
-    from memfactory.tracking.metrics import read_metrics
-
     return pd.DataFrame(read_metrics(Path(record.run_dir) / "metrics.jsonl").records)
 
 
@@ -75,8 +73,6 @@ def overlay(db, run_ids: list[str]) -> Any:
 
 def run_details(db, run_id: str | None) -> tuple[dict[str, Any], str]:
     """One run's figures (reward, distribution, loss, KL, length, clip) and the tail of its log."""
-    from memfactory.tracking.metrics import read_metrics
-
     record = db.get(run_id) if run_id else None
     if record is None:
         return plots.all_figures(None), ""

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from memfactory.errors import MemFactoryError
+from memfactory.tracking.runs import RunsDB
 from webui import launch_command, plots, runner, train_view, workspace
 from webui.i18n import t
 from webui.tabs import UIContext
@@ -31,8 +32,6 @@ _DBS: dict[str, Any] = {}
 
 def open_db():
     """The workspace's runs database, opened once (it keeps one connection per thread)."""
-    from memfactory.tracking.runs import RunsDB
-
     path = str(workspace.runs_db())
     db = _DBS.get(path)
     if db is None or not db.path.exists():
