@@ -16,7 +16,6 @@ from memfactory.paths import presets_dir
 from memfactory.targets import resolve_checkpoint
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer import loop
-from memfactory.trainer.precision import require_qlora
 from tests.vowel_reward import VowelShare
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
@@ -132,13 +131,3 @@ def test_clear_errors(lora_run, tmp_path, monkeypatch, capsys):
         export_checkpoint("full", merge=True)
     copied = export_checkpoint("full")
     assert (copied / "config.json").is_file()
-
-
-def test_qlora_needs_bitsandbytes_and_cuda():
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
-        require_qlora()  # available: no error
-        return
-    with pytest.raises(MemFactoryError, match="QLoRA .* needs"):
-        require_qlora()
