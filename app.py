@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import sys
 
+from webui.sharing import AuthError, plan_launch
+
 
 def main(argv: list[str] | None = None) -> int:
-    from webui.sharing import AuthError, plan_launch
-
     try:
         plan = plan_launch(argv)
     except AuthError as exc:

@@ -12,12 +12,11 @@ import importlib
 import pkgutil
 import sys
 
+from memfactory import commands
 from memfactory.errors import MemFactoryError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from memfactory import commands
-
     parser = argparse.ArgumentParser(
         prog="memfactory",
         description="Assemble, train (GRPO) and compare memory agents.",

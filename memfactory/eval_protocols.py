@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memfactory.config import Preset, parse_preset
+from memfactory.errors import MemFactoryError
 from memfactory.types import SamplingParams
 
 _DROP = object()  # marker: remove the field so the module's default (MemAgent's value) applies
@@ -161,8 +162,6 @@ DEFAULT_PROTOCOL = "memfactory"
 
 
 def get_protocol(name: str) -> Protocol:
-    from memfactory.errors import MemFactoryError
-
     try:
         return PROTOCOLS[name]
     except KeyError:

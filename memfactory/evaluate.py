@@ -28,6 +28,7 @@ overall, avg@k), written to ``categories.md`` / ``categories.csv``.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import math
@@ -38,13 +39,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from memfactory.config import Preset, apply_override, load_preset, parse_preset
+from memfactory.agents.build import build_agent
+from memfactory.backends.build import build_backend
+from memfactory.config import Preset, apply_override, parse_preset
+from memfactory.envs.answer_metrics import extract_prediction
+from memfactory.envs.build import build_env, build_rewards
 from memfactory.errors import MemFactoryError
+from memfactory.registry import REGISTRY, UnknownNameError
+from memfactory.targets import EvalRow
 from memfactory.types import Sample, SamplingParams, Trajectory
 
 DEFAULT_METRIC = "sub_em"
-PAPER_SETS = ("eval_50", "eval_100", "eval_fwe_16384")
-PRESET_SUFFIXES = (".yaml", ".yml")
 SAMPLES_FILE = "samples.jsonl"
 MANIFEST_FILE = "eval.json"
 
@@ -106,9 +111,6 @@ def category_of(sample: Sample) -> tuple[int | str | None, str | None]:
 
 
 def _scorers(names: set[str], judge: Any = None) -> dict[str, Any]:
-    from memfactory.envs.build import build_rewards
-    from memfactory.registry import REGISTRY, UnknownNameError
-
     for name in names:
         try:
             REGISTRY.get("reward", name, where="metric")
@@ -127,8 +129,6 @@ def _prediction(scorer: Any, trajectory: Trajectory) -> str | None:
     getter = getattr(scorer, "prediction", None)
     if getter is not None:
         return getter(trajectory)
-    from memfactory.envs.answer_metrics import extract_prediction
-
     return extract_prediction(trajectory.answer)
 
 
@@ -211,9 +211,6 @@ def evaluate_workflow(
         raise MemFactoryError(f"k must be >= 1, got {k}")
     if batch_size < 1:
         raise MemFactoryError(f"batch_size must be >= 1, got {batch_size}")
-    from memfactory.agents.build import build_agent
-    from memfactory.backends.build import build_backend
-
     if params is None:
         t = preset.trainer
         params = SamplingParams(
@@ -249,176 +246,13 @@ def _needs_judge(samples: Sequence[Sample], default_metric: str, metric_map: Map
     return any(metric_for(s, default_metric, metric_map) == "llm_judge" for s in samples)
 
 
-# --------------------------------------------------------------------------- what to evaluate
-
-
-def default_preset_data(model: str) -> dict[str, Any]:
-    """A MemAgent preset around ``model`` with the paper's eval recipe (chunks of 2500, no cap)."""
-    from memfactory.tracking.process import slugify
-
-    return {
-        "name": f"memagent_{slugify(Path(model).name or model)}",
-        "description": f"MemAgent over {model} (default eval preset)",
-        "agent": "memagent",
-        "modules": {
-            "memory": {"type": "recurrent", "chunk_tokens": 2500, "memory_tokens": 2048, "answer_tokens": 2048}
-        },
-        "model": {"backend": "hf", "path": model, "dtype": "auto", "attn": "auto"},
-        "env": {"type": "long_context", "eval": list(PAPER_SETS)},
-        "rewards": {"sub_em": 1.0},
-        "trainer": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 2048},
-        "logging": {"swanlab": "disabled"},
-    }
-
-
-def is_preset_path(target: str) -> bool:
-    return Path(target).suffix.lower() in PRESET_SUFFIXES
-
-
-def resolve_target(target: str, overrides: Sequence[str] = ()) -> Preset:
-    """A preset YAML file, or a model path / built-in model name wrapped in the default MemAgent preset."""
-    if is_preset_path(target):
-        return load_preset(target, list(overrides))
-    _check_model(target)
-    data = default_preset_data(target)
-    for override in overrides:
-        data = apply_override(data, override, "--set")
-    return parse_preset(data, f"default MemAgent preset for {target}")
-
-
-def _check_model(target: str) -> None:
-    """Fail before any model loads when a model path clearly points nowhere."""
-    from memfactory.backends.sources import BUILTIN_PATHS, hub_offline
-    from memfactory.backends.tiny import SCHEME as TINY
-
-    if target.startswith(TINY) or target.lower() in BUILTIN_PATHS:
-        return
-    local = Path(target).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise MemFactoryError(
-                f"model {target!r} is a folder but holds no config.json (not a saved transformers model)"
-            )
-        return
-    if local.exists():
-        raise MemFactoryError(f"{target!r} is a file but neither a preset (.yaml) nor a model folder")
-    looks_local = target.startswith((".", "/", "~")) or target.count("/") > 1 or "\\" in target
-    if looks_local or hub_offline() or "/" not in target:
-        raise MemFactoryError(
-            f"unknown model {target!r}: not a preset (.yaml), not a model folder, not a built-in model "
-            f"({', '.join(BUILTIN_PATHS)}){'' if '/' in target else ', not a hub id (owner/name)'}"
-        )
-
-
-def resolve_checkpoint(value: str, runs_db: str | Path = "runs/memfactory.db") -> str:
-    """A run id (newest complete checkpoint of that run) or a folder -> the folder to load.
-
-    A folder may be the weights themselves, a ``step-*`` checkpoint (its ``model/`` is used) or a
-    run folder (its newest checkpoint's ``model/``).
-    """
-    from memfactory.trainer.checkpoint import latest_checkpoint
-
-    def from_run_dir(run_dir: Path, what: str) -> str:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise MemFactoryError(f"{what} has no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
-        return str(ckpt / "model")
-
-    path = Path(value).expanduser()
-    if path.is_dir():
-        if (path / "model").is_dir():
-            return str(path / "model")
-        if (path / "checkpoints").is_dir():
-            return from_run_dir(path, f"run folder {value!r}")
-        return str(path)
-    db_path = Path(runs_db)
-    if db_path.is_file():
-        from memfactory.tracking.runs import RunsDB
-
-        db = RunsDB(db_path)
-        try:
-            record = db.require(value)
-        finally:
-            db.close()
-        return from_run_dir(Path(record.run_dir), f"run {value!r}")
-    raise MemFactoryError(f"--checkpoint {value!r} is neither a folder nor a run id (no runs database at {db_path})")
-
-
-def without_chunk_cap(preset: Preset) -> Preset:
-    """The same preset with every module's ``max_chunks`` removed (MemFactory evaluates uncapped)."""
-    data = preset.model_dump(mode="json", exclude_none=True)
-    changed = False
-    for spec in data.get("modules", {}).values():
-        if spec.pop("max_chunks", None) is not None:
-            changed = True
-    return parse_preset(data, f"preset {preset.name!r}") if changed else preset
-
-
-@dataclass
-class EvalRow:
-    """One row of the table: a label, the preset to run (checkpoint already set)."""
-
-    label: str
-    preset: Preset
-
-    @property
-    def checkpoint(self) -> str | None:
-        return self.preset.model.checkpoint
-
-
-def row_label(preset: Preset, target: str, checkpoint: str | None) -> str:
-    base = preset.name if is_preset_path(target) else target
-    return f"{base} + {checkpoint}" if checkpoint else base
-
-
-def make_rows(
-    targets: Sequence[str],
-    checkpoints: Sequence[str] = (),
-    overrides: Sequence[str] = (),
-    *,
-    runs_db: str | None = None,
-    keep_chunk_cap: bool = False,
-    protocol: Any = None,
-) -> list[EvalRow]:
-    """Targets x checkpoints -> rows. One ``--checkpoint`` applies to every target; as many as
-    targets pair up in order; ``none`` / ``base`` means the base weights. ``protocol`` (an
-    ``eval_protocols.Protocol``) puts its prompt settings on every preset; ``--set`` fields win."""
-    if not targets:
-        raise MemFactoryError("name at least one preset (.yaml) or model to evaluate")
-    if checkpoints and len(checkpoints) not in (1, len(targets)):
-        raise MemFactoryError(
-            f"got {len(checkpoints)} --checkpoint values for {len(targets)} models; give one for all, "
-            "or one per model in order (use 'none' for the base weights)"
-        )
-    per_target = (
-        list(checkpoints) * len(targets) if len(checkpoints) == 1 else list(checkpoints) or [None] * len(targets)
-    )
-    rows: list[EvalRow] = []
-    seen: dict[str, int] = {}
-    for target, ckpt in zip(targets, per_target):
-        preset = resolve_target(target, overrides)
-        if not keep_chunk_cap:
-            preset = without_chunk_cap(preset)
-        if protocol is not None:
-            preset = protocol.apply(preset, overrides)
-        ckpt = None if ckpt is None or ckpt.lower() in ("none", "base", "") else ckpt
-        if ckpt is not None:
-            folder = resolve_checkpoint(ckpt, runs_db or preset.logging.runs_db)
-            preset = preset.model_copy(update={"model": preset.model.model_copy(update={"checkpoint": folder})})
-        label = row_label(preset, target, ckpt)
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            label = f"{label} #{seen[label]}"
-        rows.append(EvalRow(label, preset))
-    return rows
+# --------------------------------------------------------------------------- the sets
 
 
 def load_sets(
     preset: Preset, sets: Sequence[str], *, data_dir: str | None = None, n: int | None = None
 ) -> dict[str, list[Sample]]:
     """Each named set's samples from the preset's environment (``data_dir`` overrides its folder)."""
-    from memfactory.envs.build import build_env
-
     data = preset.model_dump(mode="json", exclude_none=True)
     if data_dir is not None:
         data = apply_override(data, f"env.data_dir={json.dumps(str(data_dir))}")
@@ -645,8 +479,6 @@ def build_table(
 
 
 def _free_accelerator_memory() -> None:
-    import gc
-
     gc.collect()
     try:
         import torch
@@ -773,9 +605,6 @@ def run_eval(
         for row in rows:
             if not any(todo[row.label].values()):
                 continue
-            from memfactory.agents.build import build_agent
-            from memfactory.backends.build import build_backend
-
             backend = backend_factory(row.preset) if backend_factory else build_backend(row.preset.model)
             agent = build_agent(row.preset)
             judge = None

@@ -25,3 +25,12 @@ def assets_dir() -> Path:
 
 def presets_dir() -> Path:
     return project_root() / "presets"
+
+
+def is_file(path: str | os.PathLike[str]) -> bool:
+    """``Path(path).is_file()``, but False (not an OSError) for a name the file system cannot take
+    (too long, a NUL byte): such a path is not a file there, and every data finder asks this."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False

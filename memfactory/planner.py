@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from memfactory.backends.sources import SMOLLM2, hub_offline, resolve_model_path
+from memfactory.backends.tiny import ARCHITECTURES, SAVED_DTYPE, SCHEME, VOCAB_SIZE, parse_tiny_path
+from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
 
 GIB = 2**30
@@ -134,8 +138,6 @@ class ModelShape:
 
 def model_shape(path: str, seed: int = 0) -> ModelShape:
     """The shape of ``model.path`` from its config.json, without loading (or building) weights."""
-    from memfactory.backends.tiny import ARCHITECTURES, SAVED_DTYPE, SCHEME, VOCAB_SIZE, parse_tiny_path
-
     if path.startswith(SCHEME):
         name = parse_tiny_path(path)
         arch = {"vocab_size": VOCAB_SIZE, "model_type": "qwen3", "dtype": SAVED_DTYPE.get(name, "float32"),
@@ -146,8 +148,6 @@ def model_shape(path: str, seed: int = 0) -> ModelShape:
             return _auto_config_shape(path, local_only=True)
         except (OSError, ValueError, KeyError):  # not in the local hub cache: the same architecture's shipped shape
             return replace(model_shape(SCHEME + KNOWN_HUB_SHAPES[path.lower()]), dtype="bfloat16")
-    from memfactory.backends.sources import SMOLLM2, hub_offline, resolve_model_path
-
     if path.lower() == SMOLLM2:
         return _auto_config_shape(resolve_model_path(path), local_only=True)
     local = Path(path).expanduser()
@@ -644,10 +644,6 @@ def plan_markdown(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The plan as markdown for the web UI; a user mistake comes back as markdown, never raised."""
-    import tempfile
-
-    from memfactory.config import load_preset
-
     text = preset_path_or_yaml_text or ""
     try:
         if "\n" not in text.strip() and Path(text.strip()).expanduser().suffix in (".yaml", ".yml"):

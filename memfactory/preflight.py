@@ -10,22 +10,22 @@ leaves a failed run behind. Each problem names its field:
 * ``model.checkpoint`` / ``judge.checkpoint``: an existing folder with an adapter or weights.
 * ``model.base_url`` / ``judge.base_url`` (backend openai): present and an http(s) URL.
 * ``env.data``: the training source, resolved exactly as the environment resolves it when training
-  starts (a file for long_context; a file or a named set in ``data_dir`` / assets for memory_bank;
+  starts (:mod:`memfactory.data.sources`: a file, or a named set in ``data_dir`` / assets;
   ``synthetic://`` URIs are parsed, not generated).
-* ``env.eval.N``: only entries that are certainly files (a .json/.jsonl/.parquet suffix or a path
-  separator) and that resolve nowhere; a bare set name (``eval_50``, ``locomo10``) may be
-  downloaded later and is not needed to train.
+* ``env.eval.N``: only entries that are certainly files (a path with a folder, or a name with the
+  family's file suffix) or URIs, and that resolve nowhere; a bare set name (``eval_50``,
+  ``locomo10``) may be downloaded later and is not needed to train.
 * ``judge``: the llm_judge reward without a judge model is already refused by the schema checks.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from memfactory.backends.openai_api import normalise_base_url
+from memfactory.backends.sources import checkpoint_problem, model_path_problem
 from memfactory.config import ModelConfig, Preset
+from memfactory.data import sources
 from memfactory.errors import ConfigError, DataError, MemFactoryError
-
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+from memfactory.registry import REGISTRY
 
 
 def _strip(message: str, field: str) -> str:
@@ -38,8 +38,6 @@ def _strip(message: str, field: str) -> str:
 
 def model_problems(cfg: ModelConfig, where: str) -> list[tuple[str, str]]:
     """Problems of one model section (``model`` or ``judge``) that loading it would hit."""
-    from memfactory.backends.sources import checkpoint_problem, model_path_problem
-
     problems: list[tuple[str, str]] = []
     if cfg.backend in ("hf", "vllm"):
         problem = model_path_problem(cfg.path)
@@ -50,8 +48,6 @@ def model_problems(cfg: ModelConfig, where: str) -> list[tuple[str, str]]:
             if problem:
                 problems.append((f"{where}.checkpoint", _strip(problem, f"{where}.checkpoint")))
     elif cfg.backend == "openai":
-        from memfactory.backends.openai_api import normalise_base_url
-
         if not cfg.base_url:
             problems.append((f"{where}.base_url", ("the openai backend needs the server's URL, "
                              "e.g. http://127.0.0.1:8000/v1")))
@@ -63,63 +59,29 @@ def model_problems(cfg: ModelConfig, where: str) -> list[tuple[str, str]]:
     return problems
 
 
-def _looks_like_file(name: str) -> bool:
-    return Path(name).suffix.lower() in DATA_SUFFIXES or "/" in name or "\\" in name
-
-
 def _data_message(exc: DataError, name: str) -> str:
     text = str(exc)
     return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
 
 
 def env_problems(preset: Preset) -> list[tuple[str, str]]:
-    """The training source (and file-like eval entries) resolved as the environment will resolve them."""
-    problems: list[tuple[str, str]] = []
-    env_type = preset.env.type
-    if env_type not in ("long_context", "memory_bank"):
-        return problems  # an environment we know nothing about resolves its own data
+    """The training source (and file-like eval entries) resolved as the environment will resolve them:
+    in the data family its class declares (``data_family``); an environment without one resolves
+    its own data."""
+    family = getattr(REGISTRY.get("env", preset.env.type).target, "data_family", None)
+    if family is None:
+        return []
     options = preset.component_options(preset.env, "env")
     data_dir = getattr(options, "data_dir", None)
-    if env_type == "long_context":
-        from memfactory.data.memagent import find_eval_set
-        from memfactory.data.synth import parse_synthetic_uri
-
-        def resolve_train(name: str) -> None:
-            if name.startswith("synthetic://"):
-                parse_synthetic_uri(name)
-                return
-            path = Path(name)
-            if not path.is_file():
-                raise DataError(name, "file not found (long_context reads its training source from a file "
-                                "or a synthetic:// URI)")
-            if path.suffix.lower() not in DATA_SUFFIXES:
-                raise DataError(name, f"unsupported file type {path.suffix or '(none)'!r}; "
-                                "expected .json, .jsonl or .parquet")
-
-        def resolve_eval(name: str) -> None:
-            if name.startswith("synthetic://"):
-                parse_synthetic_uri(name)
-            elif _looks_like_file(name):
-                find_eval_set(name, data_dir)
-    else:
-        from memfactory.envs.memory_bank import find_locomo
-
-        def resolve_train(name: str) -> None:
-            find_locomo(name, data_dir)
-
-        def resolve_eval(name: str) -> None:
-            if not name.startswith("synthetic://") and _looks_like_file(name):
-                find_locomo(name, data_dir)
-
-    try:
-        resolve_train(options.data)
-    except DataError as exc:
-        problems.append(("env.data", _data_message(exc, options.data)))
-    for i, name in enumerate(getattr(options, "eval", []) or []):
+    problems: list[tuple[str, str]] = []
+    entries = [("env.data", options.data, True)]
+    entries += [(f"env.eval.{i}", name, False) for i, name in enumerate(getattr(options, "eval", []) or [])]
+    for where, name, required in entries:
         try:
-            resolve_eval(name)
+            sources.check(name, family, data_dir, required=required)
         except DataError as exc:
-            problems.append((f"env.eval.{i}", f"{name!r}: {_data_message(exc, name)}"))
+            message = _data_message(exc, name)
+            problems.append((where, message if required else f"{name!r}: {message}"))
     return problems
 
 

@@ -60,9 +60,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memfactory.backends.base import Backend
+from memfactory.backends.hf import HFBackend
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.exposure import secret_equal
+from memfactory.targets import with_checkpoint
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 DEFAULT_HOST = "127.0.0.1"
@@ -793,12 +795,10 @@ class ServerThread:
 
 def load_backend(cfg_or_path: ModelConfig | str, checkpoint: str | None = None) -> Backend:
     """A local HF backend for a ModelConfig, a model path / built-in name, plus an optional checkpoint."""
-    from memfactory.backends.hf import HFBackend
-
     if isinstance(cfg_or_path, ModelConfig):
         cfg = cfg_or_path
         if checkpoint:
-            cfg = cfg.model_copy(update={"checkpoint": checkpoint})
+            cfg = with_checkpoint(cfg, checkpoint)
     else:
         cfg = ModelConfig(path=str(cfg_or_path), checkpoint=checkpoint)
     if cfg.backend != "hf":

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
+from memfactory.errors import DataError
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 CHARS_PER_TOKEN = 4
@@ -141,8 +143,6 @@ def context_of(sample: Any) -> str:
     """A sample's context as text; anything else (e.g. unresolved doc ids) is a data mistake, named."""
     context = sample.context if sample.context is not None else ""
     if not isinstance(context, str):
-        from memfactory.errors import DataError
-
         source = sample.meta.get("source", "samples") if isinstance(sample.meta, dict) else "samples"
         raise DataError(
             str(source),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +15,12 @@ from memfactory.evaluate import (
     ResultsStore,
     build_table,
     evaluate_workflow,
-    make_rows,
     metric_for,
-    resolve_checkpoint,
     run_eval,
     score_trajectories,
-    without_chunk_cap,
 )
 from memfactory.paths import presets_dir
+from memfactory.targets import make_rows
 from memfactory.types import Sample, SamplingParams, Trajectory
 
 TINY_PRESET = presets_dir() / "memagent_tiny_test.yaml"
@@ -197,60 +194,6 @@ def test_resume_with_other_settings_is_refused(tmp_path, counting_backend):
     run_eval(rows, ["eval_docqa"], k=1, **kwargs)
     with pytest.raises(MemFactoryError, match="k=1"):
         run_eval(rows, ["eval_docqa"], k=2, **kwargs)
-
-
-# --------------------------------------------------------------------------- rows, checkpoints
-
-
-def test_rows_pair_checkpoints_with_targets(tmp_path):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    rows = make_rows([str(TINY_PRESET), str(TINY_PRESET)], ["none", str(weights)])
-    assert rows[0].checkpoint is None and rows[0].label == "memagent_tiny_test"
-    assert rows[1].checkpoint == str(weights) and rows[1].label == f"memagent_tiny_test + {weights}"
-    same = make_rows([str(TINY_PRESET), str(TINY_PRESET)])
-    assert [r.label for r in same] == ["memagent_tiny_test", "memagent_tiny_test #2"]
-    with pytest.raises(MemFactoryError, match="--checkpoint"):
-        make_rows([str(TINY_PRESET)], ["a", "b"])
-
-
-def test_default_preset_for_a_bare_model_and_no_chunk_cap():
-    (row,) = make_rows(["tiny://qwen3-mini"], overrides=["modules.memory.chunk_tokens=64"])
-    assert row.preset.agent == "memagent" and row.preset.model.path == "tiny://qwen3-mini"
-    assert row.preset.modules["memory"].options["chunk_tokens"] == 64
-    capped = load_preset(TINY_PRESET)
-    assert capped.modules["memory"].options["max_chunks"] == 3
-    assert "max_chunks" not in without_chunk_cap(capped).modules["memory"].options
-    with pytest.raises(MemFactoryError, match="unknown model"):
-        make_rows(["no-such-model"])
-
-
-def _fake_checkpoint(run_dir: Path, step: int) -> Path:
-    ckpt = run_dir / "checkpoints" / f"step-{step:06d}"
-    (ckpt / "model").mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
-    return ckpt / "model"
-
-
-def test_checkpoint_from_run_id_folder_or_step(tmp_path):
-    from memfactory.tracking.runs import RunsDB
-
-    run_dir = tmp_path / "runs" / "r1"
-    _fake_checkpoint(run_dir, 10)
-    newest = _fake_checkpoint(run_dir, 20)
-    (run_dir / "checkpoints" / "step-000030").mkdir()  # incomplete: no trainer_state.json
-    db_path = tmp_path / "runs" / "memfactory.db"
-    db = RunsDB(db_path)
-    db.create_run("memagent_tiny_test", str(run_dir), run_id="r1")
-    db.close()
-    assert resolve_checkpoint("r1", db_path) == str(newest)
-    assert resolve_checkpoint(str(run_dir), db_path) == str(newest)
-    assert resolve_checkpoint(str(newest.parent), db_path) == str(newest)
-    assert resolve_checkpoint(str(newest), db_path) == str(newest)
-    with pytest.raises(MemFactoryError, match="no run 'r2'"):
-        resolve_checkpoint("r2", db_path)
-    with pytest.raises(MemFactoryError, match="no runs database"):
-        resolve_checkpoint("r1", tmp_path / "missing.db")
 
 
 # --------------------------------------------------------------------------- protocols

@@ -11,8 +11,9 @@ from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.cli import main
 from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
-from memfactory.export import export_checkpoint, require_qlora, resolve_checkpoint
+from memfactory.export import export_checkpoint
 from memfactory.paths import presets_dir
+from memfactory.targets import resolve_checkpoint
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer import loop
 from tests.vowel_reward import VowelShare
@@ -130,13 +131,3 @@ def test_clear_errors(lora_run, tmp_path, monkeypatch, capsys):
         export_checkpoint("full", merge=True)
     copied = export_checkpoint("full")
     assert (copied / "config.json").is_file()
-
-
-def test_qlora_needs_bitsandbytes_and_cuda():
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
-        require_qlora()  # available: no error
-        return
-    with pytest.raises(MemFactoryError, match="QLoRA .* needs"):
-        require_qlora()

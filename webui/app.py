@@ -16,7 +16,9 @@ from collections.abc import Callable
 import gradio as gr
 
 from memfactory.paths import assets_dir
+from webui import tabs
 from webui.i18n import LOCALES, Labels, t
+from webui.sharing import AuthError, banner_text, exposure, refusal_message
 from webui.tabs import UIContext
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,6 @@ _BANNER_STYLE = ("background:#fde68a;color:#7c2d12;border:2px solid #d97706;bord
 
 def tab_modules() -> list:
     """Modules under ``webui/tabs/`` that define ``build(ctx)``, ordered by their ``ORDER``."""
-    from webui import tabs
-
     modules, failures = [], []
     for info in pkgutil.iter_modules(tabs.__path__):
         try:
@@ -90,8 +90,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *,
     Beyond loopback (or with ``share``) it needs ``auth``, or ``insecure=True`` which adds the warning
     banner; the rule lives here too so that ``from webui import launch`` cannot bypass ``app.py``'s.
     """
-    from webui.sharing import AuthError, banner_text, exposure, refusal_message
-
     banner = None
     reasons = exposure(host, share)
     if reasons and auth is None:

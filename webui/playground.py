@@ -26,8 +26,15 @@ from typing import Any
 
 import pandas as pd
 
+from memfactory.backends.build import build_backend
+from memfactory.config import Preset, load_preset
+from memfactory.data import sources
+from memfactory.envs.answer_metrics import normalize_answer
 from memfactory.errors import MemFactoryError
-from memfactory.evaluate import SampleResult, evaluate_workflow, load_sets, resolve_checkpoint
+from memfactory.evaluate import SampleResult, evaluate_workflow, load_sets
+from memfactory.targets import Endpoint, workflow_preset
+from memfactory.tracking.runs import RunsDB
+from memfactory.trainer.layout import latest_checkpoint
 from memfactory.types import SamplingParams
 from webui import workspace
 
@@ -106,22 +113,14 @@ def default_data_dir() -> Path:
 
 def eval_set_choices(data_dir: str | Path | None = None) -> list[str]:
     """Eval sets visible from the data folder (MemAgent's, when downloaded) and the shipped demo sets."""
-    from memfactory.data.memagent import eval_search_dirs, list_eval_sets
-
     folder = data_dir if data_dir is not None else default_data_dir()
-    names = set(list_eval_sets(folder))
-    # LoCoMo-format sets (for memory-bank agents: Memory-R1, RMM) sit beside them
-    for path in eval_search_dirs(folder):
-        if path.is_dir():
-            names |= {p.stem for p in path.glob("locomo*.json")}
+    # LoCoMo-format sets (for memory-bank agents: Memory-R1, RMM) are listed beside them
+    names = {name for family in sources.FAMILIES for name in sources.list_sets(family, folder)}
     return sorted(names, key=lambda n: (n != DEFAULT_SET, n))
 
 
 def checkpoint_choices(runs_db: str | Path | None = None) -> list[str]:
     """Run ids that have at least one complete checkpoint (newest first)."""
-    from memfactory.tracking.runs import RunsDB
-    from memfactory.trainer.checkpoint import latest_checkpoint
-
     path = Path(runs_db or workspace.runs_db())
     if not path.is_file():
         return []
@@ -134,44 +133,18 @@ def checkpoint_choices(runs_db: str | Path | None = None) -> list[str]:
         db.close()
 
 
-def build_preset(spec: WorkflowSpec, settings: RunSettings) -> Any:
-    """The preset a workflow runs: its file, with the checkpoint / endpoint / model override applied."""
-    from memfactory.config import load_preset
-
-    if not spec.preset.strip() and not spec.is_endpoint:
-        raise MemFactoryError("choose a preset (or give an endpoint's base URL)")
-    if spec.preset.strip():
-        preset = load_preset(workspace.find_preset(spec.preset.strip()))
-    else:  # a bare endpoint: answer directly from the whole context
-        from memfactory.config import parse_preset
-
-        preset = parse_preset({"name": "direct", "agent": "direct", "env": {"type": "long_context"},
-                               "logging": {"swanlab": "disabled"}}, "endpoint workflow")
-    model = preset.model
+def build_preset(spec: WorkflowSpec, settings: RunSettings) -> Preset:
+    """The preset a workflow runs: its file, with the endpoint / model / checkpoint the form asks for
+    (the rules are :func:`memfactory.targets.workflow_preset`'s)."""
+    name = spec.preset.strip()
+    endpoint = None
     if spec.is_endpoint:
-        if not spec.model.strip():
-            raise MemFactoryError(f"endpoint {spec.base_url.strip()}: give the served model name")
-        if spec.checkpoint.strip():
-            raise MemFactoryError("a checkpoint applies to a local model, not to an endpoint")
-        model = model.model_copy(update={
-            "backend": "openai", "base_url": spec.base_url.strip(), "path": spec.model.strip(),
-            "api_key_env": spec.api_key_env.strip() or "OPENAI_API_KEY", "options": dict(ENDPOINT_OPTIONS),
-            "checkpoint": None,
-        })
-    else:
-        path = spec.model.strip() or settings.model_override.strip()
-        if path:
-            # another base model: the preset's own checkpoint (trained on its model) no longer applies
-            options = dict(model.options) if model.backend == "hf" else {}
-            model = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": options,
-                                             "checkpoint": None})
-        if spec.checkpoint.strip():
-            try:
-                folder = resolve_checkpoint(spec.checkpoint.strip(), workspace.runs_db())
-            except MemFactoryError as exc:  # its message names the CLI flag; the UI has a field
-                raise MemFactoryError(str(exc).replace("--checkpoint ", "checkpoint ", 1)) from None
-            model = model.model_copy(update={"checkpoint": folder})
-    return preset.model_copy(update={"model": model})
+        endpoint = Endpoint(spec.base_url.strip(), spec.model.strip(), spec.api_key_env.strip(), ENDPOINT_OPTIONS)
+    elif not name:
+        raise MemFactoryError("choose a preset (or give an endpoint's base URL)")
+    preset = load_preset(workspace.find_preset(name)) if name else None
+    return workflow_preset(preset, endpoint=endpoint, model=spec.model.strip() or settings.model_override.strip(),
+                           checkpoint=spec.checkpoint.strip(), runs_db=workspace.runs_db())
 
 
 def sampling_params(preset: Any, settings: RunSettings) -> SamplingParams:
@@ -210,8 +183,6 @@ class BackendCache:
         if self._factory is not None:
             backend = self._factory(model)
         else:
-            from memfactory.backends.build import build_backend
-
             backend = build_backend(model)
         self.loads += 1
         self._items[key] = backend
@@ -377,8 +348,6 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def _normalized(result: SampleResult) -> str:
-    from memfactory.envs.answer_metrics import normalize_answer
-
     prediction = result.predictions[0] if result.predictions and result.predictions[0] is not None else None
     return normalize_answer(prediction if prediction is not None else (result.answers[0] if result.answers else ""))
 

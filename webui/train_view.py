@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memfactory.errors import MemFactoryError
+from memfactory.config import load_preset
+from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.preflight import preflight_problems
 from memfactory.tracking import metric_keys as keys
 from memfactory.tracking import process
 from memfactory.tracking.metrics import RunDir
@@ -100,8 +102,6 @@ def default_preset(choices: list[str]) -> str | None:
 
 def validate_preset(name: str | None) -> Path:
     """The preset file for a dropdown choice, after full validation; MemFactoryError otherwise."""
-    from memfactory.config import load_preset
-
     if not name:
         raise MemFactoryError("choose a preset to train first")
     path = workspace.find_preset(name)
@@ -175,10 +175,6 @@ def check_launch(preset_name: str | None, spec: LaunchSpec, hardware: Hardware) 
     """Every reason the launch would fail, found here rather than in a dying child: the preset with
     the overrides applied (schema), its start-up checks (model, data, judge), the device choice, and
     the memory planner when ``memfactory.planner`` exists."""
-    from memfactory.config import load_preset
-    from memfactory.errors import ConfigError
-    from memfactory.preflight import preflight_problems
-
     check = LaunchCheck(problems=launch_problems(spec, hardware))
     if not preset_name:
         check.problems.insert(0, "choose a preset to train first")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
+from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, Generation, SamplingParams
@@ -165,8 +166,6 @@ class HFBackend:
     def from_config(cls, cfg: ModelConfig, *, device: str | None = None, micro_batch_size: int = 32) -> HFBackend:
         """Load ``cfg`` (see :func:`memfactory.backends.sources.load_model_and_tokenizer`); CUDA when available."""
         import torch
-
-        from memfactory.backends.sources import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(cfg)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

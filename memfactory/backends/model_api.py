@@ -1,8 +1,10 @@
-"""What a (possibly PEFT- and DDP-wrapped) transformers model's forward accepts.
+"""What a (possibly PEFT- and DDP-wrapped) transformers model is and what its forward accepts.
 
 The hf backend's shared prefill and the trainer's scoring both pass keyword arguments that only
 some transformers versions take (``logits_to_keep``; the KV cache as ``cache`` or, before,
-``past_key_values``), so both ask here instead of guessing.
+``past_key_values``), so both ask here instead of guessing. Checkpointing and FSDP sharding both
+ask here whether a model carries PEFT adapters and what is inside its wrappers. torch and peft are
+imported when asked, so the backends package stays importable without loading them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ def base_model(model: Any) -> Any:
     target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     get_base = getattr(target, "get_base_model", None)
     return get_base() if callable(get_base) else target
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside DDP/FSDP/accelerate wrappers and torch.compile (a PeftModel stays one)."""
+    import torch
+
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a PeftModel (LoRA adapters over a frozen base)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
 
 
 def forward_parameters(model: Any) -> set[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from memfactory.backends.tiny import SCHEME as TINY_SCHEME
-from memfactory.backends.tiny import build_cached, tiny_model_dir
+from memfactory.backends.tiny import build_cached, parse_tiny_path, tiny_model_dir
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.paths import cache_dir
@@ -132,8 +132,6 @@ def model_path_problem(path: str) -> str | None:
     go ahead. A hub id is not looked up (that needs the network): only a path that is certainly
     local, or any path while the hub is off, is checked for existence."""
     if path.startswith(TINY_SCHEME):
-        from memfactory.backends.tiny import parse_tiny_path
-
         try:
             parse_tiny_path(path)
         except MemFactoryError as exc:

@@ -18,6 +18,8 @@ and ``reset_prefix_cache``) is the one TRL 1.x uses with vLLM's V1 engine.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -57,9 +59,6 @@ def _require_vllm() -> Any:
 
 def _single_process_rendezvous() -> None:
     """external_launcher expects torchrun's variables; a lone process is rank 0 of 1."""
-    import os
-    import socket
-
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:

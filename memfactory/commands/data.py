@@ -114,10 +114,9 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from memfactory.data.locomo import is_locomo, load_locomo
-    from memfactory.data.memagent import load_samples
+    from memfactory.data.sources import load_any
 
-    samples = load_locomo(args.path, exclude_categories=[]) if is_locomo(args.path) else load_samples(args.path)
+    samples = load_any(args.path)
     formats = Counter(s.meta.get("format", "?") for s in samples)
     chars = [len(s.context) for s in samples]
     print(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from memfactory.errors import MemFactoryError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -95,9 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memfactory.errors import MemFactoryError
     from memfactory.eval_protocols import get_protocol
-    from memfactory.evaluate import make_rows, run_eval
+    from memfactory.evaluate import run_eval
+    from memfactory.targets import make_rows
 
     protocol = get_protocol(args.protocol)
     k = args.k if args.k is not None else protocol.k

@@ -6,8 +6,6 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from memfactory.export import DEFAULT_DB
-
     parser = subparsers.add_parser(
         "export",
         help="export a run's newest checkpoint: the LoRA adapter, or merged into a full model",
@@ -18,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run", metavar="RUN", help="run id, run folder or checkpoint folder")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
     parser.add_argument("--out", help="output folder (default: <run>/export/step-N-merged|adapter)")
-    parser.add_argument("--db", default=DEFAULT_DB, help="runs database (default: %(default)s)")
+    parser.add_argument("--db", help="runs database (default: logging.runs_db's default, runs/memfactory.db)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from memfactory.errors import MemFactoryError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memfactory.config import load_preset
-    from memfactory.errors import MemFactoryError
     from memfactory.planner import estimate_memory
 
     if args.gpus < 1:

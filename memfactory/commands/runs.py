@@ -111,7 +111,7 @@ def run_show(args: argparse.Namespace) -> int:
     r = db.get(args.run_id)
     if r is None:
         raise MemFactoryError(db.unknown_run_message(args.run_id))
-    from memfactory.trainer.checkpoint import latest_checkpoint
+    from memfactory.trainer.layout import latest_checkpoint
 
     latest = latest_checkpoint(r.run_dir)
     fields = [

@@ -31,9 +31,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"logging.runs_dir={args.runs_dir}")
         overrides.append(f"logging.runs_db={args.runs_dir}/memfactory.db")
     preset = load_preset(args.preset, overrides)
-    from memfactory.envs.rewards import check_training_rewards
-
-    check_training_rewards(preset.rewards, args.preset)  # before any model loads
     from memfactory.preflight import check_preflight
 
     check_preflight(preset, args.preset)  # model path, data files, judge: before the run row exists

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memfactory.data.synth import approx_tokens
 from memfactory.types import Sample
 
 # The MemAgent GPU presets' budget (presets/memagent_qwen3_*.yaml): 6 chunks of 2500 tokens.
@@ -107,8 +108,6 @@ def budget_report(
     source: str = "the MemAgent GPU presets'",
 ) -> BudgetReport:
     """Count documents and tokens of every context and what ``max_chunks x chunk_tokens`` leaves of them."""
-    from memfactory.data.synth import approx_tokens
-
     counter = count_tokens or approx_tokens
     tokens = [counter(s.context or "") for s in samples]
     docs = [count_documents(s) for s in samples]
@@ -137,10 +136,8 @@ def budget_report(
 
 def budget_from_preset(preset: Any) -> tuple[int, int | None, str] | None:
     """``(chunk_tokens, max_chunks, truncate)`` of the preset's recurrent memory module; None without one."""
-    from memfactory.modules.recurrent import RecurrentConfig
-
     for spec in preset.modules.values():
         if spec.type == "recurrent":
-            options = RecurrentConfig.model_validate(spec.options)
+            options = preset.component_options(spec, "module")  # the recurrent module's own schema
             return options.chunk_tokens, options.max_chunks, options.truncate
     return None

@@ -1,4 +1,6 @@
-"""LoCoMo-format conversations: load and check them, generate a seeded synthetic set, download the real one.
+"""LoCoMo-format conversations: read and check them, generate a seeded synthetic set, download the real one.
+
+Which file or ``synthetic://locomo`` URI to read is :mod:`memfactory.data.sources`' business.
 
 LoCoMo (snap-research/locomo, ``data/locomo10.json``) is a list of conversations::
 
@@ -32,21 +34,21 @@ another (multi-hop), 5 = never mentioned (adversarial).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlparse
 
 from memfactory.errors import DataError, MemFactoryError
+from memfactory.paths import is_file
 from memfactory.types import Sample
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 UNANSWERABLE = "Not mentioned in the conversation"
 LOCOMO_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
 _SESSION = re.compile(r"^session_(\d+)$")
-_URI_LIMITS = {"n": 10_000, "sessions": 1_000}  # synthetic://locomo sizes (conversations, sessions each)
 
 
 # --------------------------------------------------------------------------- loading and checking
@@ -56,11 +58,7 @@ def read_locomo(path: str | Path) -> list[dict[str, Any]]:
     """The raw conversation records of a LoCoMo .json file (a list, or one conversation object)."""
     path = Path(path)
     name = str(path)
-    try:
-        found = path.is_file()
-    except OSError:  # e.g. a name longer than the file system allows
-        found = False
-    if not found:
+    if not is_file(path):
         raise DataError(name, "file not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -240,14 +238,10 @@ def conversations_to_samples(
     return samples
 
 
-def load_locomo(path: str | Path, *, exclude_categories: tuple[int, ...] | list[int] = (5,)) -> list[Sample]:
-    """Samples from a LoCoMo file or a ``synthetic://locomo?n=..&seed=..`` URI."""
-    source = str(path)
-    if source.startswith("synthetic://"):
-        params = parse_locomo_uri(source)
-        records = synth_locomo(**params)
-    else:
-        records = read_locomo(path)
+def locomo_samples(
+    records: list[Any], source: str, *, exclude_categories: tuple[int, ...] | list[int] = (5,)
+) -> list[Sample]:
+    """Raw conversation records (a file's or the generator's) checked and turned into Samples."""
     conversations = [parse_conversation(r, source, i) for i, r in enumerate(records)]
     samples = conversations_to_samples(conversations, source, exclude_categories=exclude_categories)
     if not samples:
@@ -255,41 +249,17 @@ def load_locomo(path: str | Path, *, exclude_categories: tuple[int, ...] | list[
     return samples
 
 
-def is_locomo(path: str | Path) -> bool:
-    """True for a ``synthetic://locomo`` URI or a .json file whose first record has a ``conversation``."""
+def looks_like_locomo(path: str | Path) -> bool:
+    """True for a .json file whose first record has a ``conversation`` (LoCoMo, not MemAgent records)."""
     text = str(path)
-    if text.startswith("synthetic://"):
-        return urlparse(text).netloc == "locomo"
-    if not text.lower().endswith(".json"):
+    if not text.lower().endswith(".json") or not is_file(text):
         return False
     try:
-        if not Path(text).is_file():
-            return False
         data = json.loads(Path(text).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError covers JSONDecodeError
         return False
     first = data[0] if isinstance(data, list) and data else data
     return isinstance(first, dict) and "conversation" in first
-
-
-def parse_locomo_uri(uri: str) -> dict[str, int]:
-    """``synthetic://locomo?n=4&seed=0&sessions=4`` -> keyword arguments of ``synth_locomo``."""
-    parsed = urlparse(uri)
-    kind = parsed.netloc or parsed.path.strip("/")
-    if parsed.scheme != "synthetic" or kind != "locomo":
-        raise DataError(uri, "expected synthetic://locomo?n=..&seed=..&sessions=..")
-    params: dict[str, int] = {"n": 4, "seed": 0}
-    for key, value in parse_qsl(parsed.query, keep_blank_values=True):
-        if key not in ("n", "seed", "sessions"):
-            raise DataError(uri, f"unknown parameter {key!r}; allowed: n, seed, sessions")
-        try:
-            params[key] = int(value)
-        except ValueError:
-            raise DataError(uri, f"parameter {key!r} must be an integer, got {value!r}") from None
-        limit = _URI_LIMITS.get(key)
-        if limit is not None and not 1 <= params[key] <= limit:
-            raise DataError(uri, f"parameter {key!r} must be between 1 and {limit}, got {params[key]}")
-    return params
 
 
 # --------------------------------------------------------------------------- synthetic conversations
@@ -518,8 +488,6 @@ def write_locomo(records: list[dict[str, Any]], path: str | Path) -> Path:
 
 def download_locomo(to_dir: str | Path, url: str = LOCOMO_URL, timeout: float = 30.0) -> Path:
     """Fetch the public ``locomo10.json`` into ``to_dir``; one-line MemFactoryError when offline."""
-    import os
-
     import httpx
 
     target = Path(to_dir) / "locomo10.json"
@@ -550,8 +518,8 @@ __all__ = [
     "UNANSWERABLE",
     "conversations_to_samples",
     "download_locomo",
-    "is_locomo",
-    "load_locomo",
+    "locomo_samples",
+    "looks_like_locomo",
     "parse_conversation",
     "read_locomo",
     "synth_locomo",

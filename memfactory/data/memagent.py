@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from memfactory.errors import DataError
+from memfactory.paths import is_file
 from memfactory.text import is_utf8_text
 from memfactory.types import Sample
 
-SUFFIXES = (".json", ".jsonl", ".parquet")
 FORMATS = ("hotpotqa", "ruler", "verl")
 
 
@@ -43,7 +43,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The raw records of a .json / .jsonl / .parquet file; DataError for anything unreadable."""
     path = Path(path)
     name = str(path)
-    if not _is_file(path):
+    if not is_file(path):
         raise DataError(name, "file not found")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -86,14 +86,6 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise DataError(name, f"expected a JSON object, got {type(record).__name__}", record=i)
     return records
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False (not an OSError) for a name the file system cannot take."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def _json_trouble(exc: BaseException) -> str:
@@ -323,61 +315,3 @@ def records_to_samples(
             raise DataError(source, f"expected an object, got {type(record).__name__}", record=i)
         samples.append(build(_Checker(source, i, record), stem, i))
     return samples
-
-
-def load_samples(path: str | Path, fmt: str | None = None) -> list[Sample]:
-    """Samples from a MemAgent/RULER/verl file, or from a ``synthetic://kind?n=..`` URI."""
-    if str(path).startswith("synthetic://"):
-        from memfactory.data.synth import samples_from_uri
-
-        return samples_from_uri(str(path))
-    return records_to_samples(read_records(path), str(path), fmt)
-
-
-# --------------------------------------------------------------------------- finding eval sets
-
-
-def eval_search_dirs(data_dir: str | Path | None) -> list[Path]:
-    """Where eval sets are looked for: the data folder (and its hotpotqa/ sub-folder), then assets/data."""
-    from memfactory.paths import assets_dir
-
-    dirs = []
-    if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / "hotpotqa"]
-    dirs.append(assets_dir() / "data")
-    return dirs
-
-
-def find_eval_set(name: str, data_dir: str | Path | None = "data") -> Path:
-    """``eval_50`` / ``eval_fwe_16384`` / a file path -> the file that holds it."""
-    direct = Path(name)
-    if direct.suffix.lower() in SUFFIXES and _is_file(direct):
-        return direct
-    stem = direct.name
-    if direct.suffix.lower() in SUFFIXES:
-        stem = direct.stem
-    searched = eval_search_dirs(data_dir)
-    for folder in searched:
-        for suffix in SUFFIXES:
-            candidate = folder / f"{stem}{suffix}"
-            if _is_file(candidate):
-                return candidate
-    available = sorted(
-        {p.stem for folder in searched if folder.is_dir() for p in folder.iterdir() if p.suffix in SUFFIXES}
-    )
-    where = ", ".join(str(p) for p in searched)
-    hint = f" Available: {', '.join(available)}." if available else ""
-    raise DataError(
-        name,
-        f"eval set not found in {where}.{hint} Download MemAgent's sets with "
-        "`memfactory data download memagent --to <data_dir>` or generate one with `memfactory data synth`.",
-    )
-
-
-def list_eval_sets(data_dir: str | Path | None = "data") -> list[str]:
-    """Names of the eval sets visible from ``data_dir`` and the shipped assets."""
-    names = set()
-    for folder in eval_search_dirs(data_dir):
-        if folder.is_dir():
-            names |= {p.stem for p in folder.iterdir() if p.suffix in SUFFIXES and p.stem.startswith("eval_")}
-    return sorted(names)

@@ -27,10 +27,6 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlparse
-
-from memfactory.errors import DataError
-from memfactory.types import Sample
 
 KINDS = ("hotpotqa", "fwe", "docqa")
 CHARS_PER_TOKEN = 4
@@ -533,51 +529,3 @@ def write_json(records: list[dict[str, Any]], path: str | Path) -> Path:
             json.dump(records, fh, ensure_ascii=False, indent=1)
     tmp.replace(path)
     return path
-
-
-_URI_PARAMS = {"n": int, "seed": int, "docs": int, "length": int, "min_docs": int, "max_docs": int}
-_KIND_PARAMS = {"hotpotqa": {"docs"}, "fwe": {"length"}, "docqa": {"min_docs", "max_docs"}}
-# Upper bounds of the URI's sizes (a typo such as n=1000000000 would otherwise generate for hours).
-MAX_SYNTH_N = 100_000  # samples
-_URI_LIMITS = {"n": MAX_SYNTH_N, "docs": 25_600, "min_docs": 25_600, "max_docs": 25_600, "length": 1_048_576}
-
-
-def parse_synthetic_uri(uri: str) -> tuple[str, dict[str, Any]]:
-    """``synthetic://docqa?n=64&seed=0`` -> ("docqa", {"n": 64, "seed": 0})."""
-    parsed = urlparse(uri)
-    kind = parsed.netloc or parsed.path.strip("/")
-    if parsed.scheme != "synthetic" or kind not in KINDS:
-        raise DataError(uri, f"expected synthetic://<kind>?n=..; kind one of {', '.join(KINDS)}")
-    params: dict[str, Any] = {}
-    allowed = {"n", "seed"} | _KIND_PARAMS[kind]
-    for key, value in parse_qsl(parsed.query, keep_blank_values=True):
-        if key not in allowed:
-            raise DataError(uri, f"unknown parameter {key!r} for {kind}; allowed: {', '.join(sorted(allowed))}")
-        try:
-            params[key] = _URI_PARAMS[key](value)
-        except ValueError:
-            raise DataError(uri, f"parameter {key!r} must be an integer, got {value!r}") from None
-        limit = _URI_LIMITS.get(key)
-        if limit is not None and params[key] > limit:
-            raise DataError(uri, f"parameter {key!r} must be at most {limit}, got {params[key]}")
-    params.setdefault("n", 64)
-    params.setdefault("seed", 0)
-    return kind, params
-
-
-def samples_from_uri(uri: str, tokenizer: Any = None) -> list[Sample]:
-    """Generate and convert a ``synthetic://`` source (records validated like any file)."""
-    from memfactory.data.memagent import records_to_samples
-
-    kind, params = parse_synthetic_uri(uri)
-    n, seed = params.pop("n"), params.pop("seed")
-    if kind == "fwe" and tokenizer is not None:
-        params["tokenizer"] = tokenizer
-    try:
-        records = synth_dataset(kind, n, seed, **params)
-    except ValueError as exc:
-        raise DataError(uri, str(exc)) from None
-    samples = records_to_samples(records, f"synthetic_{kind}")
-    for sample in samples:
-        sample.meta["source"] = f"synthetic_{kind}"
-    return samples

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from memfactory.config import Preset
+from memfactory.config import Preset, check_training_rewards
 from memfactory.envs.base import Environment, Reward
 from memfactory.registry import REGISTRY
 
@@ -23,8 +23,6 @@ def build_rewards(weights: dict[str, float], **context: Any) -> dict[str, Reward
 
 def build_env(preset: Preset, **reward_context: Any) -> Environment:
     """The preset's environment with its training rewards (evaluation-only metrics are refused)."""
-    from memfactory.envs.rewards import check_training_rewards
-
     check_training_rewards(preset.rewards, f"preset {preset.name!r}")
     entry = REGISTRY.get("env", preset.env.type, where="env.type")
     options = entry.config.model_validate(preset.env.options)

@@ -2,9 +2,10 @@
 
 Both read a training source, hold out a seeded ``test_fraction`` of it as ``test`` (never trained
 on), look any other split name up as an eval set, cap eval sets at ``eval_size`` and cache what
-they loaded. Subclasses say how to load the source and an eval set; their options model (set as
-``options_model``) must have ``data``, ``eval``, ``eval_size``, ``train_size``, ``test_fraction``
-and ``seed``.
+they loaded. Sources are resolved by :mod:`memfactory.data.sources` in the subclass's
+``data_family`` (which :mod:`memfactory.preflight` reads too); subclasses say how to read a resolved
+source. Their options model (set as ``options_model``) must have ``data``, ``eval``, ``data_dir``,
+``eval_size``, ``train_size``, ``test_fraction`` and ``seed``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from memfactory.data.sources import File, SetFamily, Synthetic, resolve
 from memfactory.envs.base import Environment
 from memfactory.errors import DataError
 from memfactory.types import Sample
@@ -23,6 +25,7 @@ from memfactory.types import Sample
 
 class HeldOutEnv(Environment):
     options_model: ClassVar[type[BaseModel]]
+    data_family: ClassVar[SetFamily]
 
     def __init__(self, options, rewards, weights):
         if not isinstance(options, self.options_model):
@@ -31,12 +34,22 @@ class HeldOutEnv(Environment):
         self._cache: dict[str, list[Sample]] = {}
 
     @abstractmethod
+    def _read(self, source: Synthetic | File) -> list[Sample]:
+        """The samples of a resolved source (a parsed URI or a found file)."""
+
+    def _load(self, name: str) -> list[Sample]:
+        """A source string (a set name, a file or a synthetic:// URI) resolved, read and cached."""
+        if name not in self._cache:
+            self._cache[name] = self._read(resolve(name, self.data_family, self.options.data_dir))
+        return self._cache[name]
+
     def _source(self) -> list[Sample]:
         """The training source (``options.data``), before the held-out split."""
+        return self._load(self.options.data)
 
-    @abstractmethod
     def _eval_set(self, name: str) -> list[Sample]:
         """A split other than train/test: an eval set name, a file or a synthetic:// URI."""
+        return self._load(name)
 
     def _split(self) -> tuple[list[Sample], list[Sample]]:
         """(train, test): a seeded shuffle of the source, the first ``test_fraction`` of it held out.

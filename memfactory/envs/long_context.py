@@ -3,7 +3,7 @@
 Splits: ``train`` (the data source minus a held-out slice), ``test`` (that slice, never trained
 on), or an eval-set name such as ``eval_50`` / ``eval_fwe_16384`` looked up in ``data_dir`` and
 then in the shipped ``assets/data`` sets. A ``synthetic://`` URI or a file path also works as a
-split name, so the eval command can score any source. Rewards come from the base class's
+split name, so the eval command can score any source (``memfactory.data.sources`` resolves them). Rewards come from the base class's
 ``score`` (weighted parts named in the preset).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from memfactory.data.memagent import find_eval_set, load_samples
+from memfactory.data.sources import LONG_CONTEXT, File, Synthetic, load_samples
 from memfactory.envs.held_out import HeldOutEnv
 from memfactory.registry import register
 from memfactory.types import Sample
@@ -46,16 +46,7 @@ class LongContextOptions(BaseModel):
 class LongContextEnv(HeldOutEnv):
     options: LongContextOptions
     options_model = LongContextOptions
+    data_family = LONG_CONTEXT
 
-    def _source(self) -> list[Sample]:
-        if "__source__" not in self._cache:
-            self._cache["__source__"] = load_samples(self.options.data)
-        return self._cache["__source__"]
-
-    def _eval_set(self, name: str) -> list[Sample]:
-        if name not in self._cache:
-            if name.startswith("synthetic://"):
-                self._cache[name] = load_samples(name)
-            else:
-                self._cache[name] = load_samples(find_eval_set(name, self.options.data_dir))
-        return self._cache[name]
+    def _read(self, source: Synthetic | File) -> list[Sample]:
+        return load_samples(source)

@@ -17,45 +17,13 @@ Splits: ``train`` / ``test`` (a seeded hold-out of the ``data`` QA items), or an
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from memfactory.data.locomo import load_locomo
+from memfactory.data.sources import LOCOMO, File, Synthetic, load_locomo
 from memfactory.envs.base import Reward
 from memfactory.envs.held_out import HeldOutEnv
-from memfactory.errors import DataError
 from memfactory.registry import register
 from memfactory.types import Sample, Trajectory
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name the file system cannot take (too long, ...) is not a file there
-        return False
-
-
-def find_locomo(name: str, data_dir: str | None) -> str:
-    """A file path, a synthetic:// URI, or a set name found in ``data_dir`` / ``data_dir/locomo`` / assets/data."""
-    from memfactory.paths import assets_dir
-
-    if name.startswith("synthetic://"):
-        return name
-    direct = Path(name)
-    if _is_file(direct):
-        return str(direct)
-    stem = direct.stem if direct.suffix == ".json" else direct.name
-    folders = ([Path(data_dir), Path(data_dir) / "locomo"] if data_dir else []) + [assets_dir() / "data"]
-    for folder in folders:
-        candidate = folder / f"{stem}.json"
-        if _is_file(candidate):
-            return str(candidate)
-    raise DataError(
-        name,
-        f"LoCoMo set not found in {', '.join(str(f) for f in folders)}; get the real one with "
-        "`memfactory data download locomo --to <data_dir>` or generate one with `memfactory data synth locomo`",
-    )
 
 
 class MemoryBankOptions(BaseModel):
@@ -88,18 +56,10 @@ class MemoryBankOptions(BaseModel):
 class MemoryBankEnv(HeldOutEnv):
     options: MemoryBankOptions
     options_model = MemoryBankOptions
+    data_family = LOCOMO
 
-    def _load(self, name: str) -> list[Sample]:
-        if name not in self._cache:
-            path = find_locomo(name, self.options.data_dir)
-            self._cache[name] = load_locomo(path, exclude_categories=self.options.exclude_categories)
-        return self._cache[name]
-
-    def _source(self) -> list[Sample]:
-        return self._load(self.options.data)
-
-    def _eval_set(self, name: str) -> list[Sample]:
-        return self._load(name)
+    def _read(self, source: Synthetic | File) -> list[Sample]:
+        return load_locomo(source, exclude_categories=self.options.exclude_categories)
 
 
 # --------------------------------------------------------------------------- memory rewards

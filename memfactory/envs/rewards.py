@@ -29,7 +29,7 @@ the hand-derived tables in tests/envs/rewards_cases.yaml):
   ``memagent_sub_em`` accepts a prediction that is ANY substring of the gold (``\\boxed{e}`` against
   "Paris, France" scores 1; so does ``\\boxed{the}``, which normalises to nothing), so these four
   are evaluation-only: naming one under ``rewards:`` of a preset is refused
-  (:func:`check_training_rewards`), with ``boxed_em`` or ``sub_em`` offered instead.
+  (:func:`memfactory.config.check_training_rewards`), with ``boxed_em`` or ``sub_em`` offered instead.
 
 **MemFactory's answer rewards** (``em``, ``sub_em``, ``f1``, ``string_match_all``, ``format``,
 ``llm_judge``): the text is reduced to a prediction by ``extract_prediction``: thinking up to the
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from memfactory.envs.answer_metrics import (
@@ -76,7 +75,7 @@ from memfactory.envs.answer_metrics import (
     sub_em,
 )
 from memfactory.envs.base import Reward
-from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.errors import MemFactoryError
 from memfactory.registry import register
 from memfactory.text import strip_thinking
 from memfactory.types import ChatPrompt, SamplingParams, Trajectory
@@ -189,7 +188,7 @@ class MemAgentMetric(Reward):
     """One of MemAgent's evaluation metrics: MemAgent extraction, 0 for no/empty prediction, ``answers[0]``."""
 
     name = "memagent"
-    #: why it may not be trained on, and what to use instead (see check_training_rewards)
+    #: why it may not be trained on, and what to use instead (see memfactory.config.checks.eval_only_problems)
     eval_only: ClassVar[str] = (
         "it is MemAgent's evaluation metric, which pays a prediction that is any fragment of the gold "
         "(\\boxed{e} against 'Paris, France'); train with boxed_em (MemAgent's training reward) or sub_em "
@@ -250,29 +249,6 @@ class MemAgentStringMatchAll(MemAgentMetric):
 
     def metric(self, prediction: str, golds: list[str]) -> float:
         return round(string_match_all(prediction, golds), 2)
-
-
-def eval_only_problems(rewards: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(rewards.<name>, why)`` for each evaluation-only metric named as a training reward."""
-    from memfactory.registry import REGISTRY, UnknownNameError
-
-    problems = []
-    for name in rewards:
-        try:
-            target = REGISTRY.get("reward", name).target
-        except UnknownNameError:
-            continue  # unknown names are reported by the preset validation / build_rewards
-        why = getattr(target, "eval_only", None)
-        if why:
-            problems.append((f"rewards.{name}", f"{name!r} cannot be a training reward: {why}"))
-    return problems
-
-
-def check_training_rewards(rewards: Mapping[str, Any], source: str = "<preset>") -> None:
-    """Refuse evaluation-only metrics under a preset's ``rewards:`` (ConfigError naming ``rewards.<name>``)."""
-    problems = eval_only_problems(rewards)
-    if problems:
-        raise ConfigError(source, problems)
 
 
 # --------------------------------------------------------------------------- LLM judge

@@ -8,6 +8,7 @@ are tolerated; ``fallback: lines`` reads a non-JSON response line by line). Ever
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -28,8 +29,6 @@ Answer with a JSON list only, one object per fact: [{{"key": "<topic>", "value":
 
 def check_placeholders(template: str, required: set[str], allowed: set[str], what: str) -> str:
     """A prompt template must format with exactly our placeholder names."""
-    import string
-
     try:
         fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(template) if n is not None]
     except ValueError as exc:

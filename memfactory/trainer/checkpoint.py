@@ -1,6 +1,6 @@
 """Training checkpoints: save atomically, find the newest complete one, restore everything.
 
-Layout of ``<run_dir>/checkpoints/step-000020/``::
+Layout of ``<run_dir>/checkpoints/step-000020/`` (names and listing: :mod:`memfactory.trainer.layout`)::
 
     model/            save_pretrained output: safetensors weights + config
                       (a peft model: only adapter_model.safetensors + adapter_config.json)
@@ -37,7 +37,6 @@ import io
 import json
 import os
 import random
-import re
 import secrets
 import shutil
 import time
@@ -47,43 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from memfactory.backends.model_api import is_peft, unwrap
 from memfactory.errors import MemFactoryError
+from memfactory.tracking.metrics import to_jsonable
+from memfactory.trainer.layout import STATE_FILE, checkpoint_name, checkpoints_dir, latest_checkpoint, list_checkpoints
+from memfactory.trainer.sharding import is_sharded, load_model_state, load_optimizer_state
 
 FORMAT_VERSION = 1
 OPTIMIZER_BY_NAME = "by_name"  # trainer_state.json "optimizer_keys" of sharded (FSDP) checkpoints
-STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{int(step):06d}"
-
-
-def _checkpoints_dir(run_dir: str | os.PathLike) -> Path:
-    """``run_dir/checkpoints`` (a path that already ends in ``checkpoints`` is used as is)."""
-    path = Path(run_dir)
-    return path if path.name == "checkpoints" else path / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest step first."""
-    root = _checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / STATE_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 # -- RNG -------------------------------------------------------------------------------------
 
 
@@ -126,26 +96,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # -- model weights ---------------------------------------------------------------------------
 
 
-def is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
-def _unwrap(model: Any) -> Any:
-    """The model inside DDP/FSDP/accelerate wrappers and torch.compile."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None or not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
 def _save_model(model: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
     """``weights``: a full state dict gathered from a sharded model (else the model's own)."""
-    model = _unwrap(model)
+    model = unwrap(model)
     if hasattr(model, "save_pretrained"):
         # a PeftModel saves only its adapters here; a transformers model its full weights
         extra = {} if weights is None else {"state_dict": weights}
@@ -212,9 +165,7 @@ def _untied(model: Any, weights: dict[str, torch.Tensor], missing: list[str]) ->
 
 def _load_model(model: Any, folder: Path) -> None:
     """Load a checkpoint's weights into a plain, peft or FSDP2-sharded model (every rank reads them)."""
-    from memfactory.trainer.sharding import is_sharded, load_model_state
-
-    model = _unwrap(model)
+    model = unwrap(model)
     weights = _checkpoint_weights(model, folder)
     if is_peft(model):
         if is_sharded(model):
@@ -310,12 +261,6 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(path)
 
 
-def _json_safe(value: Any) -> Any:
-    from memfactory.tracking.metrics import to_jsonable
-
-    return to_jsonable(value)
-
-
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -336,7 +281,7 @@ def save_checkpoint(
     into ``model/`` too, so a full-model checkpoint loads with ``from_pretrained(path / "model")``.
     ``state``: the full (model, optimizer) state dicts of a sharded run, from ``gather_state``.
     """
-    root = _checkpoints_dir(run_dir)
+    root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{secrets.token_hex(4)}"
@@ -356,9 +301,9 @@ def save_checkpoint(
             "format": FORMAT_VERSION,
             "step": int(step),
             "time": time.time(),
-            "peft": is_peft(_unwrap(model)),
+            "peft": is_peft(unwrap(model)),
             "optimizer_keys": OPTIMIZER_BY_NAME if state is not None else "by_index",
-            "extra": _json_safe(extra or {}),
+            "extra": to_jsonable(extra or {}),
         }
         with (tmp / STATE_FILE).open("w", encoding="utf-8") as fh:
             json.dump(state, fh, indent=2, allow_nan=False)
@@ -388,7 +333,7 @@ def save_checkpoint(
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints and leftover temp folders."""
-    root = _checkpoints_dir(run_dir)
+    root = checkpoints_dir(run_dir)
     removed = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
     if root.is_dir():
         # hidden folders come from saves that crashed mid-way (one process saves at a time)
@@ -442,12 +387,10 @@ def load_checkpoint(
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != FORMAT_VERSION:
         raise MemFactoryError(f"checkpoint {path} has format {state.get('format')}, expected {FORMAT_VERSION}")
-    from memfactory.trainer.sharding import is_sharded, load_optimizer_state
-
     if optimizer is not None and not (path / "optimizer.pt").is_file():
         raise MemFactoryError(f"checkpoint {path} has no optimizer state")
     by_name = state.get("optimizer_keys") == OPTIMIZER_BY_NAME
-    sharded = is_sharded(_unwrap(model))
+    sharded = is_sharded(unwrap(model))
     if optimizer is not None and by_name != sharded:
         written = "a sharded (FSDP) run" if by_name else "an unsharded run"
         raise MemFactoryError(
@@ -458,7 +401,7 @@ def load_checkpoint(
     if optimizer is not None:
         optim = _torch_load(path / "optimizer.pt", trusted)
         if sharded:
-            load_optimizer_state(_unwrap(model), optimizer, optim)
+            load_optimizer_state(unwrap(model), optimizer, optim)
         else:
             optimizer.load_state_dict(optim)
     if scheduler is not None:

@@ -28,10 +28,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from memfactory.errors import MemFactoryError
+from memfactory.trainer.sharding import fsdp_modules, local_numel, trainable_parameters
 
 DEBUG_ENV = "MEMFACTORY_DIST_DEBUG"
 
@@ -93,8 +98,6 @@ def require_supported_sharding(accelerator: Any) -> None:
     """
     from accelerate.utils import DistributedType
 
-    from memfactory.errors import MemFactoryError
-
     kind = getattr(accelerator, "distributed_type", None)
     state = getattr(accelerator, "state", None)
     if kind == DistributedType.FSDP:
@@ -122,10 +125,6 @@ def reseed_for_step(accelerator: Any, seed: int, step: int) -> None:
     """
     if world(accelerator) == 1:
         return
-    import random
-
-    import numpy as np
-
     value = int.from_bytes(hashlib.sha256(f"{seed}/{step}/{accelerator.process_index}".encode()).digest()[:8], "little")
     random.seed(value)
     np.random.seed(value % 2**32)
@@ -166,8 +165,6 @@ class DebugRecorder:
         if not self.active or trainer is None:
             return
         acc = trainer.accelerator
-        from memfactory.trainer.sharding import fsdp_modules, local_numel, trainable_parameters
-
         # Under FSDP every rank gathers the full parameters: the same checksum means in sync.
         params = list(trainable_parameters(trainer.policy))
         digest = hashlib.sha256()

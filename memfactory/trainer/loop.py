@@ -122,9 +122,7 @@ def qlora_quantization(lora: Any) -> Any | None:
     """The bitsandbytes config for ``trainer.lora.quantize`` (QLoRA), or None for plain LoRA."""
     if lora is None or lora.quantize == "none":
         return None
-    from memfactory.export import require_qlora
-
-    require_qlora()  # bitsandbytes + CUDA, or a clear error naming what is missing
+    precision.require_qlora()  # bitsandbytes + CUDA, or a clear error naming what is missing
     from transformers import BitsAndBytesConfig
 
     if lora.quantize == "8bit":

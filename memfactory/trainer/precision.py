@@ -19,11 +19,13 @@ and backward passes in bf16. The choices (``trainer.precision``):
   or ``auto`` and the checkpoint is bf16), else ``fp32``.
 
 float16 training needs loss scaling, which this trainer does not do; it is refused with a message
-that says what to set instead. So is bf16 on a GPU that lacks it.
+that says what to set instead. So is bf16 on a GPU that lacks it, and QLoRA (``lora.quantize``)
+without bitsandbytes and CUDA (:func:`require_qlora` names which one is missing).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -145,3 +147,18 @@ def describe(plan: PrecisionPlan, model: torch.nn.Module) -> dict[str, Any]:
         "frozen_dtype": ",".join(sorted(frozen)) or "none",
         "autocast": "bfloat16" if plan.name == "bf16_mixed" else "none",
     }
+
+
+def require_qlora() -> None:
+    """QLoRA needs bitsandbytes and a CUDA device; raise a MemFactoryError naming what is missing."""
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (bitsandbytes 4-bit kernels do not run on this CPU-only torch)")
+    if missing:
+        raise MemFactoryError(
+            "QLoRA (4-bit base model + LoRA) needs "
+            + " and ".join(missing)
+            + "; use plain LoRA (trainer.lora) on this machine"
+        )

@@ -32,9 +32,12 @@ import torch
 
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.model_api import base_model
+from memfactory.backends.sources import resolve_model_path
+from memfactory.backends.vllm_engine import VLLMBackend, VLLMOptions
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
 from memfactory.tracking import metric_keys as keys
+from memfactory.trainer.sharding import full_weights
 
 
 def _merged_weight(layer: Any) -> torch.Tensor | None:
@@ -112,9 +115,6 @@ def build_engine(preset: Preset, device: torch.device | str | None = None) -> An
         engine.model.requires_grad_(False)
         return engine
     if rollout.engine == "vllm":
-        from memfactory.backends.sources import resolve_model_path
-        from memfactory.backends.vllm_engine import VLLMBackend, VLLMOptions
-
         # tiny:// and the embedded SmolLM2 resolve to local folders vLLM can load.
         cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path, seed=cfg.seed)})
         options = VLLMOptions.model_validate(rollout.options).model_dump(exclude_none=True)
@@ -164,8 +164,6 @@ class RolloutEngine:
             self.sync(completed_steps)
 
     def sync(self, completed_steps: int) -> None:
-        from memfactory.trainer.sharding import full_weights
-
         started = time.perf_counter()
         with full_weights(self.policy):  # FSDP: every rank gathers the whole model to push it
             self.backend.load_weights(policy_weights(self.policy))

@@ -20,6 +20,7 @@ from typing import Any
 
 from memfactory.config import Preset, save_preset
 from memfactory.errors import MemFactoryError
+from memfactory.preflight import check_preflight
 from memfactory.tracking import metric_keys as keys
 from memfactory.tracking.metrics import MetricsWriter, RunDir
 from memfactory.tracking.process import new_run_id
@@ -28,6 +29,7 @@ from memfactory.tracking.swanlab_sink import SwanLabSink
 from memfactory.tracking.view import ETA_WINDOW, eta_seconds, seconds_per_step
 from memfactory.trainer.checkpoint import disk_error, latest_checkpoint, load_checkpoint, save_checkpoint
 from memfactory.trainer.distributed import DebugRecorder, broadcast_object, is_main_env
+from memfactory.trainer.loop import GRPOTrainer
 
 log = logging.getLogger("memfactory.train")
 
@@ -45,8 +47,6 @@ def _raise_abort(signum: int, _frame: Any) -> None:
 
 class TrainingSession:
     def __init__(self, preset: Preset, *, run_id: str | None = None, resume: str | None = None):
-        from memfactory.preflight import check_preflight
-
         check_preflight(preset, f"preset {preset.name!r}")  # before any run folder or runs-database row
         self.preset = preset
         self.resume = resume is not None
@@ -74,10 +74,10 @@ class TrainingSession:
         else:
             self.run_id = run_id or new_run_id(preset.name)
             path = Path(preset.logging.runs_dir) / self.run_id
-            # The web UI's runner creates the folder and its stdout.log before we start.
-            if path.exists() and any(p.name != "stdout.log" for p in path.iterdir()):
-                raise MemFactoryError(f"run folder {path} already exists; pick another --run-id")
             self.run_dir = RunDir(path)
+            # The web UI's runner creates the folder and its stdout.log before we start.
+            if path.exists() and any(p.name != self.run_dir.log_path.name for p in path.iterdir()):
+                raise MemFactoryError(f"run folder {path} already exists; pick another --run-id")
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
             save_preset(preset, self.run_dir.preset_path)
             self.db.create_run(
@@ -123,8 +123,6 @@ class TrainingSession:
         sink = None
         bar = None
         try:
-            from memfactory.trainer.loop import GRPOTrainer
-
             trainer = GRPOTrainer(self.preset)
             self.trainer = trainer
             self.run_id = broadcast_object(trainer.accelerator, self.run_id)

@@ -30,6 +30,9 @@ from typing import Any
 
 import torch
 
+from memfactory.backends.model_api import is_peft
+from memfactory.errors import MemFactoryError
+
 
 def enable_fsdp_on_cpu(accelerator: Any) -> None:
     """Under ``accelerate launch`` with an FSDP config and ``use_cpu``, turn on accelerate's FSDP2.
@@ -47,8 +50,6 @@ def enable_fsdp_on_cpu(accelerator: Any) -> None:
     if not wants_fsdp or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     if os.environ.get("FSDP_VERSION", "1") != "2":
-        from memfactory.errors import MemFactoryError
-
         raise MemFactoryError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate config")
     state = accelerator.state
     state.fsdp_plugin = FullyShardedDataParallelPlugin()
@@ -120,8 +121,6 @@ def gather_state(
     The optimizer state is keyed by parameter name.
     """
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-    from memfactory.trainer.checkpoint import is_peft
 
     # A LoRA run saves only its adapters: gather only the trainable parameters.
     options = _options(cpu_offload=True, ignore_frozen_params=is_peft(model))

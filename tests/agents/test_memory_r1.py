@@ -10,7 +10,7 @@ import pytest
 
 from memfactory.agents.banks import episode_steps
 from memfactory.agents.memory_r1 import MemoryR1Agent, MemoryR1Config
-from memfactory.data.locomo import load_locomo
+from memfactory.data.sources import load_locomo
 from memfactory.errors import MemFactoryError
 from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
 from memfactory.modules.retriever import NaiveRetriever, RetrieverConfig

@@ -6,7 +6,7 @@ import pytest
 
 from memfactory.agents.banks import text_cited
 from memfactory.agents.rmm import MemoryRMMAgent, RMMConfig, add_observations, add_turns
-from memfactory.data.locomo import load_locomo
+from memfactory.data.sources import load_locomo
 from memfactory.envs.memory_bank import CitationBonus
 from memfactory.memory.embed import get_embedder
 from memfactory.memory.store import MemoryStore

@@ -9,7 +9,7 @@ import pytest
 from memfactory.cli import main
 from memfactory.config import load_preset
 from memfactory.data.check import budget_from_preset, budget_report, count_documents
-from memfactory.data.memagent import load_samples
+from memfactory.data.sources import load_samples
 from memfactory.paths import presets_dir
 
 

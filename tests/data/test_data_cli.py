@@ -11,7 +11,7 @@ import pytest
 
 from memfactory.cli import main
 from memfactory.data.download import download_memagent
-from memfactory.data.memagent import load_samples
+from memfactory.data.sources import load_samples
 from memfactory.errors import MemFactoryError
 
 

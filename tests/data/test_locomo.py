@@ -11,12 +11,12 @@ from memfactory.cli import main
 from memfactory.data.locomo import (
     UNANSWERABLE,
     download_locomo,
-    load_locomo,
     parse_conversation,
     read_locomo,
     synth_locomo,
     transcript,
 )
+from memfactory.data.sources import load_locomo
 from memfactory.errors import DataError, MemFactoryError
 from memfactory.paths import assets_dir
 
@@ -177,11 +177,3 @@ def test_cli_synth_and_offline_download(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(MemFactoryError, match="could not download LoCoMo"):
         download_locomo(tmp_path / "dl", url="http://127.0.0.1:9/locomo10.json", timeout=2)
-
-
-def test_synthetic_uri_errors():
-    assert len(load_locomo("synthetic://locomo?n=1&seed=2")) == 8
-    with pytest.raises(DataError, match="unknown parameter"):
-        load_locomo("synthetic://locomo?docs=3")
-    with pytest.raises(DataError, match="integer"):
-        load_locomo("synthetic://locomo?n=x")

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from memfactory.data.memagent import find_eval_set, list_eval_sets, load_samples, records_to_samples
+from memfactory.data.memagent import records_to_samples
+from memfactory.data.sources import load_samples
 from memfactory.errors import DataError
 
 HOTPOT = {
@@ -161,28 +162,3 @@ def test_file_level_errors(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="unreadable parquet"):
         load_samples(tmp_path / "bad.parquet")
-
-
-def test_find_eval_set(tmp_path):
-    write(tmp_path / "eval_50.json", [HOTPOT])
-    (tmp_path / "hotpotqa").mkdir()
-    write(tmp_path / "hotpotqa" / "eval_fwe_16384.json", [RULER])
-    assert find_eval_set("eval_50", tmp_path) == tmp_path / "eval_50.json"
-    assert find_eval_set("eval_50.json", tmp_path) == tmp_path / "eval_50.json"
-    assert find_eval_set("eval_fwe_16384", tmp_path) == tmp_path / "hotpotqa" / "eval_fwe_16384.json"
-    # the shipped synthetic sets are found without a data folder
-    assert find_eval_set("eval_docqa", tmp_path).name == "eval_docqa.json"
-    with pytest.raises(DataError) as info:
-        find_eval_set("eval_100", tmp_path)
-    assert "eval_50" in str(info.value) and "memfactory data download" in str(info.value)
-    assert {"eval_50", "eval_fwe_16384", "eval_docqa"} <= set(list_eval_sets(tmp_path))
-
-
-def test_shipped_assets_load():
-    for name, fmt, count in [
-        ("eval_docqa", "hotpotqa", 32),
-        ("eval_synth_20", "hotpotqa", 16),
-        ("eval_fwe_1024", "ruler", 8),
-    ]:
-        samples = load_samples(find_eval_set(name, None))
-        assert len(samples) == count and all(s.meta["format"] == fmt for s in samples)

@@ -7,17 +7,9 @@ from collections import Counter
 
 import pytest
 
-from memfactory.data.memagent import load_samples, records_to_samples
-from memfactory.data.synth import (
-    FWE_ANSWER_PREFIX,
-    approx_tokens,
-    gen_fwe,
-    parse_synthetic_uri,
-    samples_from_uri,
-    synth_dataset,
-    write_json,
-)
-from memfactory.errors import DataError
+from memfactory.data.memagent import records_to_samples
+from memfactory.data.sources import load_samples
+from memfactory.data.synth import FWE_ANSWER_PREFIX, approx_tokens, gen_fwe, synth_dataset, write_json
 
 HOTPOT_KEYS = {"context", "input", "answers", "num_docs", "index"}
 RULER_KEYS = {"index", "input", "context", "outputs", "answer_prefix", "length"}
@@ -136,19 +128,3 @@ def test_synth_records_load_and_write(tmp_path):
         synth_dataset("needles", 3)
     with pytest.raises(ValueError):
         synth_dataset("hotpotqa", 2, docs=1)
-
-
-def test_synthetic_uri():
-    assert parse_synthetic_uri("synthetic://docqa?n=64&seed=0") == ("docqa", {"n": 64, "seed": 0})
-    assert parse_synthetic_uri("synthetic://hotpotqa?n=32&docs=20") == ("hotpotqa", {"n": 32, "docs": 20, "seed": 0})
-    samples = samples_from_uri("synthetic://fwe?n=2&length=256")
-    assert len(samples) == 2 and samples[0].meta["answer_prefix"] == FWE_ANSWER_PREFIX
-    assert len(load_samples("synthetic://hotpotqa?n=3&docs=4")) == 3
-    for bad, words in [
-        ("synthetic://nope?n=1", "kind"),
-        ("synthetic://docqa?docs=3", "unknown parameter"),
-        ("synthetic://docqa?n=ten", "integer"),
-        ("synthetic://hotpotqa?docs=1", "at least 2"),
-    ]:
-        with pytest.raises(DataError, match=words):
-            samples_from_uri(bad)

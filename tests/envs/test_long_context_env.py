@@ -60,7 +60,7 @@ def test_eval_sets_from_data_dir_and_assets(tmp_path):
     assert len(docqa) == 3 and docqa[0].id == "eval_docqa-0"
     assert len(make_env().samples("eval_docqa")) == 32
     assert len(env.samples("synthetic://docqa?n=5&seed=9")) == 3
-    with pytest.raises(DataError, match="eval set not found"):
+    with pytest.raises(DataError, match="long-context QA set not found"):
         env.samples("eval_100")
 
 

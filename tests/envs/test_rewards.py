@@ -204,7 +204,7 @@ def test_boxed_cap_scales_with_the_gold():
 
 
 def test_memagent_metrics_are_registered_and_eval_only():
-    from memfactory.envs.rewards import check_training_rewards
+    from memfactory.config import check_training_rewards
 
     for name in ("memagent_sub_em", "memagent_em", "memagent_f1", "memagent_string_match_all"):
         assert issubclass(REGISTRY.get("reward", name).target, Reward)

@@ -36,9 +36,10 @@ from typing import Any
 
 import yaml
 
+from memfactory.agents.banks import cited_ids
 from memfactory.config import Preset, load_preset, parse_preset
-from memfactory.data.locomo import is_locomo, load_locomo
-from memfactory.data.memagent import load_samples
+from memfactory.data.locomo import looks_like_locomo
+from memfactory.data.sources import load_locomo, load_samples
 from memfactory.envs.answer_metrics import boxed_em, extract_boxed, extract_prediction, memagent_boxed, memagent_extract
 from memfactory.envs.build import build_rewards
 from memfactory.envs.rewards import parse_verdict
@@ -210,7 +211,7 @@ def _check_samples(samples: Any) -> None:
 def check_data_file(path: Path) -> Outcome:
     """Every loader a data file can reach: MemAgent/RULER/verl samples and, for .json, LoCoMo and
     its sniffer. The kind is that of the loader ``memfactory data check`` picks (LoCoMo when
-    ``is_locomo``); the other loader must refuse cleanly too."""
+    ``looks_like_locomo``); the other loader must refuse cleanly too."""
     memagent = _guarded(lambda: _check_samples(load_samples(path)), names=str(path))
     if path.suffix.lower() != ".json":
         return memagent
@@ -218,7 +219,7 @@ def check_data_file(path: Path) -> Outcome:
     sniffed: dict[str, bool] = {}
 
     def sniff() -> None:
-        sniffed["locomo"] = is_locomo(path)
+        sniffed["locomo"] = looks_like_locomo(path)
         assert isinstance(sniffed["locomo"], bool)
 
     sniffing = _guarded(sniff)
@@ -286,8 +287,6 @@ def _parser_contracts(text: str) -> None:
     assert isinstance(visible, str) and isinstance(terminated, bool)
     lines = lines_as_facts(text, 8)  # the extractor's fallback: these facts may be ADDed to the bank
     assert len(lines) <= 8 and all(isinstance(f, Fact) and f.value.encode("utf-8") for f in lines)
-    from memfactory.agents.banks import cited_ids
-
     cited = cited_ids(visible, 3)
     assert cited is None or set(cited) <= set(VALID_IDS)
     trajectory = Trajectory(sample=Sample("fuzz", "Where is Paris?", list(GOLDS)), answer=text)

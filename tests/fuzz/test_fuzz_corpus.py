@@ -118,7 +118,7 @@ def test_names_no_file_system_takes() -> None:
 
 
 def test_synthetic_uris_are_bounded() -> None:
-    for uri, words in (("synthetic://docqa?n=1000000000", "at most 100000"),
+    for uri, words in (("synthetic://docqa?n=1000000000", "between 1 and 100000"),
                        ("synthetic://hotpotqa?n=2&docs=99999999", "at most 25600"),
                        ("synthetic://fwe?n=1&length=99999999", "at most 1048576"),
                        ("synthetic://docqa?n=1&min_docs=-1", "docqa needs 1 <= min_docs <= max_docs <= 24"),

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from memfactory.data.memagent import load_samples
+from memfactory.data.sources import load_samples
 from memfactory.data.synth import FWE_ANSWER_PREFIX, gen_fwe, write_json
 from memfactory.modules.recurrent import RecurrentConfig, RecurrentMemoryModule
 from memfactory.types import Sample, SamplingParams

@@ -115,8 +115,8 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     ballast = bytearray(1 << 30)  # 1 GiB, touched so it is resident in this (the parent) process
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
-    done = subprocess.run([sys.executable, "-c", "from memfactory.trainer.hardware import peak_rss_gib; "
-                           "print(peak_rss_gib())"], capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", ("from memfactory.trainer.hardware import peak_rss_gib; "
+                           "print(peak_rss_gib())")], capture_output=True, text=True, check=True, timeout=120)
     child_peak = float(done.stdout.strip().splitlines()[-1])
     assert 0.01 < child_peak < 0.8, child_peak  # torch imported, but not the parent's 1 GiB
     del ballast

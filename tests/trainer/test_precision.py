@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import pytest
@@ -220,3 +221,11 @@ def test_gradient_checkpointing_on_a_model_without_it_names_the_field():
 
     with pytest.raises(MemFactoryError, match=r"trainer\.gradient_checkpointing: Linear does not support"):
         enable_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_qlora_needs_bitsandbytes_and_cuda():
+    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
+        precision.require_qlora()  # available: no error
+        return
+    with pytest.raises(MemFactoryError, match="QLoRA .* needs"):
+        precision.require_qlora()

@@ -19,6 +19,7 @@ import yaml
 
 from memfactory.config import load_preset, save_preset
 from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.planner import plan_markdown
 from webui import workspace
 from webui.i18n import t
 from webui.preset_form import AGENT_KEY, ENV_KEY, FormField, PresetForm, build_form, check, problem_fields, to_values
@@ -131,8 +132,6 @@ def load_file(form: PresetForm, path: Path) -> tuple[list[Any], list[str]]:
 
 def plan_for_preview(yaml_text: str, gpus: Any, gpu_mem: str) -> str:
     """The memory planner on the preset being assembled (its YAML preview, never a path from the page)."""
-    from memfactory.planner import plan_markdown
-
     if not yaml_text or "\n" not in yaml_text.strip():
         return "Assemble a valid preset first: the plan is made from its YAML preview."
     try:
