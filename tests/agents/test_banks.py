@@ -8,7 +8,7 @@ import os
 import pytest
 
 from memfactory.agents.banks import BankCache, BankFolder, cited_ids, episode_steps
-from memfactory.data.locomo import load_locomo
+from memfactory.data.sources import load_locomo
 from memfactory.errors import MemFactoryError
 from memfactory.types import Sample, SamplingParams
 
