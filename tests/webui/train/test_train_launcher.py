@@ -11,7 +11,7 @@ import pytest
 
 from memfactory.tracking import process
 from memfactory.tracking.metrics import read_records
-from webui import runner
+from webui.train import launcher
 
 
 def _wait(predicate, timeout=20.0):
@@ -28,7 +28,7 @@ def test_start_run_launches_memfactory_train(tmp_path):
     preset = tmp_path / "broken.yaml"
     preset.write_text("name: broken\n")
     runs = tmp_path / "runs"
-    run_id, pid = runner.start_run(preset, runs_dir=runs)
+    run_id, pid = launcher.start_run(preset, runs_dir=runs)
     assert run_id.endswith(tuple("0123456789abcdef")) and "broken" in run_id
     assert run_id[16:-5] == process.slugify("broken")  # the one run-id format (the CLI's as well)
     assert _wait(lambda: not process.is_alive(pid), 120)
@@ -36,9 +36,9 @@ def test_start_run_launches_memfactory_train(tmp_path):
     log = (runs / run_id / "stdout.log").read_text()
     assert "invalid preset" in log and "agent" in log
     with pytest.raises(FileExistsError):
-        runner.start_run(preset, runs_dir=runs, run_id=run_id)
+        launcher.start_run(preset, runs_dir=runs, run_id=run_id)
     with pytest.raises(FileNotFoundError):
-        runner.start_run(tmp_path / "missing.yaml", runs_dir=runs)
+        launcher.start_run(tmp_path / "missing.yaml", runs_dir=runs)
 
 
 def test_start_run_trains_the_tiny_preset(tmp_path):
@@ -47,7 +47,7 @@ def test_start_run_trains_the_tiny_preset(tmp_path):
     if not preset.is_file():
         pytest.skip("presets/tiny_test.yaml is not shipped")
     runs = tmp_path / "runs"
-    run_id, pid = runner.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
+    run_id, pid = launcher.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
     assert _wait(lambda: not process.is_alive(pid), 240)
     log = process.tail(runs / run_id / "stdout.log", 40)
     assert process.exit_code(pid) == 0, log
