@@ -18,6 +18,7 @@ from webui.assemble import tab as assemble
 from webui.i18n import LOCALES, Labels, t
 from webui.playground import tab as playground
 from webui.runs import tab as runs
+from webui.sharing import AuthError, banner_text, exposure, refusal_message
 from webui.state import Shared, UIContext
 from webui.train import tab as train
 
@@ -75,8 +76,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, *,
     Beyond loopback (or with ``share``) it needs ``auth``, or ``insecure=True`` which adds the warning
     banner; the rule lives here too so that ``from webui import launch`` cannot bypass ``app.py``'s.
     """
-    from webui.sharing import AuthError, banner_text, exposure, refusal_message
-
     banner = None
     reasons = exposure(host, share)
     if reasons and auth is None:
