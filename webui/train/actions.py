@@ -34,8 +34,6 @@ def validate_preset(name: str | None) -> Path:
     return path
 
 
-
-
 # --------------------------------------------------------------------------- start, abort, resume
 
 

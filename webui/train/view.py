@@ -80,8 +80,6 @@ class RunView:
         return max(0.0, min(1.0, self.step / self.total))
 
 
-
-
 # --------------------------------------------------------------------------- presets and choices
 
 
@@ -106,8 +104,6 @@ def pick_run(db) -> str | None:
         return running[0].id
     newest = db.list_runs(limit=1)
     return newest[0].id if newest else None
-
-
 
 
 # --------------------------------------------------------------------------- polling
@@ -188,8 +184,6 @@ def progress_html(view: RunView, labels: dict[str, str] | None = None) -> str:
     status = html.escape(view.status or "")
     return (f'<div class="mf-train-progress" data-step="{view.step}" data-total="{total}" '
             f'data-status="{status}">{bar}<div>{html.escape(" · ".join(parts))}</div></div>')
-
-
 
 
 def file_signature(*paths: str | Path) -> list[list[float]]:
