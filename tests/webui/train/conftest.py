@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+from memfactory.paths import presets_dir
 
 
 @pytest.fixture()
@@ -19,7 +18,7 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMFACTORY_WORKSPACE", str(tmp_path))
     (tmp_path / "presets").mkdir()
     (tmp_path / "runs").mkdir()
-    data = yaml.safe_load((ROOT / "presets" / "tiny_test.yaml").read_text())
+    data = yaml.safe_load((presets_dir() / "tiny_test.yaml").read_text())
     (tmp_path / "presets" / "tiny.yaml").write_text(yaml.safe_dump(data))
     data["env"]["data"] = str(tmp_path / "no-such-data.jsonl")
     (tmp_path / "presets" / "nodata.yaml").write_text(yaml.safe_dump(data))
@@ -31,7 +30,7 @@ def tiny_preset(ws) -> Callable[..., str]:
     """``tiny_preset(name, **trainer)``: tiny_test under another name with trainer fields changed."""
 
     def make(name: str, **trainer: Any) -> str:
-        data = yaml.safe_load((ROOT / "presets" / "tiny_test.yaml").read_text())
+        data = yaml.safe_load((presets_dir() / "tiny_test.yaml").read_text())
         data["name"] = name
         data["trainer"].update(trainer)
         (ws / "presets" / f"{name}.yaml").write_text(yaml.safe_dump(data))

@@ -26,7 +26,6 @@ from webui.train.command import (
     spec_from_fields,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
 CPU = Hardware((), 2)
 TWO_GPUS = Hardware((Device(0, "NVIDIA H200", 139.8, 139.0), Device(1, "NVIDIA H200", 139.8, 120.5)), 16)
 
@@ -88,7 +87,7 @@ def test_overrides_are_quoted_and_read_back_as_the_same_values(tmp_path):
                                                          "save_every": 2, "sample_every": 1})
     preset = tmp_path / "a dir with spaces" / "tiny test.yaml"
     preset.parent.mkdir()
-    preset.write_text((ROOT / "presets" / "tiny_test.yaml").read_text())
+    preset.write_text((presets_dir() / "tiny_test.yaml").read_text())
     command = build_command(spec, preset, runs_dir=tmp_path, run_id="r1")
     assert format_value(1e-05) == "1.0e-05" and format_value(0.0003) == "0.0003" and format_value(True) == "true"
     assert shlex.split(command.shell()) == list(command.argv)  # the copyable line is the argv, quoted

@@ -5,10 +5,10 @@ The process work it uses (spawn, abort, liveness, tails) is tested in tests/trac
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
+from memfactory.paths import presets_dir
 from memfactory.tracking import process
 from memfactory.tracking.metrics import read_records
 from webui.train import launcher
@@ -43,9 +43,7 @@ def test_start_run_launches_memfactory_train(tmp_path):
 
 def test_start_run_trains_the_tiny_preset(tmp_path):
     """A real 2-step GRPO run on the tiny model, started the way the UI starts it."""
-    preset = Path(__file__).resolve().parents[2] / "presets" / "tiny_test.yaml"
-    if not preset.is_file():
-        pytest.skip("presets/tiny_test.yaml is not shipped")
+    preset = presets_dir() / "tiny_test.yaml"
     runs = tmp_path / "runs"
     run_id, pid = launcher.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
     assert _wait(lambda: not process.is_alive(pid), 240)
