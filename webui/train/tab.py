@@ -262,13 +262,17 @@ def build(ctx: UIContext) -> None:
     gr.on([sample_step.input, sample_index.release], refresh, refresh_inputs, refresh_outputs, show_progress="hidden")
 
     # the preset list follows Assemble: refreshed when this tab opens, and a preset picked or saved there is offered
-    def presets_update(current: str | None):
+    def presets_update(wanted: str | None, current: str | None):
+        """The fresh list; the value changes only to ``wanted`` or away from a preset that is gone. A value
+        sent back unchanged could undo a pick made while this event waited in the queue."""
         choices = workspace.list_presets()
-        return gr.update(choices=choices, value=current if current in choices else view.default_preset(choices))
+        if wanted in choices and wanted != current:
+            return gr.update(choices=choices, value=wanted)
+        if current in choices:
+            return gr.update(choices=choices)
+        return gr.update(choices=choices, value=view.default_preset(choices))
 
-    tab.select(presets_update, preset, preset, show_progress="hidden")
+    tab.select(lambda current: presets_update(None, current), preset, preset, show_progress="hidden")
     assemble_choice = ctx.shared.preset_choices  # lent by the Assemble tab; None when it failed to build
     if assemble_choice is not None:
-        assemble_choice.change(
-            lambda chosen, current: presets_update(chosen or current), [assemble_choice, preset], preset,
-            show_progress="hidden")
+        assemble_choice.change(presets_update, [assemble_choice, preset], preset, show_progress="hidden")
