@@ -1,56 +1,44 @@
-"""The web UI: one ``gr.Blocks`` with a locale switch and one tab per module in ``webui/tabs/``.
+"""The web UI: one ``gr.Blocks`` with a locale switch and the tabs of :data:`TABS`, in that order.
 
-A tab that fails to import or build (say, a half-finished component) becomes a tab showing the
-error instead of taking the whole UI down.
+Each tab is a package (``webui/<tab>/``: ``tab.py`` draws and wires, the other modules hold its
+Gradio-free logic). A tab whose ``build`` fails (say, a half-finished component) becomes a tab
+showing the error instead of taking the whole UI down.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
 import logging
-import pkgutil
-import traceback
 from collections.abc import Callable
 
 import gradio as gr
 
 from memfactory.paths import assets_dir
-from webui import tabs
+from webui.assemble import tab as assemble
 from webui.i18n import LOCALES, Labels, t
+from webui.playground import tab as playground
+from webui.runs import tab as runs
 from webui.sharing import AuthError, banner_text, exposure, refusal_message
-from webui.tabs import UIContext
+from webui.state import Shared, UIContext
+from webui.train import tab as train
 
 log = logging.getLogger(__name__)
 _BANNER_STYLE = ("background:#fde68a;color:#7c2d12;border:2px solid #d97706;border-radius:6px;padding:10px 14px;"
                  "font-weight:600")
 
 
-def tab_modules() -> list:
-    """Modules under ``webui/tabs/`` that define ``build(ctx)``, ordered by their ``ORDER``."""
-    modules, failures = [], []
-    for info in pkgutil.iter_modules(tabs.__path__):
-        try:
-            module = importlib.import_module(f"webui.tabs.{info.name}")
-        except Exception:  # noqa: BLE001 - shown in the UI, the other tabs still work
-            failures.append((info.name, traceback.format_exc()))
-            continue
-        if hasattr(module, "build"):
-            modules.append(module)
-    modules.sort(key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
-    return modules + [_failed_tab(name, text) for name, text in failures]
-
-
-class _failed_tab:  # a stand-in module whose build() shows the import error
-    def __init__(self, name: str, text: str) -> None:
-        self.__name__, self.text = name, text
-
-    def build(self, ctx: UIContext) -> None:
-        raise RuntimeError(self.text)
+# The tabs, in order. A tab reads from ``ctx.shared`` only what a tab before it lends (webui.state.Shared):
+# Assemble lends its saved-presets dropdown (read by Train) and its form (read by Runs: "open in Assemble").
+TABS: tuple[tuple[str, Callable[[UIContext], None]], ...] = (
+    ("assemble", assemble.build),
+    ("train", train.build),
+    ("playground", playground.build),
+    ("runs", runs.build),
+)
 
 
 def build_app(banner: str | None = None) -> gr.Blocks:
-    """The whole UI (not launched): tabs discovered from ``webui/tabs/``.
+    """The whole UI (not launched): the tabs of :data:`TABS`.
 
     ``banner``: a warning shown above everything (``app.py --insecure`` beyond loopback).
     """
@@ -64,15 +52,13 @@ def build_app(banner: str | None = None) -> gr.Blocks:
             lang = gr.Dropdown(choices=[(name, code) for code, name in LOCALES.items()], value="en",
                                label=t("lang"), elem_id="mf-lang", scale=0, min_width=140)
             labels.add(lang, "lang")
-        ctx = UIContext(demo=demo, labels=labels, lang=lang)
         with gr.Tabs(elem_id="mf-tabs") as tabs:
-            ctx.shared["tabs"] = tabs  # a handler returning gr.Tabs(selected=<tab id>) switches tab
-            for module in tab_modules():
+            ctx = UIContext(demo=demo, labels=labels, lang=lang, shared=Shared(tabs=tabs))
+            for name, build in TABS:
                 try:
-                    module.build(ctx)
+                    build(ctx)
                 except Exception as exc:
-                    log.exception("tab %s failed", module.__name__)
-                    name = module.__name__.rsplit(".", 1)[-1]
+                    log.exception("tab %s failed", name)
                     with gr.Tab(f"⚠️ {name}"):
                         gr.Markdown(f"This tab failed to load:\n\n```\n{exc}\n```")
         # Tabs first: the frontend registers a tab under its index among *all* children of gr.Tabs, but lists

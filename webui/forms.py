@@ -150,24 +150,3 @@ def is_default(spec: FieldSpec, value: Any) -> bool:
     if spec.kind == "yaml" and isinstance(value, str) and isinstance(spec.default, str):
         return value.strip() == spec.default.strip()
     return value == spec.default or (value in (None, "") and spec.default in (None, ""))
-
-
-def values_to_dict(specs: list[FieldSpec], values: list[Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Widget values -> a dict for the model, plus (field, message) problems from the conversion."""
-    data: dict[str, Any] = {}
-    problems: list[tuple[str, str]] = []
-    for spec, value in zip(specs, values):
-        try:
-            converted = from_widget(spec, value)
-        except (FieldValueError, TypeError, ValueError) as exc:
-            problems.append((spec.name, str(exc)))
-            continue
-        if converted is not MISSING and not is_default(spec, value):
-            data[spec.name] = converted
-    return data, problems
-
-
-def dict_to_values(specs: list[FieldSpec], data: dict[str, Any]) -> list[Any]:
-    """A stored options dict -> widget values (defaults for keys it does not set)."""
-    return [to_widget(spec.kind, data[spec.name], spec.optional) if spec.name in data else spec.default
-            for spec in specs]

@@ -14,6 +14,7 @@ from pathlib import Path
 from memfactory.errors import MemFactoryError
 from memfactory.paths import presets_dir as shipped_presets_dir
 from memfactory.paths import project_root
+from memfactory.tracking.runs import RunsDB, open_db
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 ENV_VAR = "MEMFACTORY_WORKSPACE"
@@ -42,6 +43,11 @@ def runs_dir() -> Path:
 
 def runs_db() -> Path:
     return runs_dir() / "memfactory.db"
+
+
+def open_runs_db() -> RunsDB:
+    """The workspace's runs database (one shared handle per file: memfactory.tracking.runs.open_db)."""
+    return open_db(runs_db())
 
 
 def check_name(name: str, what: str = "name") -> str:

@@ -109,8 +109,8 @@ def test_locale_switch(page, tmp_path):
 
 def test_agent_choice_switches_the_module_slots(page, tmp_path):
     """Choosing another agent shows that agent's module slots and hides the previous one's."""
-    from webui.preset_form import build_form, slot_key
-    from webui.tabs.assemble import elem_id
+    from webui.assemble.form import build_form, slot_key
+    from webui.assemble.tab import elem_id
 
     form = build_form()  # the same registry the app subprocess sees
     with_slots = [agent for agent, slots in form.agents.items() if slots]

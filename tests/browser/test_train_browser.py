@@ -162,11 +162,11 @@ def test_start_watch_and_abort(train_page, tmp_path):
 
 def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_path):
     from memfactory.tracking.runs import RunsDB
-    from webui import runner
+    from webui.train import launcher
 
     page = train_page
     # a run started outside this tab (as from the CLI) that crashes: it can be picked and shows its error
-    crash_id, _ = runner.start_run(app.workspace / "presets" / "tiny_crash.yaml", runs_dir=app.workspace / "runs")
+    crash_id, _ = launcher.start_run(app.workspace / "presets" / "tiny_crash.yaml", runs_dir=app.workspace / "runs")
     _choose(page, "#mf-train-preset", "tiny_broken")
     page.locator("#mf-train-start").click()
     page.get_by_text("trainer.steps").first.wait_for(timeout=30_000)  # the ConfigError in a warning toast

@@ -152,6 +152,7 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     preview = _command(page)
     assert "-m accelerate.commands.launch --config_file " in preview and "ddp_cpu.yaml --num_processes 2" in preview
     assert " -m memfactory train " in preview and "--set trainer.steps=2000 --set trainer.save_every=2" in preview
+    assert f"/{PRESET}.yaml " in preview  # the picked preset, not the default a late refresh could put back
     page.screenshot(path=str(tmp_path / "mp_preview.png"), full_page=True)
 
     page.locator("#mf-train-start").click()

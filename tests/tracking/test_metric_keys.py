@@ -89,7 +89,7 @@ def _is_written(value: object, written: set[str]) -> bool:
 
 def test_the_readers_use_the_constants():
     readers = _readers()
-    for reader in ("webui/plots.py", "webui/train_view.py", "memfactory/commands/runs.py",
+    for reader in ("webui/plots.py", "webui/train/samples.py", "memfactory/commands/runs.py",
                    "memfactory/commands/demo.py", "memfactory/trainer/session.py", "memfactory/tracking/view.py"):
         assert readers.get(reader), f"{reader} reads no metric through memfactory.tracking.metric_keys"
     unknown = {(path, name) for path, names in readers.items() for name in names if not hasattr(keys, name)}

@@ -80,3 +80,20 @@ def test_only_the_names_the_trainer_writes_are_read():
     assert "no data yet" in _annotation(plots.loss_figure([{"step": 3, "train/loss": 0.7}]))
     fig = plots.reward_figure([{"time": 1.0, keys.REWARD_MEAN: 0.7}])  # no step column: rows count from 0
     assert list(fig.data[0].x) == [0] and fig.data[0].y[0] == pytest.approx(0.7)
+
+
+def test_hardware_figure_draws_whatever_hw_keys_are_present():
+    cpu_rows = [{"step": s, "hw/rank0/rss_gib": 1.0 + s, "hw/rank1/rss_gib": 1.1, "hw/rank0/cpu_percent": 95.0,
+                 "hw/rank1/cpu_percent": 90.0, "hw/rank0/peak_rss_gib": 2.0, "hw/peak_gib": 3.5} for s in (1, 2, 3)]
+    fig = plots.hardware_figure(cpu_rows)
+    names = sorted(trace.name for trace in fig.data)
+    assert names == ["rank 0 cpu_percent", "rank 0 rss_gib", "rank 1 cpu_percent", "rank 1 rss_gib"]
+    assert list(next(t for t in fig.data if t.name == "rank 0 rss_gib").y) == [2.0, 3.0, 4.0]
+    assert "peak 3.50 GiB" in fig.layout.title.text
+    gpu_rows = [{"step": 1, "hw/rank0/rss_gib": 1.0, "hw/rank0/gpu_allocated_gib": 4.0, "hw/rank0/gpu_reserved_gib": 5.0,
+                 "hw/rank0/gpu_util_percent": 70.0, "hw/rank0/cpu_percent": 99.0}]
+    names = sorted(trace.name for trace in plots.hardware_figure(gpu_rows).data)
+    assert names == ["rank 0 gpu_allocated_gib", "rank 0 gpu_reserved_gib", "rank 0 gpu_util_percent"]
+    for empty in (None, [], [{"step": 1, "loss": 0.1}], [{"step": 1, "hw/rank0/rss_gib": "n/a"}]):
+        fig = plots.hardware_figure(empty)
+        assert not fig.data and "no hardware metrics" in fig.layout.annotations[0].text

@@ -52,3 +52,12 @@ def test_list_and_find_presets(ws):
         workspace.find_preset("missing")
     with pytest.raises(WorkspaceError):
         workspace.find_preset("../b")
+
+
+def test_the_tabs_share_one_runs_database_handle_per_workspace(ws, tmp_path_factory, monkeypatch):
+    db = workspace.open_runs_db()
+    assert db.path == ws.resolve() / "runs" / "memfactory.db" and db.path.is_file()
+    assert workspace.open_runs_db() is db  # the Train and Runs tabs poll through one handle
+    other = tmp_path_factory.mktemp("other")
+    monkeypatch.setenv(workspace.ENV_VAR, str(other))
+    assert workspace.open_runs_db().path == other.resolve() / "runs" / "memfactory.db"

@@ -1,4 +1,4 @@
-"""Runs tab logic on a real SQLite runs database and real metrics.jsonl files."""
+"""What the Runs tab shows and does (webui.runs.records) on a real SQLite runs database and real metrics.jsonl files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 from memfactory.tracking import metric_keys as keys
 from memfactory.tracking.metrics import MetricsWriter
 from memfactory.tracking.runs import RunsDB
-from webui.tabs import runs as runs_tab
+from webui.runs import records
 
 
 def _step(db, writer, run_id, step, metrics, **summary):
@@ -34,8 +34,8 @@ def test_runs_table_and_overlay(tmp_path):
     db.set_status(c, "running")  # this test process: alive
     db.update_progress(c, 4, reward=0.5, seconds_per_step=2.0, eta_s=12.0)
 
-    table = runs_tab.runs_table(db)
-    assert list(table.columns) == runs_tab.COLUMNS
+    table = records.runs_table(db)
+    assert list(table.columns) == records.COLUMNS
     row = table.set_index("run").loc["a"]
     assert row["status"] == "finished" and row["steps"] == "3/3" and row["preset"] == "preset_a"
     assert row["best reward"] == 0.4 and row["last reward"] == 0.3
@@ -45,17 +45,17 @@ def test_runs_table_and_overlay(tmp_path):
     assert pd.isna(table.set_index("run").loc["b", "peak GiB"])  # no step yet: empty, not 0
     assert table.set_index("run").loc["c", "ETA"] == "0:00:12"  # the trainer's ETA, as runs show prints it
 
-    fig = runs_tab.overlay(db, ["a", "b", "c", "missing"])
+    fig = records.overlay(db, ["a", "b", "c", "missing"])
     assert [t.name for t in fig.data] == ["a", "b"]  # c has no metrics.jsonl yet, missing is no run
     assert list(fig.data[0].y) == [0.1, 0.4, 0.3] and list(fig.data[1].x) == [1, 2]
-    assert "no runs" in " ".join(x.text for x in runs_tab.overlay(db, []).layout.annotations)
+    assert "no runs" in " ".join(x.text for x in records.overlay(db, []).layout.annotations)
 
 
 def test_dead_trainer_is_marked_failed_on_refresh(tmp_path):
     db = RunsDB(tmp_path / "memfactory.db")
     run = db.create_run("p", tmp_path / "r", run_id="dead").id
     db.set_status(run, "running", pid=2**22 + 12345)  # no such process
-    assert runs_tab.runs_table(db).set_index("run").loc["dead", "status"] == "failed"
+    assert records.runs_table(db).set_index("run").loc["dead", "status"] == "failed"
 
 
 def test_run_details_figures_and_log(tmp_path):
@@ -69,12 +69,12 @@ def test_run_details_figures_and_log(tmp_path):
     (run_dir / "samples.jsonl").write_text(json.dumps({"step": 1, "rewards": [[0.0, 1.0], [0.5, 0.5]]}) + "\n")
     (run_dir / "stdout.log").write_text("loading\nstep 1/1 reward 0.2\n")
     db.set_status(run, "failed", error="boom")
-    figures, log = runs_tab.run_details(db, "r1")
+    figures, log = records.run_details(db, "r1")
     assert set(figures) == {"reward", "distribution", "loss", "kl", "length", "clip"}
     assert sorted(figures["distribution"].data[0].y) == [0.0, 0.5, 0.5, 1.0]
     assert figures["length"].data[0].y[0] == 12.0
     assert "step 1/1" in log and "boom" in log
-    empty, log = runs_tab.run_details(db, None)
+    empty, log = records.run_details(db, None)
     assert log == "" and all("no data yet" in f.layout.annotations[0].text for f in empty.values())
 
 
@@ -99,14 +99,14 @@ def test_run_preset_file_is_confined_to_the_workspace(tmp_path, monkeypatch):
     runs_dir = workspace.runs_dir()
     db = RunsDB(workspace.runs_db())
     run_dir = _finished_run(db, runs_dir, "inside")
-    assert runs_tab.run_preset_file(db, "inside") == (run_dir / "preset.yaml").resolve()
+    assert records.run_preset_file(db, "inside") == (run_dir / "preset.yaml").resolve()
 
     outside = tmp_path / "elsewhere" / "outside"
     outside.mkdir(parents=True)
     (outside / "preset.yaml").write_text("name: x\n")
     db.create_run("x", outside, run_id="outside")
     with pytest.raises(MemFactoryError, match="outside"):
-        runs_tab.run_preset_file(db, "outside")
+        records.run_preset_file(db, "outside")
 
     # a preset.yaml that is a symlink out of the workspace is refused as well
     sneaky = runs_dir / "sneaky"
@@ -114,30 +114,30 @@ def test_run_preset_file_is_confined_to_the_workspace(tmp_path, monkeypatch):
     (sneaky / "preset.yaml").symlink_to(outside / "preset.yaml")
     db.create_run("s", sneaky, run_id="sneaky")
     with pytest.raises(MemFactoryError, match="outside"):
-        runs_tab.run_preset_file(db, "sneaky")
+        records.run_preset_file(db, "sneaky")
 
     (run_dir / "preset.yaml").unlink()
     with pytest.raises(MemFactoryError, match="no preset.yaml"):
-        runs_tab.run_preset_file(db, "inside")
+        records.run_preset_file(db, "inside")
     with pytest.raises(MemFactoryError, match="no run|unknown|nope"):
-        runs_tab.run_preset_file(db, "nope")
+        records.run_preset_file(db, "nope")
     with pytest.raises(MemFactoryError, match="pick a run"):
-        runs_tab.run_preset_file(db, None)
+        records.run_preset_file(db, None)
 
 
 def test_run_preset_fills_the_assemble_form(tmp_path, monkeypatch):
     """The Runs tab hands a run's preset.yaml to Assemble's loader: the form shows its values."""
     from memfactory.paths import presets_dir
     from webui import workspace
-    from webui.preset_form import build_form
-    from webui.tabs import assemble
+    from webui.assemble.files import load_file
+    from webui.assemble.form import build_form
 
     monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
     db = RunsDB(workspace.runs_db())
     text = (presets_dir() / "tiny_test.yaml").read_text().replace("steps: 3", "steps: 7")
     _finished_run(db, workspace.runs_dir(), "r", text)
     form = build_form()
-    values, _notes = assemble.load_file(form, runs_tab.run_preset_file(db, "r"))
+    values, _notes = load_file(form, records.run_preset_file(db, "r"))
     assert values[form.index("name")] == "tiny_test"
     assert values[form.index("trainer.steps")] == 7
     assert values[form.index("model.path")] == "tiny://qwen3-mini"
@@ -159,7 +159,7 @@ def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
     (done / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5}) + "\n")
 
     with pytest.raises(MemFactoryError, match="tick"):
-        runs_tab.delete_run(db, "done", confirmed=False)
+        records.delete_run(db, "done", confirmed=False)
     assert db.get("done") is not None and done.is_dir()
 
     live_dir = runs_dir / "live"
@@ -167,39 +167,18 @@ def test_delete_run_needs_confirmation_and_a_stopped_run(tmp_path, monkeypatch):
     db.create_run("p", live_dir, run_id="live")
     db.set_status("live", "running", pid=os.getpid())  # this process: alive
     with pytest.raises(MemFactoryError, match="still running"):
-        runs_tab.delete_run(db, "live", confirmed=True)
+        records.delete_run(db, "live", confirmed=True)
     assert db.get("live") is not None and live_dir.is_dir()
 
-    message = runs_tab.delete_run(db, "done", confirmed=True)
+    message = records.delete_run(db, "done", confirmed=True)
     assert "deleted run done" in message and "folder" in message
     assert db.get("done") is None and not done.exists()  # its metrics.jsonl went with its folder
     assert db.get("keep") is not None and (keep / "preset.yaml").is_file()
-    assert "done" not in runs_tab.runs_table(db)["run"].tolist()
+    assert "done" not in records.runs_table(db)["run"].tolist()
 
     # a run recorded with a folder outside the workspace: the row goes, the folder stays
     outside = tmp_path / "elsewhere" / "far"
     outside.mkdir(parents=True)
     db.create_run("p", outside, run_id="far")
-    message = runs_tab.delete_run(db, "far", confirmed=True)
+    message = records.delete_run(db, "far", confirmed=True)
     assert db.get("far") is None and outside.is_dir() and "left in place" in message
-
-
-def test_app_wires_open_in_assemble_and_keeps_tabs_first(tmp_path, monkeypatch):
-    """The built app: gr.Tabs lists its tabs before any other child (else the frontend doubles a tab's
-    button), and the Runs tab's 'open' button writes the tab switch and Assemble's form widgets."""
-    import gradio as gr
-
-    from webui import workspace
-    from webui.app import build_app
-
-    monkeypatch.setenv(workspace.ENV_VAR, str(tmp_path / "ws"))
-    demo = build_app()
-    tabs = next(b for b in demo.blocks.values() if isinstance(b, gr.Tabs))
-    kinds = [isinstance(child, gr.Tab) for child in tabs.children]
-    assert kinds == sorted(kinds, reverse=True) and sum(kinds) >= 2
-    by_elem = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
-    open_btn, name_box = by_elem["mf-run-open"], by_elem["mf-name"]
-    wired = [fn for fn in demo.fns.values() if any(t[0] == open_btn._id for t in fn.targets)]
-    assert len(wired) == 1
-    outputs = {block._id for block in wired[0].outputs}
-    assert tabs._id in outputs and name_box._id in outputs and by_elem["mf-save-name"]._id in outputs

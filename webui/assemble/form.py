@@ -17,6 +17,7 @@ from memfactory.config import LoggingConfig, ModelConfig, Preset, TrainerConfig,
 from memfactory.errors import ConfigError
 from memfactory.registry import KINDS, REGISTRY
 from webui.forms import MISSING, FieldSpec, FieldValueError, field_specs, from_widget, is_default, to_widget
+from webui.i18n import t
 
 MODEL_SUGGESTIONS = (SMOLLM2, "tiny://qwen3-mini")
 # Where a new form starts somewhere other than the schema's default. A newcomer's first preset
@@ -207,6 +208,14 @@ def check(form: PresetForm, values: list[Any]) -> tuple[dict[str, Any], Preset |
     preset, more = validate(data)
     problems = problems + more
     return data, (preset if not problems else None), problems
+
+
+def problems_markdown(problems: list[tuple[str, str]], lang: str = "en") -> str:
+    """The list shown beside the preview: every (path, message) problem, or "valid"."""
+    if not problems:
+        return t("valid", lang)
+    lines = [f"- `{path or '(top level)'}`: {message}" for path, message in problems]
+    return t("invalid", lang) + "\n\n" + "\n".join(lines)
 
 
 def problem_fields(form: PresetForm, values: list[Any], problems: list[tuple[str, str]]) -> dict[int, str]:

@@ -5,13 +5,13 @@ The process work it uses (spawn, abort, liveness, tails) is tested in tests/trac
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
+from memfactory.paths import presets_dir
 from memfactory.tracking import process
 from memfactory.tracking.metrics import read_records
-from webui import runner
+from webui.train import launcher
 
 
 def _wait(predicate, timeout=20.0):
@@ -28,7 +28,7 @@ def test_start_run_launches_memfactory_train(tmp_path):
     preset = tmp_path / "broken.yaml"
     preset.write_text("name: broken\n")
     runs = tmp_path / "runs"
-    run_id, pid = runner.start_run(preset, runs_dir=runs)
+    run_id, pid = launcher.start_run(preset, runs_dir=runs)
     assert run_id.endswith(tuple("0123456789abcdef")) and "broken" in run_id
     assert run_id[16:-5] == process.slugify("broken")  # the one run-id format (the CLI's as well)
     assert _wait(lambda: not process.is_alive(pid), 120)
@@ -36,18 +36,16 @@ def test_start_run_launches_memfactory_train(tmp_path):
     log = (runs / run_id / "stdout.log").read_text()
     assert "invalid preset" in log and "agent" in log
     with pytest.raises(FileExistsError):
-        runner.start_run(preset, runs_dir=runs, run_id=run_id)
+        launcher.start_run(preset, runs_dir=runs, run_id=run_id)
     with pytest.raises(FileNotFoundError):
-        runner.start_run(tmp_path / "missing.yaml", runs_dir=runs)
+        launcher.start_run(tmp_path / "missing.yaml", runs_dir=runs)
 
 
 def test_start_run_trains_the_tiny_preset(tmp_path):
     """A real 2-step GRPO run on the tiny model, started the way the UI starts it."""
-    preset = Path(__file__).resolve().parents[2] / "presets" / "tiny_test.yaml"
-    if not preset.is_file():
-        pytest.skip("presets/tiny_test.yaml is not shipped")
+    preset = presets_dir() / "tiny_test.yaml"
     runs = tmp_path / "runs"
-    run_id, pid = runner.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
+    run_id, pid = launcher.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
     assert _wait(lambda: not process.is_alive(pid), 240)
     log = process.tail(runs / run_id / "stdout.log", 40)
     assert process.exit_code(pid) == 0, log

@@ -1,31 +1,28 @@
 """Assemble tab: build a preset from dropdowns and schema-generated forms, preview, save, load.
 
-Every field comes from ``webui.preset_form.build_form()`` (registry + pydantic schemas); this file
-only draws the widgets and wires the events. Validation is ``memfactory.config.parse_preset``; each
-problem is shown inline on its widget and listed beside the preview.
+Every field comes from ``webui.assemble.form.build_form()`` (registry + pydantic schemas) and every
+file from ``webui.assemble.files``; this file only draws the widgets and wires the events.
+Validation is ``memfactory.config.parse_preset``; each problem is shown inline on its widget and
+listed beside the preview. The tab lends its saved-presets dropdown and its form to later tabs
+(``ctx.shared.preset_choices``, ``ctx.shared.open_in_assemble``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import yaml
 
-from memfactory.config import load_preset, save_preset
-from memfactory.errors import ConfigError, MemFactoryError
-from memfactory.planner import plan_markdown
+from memfactory.errors import MemFactoryError
 from webui import workspace
+from webui.assemble.files import cli_command, download_file, file_stem, load, load_file, plan_for_preview, save
+from webui.assemble.form import AGENT_KEY, ENV_KEY, FormField, build_form, check, problem_fields, problems_markdown
 from webui.i18n import t
-from webui.preset_form import AGENT_KEY, ENV_KEY, FormField, PresetForm, build_form, check, problem_fields, to_values
-from webui.tabs import UIContext
+from webui.state import OpenInAssemble, UIContext, Updates
 
-ORDER = 10
 INVALID_CLASS = "mf-invalid"
 
 
@@ -48,98 +45,6 @@ def make_widget(item: FormField) -> Any:
         return gr.Number(value=spec.default, precision=0 if spec.kind == "int" else None, **common)
     long = isinstance(spec.default, str) and ("\n" in spec.default or len(spec.default) > 80)
     return gr.Textbox(value=spec.default, lines=4 if long else 1, max_lines=12, **common)
-
-
-# --------------------------------------------------------------------------- handler logic (no widgets)
-
-
-def problems_markdown(problems: list[tuple[str, str]], lang: str = "en") -> str:
-    if not problems:
-        return t("valid", lang)
-    lines = [f"- `{path or '(top level)'}`: {message}" for path, message in problems]
-    return t("invalid", lang) + "\n\n" + "\n".join(lines)
-
-
-def file_stem(save_name: str, data: dict[str, Any]) -> str:
-    return (save_name or "").strip().removesuffix(".yaml") or str(data.get("name") or "preset")
-
-
-def cli_command(stem: str) -> str:
-    return f"memfactory train presets/{stem}.yaml"
-
-
-def download_file(stem: str, text: str) -> str:
-    """The YAML in a temp file named after the preset (content-addressed, so sessions never clash)."""
-    try:
-        stem = workspace.check_name(stem)
-    except MemFactoryError:
-        stem = "preset"
-    root = Path(tempfile.gettempdir()) / "memfactory-ui"
-    folder = root / hashlib.sha256(text.encode()).hexdigest()[:16]
-    if not folder.exists():
-        _prune(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}.yaml"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-def _prune(root: Path, keep: int = 200) -> None:
-    """Every edit of a valid preset makes one small file; keep only the newest ``keep`` folders."""
-    try:
-        folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    except OSError:
-        return
-    for folder in folders[:-keep] if len(folders) > keep else []:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def save(form: PresetForm, values: list[Any], save_name: str, overwrite: bool) -> tuple[Path, str]:
-    """Validate and write ``presets/<name>.yaml``; raises MemFactoryError with a readable reason."""
-    data, preset, problems = check(form, values)
-    if preset is None:
-        raise ConfigError("<assemble>", problems)
-    path = workspace.preset_path(file_stem(save_name, data))
-    if path.exists() and not overwrite:
-        raise MemFactoryError(f"{path.name} already exists; tick 'Overwrite' to replace it")
-    save_preset(preset, path)
-    return path, preset.to_yaml()
-
-
-def load(form: PresetForm, name: str) -> tuple[list[Any], list[str], Path]:
-    """Widget values for a saved preset, with notes (validation problems, fields the form cannot show)."""
-    path = workspace.find_preset(name)
-    values, notes = load_file(form, path)
-    return values, notes, path
-
-
-def load_file(form: PresetForm, path: Path) -> tuple[list[Any], list[str]]:
-    """Widget values for the preset file ``path`` (the caller has checked where it is), with notes."""
-    notes: list[str] = []
-    try:
-        data = load_preset(path).model_dump(mode="json", exclude_none=True)
-    except ConfigError as exc:  # still show what it holds, so it can be fixed in the form
-        notes += [f"{p or '(top level)'}: {m}" for p, m in exc.problems]
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise
-    values, more = to_values(form, data)
-    return values, notes + more
-
-
-# --------------------------------------------------------------------------- the tab
-
-
-def plan_for_preview(yaml_text: str, gpus: Any, gpu_mem: str) -> str:
-    """The memory planner on the preset being assembled (its YAML preview, never a path from the page)."""
-    if not yaml_text or "\n" not in yaml_text.strip():
-        return "Assemble a valid preset first: the plan is made from its YAML preview."
-    try:
-        count = int(gpus or 1)
-        mem = float(gpu_mem) if str(gpu_mem or "").strip() else None
-    except (TypeError, ValueError):
-        return f"GiB per device must be a number (got {gpu_mem!r}); leave it empty to use the detected memory."
-    return plan_markdown(yaml_text, gpus=count, gpu_mem_gib=mem)
 
 
 def build(ctx: UIContext) -> None:
@@ -262,75 +167,78 @@ def build(ctx: UIContext) -> None:
                     load_btn = gr.Button(t("load"), elem_id="mf-load")
                     labels.add(load_btn, "load", "value")
                 status = gr.Markdown(elem_id="mf-status")
-    ctx.shared["preset_choices"] = choices
-    flagged = gr.State({})
+    flagged = gr.State({})  # field index -> the problem its widget shows now
     infos = [item.spec.info or None for item in form.fields]
     n = len(widgets)
+    lang = ctx.lang if ctx.lang is not None else gr.State("en")
 
-    def preview(*args: Any):
-        values, save_as, previous, lang = list(args[:n]), args[n], args[n + 1], args[n + 2]
-        data, preset, problems = check(form, values)
-        stem = file_stem(save_as, data)
-        text = preset.to_yaml() if preset else yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    def values_of(data: dict[Any, Any]) -> list[Any]:
+        return [data[w] for w in widgets]
+
+    def preview(data: dict[Any, Any]) -> Updates:
+        values, previous = values_of(data), data[flagged]
+        checked, preset, problems = check(form, values)
+        stem = file_stem(data[save_name], checked)
+        text = preset.to_yaml() if preset else yaml.safe_dump(checked, sort_keys=False, allow_unicode=True)
         marks = problem_fields(form, values, problems)
-        updates = []
-        for i in range(n):
+        updates: Updates = {
+            problems_md: problems_markdown(problems, data[lang] or "en"), yaml_code: text, cli: cli_command(stem),
+            download: (gr.update(value=download_file(stem, text), interactive=True) if preset
+                       else gr.update(value=None, interactive=False)),
+            flagged: marks,
+        }
+        for i in range(n):  # only the widgets whose problem changed (the others are left alone)
             if i in marks and previous.get(i) != marks[i]:
-                updates.append(gr.update(info=f"⚠️ {marks[i]}", elem_classes=[INVALID_CLASS]))
+                updates[widgets[i]] = gr.update(info=f"⚠️ {marks[i]}", elem_classes=[INVALID_CLASS])
             elif i not in marks and i in previous:
-                updates.append(gr.update(info=infos[i], elem_classes=[]))
-            else:
-                updates.append(gr.skip())
-        file_update = (gr.update(value=download_file(stem, text), interactive=True) if preset
-                       else gr.update(value=None, interactive=False))
-        return [problems_markdown(problems, lang or "en"), text, cli_command(stem), file_update, marks, *updates]
+                updates[widgets[i]] = gr.update(info=infos[i], elem_classes=[])
+        return updates
 
     preview_outputs = [problems_md, yaml_code, cli, download, flagged, *widgets]
-    lang = ctx.lang if ctx.lang is not None else gr.State("en")
-    preview_inputs = [*widgets, save_name, flagged, lang]
+    preview_inputs = {*widgets, save_name, flagged, lang}
     gr.on([w.change for w in widgets] + [save_name.change, lang.change], preview, preview_inputs, preview_outputs,
           trigger_mode="always_last", show_progress="hidden")
     ctx.demo.load(preview, preview_inputs, preview_outputs, show_progress="hidden")
 
-    def visibility(*values: Any):
-        return [gr.update(visible=form.scope_active(scope, list(values))) for _, scope in groups]
+    def visibility(data: dict[Any, Any]) -> Updates:
+        values = values_of(data)
+        return {group: gr.update(visible=form.scope_active(scope, values)) for group, scope in groups}
 
     controllers = [widgets[i] for i, item in enumerate(form.fields)
                    if item.key in (AGENT_KEY, ENV_KEY) or item.key.startswith("slot:")]
     group_outputs = [g for g, _ in groups]
     if group_outputs:
-        gr.on([c.change for c in controllers], visibility, widgets, group_outputs, show_progress="hidden")
-        ctx.demo.load(visibility, widgets, group_outputs, show_progress="hidden")
+        gr.on([c.change for c in controllers], visibility, set(widgets), group_outputs, show_progress="hidden")
+        ctx.demo.load(visibility, set(widgets), group_outputs, show_progress="hidden")
 
-    def on_save(*args: Any):
-        values, save_as, replace = list(args[:n]), args[n], args[n + 1]
+    def on_save(data: dict[Any, Any]) -> Updates:
         try:
-            path, _ = save(form, values, save_as, bool(replace))
+            path, _ = save(form, values_of(data), data[save_name], bool(data[overwrite]))
         except MemFactoryError as exc:
             gr.Warning(str(exc).splitlines()[0])
-            return f"❌ {exc}".replace("\n", "  \n"), gr.update()
+            return {status: f"❌ {exc}".replace("\n", "  \n")}
         gr.Info(f"saved {path.name}")
-        return f"✅ saved `{path}`", gr.update(choices=workspace.list_presets(), value=path.stem)
+        return {status: f"✅ saved `{path}`", choices: gr.update(choices=workspace.list_presets(), value=path.stem)}
 
-    save_btn.click(on_save, [*widgets, save_name, overwrite], [status, choices])
+    save_btn.click(on_save, {*widgets, save_name, overwrite}, [status, choices])
 
-    def loaded(values: list[Any], notes: list[str], path: Path, save_as: str) -> list[Any]:
+    def loaded(values: list[Any], notes: list[str], path: Path, save_as: str) -> Updates:
         message = f"📂 loaded `{path}`"
         if notes:
             message += "\n\n" + "\n".join(f"- {note}" for note in notes)
-        return [message, save_as, *values]
+        return {status: message, save_name: save_as, **dict(zip(widgets, values, strict=True))}
 
-    def on_load(name: str):
+    def on_load(name: str) -> Updates:
         if not name:
-            return ["⚠️ choose a saved preset first", gr.update(), *[gr.skip()] * n]
+            return {status: "⚠️ choose a saved preset first"}
         try:
             values, notes, path = load(form, name)
         except (MemFactoryError, OSError, yaml.YAMLError) as exc:
             gr.Warning(str(exc).splitlines()[0])
-            return [f"❌ {exc}", gr.update(), *[gr.skip()] * n]
+            return {status: f"❌ {exc}"}
         return loaded(values, notes, path, path.stem)
 
-    def fill_from_file(path: Path) -> list[Any]:
+    def fill_from_file(path: Path) -> Updates:
         """Updates for ``load_outputs`` showing the preset file ``path`` (confined by the caller).
 
         Raises MemFactoryError / OSError / yaml.YAMLError when it cannot be read; the form is then untouched.
@@ -347,8 +255,7 @@ def build(ctx: UIContext) -> None:
 
     load_outputs = [status, save_name, *widgets]
     load_btn.click(on_load, choices, load_outputs)
-    # for other tabs (Runs: "open in Assemble"): outputs, and a function filling them from a preset file
-    ctx.shared["assemble_load_outputs"] = load_outputs
-    ctx.shared["assemble_load_file"] = fill_from_file
     refresh_btn.click(lambda: gr.update(choices=workspace.list_presets()), None, choices)
     ctx.demo.load(lambda: gr.update(choices=workspace.list_presets()), None, choices)
+    ctx.shared.preset_choices = choices
+    ctx.shared.open_in_assemble = OpenInAssemble(outputs=tuple(load_outputs), fill=fill_from_file)

@@ -1,6 +1,6 @@
 """The one place that turns the Train tab's launch choices into the argv of a training run.
 
-The command preview and :func:`webui.runner.start_run` / ``resume_run`` both call
+The command preview and :func:`webui.train.launcher.start_run` / ``resume_run`` both call
 :func:`build_command`, so what the user reads (and may copy to a terminal) is exactly what runs.
 Everything here is pure except :func:`detect_hardware` (which asks torch what is installed).
 """
@@ -238,6 +238,29 @@ def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = number
     return out
+
+
+def spec_from_fields(devices: Any, processes: Any, strategy: Any, precision: Any, overrides: dict[str, Any], *,
+                     cuda: bool) -> tuple[LaunchSpec, list[str]]:
+    """The Train tab's launch fields as a spec, plus the input errors that made parts of it fall back
+    (no devices, no overrides, one process) so the preview still shows a command."""
+    errors: list[str] = []
+    try:
+        picked = parse_devices(devices)
+    except ValueError as exc:
+        picked, errors = [], [str(exc)]
+    try:
+        chosen = coerce_overrides(overrides)
+    except ValueError as exc:
+        chosen = {}
+        errors.append(str(exc))
+    try:
+        count = int(processes) if processes not in (None, "") else 1
+    except (TypeError, ValueError):
+        count, errors = 1, [*errors, f"processes must be a whole number, not {processes!r}"]
+    spec = LaunchSpec(strategy=str(strategy or "single"), num_processes=count, devices=picked, cuda=cuda,
+                      precision=precision or None, overrides=chosen)
+    return spec, errors
 
 
 # --------------------------------------------------------------------------- hardware

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memfactory.tracking.process import free_port, new_run_id, spawn
-from webui.launch_command import Command, LaunchSpec, build_command
+from webui.train.command import Command, LaunchSpec, build_command
 from webui.workspace import check_name, confine
 
 
@@ -57,7 +57,7 @@ def start_run(
 ) -> tuple[str, int]:
     """Launch ``memfactory train PRESET --run-id ID``, output to ``runs/<id>/stdout.log``; (run_id, pid).
 
-    The argv comes from :func:`webui.launch_command.build_command` (the Train tab previews the same
+    The argv comes from :func:`webui.train.command.build_command` (the Train tab previews the same
     one): plain for one process, ``accelerate launch`` for DDP/FSDP. The trainer itself copies the
     preset (overrides applied) to ``runs/<id>/preset.yaml`` and records the run (rank 0's pid) in the
     runs database; the spec is kept in ``runs/.launch/<id>.json`` for Resume.
