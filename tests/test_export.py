@@ -15,7 +15,7 @@ from memfactory.export import export_checkpoint
 from memfactory.paths import presets_dir
 from memfactory.targets import resolve_checkpoint
 from memfactory.tracking.runs import RunsDB
-from memfactory.trainer import loop
+from memfactory.trainer import loop, session
 from tests.vowel_reward import VowelShare
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
@@ -38,7 +38,7 @@ def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(loop, "GRPOTrainer", VowelTrainer)
+        mp.setattr(session, "GRPOTrainer", VowelTrainer)  # the name the training session builds
         assert (
             main(
                 [
