@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pages import STATE_WAIT_MS
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = float(os.environ.get("MEMFACTORY_UI_START_TIMEOUT", "120"))
+START_TIMEOUT = STATE_WAIT_MS / 1000  # a bound for a hung start, not a guess of how long one takes
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from app_process import start_app, stop_app
+from pages import new_page, open_app, screenshot_open_pages
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -58,9 +59,16 @@ def browser(tmp_path_factory):
 
 @pytest.fixture()
 def page(browser, app_url):
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(app_url)
-    page.wait_for_selector("#mf-tabs", timeout=60_000)
+    page = new_page(browser)
+    open_app(page, app_url)
     yield page
     page.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test's report names a screenshot of each page it had open."""
+    report = yield
+    if report.when == "call" and report.failed and item.get_closest_marker("browser"):
+        report.sections.append(("browser screenshots", "\n".join(screenshot_open_pages(item.name))))
+    return report

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from app_process import start_app, stop_app
+from pages import new_page, open_app
 
 pytestmark = pytest.mark.browser
 
@@ -53,7 +54,7 @@ def _http(method: str, url: str, body: dict | None = None, cookie: str | None = 
         request.add_header("Cookie", cookie)
     opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(request, timeout=30) as response:
+        with opener.open(request) as response:
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
@@ -69,7 +70,7 @@ def _login_cookie(url: str, user: str, password: str) -> tuple[int, str]:
     form = urllib.parse.urlencode({"username": user, "password": password}).encode()
     request = urllib.request.Request(url + "login", data=form, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request) as response:
             cookies = [h.split(";", 1)[0] for h in response.headers.get_all("Set-Cookie") or []]
             return response.status, "; ".join(cookies)
     except urllib.error.HTTPError as exc:
@@ -128,11 +129,10 @@ def test_wrong_password_is_refused_and_a_login_opens_every_tab(browser, auth_app
     assert _login_cookie(auth_app, "mallory", PASSWORD)[0] == 400  # a password of another user's is no use
     assert _login_cookie(auth_app, OTHER_USER, PASSWORD)[0] == 400
 
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
+    page = new_page(browser)
     try:
         page.goto(auth_app)
-        page.wait_for_selector("input[type=password]", timeout=60_000)
+        page.wait_for_selector("input[type=password]")
         assert page.locator("#mf-tabs").count() == 0
         assert "MemFactory: sign in" in page.content()  # our auth_message on gradio's login page
         page.locator("input[type=text], input:not([type])").first.fill(USER)
@@ -140,17 +140,15 @@ def test_wrong_password_is_refused_and_a_login_opens_every_tab(browser, auth_app
         page.get_by_role("button", name="Login").click()
         page.get_by_text("Incorrect Credentials").wait_for()
         assert page.locator("#mf-tabs").count() == 0
-        page.screenshot(path=str(tmp_path / "login_refused.png"), full_page=True)
 
         page.locator("input[type=text], input:not([type])").first.fill(USER)  # the form clears itself
         page.locator("input[type=password]").fill(PASSWORD)
         page.get_by_role("button", name="Login").click()
-        page.wait_for_selector("#mf-tabs", timeout=60_000)
+        page.wait_for_selector("#mf-tabs")
         assert page.locator("#mf-insecure-banner").count() == 0  # a login: no warning
         for tab, selector in TABS.items():
             page.get_by_role("tab", name=tab).first.click()
             page.locator(selector).first.wait_for(state="visible")
-        page.screenshot(path=str(tmp_path / "logged_in.png"), full_page=True)
     finally:
         page.close()
 
@@ -158,18 +156,15 @@ def test_wrong_password_is_refused_and_a_login_opens_every_tab(browser, auth_app
 def test_insecure_on_every_interface_starts_with_a_banner(browser, workspace, tmp_path):
     process, url = start_app(workspace, tmp_path / "app.log", ["--host", "0.0.0.0", "--insecure"])
     try:
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
+        page = new_page(browser)
         try:
-            page.goto(url)
-            page.wait_for_selector("#mf-tabs", timeout=60_000)  # no login page
+            open_app(page, url)  # no login page
             banner = page.locator("#mf-insecure-banner")
             banner.wait_for(state="visible")
             text = banner.inner_text()
             assert "served without authentication on 0.0.0.0:" in text and "--auth" in text
             # Above the tabs, where nobody can miss it.
             assert banner.bounding_box()["y"] < page.locator("#mf-tabs").bounding_box()["y"]
-            page.screenshot(path=str(tmp_path / "insecure_banner.png"), full_page=True)
         finally:
             page.close()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pages import STATE_WAIT_MS
 
 pytestmark = pytest.mark.browser
 
@@ -35,14 +36,12 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
     page.get_by_role("option", name=run_id).click()
     page.wait_for_selector("#mf-runs-overlay .js-plotly-plot .scatterlayer .trace")
     page.keyboard.press("Escape")
-    page.screenshot(path=str(tmp_path / "runs_overlay.png"), full_page=True)
 
     # One run in detail: its own figures (reward with std band, ...).
     page.get_by_text("One run in detail").first.click()
     page.locator("#mf-run-detail input").click()
     page.get_by_role("option", name=run_id).click()
     page.wait_for_selector("#mf-run-plot-reward .js-plotly-plot .scatterlayer .trace")
-    page.screenshot(path=str(tmp_path / "run_detail.png"), full_page=True)
 
 
 RUN_ID = "20261129-000001-open-delete"
@@ -61,7 +60,7 @@ def trained_run(workspace):
                         "--run-id", RUN_ID, "--no-progress", "--set", "name=runs_browser_open",
                         "--set", "trainer.steps=2"],
                        cwd=Path(__file__).resolve().parents[2], env=dict(os.environ, OMP_NUM_THREADS="1"), check=True, capture_output=True,
-                       timeout=180)
+                       timeout=STATE_WAIT_MS / 1000)
     assert (run_dir / "preset.yaml").is_file()
     return run_dir
 
@@ -87,9 +86,7 @@ def test_open_in_assemble_and_delete(page, workspace, trained_run, tmp_path):
     # trainer.steps sits in a closed accordion (slow to open on a loaded machine): read it off the YAML
     # preview, which Assemble renders from the widgets' values
     page.wait_for_function("() => { const text = document.querySelector('#mf-yaml')?.innerText || '';"
-                           " return text.includes('name: runs_browser_open') && /\\bsteps: 2\\n/.test(text); }",
-                           timeout=90_000)  # the preview redraws after every widget's change event
-    page.screenshot(path=str(tmp_path / "runs_open_in_assemble.png"))
+                           " return text.includes('name: runs_browser_open') && /\\bsteps: 2\\n/.test(text); }")
 
     # delete without confirmation: refused, nothing lost
     page.get_by_role("tab", name="Runs").first.click()
@@ -108,4 +105,3 @@ def test_open_in_assemble_and_delete(page, workspace, trained_run, tmp_path):
     # every tab's button shows once in the tab bar (it used to show twice after a click)
     tab_bar = [text.strip() for text in page.locator("#mf-tabs button[role=tab]:visible").all_inner_texts()]
     assert tab_bar.count("Runs") == 1 and tab_bar.count("Assemble") == 1, tab_bar
-    page.screenshot(path=str(tmp_path / "runs_deleted.png"), full_page=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from app_process import start_app, stop_app
+from pages import new_page, open_app
 
 pytestmark = pytest.mark.browser
 
@@ -91,16 +92,14 @@ def _kill_trainers(workspace: Path) -> None:
 
 @pytest.fixture()
 def train_page(browser, app):
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
+    page = new_page(browser)
     _open(page, app.url)
     yield page
     page.close()
 
 
 def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("#mf-tabs", timeout=60_000)
+    open_app(page, url)
     page.get_by_role("tab", name="Train", exact=True).first.click()
     page.wait_for_selector("#mf-train-status")
 
@@ -119,15 +118,14 @@ def _step(page) -> int:
     return int(value or 0)
 
 
-def _wait_status(page, word: str, timeout: float = 90) -> None:
-    page.wait_for_function("w => document.querySelector('#mf-train-status')?.innerText.includes(w)", arg=word,
-                           timeout=timeout * 1000)
+def _wait_status(page, word: str) -> None:
+    page.wait_for_function("w => document.querySelector('#mf-train-status')?.innerText.includes(w)", arg=word)
 
 
-def _wait_step(page, at_least: int, timeout: float = 90) -> int:
+def _wait_step(page, at_least: int) -> int:
     page.wait_for_function(
         "n => Number(document.querySelector('#mf-train-progress .mf-train-progress')?.dataset.step || 0) >= n",
-        arg=at_least, timeout=timeout * 1000)
+        arg=at_least)
     return _step(page)
 
 
@@ -142,22 +140,20 @@ def test_start_watch_and_abort(train_page, tmp_path):
     page = train_page
     _choose(page, "#mf-train-preset", "tiny_long")
     page.locator("#mf-train-start").click()
-    _wait_status(page, "running", 120)
-    first = _wait_step(page, 2, 120)
-    page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
-    later = _wait_step(page, first + 1, 60)
+    _wait_status(page, "running")
+    first = _wait_step(page, 2)
+    page.wait_for_function(f"({REWARD_POINTS})() >= 2")
+    later = _wait_step(page, first + 1)
     assert later > first
     assert page.evaluate(REWARD_POINTS) >= 2
     progress = page.locator("#mf-train-progress").inner_text()
     assert "/ 3000" in progress and "ETA" in progress
     page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('step ')")
-    page.screenshot(path=str(tmp_path / "train_running.png"), full_page=True)
 
     page.locator("#mf-train-abort").click()
-    _wait_status(page, "aborted", 60)
+    _wait_status(page, "aborted")
     status = _status(page)
     assert "tiny_long" in status and "aborted" in status
-    page.screenshot(path=str(tmp_path / "train_aborted.png"), full_page=True)
 
 
 def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_path):
@@ -169,20 +165,19 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
     crash_id, _ = launcher.start_run(app.workspace / "presets" / "tiny_crash.yaml", runs_dir=app.workspace / "runs")
     _choose(page, "#mf-train-preset", "tiny_broken")
     page.locator("#mf-train-start").click()
-    page.get_by_text("trainer.steps").first.wait_for(timeout=30_000)  # the ConfigError in a warning toast
+    page.get_by_text("trainer.steps").first.wait_for()  # the ConfigError in a warning toast
 
     _choose(page, "#mf-train-preset", "tiny_short")
     page.locator("#mf-train-start").click()
-    _wait_status(page, "finished", 120)
+    _wait_status(page, "finished")
     assert "tiny_short" in _status(page)
-    assert _wait_step(page, 3, 10) == 3
-    page.wait_for_function(f"({REWARD_POINTS})() == 3", timeout=20_000)
+    assert _wait_step(page, 3) == 3
+    page.wait_for_function(f"({REWARD_POINTS})() == 3")
     sample = page.locator("#mf-train-sample").inner_text()
     assert "Question" in sample and "Reward" in sample and "sub_em" in sample
     _choose(page, "#mf-train-sample-step", "step 1")
     page.wait_for_function("() => document.querySelector('#mf-train-sample')?.innerText.includes('Step 1 ')")
     page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('finished')")
-    page.screenshot(path=str(tmp_path / "train_finished.png"), full_page=True)
 
     db = RunsDB(app.workspace / "runs" / "memfactory.db")
     deadline = time.monotonic() + 90
@@ -190,34 +185,31 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
         time.sleep(0.5)
     page.locator("#mf-train-refresh").click()
     _choose(page, "#mf-train-run", f"{crash_id} · failed")
-    _wait_status(page, "broken-model", 30)
+    _wait_status(page, "broken-model")
     assert "failed" in _status(page)
-    page.screenshot(path=str(tmp_path / "train_crashed.png"), full_page=True)
 
 
 def test_restarted_ui_reattaches_to_a_running_job(browser, app, tmp_path):
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
+    page = new_page(browser)
     try:
         _open(page, app.url)
         _choose(page, "#mf-train-preset", "tiny_long")
         page.locator("#mf-train-start").click()
-        _wait_status(page, "running", 120)
-        _wait_step(page, 1, 120)
+        _wait_status(page, "running")
+        _wait_step(page, 1)
         run_id = page.locator("#mf-train-status code").first.inner_text()
 
         app.stop()  # the trainer is its own process group: it keeps training
         app.start()
         _open(page, app.url)
-        _wait_status(page, run_id, 30)
-        _wait_status(page, "running", 30)
-        before = _wait_step(page, 1, 30)
-        after = _wait_step(page, before + 1, 60)
+        _wait_status(page, run_id)
+        _wait_status(page, "running")
+        before = _wait_step(page, 1)
+        after = _wait_step(page, before + 1)
         assert after > before
-        page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
-        page.screenshot(path=str(tmp_path / "train_reattached.png"), full_page=True)
+        page.wait_for_function(f"({REWARD_POINTS})() >= 2")
 
         page.locator("#mf-train-abort").click()
-        _wait_status(page, "aborted", 60)
+        _wait_status(page, "aborted")
     finally:
         page.close()

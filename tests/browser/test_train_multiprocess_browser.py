@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pages import new_page, open_app
 
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
@@ -31,10 +32,8 @@ def mp_page(browser, app_url, workspace):
     data = yaml.safe_load((ROOT / "presets" / "tiny_test.yaml").read_text())
     data["name"] = PRESET
     (workspace / "presets" / f"{PRESET}.yaml").write_text(yaml.safe_dump(data))  # 3 steps; the UI overrides that
-    page = browser.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(app_url)
-    page.wait_for_selector("#mf-tabs", timeout=60_000)
+    page = new_page(browser)
+    open_app(page, app_url)
     page.get_by_role("tab", name="Train", exact=True).first.click()
     page.wait_for_selector("#mf-train-status")
     yield page
@@ -65,9 +64,9 @@ def _fill(page, box: str, value: str) -> None:
     field.press("Tab")  # commit the value (change event)
 
 
-def _wait_text(page, selector: str, text: str, timeout: float = 30) -> None:
+def _wait_text(page, selector: str, text: str) -> None:
     page.wait_for_function("([s, w]) => (document.querySelector(s)?.innerText || '').includes(w)",
-                           arg=[selector, text], timeout=timeout * 1000)
+                           arg=[selector, text])
 
 
 def _command(page) -> str:
@@ -78,10 +77,10 @@ def _step(page) -> int:
     return int(page.locator("#mf-train-progress .mf-train-progress").get_attribute("data-step") or 0)
 
 
-def _wait_step(page, at_least: int, timeout: float = 120) -> int:
+def _wait_step(page, at_least: int) -> int:
     page.wait_for_function(
         "n => Number(document.querySelector('#mf-train-progress .mf-train-progress')?.dataset.step || 0) >= n",
-        arg=at_least, timeout=timeout * 1000)
+        arg=at_least)
     return _step(page)
 
 
@@ -113,7 +112,7 @@ def _ranks_of(launcher: int) -> dict[int, int]:
 
 def _abort_and_check_no_orphans(page, tree: dict[int, int]) -> None:
     page.locator("#mf-train-abort").click()
-    _wait_text(page, "#mf-train-status", "aborted", 60)
+    _wait_text(page, "#mf-train-status", "aborted")
     deadline = time.monotonic() + 15
     while not all(_gone(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -140,7 +139,7 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     _choose(page, "#mf-train-strategy", "DDP")
     _wait_text(page, "#mf-train-checks", "DDP with one process")
     page.locator("#mf-train-start").click()
-    page.get_by_text("DDP with one process").nth(1).wait_for(timeout=15_000)  # the warning toast too
+    page.get_by_text("DDP with one process").nth(1).wait_for()  # the warning toast too
 
     _fill(page, "#mf-train-nproc", "2")
     _fill(page, "#mf-train-set-steps", "2000")
@@ -153,10 +152,9 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     assert "-m accelerate.commands.launch --config_file " in preview and "ddp_cpu.yaml --num_processes 2" in preview
     assert " -m memfactory train " in preview and "--set trainer.steps=2000 --set trainer.save_every=2" in preview
     assert f"/{PRESET}.yaml " in preview  # the picked preset, not the default a late refresh could put back
-    page.screenshot(path=str(tmp_path / "mp_preview.png"), full_page=True)
 
     page.locator("#mf-train-start").click()
-    _wait_text(page, "#mf-train-status", "running", 120)
+    _wait_text(page, "#mf-train-status", "running")
     run_id = page.locator("#mf-train-status code").first.inner_text()
     run_dir = workspace / "runs" / run_id
     assert run_dir.joinpath("stdout.log").read_text().splitlines()[0] == f"$ {preview}"  # what ran is what was shown
@@ -165,15 +163,14 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     assert len(tree) == 3, tree  # the launcher and two ranks
 
     first = _wait_step(page, 2)
-    page.wait_for_function(f"({REWARD_POINTS})() >= 2", timeout=30_000)
+    page.wait_for_function(f"({REWARD_POINTS})() >= 2")
     assert "/ 2000" in page.locator("#mf-train-progress").inner_text()
-    page.wait_for_function(f"({HW_TRACES})().some(n => n.startsWith('rank 0 '))", timeout=30_000)
-    page.screenshot(path=str(tmp_path / "mp_running.png"), full_page=True)
+    page.wait_for_function(f"({HW_TRACES})().some(n => n.startsWith('rank 0 '))")
     _abort_and_check_no_orphans(page, tree)
 
     # Resume repeats the two-process launch on the same run
     page.locator("#mf-train-resume").click()
-    _wait_text(page, "#mf-train-status", "running", 120)
+    _wait_text(page, "#mf-train-status", "running")
     launch = _launch(workspace, run_id)
     assert "--resume" in launch["argv"] and launch["argv"][launch["argv"].index("--num_processes") + 1] == "2"
     assert launch["spec"]["strategy"] == "ddp" and "--set" not in launch["argv"]  # overrides live in the copy
