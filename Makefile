@@ -37,11 +37,17 @@ demo: venv
 demo-train: venv
 	$(PY) -m memfactory demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), one torch thread each: two processes with
+# torch's default threads on two cores spin-wait on each other. Browser tests share one app and one
+# chromium, so they run in one worker (xdist_group "browser").
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
 test: dev browser
-	$(PY) -m pytest -m "not learning" $(PYTEST_ARGS)
+	$(PYTEST) -m "not learning" $(PYTEST_ARGS)
 
 test-fast: dev
-	$(PY) -m pytest -m "not slow and not browser and not learning" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not browser and not learning" $(PYTEST_ARGS)
 
 # Whole CPU training runs of the agents' shipped presets (8-30 minutes each), asserting a rising reward.
 test-learning: dev

@@ -12,9 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+
 from webui.i18n import Labels
 
 Updates = dict[Any, Any]  # gradio component -> its new value or gr.update(...): a handler's return
+
+
+def refreshed_choices(choices: Sequence[str], current: Any, fallback: Any = None) -> Any:
+    """A dropdown's update to fresh ``choices`` that sends a value only when ``current`` is no longer
+    offered (then ``fallback``; a multiselect keeps what is still offered). A value sent back unchanged
+    could undo a pick the user made while this event waited in the queue (a timer's refresh under load)."""
+    if isinstance(current, list):
+        kept = [value for value in current if value in choices]
+        return gr.update(choices=list(choices)) if kept == current else gr.update(choices=list(choices), value=kept)
+    if current in choices or (current is None and fallback is None):
+        return gr.update(choices=list(choices))
+    return gr.update(choices=list(choices), value=fallback if fallback in choices else None)
 
 
 @dataclass(frozen=True)

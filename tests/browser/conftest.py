@@ -19,6 +19,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist every browser test runs in one worker: they share one app and one chromium."""
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """An empty workspace (presets/, runs/) the app writes into instead of the checkout."""

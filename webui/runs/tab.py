@@ -16,7 +16,7 @@ from memfactory.errors import MemFactoryError
 from webui import plots, workspace
 from webui.i18n import t
 from webui.runs.records import COLUMNS, delete_run, overlay, run_details, run_preset_file, runs_table
-from webui.state import UIContext, Updates
+from webui.state import UIContext, Updates, refreshed_choices
 
 ASSEMBLE_MISSING = "Open in Assemble is off: the Assemble tab failed to load (see its ⚠️ tab)."
 
@@ -71,9 +71,9 @@ def build(ctx: UIContext) -> None:
             return {note: f"⚠️ {exc}", table: pd.DataFrame(columns=COLUMNS)}
         ids = frame["run"].tolist()
         return {note: "" if ids else t("runs_empty"), table: frame,
-                selected: gr.update(choices=ids, value=[run_id for run_id in data[selected] or [] if run_id in ids]),
-                detail_run: gr.update(choices=ids, value=data[detail_run] if data[detail_run] in ids else None),
-                manage_run: gr.update(choices=ids, value=data[manage_run] if data[manage_run] in ids else None)}
+                selected: refreshed_choices(ids, data[selected] or []),
+                detail_run: refreshed_choices(ids, data[detail_run]),
+                manage_run: refreshed_choices(ids, data[manage_run])}
 
     def on_detail(run_id: str | None) -> Updates:
         try:

@@ -19,7 +19,7 @@ from memfactory.tracking import process, runs
 from memfactory.tracking.metrics import RunDir, read_records
 from webui import plots, workspace
 from webui.i18n import t
-from webui.state import UIContext, Updates
+from webui.state import UIContext, Updates, refreshed_choices
 from webui.train import actions, command, samples, view
 from webui.train.view import Attached
 
@@ -268,9 +268,7 @@ def build(ctx: UIContext) -> None:
         choices = workspace.list_presets()
         if wanted in choices and wanted != current:
             return gr.update(choices=choices, value=wanted)
-        if current in choices:
-            return gr.update(choices=choices)
-        return gr.update(choices=choices, value=view.default_preset(choices))
+        return refreshed_choices(choices, current, view.default_preset(choices))
 
     tab.select(lambda current: presets_update(None, current), preset, preset, show_progress="hidden")
     assemble_choice = ctx.shared.preset_choices  # lent by the Assemble tab; None when it failed to build
