@@ -284,8 +284,8 @@ def make_rows(
     protocol: Any = None,
 ) -> list[EvalRow]:
     """Targets x checkpoints -> rows. One ``--checkpoint`` applies to every target; as many as
-    targets pair up in order; ``none`` / ``base`` means the base weights. ``protocol`` (an
-    ``eval_protocols.Protocol``) puts its prompt settings on every preset; ``--set`` fields win."""
+    targets pair up in order; ``none`` / ``base`` means the base weights. ``protocol`` (a
+    ``memfactory.eval.protocols.Protocol``) puts its prompt settings on every preset; ``--set`` fields win."""
     if not targets:
         raise MemFactoryError("name at least one preset (.yaml) or model to evaluate")
     if checkpoints and len(checkpoints) not in (1, len(targets)):

@@ -79,7 +79,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def _synth_locomo(args: argparse.Namespace) -> int:
-    from memfactory.data.locomo import synth_locomo, write_locomo
+    from memfactory.data.synth_locomo import synth_locomo, write_locomo
 
     try:
         records = synth_locomo(args.n if args.n is not None else 4, args.seed, sessions=args.sessions)

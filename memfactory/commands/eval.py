@@ -2,7 +2,7 @@
 
 Prints the paper's Table 2 shape (rows = models/checkpoints, columns = sets + average, cells =
 avg@k) under a header naming the eval protocol (``memfactory`` by default, or ``memagent``; see
-``memfactory.eval_protocols``) and writes table.md, table.csv, samples.jsonl and eval.json under
+``memfactory.eval.protocols``) and writes table.md, table.csv, samples.jsonl and eval.json under
 --out; rerunning with the same --out (and protocol) resumes where an interrupted eval stopped.
 Sets whose samples carry a category (LoCoMo) also get a per-category table, printed after the
 main one and written to categories.md/.csv.
@@ -97,8 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memfactory.eval_protocols import get_protocol
-    from memfactory.evaluate import run_eval
+    from memfactory.eval.protocols import get_protocol
+    from memfactory.eval.run import run_eval
     from memfactory.targets import make_rows
 
     protocol = get_protocol(args.protocol)

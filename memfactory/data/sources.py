@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
-from memfactory.data.locomo import locomo_samples, looks_like_locomo, read_locomo, synth_locomo
+from memfactory.data.locomo import locomo_samples, looks_like_locomo, read_locomo
 from memfactory.data.memagent import read_records, records_to_samples
 from memfactory.data.synth import synth_dataset
+from memfactory.data.synth_locomo import synth_locomo
 from memfactory.errors import DataError
 from memfactory.paths import assets_dir, is_file
 from memfactory.types import Sample

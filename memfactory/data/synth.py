@@ -28,6 +28,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from memfactory.data.synth_words import (
+    COLOURS,
+    DOCQA_CITIES,
+    DOCQA_FIRST_NAMES,
+    DOCQA_JOBS,
+    INDUSTRIES,
+    LANDMARKS,
+    NAME_CODAS,
+    NAME_ONSETS,
+    NAME_VOWELS,
+    ORG_KINDS,
+    PETS,
+    PROFESSIONS,
+    TOPICS,
+)
+
 KINDS = ("hotpotqa", "fwe", "docqa")
 CHARS_PER_TOKEN = 4
 
@@ -53,33 +69,6 @@ def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
 
 # --------------------------------------------------------------------------- invented names
 
-_ONSETS = [
-    "b",
-    "br",
-    "c",
-    "d",
-    "dr",
-    "f",
-    "g",
-    "gr",
-    "h",
-    "k",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "st",
-    "t",
-    "th",
-    "v",
-    "w",
-    "z",
-]
-_VOWELS = ["a", "e", "i", "o", "u", "ae", "ia", "ou"]
-_CODAS = ["", "n", "r", "l", "s", "th", "nd", "rk", "m", "x"]
-
 
 class _Names:
     """Unique pronounceable invented names, so no fact can come from a model's world knowledge."""
@@ -90,7 +79,8 @@ class _Names:
 
     def word(self, syllables: int) -> str:
         parts = [
-            self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)
+            self.rng.choice(NAME_ONSETS) + self.rng.choice(NAME_VOWELS) + self.rng.choice(NAME_CODAS)
+            for _ in range(syllables)
         ]
         return "".join(parts).capitalize()
 
@@ -109,68 +99,8 @@ class _Names:
         return self.unique(lambda: self.word(self.rng.choice([2, 3])))
 
     def org(self) -> str:
-        kind = self.rng.choice(
-            ["Dynamics", "Works", "Institute", "Holdings", "Laboratories", "Press", "Guild", "Foundry"]
-        )
+        kind = self.rng.choice(ORG_KINDS)
         return self.unique(lambda: f"{self.word(2)} {kind}")
-
-
-_PROFESSIONS = [
-    "architect",
-    "botanist",
-    "cartographer",
-    "chemist",
-    "composer",
-    "engineer",
-    "historian",
-    "journalist",
-    "linguist",
-    "mathematician",
-    "novelist",
-    "painter",
-    "physician",
-    "sculptor",
-    "surveyor",
-    "astronomer",
-]
-_INDUSTRIES = [
-    "shipbuilding",
-    "textile",
-    "publishing",
-    "software",
-    "mining",
-    "aviation",
-    "brewing",
-    "glassmaking",
-    "railway",
-    "pharmaceutical",
-    "instrument-making",
-    "farming",
-]
-_TOPICS = [
-    "tidal energy",
-    "medieval trade routes",
-    "alpine flora",
-    "choral music",
-    "bridge design",
-    "folk songs",
-    "coastal erosion",
-    "early printing",
-    "weather records",
-    "clockwork",
-    "migratory birds",
-    "ceramics",
-]
-_LANDMARKS = [
-    "an old stone bridge",
-    "a covered market",
-    "a lighthouse",
-    "a cathedral",
-    "a botanical garden",
-    "a harbour fortress",
-    "a clock tower",
-    "a public library",
-]
 
 
 def _knowledge_base(
@@ -186,7 +116,7 @@ def _knowledge_base(
             "country": rng.choice(countries),
             "river": names.place() + " River",
             "population": rng.randrange(20, 900) * 1000,
-            "landmark": rng.choice(_LANDMARKS),
+            "landmark": rng.choice(LANDMARKS),
             "founded": rng.randrange(900, 1700),
         }
     city_names = list(kb["city"])
@@ -196,8 +126,8 @@ def _knowledge_base(
             "name": name,
             "born": rng.randrange(1850, 1990),
             "city": rng.choice(city_names),
-            "profession": rng.choice(_PROFESSIONS),
-            "topic": rng.choice(_TOPICS),
+            "profession": rng.choice(PROFESSIONS),
+            "topic": rng.choice(TOPICS),
             "pronoun": rng.choice(["He", "She"]),
         }
     person_names = list(kb["person"])
@@ -208,7 +138,7 @@ def _knowledge_base(
             "founder": rng.choice(person_names),
             "city": rng.choice(city_names),
             "year": rng.randrange(1880, 2015),
-            "industry": rng.choice(_INDUSTRIES),
+            "industry": rng.choice(INDUSTRIES),
             "staff": rng.randrange(40, 9000),
         }
     return kb
@@ -389,91 +319,29 @@ def gen_fwe(
 
 # --------------------------------------------------------------------------- docqa (CPU demo)
 
-_FIRST_NAMES = [
-    "Alice",
-    "Bob",
-    "Carol",
-    "David",
-    "Emma",
-    "Frank",
-    "Grace",
-    "Henry",
-    "Irene",
-    "Jack",
-    "Kate",
-    "Liam",
-    "Maria",
-    "Noah",
-    "Olivia",
-    "Peter",
-    "Rosa",
-    "Sam",
-    "Tina",
-    "Victor",
-    "Wendy",
-    "Yusuf",
-    "Zoe",
-    "Omar",
-]
-_CITIES = [
-    "Paris",
-    "Tokyo",
-    "Cairo",
-    "Lima",
-    "Oslo",
-    "Rome",
-    "Berlin",
-    "Madrid",
-    "Sydney",
-    "Toronto",
-    "Dublin",
-    "Vienna",
-    "Lisbon",
-    "Prague",
-    "Seoul",
-    "Nairobi",
-    "Athens",
-    "Boston",
-    "Denver",
-    "Warsaw",
-]
-_JOBS = [
-    "teacher",
-    "doctor",
-    "pilot",
-    "baker",
-    "lawyer",
-    "nurse",
-    "farmer",
-    "painter",
-    "chef",
-    "dentist",
-    "writer",
-    "plumber",
-]
-_COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
-_PETS = ["dog", "cat", "parrot", "rabbit", "horse", "turtle", "goat", "hamster"]
 
 # relation -> (fact template, question template, value source)
 _DOCQA = {
-    "city": ("{p} lives in {v}.", "Where does {p} live?", _CITIES),
-    "job": ("{p} works as {av}.", "What is {p}'s job?", _JOBS),
+    "city": ("{p} lives in {v}.", "Where does {p} live?", DOCQA_CITIES),
+    "job": ("{p} works as {av}.", "What is {p}'s job?", DOCQA_JOBS),
     "age": ("{p} is {v} years old.", "How old is {p}?", None),
-    "colour": ("{p}'s favourite colour is {v}.", "What is {p}'s favourite colour?", _COLOURS),
-    "pet": ("{p} has a pet {v}.", "What pet does {p} have?", _PETS),
+    "colour": ("{p}'s favourite colour is {v}.", "What is {p}'s favourite colour?", COLOURS),
+    "pet": ("{p} has a pet {v}.", "What pet does {p} have?", PETS),
 }
 
 
 def gen_docqa(n: int = 64, seed: int = 0, min_docs: int = 3, max_docs: int = 6) -> list[dict[str, Any]]:
     """Short document QA: a few one-line facts about different people, one question, a one-word answer."""
-    most = min(len(_FIRST_NAMES), 90 - 18)  # one person per document; ages are distinct numbers in [18, 90)
+    most = min(len(DOCQA_FIRST_NAMES), 90 - 18)  # one person per document; ages are distinct numbers in [18, 90)
     if not 1 <= min_docs <= max_docs <= most:
-        raise ValueError(f"docqa needs 1 <= min_docs <= max_docs <= {most}, got min_docs={min_docs}, max_docs={max_docs}")
+        raise ValueError(
+            f"docqa needs 1 <= min_docs <= max_docs <= {most}, got min_docs={min_docs}, max_docs={max_docs}"
+        )
     records = []
     for index in range(n):
         rng = random.Random(f"docqa-{seed}-{index}")
         k = rng.randint(min_docs, max_docs)
-        people = rng.sample(_FIRST_NAMES, k)
+        people = rng.sample(DOCQA_FIRST_NAMES, k)
         relation = rng.choice(sorted(_DOCQA))
         fact, question, values = _DOCQA[relation]
         if values is None:

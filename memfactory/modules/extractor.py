@@ -14,8 +14,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from memfactory.json_repair import ParseReport
 from memfactory.modules.llm_module import LLMModule
-from memfactory.modules.memory_ops import Fact, ParseReport, parse_facts, valid_text
+from memfactory.modules.memory_ops import Fact, parse_facts, valid_text
 from memfactory.registry import register
 from memfactory.text import strip_thinking
 from memfactory.types import SamplingParams, Trajectory

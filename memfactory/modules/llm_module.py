@@ -13,8 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 from memfactory.calls import model_call, require_token_backend
+from memfactory.json_repair import ParseReport
 from memfactory.modules.base import MemoryModule
-from memfactory.modules.memory_ops import ParseReport
 from memfactory.types import ChatPrompt, Generation, SamplingParams, Trajectory
 
 

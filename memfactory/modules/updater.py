@@ -17,12 +17,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from memfactory.json_repair import ParseReport
 from memfactory.memory.ops import ApplyResult, Operation
 from memfactory.memory.records import MemoryItem
 from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import check_placeholders
 from memfactory.modules.llm_module import LLMModule
-from memfactory.modules.memory_ops import Fact, ParseReport, apply_operations, parse_operations
+from memfactory.modules.memory_ops import Fact, apply_operations, parse_operations
 from memfactory.registry import register
 from memfactory.types import ChatPrompt, SamplingParams, Trajectory
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from memfactory.data import sources
-from memfactory.data.locomo import synth_locomo, write_locomo
 from memfactory.data.sources import (
     LOCOMO,
     LONG_CONTEXT,
@@ -29,6 +28,7 @@ from memfactory.data.sources import (
     resolve,
 )
 from memfactory.data.synth import FWE_ANSWER_PREFIX
+from memfactory.data.synth_locomo import synth_locomo, write_locomo
 from memfactory.errors import DataError
 from memfactory.paths import is_file
 

@@ -1,4 +1,4 @@
-"""LoCoMo loader, synthetic generator, shipped set and the `memfactory data ... locomo` commands."""
+"""LoCoMo loader, the shipped set's observations and the `memfactory data ... locomo` commands."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ from memfactory.cli import main
 from memfactory.data.locomo import (
     UNANSWERABLE,
     download_locomo,
-    parse_conversation,
     read_locomo,
-    synth_locomo,
-    transcript,
 )
 from memfactory.data.sources import load_locomo
+from memfactory.data.synth_locomo import synth_locomo
 from memfactory.errors import DataError, MemFactoryError
 from memfactory.paths import assets_dir
 
@@ -138,29 +136,6 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DataError, match="non-empty"):
         read_locomo(tmp_path / "empty.json")
-
-
-def test_synth_is_seeded_and_needs_updates_and_deletes():
-    assert synth_locomo(2, seed=5) == synth_locomo(2, seed=5)
-    assert synth_locomo(2, seed=5) != synth_locomo(2, seed=6)
-    record = synth_locomo(1, seed=0, sessions=5)[0]
-    conv = parse_conversation(record, "synth", 0)
-    assert len(conv["sessions"]) == 5
-    text = transcript(conv["sessions"])
-    assert "moved from" in text and "anymore" in text  # a changed fact and a deleted one
-    by_q = {q["question"]: q for q in conv["qa"]}
-    current = next(q for q in conv["qa"] if "live in now" in q["question"])
-    before = next(q for q in conv["qa"] if "before moving" in q["question"])
-    assert current["answer"] != before["answer"] and current["answer"] in text and before["answer"] in text
-    dia_ids = {t["dia_id"] for s in conv["sessions"] for t in s["turns"]}
-    assert all(set(q["evidence"]) <= dia_ids for q in by_q.values())
-    assert {q["category"] for q in conv["qa"]} == {1, 2, 3, 4, 5}
-
-
-def test_shipped_set_is_the_seeded_synth():
-    assert read_locomo(SHIPPED) == json.loads(json.dumps(synth_locomo(4, seed=0)))
-    samples = load_locomo(SHIPPED)
-    assert len(samples) == 32 and {s.meta["category"] for s in samples} == {1, 2, 3, 4}
 
 
 def test_cli_synth_and_offline_download(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from memfactory.config import load_preset
-from memfactory.data.locomo import synth_locomo, write_locomo
+from memfactory.data.synth_locomo import synth_locomo, write_locomo
 from memfactory.envs.build import build_env
 from memfactory.envs.memory_bank import MemoryBankEnv, MemoryBankOptions, MemoryFormat
 from memfactory.envs.rewards import ExactMatch, TokenF1

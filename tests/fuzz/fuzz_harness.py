@@ -44,11 +44,12 @@ from memfactory.envs.answer_metrics import boxed_em, extract_boxed, extract_pred
 from memfactory.envs.build import build_rewards
 from memfactory.envs.rewards import parse_verdict
 from memfactory.errors import MemFactoryError
+from memfactory.json_repair import parse_json
 from memfactory.memory.embed import get_embedder
 from memfactory.memory.ops import OPS, Operation
 from memfactory.memory.store import MemoryStore
 from memfactory.modules.extractor import lines_as_facts
-from memfactory.modules.memory_ops import Fact, parse_facts, parse_id_list, parse_json, parse_operations
+from memfactory.modules.memory_ops import Fact, parse_facts, parse_id_list, parse_operations
 from memfactory.modules.updater import NaiveUpdater, UpdaterConfig, UpdateRequest
 from memfactory.preflight import check_preflight
 from memfactory.registry import REGISTRY

@@ -1,4 +1,4 @@
-"""Reading memory JSON from model output, and applying operations without ever corrupting the bank."""
+"""Reading facts, operations and ids from model output, and applying operations without ever corrupting the bank."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memfactory.errors import MemFactoryError
+from memfactory.json_repair import parse_json
 from memfactory.memory.embed import get_embedder
 from memfactory.memory.ops import OPS, Operation
 from memfactory.memory.store import MemoryStore
@@ -16,38 +17,10 @@ from memfactory.modules.memory_ops import (
     apply_operations,
     parse_facts,
     parse_id_list,
-    parse_json,
     parse_operations,
-    repair_json,
 )
 
 HASHING = get_embedder("hashing")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('[{"op": "ADD", "text": "likes tea"}]', [{"op": "ADD", "text": "likes tea"}]),
-        ('<think>let me see</think>```json\n[{"op": "ADD", "text": "x"},]\n```\nDone!', [{"op": "ADD", "text": "x"}]),
-        ("Sure: [{'op': 'DELETE', 'id': '1'}] hope that helps [9]", [{"op": "DELETE", "id": "1"}]),
-        ('[{"op": "ADD", "text": "a", "tags": ["t",],}', [{"op": "ADD", "text": "a", "tags": ["t"]}]),
-        ('[{"op": "UPDATE", "id": "0", "text": "half', [{"op": "UPDATE", "id": "0", "text": "half"}]),
-        ("[{'ok': True, 'n': None}]", [{"ok": True, "n": None}]),
-        ("```\n[1, 2]", [1, 2]),
-    ],
-)
-def test_parse_json_recovers_damaged_output(text, expected):
-    value, report = parse_json(text)
-    assert value == expected
-    assert report.parsed
-
-
-def test_parse_json_gives_up_cleanly():
-    assert parse_json("no json here")[0] is None
-    value, report = parse_json("<think>[1, 2] never closed")
-    assert value is None and not report.terminated
-    assert parse_json(None)[0] is None
-    assert repair_json("plain") is None
 
 
 def test_parse_facts_accepts_objects_strings_and_wrappers():

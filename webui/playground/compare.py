@@ -2,7 +2,7 @@
 
 A *workflow* is a preset, optionally with a trained checkpoint, or an OpenAI-compatible endpoint
 (base URL + served model name + the name of the environment variable holding its key). Each one
-runs through :func:`memfactory.evaluate.evaluate_workflow`; a workflow that cannot be built or
+runs through :func:`memfactory.eval.workflow.evaluate_workflow`; a workflow that cannot be built or
 fails while running keeps its error message and the others still run. Backends are cached by
 what they load, so two workflows on the same model (say, "direct" and "memagent" on SmolLM2)
 share one loaded model. Showing the results is webui.playground.render's.
@@ -22,7 +22,9 @@ from memfactory.backends.build import build_backend
 from memfactory.config import Preset, load_preset
 from memfactory.data import sources
 from memfactory.errors import MemFactoryError
-from memfactory.evaluate import SampleResult, evaluate_workflow, load_sets
+from memfactory.eval.run import load_sets
+from memfactory.eval.scoring import SampleResult
+from memfactory.eval.workflow import evaluate_workflow
 from memfactory.targets import Endpoint, workflow_preset
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer.layout import latest_checkpoint

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from memfactory.envs.answer_metrics import normalize_answer
-from memfactory.evaluate import SampleResult
+from memfactory.eval.scoring import SampleResult
 from webui.playground.compare import RunSettings, WorkflowResult
 
 # --------------------------------------------------------------------------- comparing

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from memfactory.evaluate import SampleResult
+from memfactory.eval.scoring import SampleResult
 from webui.playground import compare, render
 
 TINY = "tiny://qwen3-mini"

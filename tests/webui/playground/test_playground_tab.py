@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from memfactory.evaluate import SampleResult
+from memfactory.eval.scoring import SampleResult
 from webui.playground.compare import WorkflowResult, WorkflowSpec
 from webui.playground.tab import ResultsView, Slot, settings_from, specs_from
 

@@ -1,4 +1,5 @@
-"""``memfactory eval``: user mistakes exit 2 with a readable message; a real run writes parseable files."""
+"""``memfactory eval``: user mistakes exit 2 with a readable message; a real run writes parseable files;
+a LoCoMo-shaped set gets per-category tables."""
 
 from __future__ import annotations
 
@@ -167,3 +168,58 @@ def test_explicit_flags_override_the_protocol(tmp_path):
     assert manifest["metric"] == "memagent_em"  # "em" means MemAgent's em under this protocol
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {r["metric"] for r in records} == {"memagent_em", "memagent_string_match_all"}
+
+
+def test_locomo_eval_reports_per_category_scores(tmp_path, capsys):
+    """A real Memory-R1 eval on the tiny model; the answer prefix closes a box holding
+    'Vinterby July' so some questions score a non-zero F1 and the cells differ per category."""
+    out = tmp_path / "ev"
+    code = main(
+        [
+            "eval",
+            str(presets_dir() / "memory_r1_tiny_cpu.yaml"),
+            "--sets",
+            "locomo_synth",
+            "--n",
+            "9",
+            "--k",
+            "2",
+            "--set",
+            "model.path=tiny://qwen3-mini",
+            "--set",
+            "agent_options.embedder=hashing",
+            "--set",
+            "agent_options.answer_prefix=\\boxed{Vinterby July} ",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 9 and all(r["metric"] == "f1" and len(r["scores"]) == 2 for r in records)
+    assert all(isinstance(r["category"], int) and r["category_name"] for r in records)
+
+    # recompute every cell from the per-sample JSONL
+    by_name: dict[str, list[float]] = {}
+    for r in records:
+        by_name.setdefault(r["category_name"], []).extend(r["scores"])
+    names = [n for _, n in sorted({(r["category"], r["category_name"]) for r in records})]
+    assert len(names) >= 3  # the first 9 synthetic questions span several categories
+    every = [s for r in records for s in r["scores"]]
+    assert any(s > 0 for s in every)  # the prefix makes some answers right: non-trivial arithmetic
+    expected = ["memory_r1_tiny_cpu", *(f"{sum(by_name[n]) / len(by_name[n]):.4f}" for n in names)]
+    expected.append(f"{sum(every) / len(every):.4f}")
+
+    rows = list(csv.reader((out / "categories.csv").read_text().splitlines()))
+    assert rows[0] == ["set", "model", *names, "overall"]
+    assert rows[1:] == [["locomo_synth", *expected]]
+    md = (out / "categories.md").read_text()
+    assert "| " + " | ".join(["model", *names, "overall"]) + " |" in md
+    assert "| " + " | ".join(expected) + " |" in md
+    assert "(locomo_synth: f1)" in printed  # the header names the metric the set was scored with
+    # printed after the main table; overall equals the main table's cell
+    assert printed.index("| model | locomo_synth | avg |") < printed.index("per category")
+    main_row = next(line for line in (out / "table.md").read_text().splitlines() if "memory_r1_tiny_cpu" in line)
+    assert main_row.split(" | ")[1] == expected[-1]
