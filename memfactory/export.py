@@ -125,20 +125,17 @@ def default_out(ckpt: ResolvedCheckpoint, merge: bool) -> Path:
 
 def merge_adapter(ckpt: ResolvedCheckpoint, out: Path) -> Path:
     """Base + adapter -> ``merge_and_unload()`` -> a full ``save_pretrained`` folder with the tokenizer."""
-    from memfactory.backends.sources import load_model_and_tokenizer
+    from memfactory.backends.sources import save_merged
 
     if not ckpt.is_adapter:
         raise MemFactoryError(
             f"checkpoint {ckpt.path} holds full model weights, not a LoRA adapter, so there is nothing to merge; "
             "export it without --merge"
         )
-    model, tokenizer = load_model_and_tokenizer(_base_model_config(ckpt))
-    merged = model.merge_and_unload()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        save_merged(_base_model_config(ckpt), tmp)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,7 @@ KNOWN_HUB_SHAPES = {
 }
 COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "runtime")
 STRATEGIES = ("single", "ddp", "fsdp2")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 # --------------------------------------------------------------------------- model shape
@@ -94,7 +94,7 @@ class ModelShape:
             tied=bool(get("tie_word_embeddings", False)),
             qk_norm=str(get("model_type", "")).startswith("qwen3"),
             attention_bias=bool(get("attention_bias", False)),
-            dtype=dtype if dtype in _DTYPE_BYTES else "float32",
+            dtype=dtype if dtype in DTYPE_BYTES else "float32",
         )
 
     @property
@@ -249,7 +249,7 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
     lora = cfg.lora
     return Knobs(
         precision=plan.name,
-        frozen_bytes=_DTYPE_BYTES.get(loaded, 4),
+        frozen_bytes=DTYPE_BYTES.get(loaded, 4),
         lora_r=lora.r if lora is not None else None,
         lora_targets=tuple(lora.target_modules) if lora is not None else (),
         quantize=lora.quantize if lora is not None else "none",
@@ -263,7 +263,7 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
         batch_size=cfg.batch_size,
         group_size=cfg.group_size,
         engine=engine,
-        engine_bytes=_DTYPE_BYTES.get(engine_dtype if engine_dtype != "auto" else loaded, 2),
+        engine_bytes=DTYPE_BYTES.get(engine_dtype if engine_dtype != "auto" else loaded, 2),
         gpus=gpus,
         strategy=strategy,
         device=device,
