@@ -162,8 +162,9 @@ def build_preset(spec: WorkflowSpec, settings: RunSettings) -> Any:
         path = spec.model.strip() or settings.model_override.strip()
         if path:
             # another base model: the preset's own checkpoint (trained on its model) no longer applies
-            options = dict(model.options) if model.backend == "hf" else {}
-            model = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": options,
+            local = model.backend if model.backend in ("hf", "vllm") else "hf"  # a local engine stays what it was
+            options = dict(model.options) if model.backend == local else {}
+            model = model.model_copy(update={"backend": local, "path": path, "base_url": None, "options": options,
                                              "checkpoint": None})
         if spec.checkpoint.strip():
             try:
@@ -207,6 +208,8 @@ class BackendCache:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
+        if model.backend == "vllm":  # vLLM runs one in-process engine at a time: free the other first
+            self.keep_only([k for k in self._items if k[0] != "vllm"])
         if self._factory is not None:
             backend = self._factory(model)
         else:

@@ -86,13 +86,18 @@ def cuda_available() -> bool:
 
 
 def _single_process_rendezvous() -> None:
-    """external_launcher expects torchrun's variables; a lone process is rank 0 of 1."""
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    """external_launcher expects torchrun's variables; a lone process is rank 0 of 1 on a free port.
+
+    A fresh port every time: a port inherited from a parent process (e.g. a test that started
+    ``memfactory eval``) is still taken by the parent's engine. Under a multi-process launcher
+    (``WORLD_SIZE`` > 1) its own rendezvous is kept.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def engine_arguments(options: VLLMOptions, *, cuda: bool) -> dict[str, Any]:
@@ -219,6 +224,7 @@ class VLLMBackend:
     """A thin wrapper over ``vllm.LLM``: same generate contract as the ``hf`` backend."""
 
     render_prompt = HFBackend.render_prompt  # one chat-template rendering for both backends
+    _live: VLLMBackend | None = None  # the process's engine (vLLM's in-process group allows one)
 
     def __init__(
         self,
@@ -233,6 +239,12 @@ class VLLMBackend:
     ) -> None:
         vllm = require_vllm()
         self.llm: Any = None
+        live = VLLMBackend._live
+        if live is not None and live.llm is not None:
+            raise MemFactoryError(
+                f"a vLLM engine for {live.model_path!r} is already running in this process and vLLM runs one "
+                "in-process engine at a time: close it (backend.close()) first, or use the hf backend for the other model"
+            )
         self.name = name
         self.enable_thinking = enable_thinking
         self.options = options or VLLMOptions()
@@ -247,6 +259,7 @@ class VLLMBackend:
             self.close()
             _tear_down_distributed()
             raise start_failure(exc, model, where) from None
+        VLLMBackend._live = self
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
         self.pushes = 0
@@ -352,6 +365,8 @@ class VLLMBackend:
         if llm is None:
             return
         self.llm = None
+        if VLLMBackend._live is self:
+            VLLMBackend._live = None
         try:
             llm.llm_engine.engine_core.shutdown()
         finally:
