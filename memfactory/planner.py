@@ -52,7 +52,8 @@ KNOWN_HUB_SHAPES = {
     "qwen/qwen3-4b-instruct-2507": "qwen3-4b-shape",
     "qwen/qwen3-4b": "qwen3-4b-shape",
 }
-COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "runtime")
+COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "vllm_engine",
+              "runtime")
 STRATEGIES = ("single", "ddp", "fsdp2")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -220,6 +221,10 @@ class Knobs:
     gpus: int
     strategy: str  # single | ddp | fsdp2
     device: str  # cuda | cpu
+    # A colocated vLLM engine's bytes while sampling and during the update (asleep: 0), see
+    # memfactory.backends.vllm_engine.engine_memory; its KV lives in its own pool.
+    engine_rollout: float = 0.0
+    engine_update: float = 0.0
 
     @property
     def master_bytes(self) -> int:
@@ -390,7 +395,7 @@ def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict
     """Generation: the KV cache of every row generated at once, on top of the persistent state."""
     a = k.compute_bytes
     kv_bytes = a if k.engine == "policy" else k.engine_bytes
-    kv = k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
+    kv = 0.0 if k.engine == "vllm" else k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
     fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
     extra = 0.0
     if k.strategy == "fsdp2" and k.gpus > 1:  # rollouts run on the full weights, gathered
@@ -400,8 +405,8 @@ def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict
     if k.engine == "hf":
         extra += shape.parameters * k.engine_bytes  # a second transformers copy
     # The last position's logits of every row, float32 (sampling).
-    logits = k.rollout_rows * shape.vocab * 4 * 2
-    return {"kv_cache": kv, "peak": fixed + extra + kv + logits}
+    logits = 0.0 if k.engine == "vllm" else k.rollout_rows * shape.vocab * 4 * 2
+    return {"kv_cache": kv, "peak": fixed + extra + kv + logits + k.engine_rollout}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -439,7 +444,8 @@ class MemoryPlan:
             "",
             "| component | GiB |",
             "|---|---|",
-            *(f"| {name} | {self.components.get(name, 0.0):.2f} |" for name in COMPONENTS),
+            *(f"| {name} | {self.components.get(name, 0.0):.2f} |" for name in COMPONENTS
+              if name != "vllm_engine" or self.components.get(name)),
             f"| update phase (allocated) | {self.phases.get('update', 0.0):.2f} |",
             f"| rollout phase (allocated) | {self.phases.get('rollout', 0.0):.2f} |",
             f"| **peak** | **{self.peak_gib:.2f}** |",
@@ -501,6 +507,7 @@ def _estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, 
     """Components (GiB) and phase totals for one set of knobs."""
     static = static_bytes(shape, k)
     update = update_bytes(shape, k, static)
+    update["peak"] += k.engine_update
     rollout = rollout_bytes(shape, k, static)
     allocated = max(update["peak"], rollout["peak"])
     if k.device == "cuda":
@@ -511,7 +518,7 @@ def _estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, 
         "weights": static["weights"], "gradients": static["gradients"], "optimizer": static["optimizer"],
         "reference": static["reference"], "activations": update["activations"],
         "logits": update["logits"] + update["cast_cache"] + update["step_temp"],
-        "kv_cache": rollout["kv_cache"], "runtime": runtime,
+        "kv_cache": rollout["kv_cache"], "vllm_engine": max(k.engine_rollout, k.engine_update), "runtime": runtime,
     }
     info = {"update": update["peak"], "rollout": rollout["peak"], "allocated": allocated, "moment": update["moment"],
             "trained": static["trained"], "cast_cache": update["cast_cache"], "step_temp": update["step_temp"]}
@@ -541,7 +548,7 @@ def estimate_memory(
         raise MemFactoryError(f"--gpu-mem {gpu_mem_gib}: device memory must be a positive number of GiB, e.g. 80")
     device, device_gib, label = _device_memory(gpus, gpu_mem_gib)
     strat = _resolve_strategy(gpus, strategy)
-    if preset.model.backend != "hf":
+    if preset.model.backend not in ("hf", "vllm"):
         raise MemFactoryError(
             f"model.backend {preset.model.backend!r}: the model runs elsewhere (a server), so this machine holds "
             "no weights to plan; plan a preset with backend: hf"
@@ -550,6 +557,15 @@ def estimate_memory(
     k = _knobs(preset, gpus, strat, device, shape)
     if call_shape is not None:
         k = replace(k, prompt=int(call_shape[0]), response=int(call_shape[1]))
+    engine_note = None
+    if k.engine == "vllm":
+        from memfactory.backends.vllm_engine import VLLMOptions, engine_memory
+
+        options = VLLMOptions.model_validate(preset.trainer.rollout.options)
+        held, during_update, engine_note = engine_memory(
+            options, cuda=device == "cuda", device_bytes=device_gib * GIB if device_gib else None,
+            weight_bytes=shape.parameters * k.engine_bytes)
+        k = replace(k, engine_rollout=held, engine_update=during_update)
     components, info = _estimate(shape, k)
     peak = _peak(info, components)
     budget = device_gib
@@ -576,8 +592,8 @@ def estimate_memory(
     else:
         notes.append(f"runtime = CUDA context ({CUDA_CONTEXT_GIB} GiB) + {CUDA_FRAGMENTATION:.0%} allocator "
                      "fragmentation (reserved over allocated)")
-    if k.engine == "vllm":
-        notes.append("trainer.rollout.engine vllm reserves its own gpu_memory_utilization share on top of this")
+    if engine_note:
+        notes.append(engine_note)
     if k.strategy == "fsdp2":
         notes.append("FSDP2: weights, gradients and optimizer state sharded; the reference copy is not")
     plan = MemoryPlan(

