@@ -12,6 +12,7 @@ from memfactory.paths import presets_dir
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer.session import TrainingSession
 
+
 def refused(tmp_path, monkeypatch, preset_name: str, *overrides: str) -> dict[str, str]:
     """The problems TrainingSession raises for the preset, after checking no run was recorded."""
     monkeypatch.chdir(tmp_path)

@@ -53,7 +53,7 @@ def run_eval(tmp_path, name: str, *overrides: str) -> list[dict]:
     command = [sys.executable, "-m", "memfactory", "eval", str(presets_dir() / "tiny_cpu_demo.yaml"),
                "--sets", "synthetic://docqa?n=4&seed=1", "--k", "1", "--temperature", "0", "--max-new-tokens", "16",
                "--out", str(out), "--no-progress", *(x for o in overrides for x in ("--set", o))]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=dict(os.environ), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 
@@ -70,7 +70,7 @@ def test_a_missing_engine_option_is_one_clear_error(tmp_path):
     command = [sys.executable, "-m", "memfactory", "eval", str(presets_dir() / "tiny_cpu_demo.yaml"),
                "--sets", "synthetic://docqa?n=1&seed=1", "--k", "1", "--out", str(out), "--no-progress",
                "--set", "model.backend=vllm", "--set", "model.options={kv_cache_gib: 0.001}"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "kv_cache_gib" in done.stderr and "failed to start" in done.stderr

@@ -23,6 +23,7 @@ resets the prefix cache (cached prompt KV was computed with the old weights).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 import time
@@ -45,6 +46,7 @@ NOT_INSTALLED = (
 # vLLM on CPU reads gpu_memory_utilization as a share of all host RAM; a fixed pool is saner there.
 CPU_DEFAULT_KV_GIB = 1.0
 GIB = 2**30
+log = logging.getLogger(__name__)
 
 
 class VLLMOptions(BaseModel):
@@ -167,24 +169,27 @@ def engine_problems(
     cuda = cuda_available()
     supported = ModelRegistry.get_supported_archs()
     if architectures and not any(a in supported for a in architectures):
-        problems.append(("model.path", f"vLLM {vllm.__version__} cannot load architecture {architectures[0]}; "
-                         "use backend / trainer.rollout.engine hf for this model"))
+        message = (f"vLLM {vllm.__version__} cannot load architecture {architectures[0]}; "
+                   "use backend / trainer.rollout.engine hf for this model")
+        problems.append(("model.path", message))
     if not cuda:
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
         sizes = CPUAttentionBackend.get_supported_head_sizes()
         if head_dim not in sizes:
-            problems.append(("model.path", f"head_dim {head_dim}: vLLM's CPU attention supports head sizes "
-                             f"{', '.join(map(str, sizes))} only; use backend / trainer.rollout.engine hf for this model"))
+            message = (f"head_dim {head_dim}: vLLM's CPU attention supports head sizes "
+                       f"{', '.join(map(str, sizes))} only; use backend / trainer.rollout.engine hf for this model")
+            problems.append(("model.path", message))
     prompt, response = longest_call
     length = options.max_model_len or model_len
     if options.max_model_len and model_len and options.max_model_len > model_len:
-        problems.append((f"{where}.max_model_len", f"{options.max_model_len} exceeds the model's context of "
-                         f"{model_len} tokens; give at most {model_len}"))
+        message = f"{options.max_model_len} exceeds the model's context of {model_len} tokens; give at most {model_len}"
+        problems.append((f"{where}.max_model_len", message))
     if length and length < prompt + response:
-        problems.append((f"{where}.max_model_len", f"{length} tokens is shorter than the preset's longest model call "
-                         f"(about {prompt} prompt + {response} response = {prompt + response} tokens); raise "
-                         f"{where}.max_model_len to at least {prompt + response} or lower the agent's token caps"))
+        message = (f"{length} tokens is shorter than the preset's longest model call (about {prompt} prompt + "
+                   f"{response} response = {prompt + response} tokens); raise {where}.max_model_len to at least "
+                   f"{prompt + response} or lower the agent's token caps")
+        problems.append((f"{where}.max_model_len", message))
     if length:
         need = length * kv_bytes_per_token
         kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (None if cuda else CPU_DEFAULT_KV_GIB)
@@ -196,9 +201,10 @@ def engine_problems(
             pool = options.gpu_memory_utilization * torch.cuda.mem_get_info()[1] - weight_bytes
             knob = f"{where}.gpu_memory_utilization"
         if pool < need:
-            problems.append((knob, f"the engine's KV pool ({max(pool, 0) / GIB:.2f} GiB) holds fewer tokens than one "
-                             f"max_model_len sequence of {length} ({need / GIB:.2f} GiB); raise {knob} or lower "
-                             f"{where}.max_model_len"))
+            message = (f"the engine's KV pool ({max(pool, 0) / GIB:.2f} GiB) holds fewer tokens than one "
+                       f"max_model_len sequence of {length} ({need / GIB:.2f} GiB); raise {knob} or lower "
+                       f"{where}.max_model_len")
+            problems.append((knob, message))
     return problems
 
 
@@ -223,8 +229,8 @@ def _tear_down_distributed() -> None:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
-    except Exception:  # noqa: BLE001 - best effort: the original error is what the user must see
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort: the original error is what the user must see
+        log.debug("vLLM clean-up after the engine failed: %s", exc)
 
 
 def _refresh_tied_head(model: Any) -> None:
