@@ -313,3 +313,28 @@ def test_model_override_and_endpoint_presets(ws):
         pg.build_preset(pg.WorkflowSpec(base_url="http://127.0.0.1:1"), pg.RunSettings())
     with pytest.raises(Exception, match="choose a preset"):
         pg.build_preset(pg.WorkflowSpec(), pg.RunSettings())
+
+
+def test_vllm_presets_keep_their_backend_and_run_one_engine_at_a_time(ws):
+    from memfactory.paths import presets_dir
+
+    text = (presets_dir() / "tiny_cpu_demo.yaml").read_text().replace("backend: hf", "backend: vllm")
+    (ws / "presets" / "demo_vllm.yaml").write_text(text.replace("name: tiny_cpu_demo", "name: demo_vllm"))
+    spec = pg.WorkflowSpec(preset="demo_vllm")
+    assert pg.build_preset(spec, pg.RunSettings()).model.backend == "vllm"
+    assert pg.build_preset(spec, pg.RunSettings(model_override=TINY)).model.backend == "vllm"  # another model, same engine
+
+    closed = []
+
+    class Engine:  # what the cache needs of a backend: close()
+        def __init__(self, model):
+            self.path = model.path
+
+        def close(self):
+            closed.append(self.path)
+
+    cache = pg.BackendCache(factory=Engine)
+    cache.get(ModelConfig(path="a", backend="vllm"))
+    cache.get(ModelConfig(path="h"))  # an hf backend may stay beside an engine
+    cache.get(ModelConfig(path="b", backend="vllm"))  # vLLM runs one in-process engine: "a" is closed first
+    assert closed == ["a"] and len(cache) == 2
