@@ -22,7 +22,7 @@ def test_grpo_raises_mean_reward_on_cpu(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="vllm not installed (make vllm)")
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 def test_grpo_with_vllm_rollouts_raises_mean_reward_on_cpu(tmp_path, monkeypatch):
     """The same demo and criterion, rollouts sampled by an in-process vLLM engine fed the merged LoRA weights."""
     monkeypatch.chdir(tmp_path)
