@@ -4,8 +4,9 @@ Both sides train ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M-Instruct + LoRA, 4
 samples x <= 16 tokens at T 0.7, float32) for ``--steps`` steps with the same seed, each in its
 own child process (vLLM binds the threads of the process it lives in, so the sides must not share
 one). Reported per side: the time to build the trainer (vLLM: engine start included), and the
-median over the steps after the first of the step's rollout, weight push (``time/sync_s``: the
-LoRA-merged weights into the engine, vLLM only) and update, plus the mean reward. Run it in the
+median over the steps after the first of the step's sampling (``time/rollout_s`` less the push),
+weight push (``time/sync_s``: the LoRA-merged weights into the engine, vLLM only) and update,
+plus the mean reward. Run it in the
 vLLM environment (``make vllm``):
 
     OMP_NUM_THREADS=1 .venv-vllm/bin/python bench/vllm_rollout.py [--steps 4] [--json out.json]
@@ -54,16 +55,18 @@ def summarise(result: dict) -> dict:
     row = {"engine": result["engine"], "build_s": result["build_s"]}
     for key in KEYS:
         row[key] = statistics.median(m.get(key, 0.0) for m in later)
+    # time/rollout_s runs from the step's start, so it holds the push: sampling alone is the rest.
+    row["sample_s"] = statistics.median(m["time/rollout_s"] - m.get("time/sync_s", 0.0) for m in later)
     row["first_step_s"] = result["steps"][0]["time/step_s"]
     row["reward"] = statistics.mean(m["reward/mean"] for m in result["steps"])
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| engine | build s | first step s | rollout s | sync s | update s | step s | mean reward |",
+    lines = ["| engine | build s | first step s | sampling s | sync s | update s | step s | mean reward |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['engine']} | {r['build_s']:.1f} | {r['first_step_s']:.1f} | {r['time/rollout_s']:.2f} | "
+        lines.append(f"| {r['engine']} | {r['build_s']:.1f} | {r['first_step_s']:.1f} | {r['sample_s']:.2f} | "
                      f"{r['time/sync_s']:.2f} | {r['time/update_s']:.2f} | {r['time/step_s']:.2f} | {r['reward']:.3f} |")
     return "\n".join(lines)
 

@@ -233,6 +233,22 @@ def _tear_down_distributed() -> None:
         log.debug("vLLM clean-up after the engine failed: %s", exc)
 
 
+def _generation(prompt_ids: list[int], completion: Any, latency: float) -> Generation:
+    """One vLLM ``CompletionOutput`` as a Generation (the sampled tokens' own log-probs)."""
+    token_ids = list(completion.token_ids)
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids)]
+    return Generation(
+        text=completion.text,
+        prompt_ids=list(prompt_ids),
+        response_ids=token_ids,
+        logprobs=logprobs,
+        finish_reason="length" if completion.finish_reason == "length" else "stop",
+        latency_s=latency,
+    )
+
+
 def _refresh_tied_head(model: Any) -> None:
     """Re-run the post-load processing of an LM head tied to the embedding (a CPU repack; no-op on GPU)."""
     head = getattr(model, "lm_head", None)
@@ -316,10 +332,10 @@ class VLLMBackend:
     def max_model_len(self) -> int:
         return int(self.llm.llm_engine.model_config.max_model_len)
 
-    def sampling_params(self, params: SamplingParams) -> Any:
+    def sampling_params(self, params: SamplingParams, n: int = 1) -> Any:
         """MemFactory SamplingParams -> vllm.SamplingParams (stop text kept, sampled-token log-probs)."""
         return self._vllm.SamplingParams(
-            n=1,
+            n=n,
             max_tokens=params.max_new_tokens,
             temperature=0.0 if params.greedy else params.temperature,
             top_p=1.0 if params.greedy else params.top_p,
@@ -341,30 +357,25 @@ class VLLMBackend:
                 f"exceeds the vLLM engine's max_model_len {self.max_model_len}; raise max_model_len in the "
                 "vLLM options (model.options or trainer.rollout.options) or shorten the prompt"
             )
+        # One request per distinct prompt (a GRPO group repeats each prompt group_size times): vLLM
+        # prefills it once and samples its rows from that prefix (n), as the hf backend's prefill
+        # once per group; greedy rows of one prompt are one answer, copied.
+        distinct: dict[tuple[int, ...], list[int]] = {}
+        for i, ids in enumerate(rendered):
+            distinct.setdefault(tuple(ids), []).append(i)
+        groups = list(distinct.values())
+        sampling = [self.sampling_params(params, n=1 if params.greedy else len(rows)) for rows in groups]
         self._wake()
         began = time.perf_counter()
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in rendered], sampling_params=self.sampling_params(params), use_tqdm=False
+            [{"prompt_token_ids": rendered[rows[0]]} for rows in groups], sampling_params=sampling, use_tqdm=False
         )
         latency = time.perf_counter() - began
         self._sleep()
-        generations = []
-        for ids, out in zip(rendered, outputs):
-            completion = out.outputs[0]
-            token_ids = list(completion.token_ids)
-            logprobs = None
-            if completion.logprobs is not None:
-                logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, token_ids)]
-            generations.append(
-                Generation(
-                    text=completion.text,
-                    prompt_ids=list(ids),
-                    response_ids=token_ids,
-                    logprobs=logprobs,
-                    finish_reason="length" if completion.finish_reason == "length" else "stop",
-                    latency_s=latency,
-                )
-            )
+        generations: list[Generation] = [None] * len(rendered)  # type: ignore[list-item]
+        for rows, out in zip(groups, outputs):
+            for k, i in enumerate(rows):
+                generations[i] = _generation(rendered[i], out.outputs[0 if params.greedy else k], latency)
         return generations
 
     def load_weights(

@@ -85,8 +85,10 @@ def test_greedy_ids_logprobs_and_finish_reasons_equal_the_hf_backend(engine, smo
 def test_sampled_logprobs_are_the_policys_temperature_scaled_logprobs(engine, smollm2_backend):
     """What GRPO's ratio needs: the recorded log-prob of a sampled token = log_softmax(logits / T)."""
     params = SamplingParams(max_new_tokens=12, temperature=0.7, seed=3)
-    got = engine.generate(PROMPTS[:6], params)
-    assert [g.response_ids for g in got] == [g.response_ids for g in engine.generate(PROMPTS[:6], params)]  # seeded
+    groups = [p for p in PROMPTS[:3] for _ in range(4)]  # GRPO groups: each prompt 4 times, one request with n=4
+    got = engine.generate(groups, params)
+    assert [g.response_ids for g in got] == [g.response_ids for g in engine.generate(groups, params)]  # seeded
+    assert all(len({tuple(g.response_ids) for g in got[i:i + 4]}) > 1 for i in range(0, 12, 4))  # rows differ
     calls = [ModelCall("m", g.prompt_ids, g.response_ids, g.logprobs, g.text) for g in got]
     batch = pack_calls(calls, smollm2_backend.tokenizer.pad_token_id)
     with torch.no_grad():
