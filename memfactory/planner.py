@@ -29,16 +29,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from memfactory.backends.sources import SMOLLM2, hub_offline, resolve_model_path
-from memfactory.backends.tiny import ARCHITECTURES, SAVED_DTYPE, SCHEME, VOCAB_SIZE, parse_tiny_path
+from memfactory.backends.shape import (
+    DTYPE_BYTES,
+    ModelShape,
+    model_shape,
+    preset_shape,
+)
 from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
 
 GIB = 2**30
-# Prompt tokens around a chunk and a memory (instructions, question, chat template).
-TEMPLATE_TOKENS = 256
-# A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
-BANK_PROMPT_TOKENS = 2048
 # CUDA context and kernels' workspaces: outside torch's allocated bytes but on the card.
 CUDA_CONTEXT_GIB = 0.5
 # The caching allocator's reserved memory over its peak allocated (measured on an H200: 6.5-11 %).
@@ -49,152 +49,9 @@ CUDA_FRAGMENTATION = 0.10
 HOST_BASELINE_GIB = 0.47
 # glibc keeps freed blocks of a process, so peak RSS runs above the live tensors' peak.
 HOST_FRAGMENTATION = 0.10
-# Hub ids of the shipped GPU presets -> the tiny:// shape of the same architecture, so that a plan
-# works offline (tests/test_planner.py checks these shapes against the real configs' numbers).
-KNOWN_HUB_SHAPES = {
-    "qwen/qwen3-1.7b": "qwen3-1.7b-shape",
-    "qwen/qwen3-4b-instruct-2507": "qwen3-4b-shape",
-    "qwen/qwen3-4b": "qwen3-4b-shape",
-}
-COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "runtime")
+COMPONENTS = ("weights", "gradients", "optimizer", "reference", "activations", "logits", "kv_cache", "vllm_engine",
+              "runtime")
 STRATEGIES = ("single", "ddp", "fsdp2")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-# --------------------------------------------------------------------------- model shape
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the arithmetic needs of a decoder-only transformer's config.json."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    qk_norm: bool = False  # Qwen3's per-head RMSNorm on q and k
-    attention_bias: bool = False
-    dtype: str = "float32"  # the checkpoint's own dtype (what model.dtype: auto loads)
-
-    @classmethod
-    def from_config(cls, config: Any) -> ModelShape:
-        """From a transformers config (``AutoConfig``) or a plain dict of the same keys."""
-        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
-        dtype = get("dtype") or get("torch_dtype") or "float32"
-        dtype = str(dtype).removeprefix("torch.")
-        return cls(
-            hidden=hidden,
-            intermediate=int(get("intermediate_size")),
-            layers=int(get("num_hidden_layers")),
-            heads=heads,
-            kv_heads=int(get("num_key_value_heads") or heads),
-            head_dim=int(get("head_dim") or hidden // heads),
-            vocab=int(get("vocab_size")),
-            tied=bool(get("tie_word_embeddings", False)),
-            qk_norm=str(get("model_type", "")).startswith("qwen3"),
-            attention_bias=bool(get("attention_bias", False)),
-            dtype=dtype if dtype in _DTYPE_BYTES else "float32",
-        )
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each projection of one decoder layer, by its transformers module name."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-    @property
-    def parameters(self) -> int:
-        """Every parameter: embeddings (the LM head too unless tied), attention with GQA, MLP, norms."""
-        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
-        if self.attention_bias:
-            per_layer += self.q_dim + 2 * self.kv_dim
-        if self.qk_norm:
-            per_layer += 2 * self.head_dim
-        embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
-        return embeddings + self.layers * per_layer + self.hidden
-
-    def lora_parameters(self, r: int, targets: list[str]) -> int:
-        """Adapter parameters: r x (in + out) for every targeted projection of every layer."""
-        shapes = self.linear_shapes()
-        return self.layers * sum(r * (a + b) for name, (a, b) in shapes.items() if name in targets)
-
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """Keys and values of one token over all layers."""
-        return 2 * self.layers * self.kv_dim * dtype_bytes
-
-
-def model_shape(path: str, seed: int = 0) -> ModelShape:
-    """The shape of ``model.path`` from its config.json, without loading (or building) weights."""
-    if path.startswith(SCHEME):
-        name = parse_tiny_path(path)
-        arch = {"vocab_size": VOCAB_SIZE, "model_type": "qwen3", "dtype": SAVED_DTYPE.get(name, "float32"),
-                **ARCHITECTURES[name]}
-        return ModelShape.from_config(arch)
-    if path.lower() in KNOWN_HUB_SHAPES and not Path(path).expanduser().is_dir():
-        try:
-            return _auto_config_shape(path, local_only=True)
-        except (OSError, ValueError, KeyError):  # not in the local hub cache: the same architecture's shipped shape
-            return replace(model_shape(SCHEME + KNOWN_HUB_SHAPES[path.lower()]), dtype="bfloat16")
-    if path.lower() == SMOLLM2:
-        return _auto_config_shape(resolve_model_path(path), local_only=True)
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise MemFactoryError(f"model.path {path!r} is a folder but holds no config.json, so its shape is unknown")
-        return _auto_config_shape(str(local), local_only=True)
-    try:
-        return _auto_config_shape(path, local_only=hub_offline())
-    except (OSError, ValueError, KeyError) as exc:
-        raise MemFactoryError(
-            f"model.path {path!r}: cannot read its config.json ({str(exc).splitlines()[0][:200]}); the planner "
-            "needs the model's shape: give a local folder written by save_pretrained, a tiny:// model, "
-            "or run once with the hub reachable"
-        ) from None
-
-
-def _auto_config_shape(path: str, *, local_only: bool) -> ModelShape:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path, local_files_only=local_only)
-    text = getattr(config, "text_config", None)  # multimodal wrappers keep the decoder's numbers here
-    return ModelShape.from_config(text if text is not None and not hasattr(config, "num_hidden_layers") else config)
-
-
-# --------------------------------------------------------------------------- what a preset asks for
-
-
-def preset_shape(preset: Any) -> tuple[int, int, int]:
-    """(prompt tokens, response tokens, calls per trajectory) of the preset's longest model call.
-
-    MemAgent: a chunk plus the memory plus the template, answering up to the larger of the memory
-    and answer caps. Memory-bank agents: a bank-sized prompt and the largest generation cap.
-    ``direct``: its context window plus the template. bench/gpu_check.py measures at this shape.
-    """
-    memory = preset.modules.get("memory")
-    if memory is not None and memory.type == "recurrent":
-        opts = preset.component_options(memory, "module")
-        response = max(opts.memory_tokens, opts.answer_tokens)
-        return opts.chunk_tokens + opts.memory_tokens + TEMPLATE_TOKENS, response, (opts.max_chunks or 6) + 1
-    caps = [preset.trainer.max_new_tokens]
-    for spec in preset.modules.values():
-        caps.append(int(spec.options.get("max_tokens", 0)))
-    if preset.agent == "direct":
-        context = int(preset.agent_options.get("max_context_tokens", 4096))
-        return context + TEMPLATE_TOKENS, preset.trainer.max_new_tokens, 1
-    return BANK_PROMPT_TOKENS, max(caps), max(len(preset.modules), 1)
 
 
 @dataclass(frozen=True)
@@ -220,6 +77,10 @@ class Knobs:
     gpus: int
     strategy: str  # single | ddp | fsdp2
     device: str  # cuda | cpu
+    # A colocated vLLM engine's bytes while sampling and during the update (asleep: 0), see
+    # memfactory.backends.vllm_engine.engine_memory; its KV lives in its own pool.
+    engine_rollout: float = 0.0
+    engine_update: float = 0.0
 
     @property
     def master_bytes(self) -> int:
@@ -249,7 +110,7 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
     lora = cfg.lora
     return Knobs(
         precision=plan.name,
-        frozen_bytes=_DTYPE_BYTES.get(loaded, 4),
+        frozen_bytes=DTYPE_BYTES.get(loaded, 4),
         lora_r=lora.r if lora is not None else None,
         lora_targets=tuple(lora.target_modules) if lora is not None else (),
         quantize=lora.quantize if lora is not None else "none",
@@ -263,7 +124,7 @@ def _knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape
         batch_size=cfg.batch_size,
         group_size=cfg.group_size,
         engine=engine,
-        engine_bytes=_DTYPE_BYTES.get(engine_dtype if engine_dtype != "auto" else loaded, 2),
+        engine_bytes=DTYPE_BYTES.get(engine_dtype if engine_dtype != "auto" else loaded, 2),
         gpus=gpus,
         strategy=strategy,
         device=device,
@@ -390,7 +251,7 @@ def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict
     """Generation: the KV cache of every row generated at once, on top of the persistent state."""
     a = k.compute_bytes
     kv_bytes = a if k.engine == "policy" else k.engine_bytes
-    kv = k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
+    kv = 0.0 if k.engine == "vllm" else k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
     fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
     extra = 0.0
     if k.strategy == "fsdp2" and k.gpus > 1:  # rollouts run on the full weights, gathered
@@ -400,8 +261,8 @@ def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict
     if k.engine == "hf":
         extra += shape.parameters * k.engine_bytes  # a second transformers copy
     # The last position's logits of every row, float32 (sampling).
-    logits = k.rollout_rows * shape.vocab * 4 * 2
-    return {"kv_cache": kv, "peak": fixed + extra + kv + logits}
+    logits = 0.0 if k.engine == "vllm" else k.rollout_rows * shape.vocab * 4 * 2
+    return {"kv_cache": kv, "peak": fixed + extra + kv + logits + k.engine_rollout}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -439,7 +300,8 @@ class MemoryPlan:
             "",
             "| component | GiB |",
             "|---|---|",
-            *(f"| {name} | {self.components.get(name, 0.0):.2f} |" for name in COMPONENTS),
+            *(f"| {name} | {self.components.get(name, 0.0):.2f} |" for name in COMPONENTS
+              if name != "vllm_engine" or self.components.get(name)),
             f"| update phase (allocated) | {self.phases.get('update', 0.0):.2f} |",
             f"| rollout phase (allocated) | {self.phases.get('rollout', 0.0):.2f} |",
             f"| **peak** | **{self.peak_gib:.2f}** |",
@@ -501,6 +363,7 @@ def _estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, 
     """Components (GiB) and phase totals for one set of knobs."""
     static = static_bytes(shape, k)
     update = update_bytes(shape, k, static)
+    update["peak"] += k.engine_update
     rollout = rollout_bytes(shape, k, static)
     allocated = max(update["peak"], rollout["peak"])
     if k.device == "cuda":
@@ -511,7 +374,7 @@ def _estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, 
         "weights": static["weights"], "gradients": static["gradients"], "optimizer": static["optimizer"],
         "reference": static["reference"], "activations": update["activations"],
         "logits": update["logits"] + update["cast_cache"] + update["step_temp"],
-        "kv_cache": rollout["kv_cache"], "runtime": runtime,
+        "kv_cache": rollout["kv_cache"], "vllm_engine": max(k.engine_rollout, k.engine_update), "runtime": runtime,
     }
     info = {"update": update["peak"], "rollout": rollout["peak"], "allocated": allocated, "moment": update["moment"],
             "trained": static["trained"], "cast_cache": update["cast_cache"], "step_temp": update["step_temp"]}
@@ -541,7 +404,7 @@ def estimate_memory(
         raise MemFactoryError(f"--gpu-mem {gpu_mem_gib}: device memory must be a positive number of GiB, e.g. 80")
     device, device_gib, label = _device_memory(gpus, gpu_mem_gib)
     strat = _resolve_strategy(gpus, strategy)
-    if preset.model.backend != "hf":
+    if preset.model.backend not in ("hf", "vllm"):
         raise MemFactoryError(
             f"model.backend {preset.model.backend!r}: the model runs elsewhere (a server), so this machine holds "
             "no weights to plan; plan a preset with backend: hf"
@@ -550,6 +413,15 @@ def estimate_memory(
     k = _knobs(preset, gpus, strat, device, shape)
     if call_shape is not None:
         k = replace(k, prompt=int(call_shape[0]), response=int(call_shape[1]))
+    engine_note = None
+    if k.engine == "vllm":
+        from memfactory.backends.vllm_engine import VLLMOptions, engine_memory
+
+        options = VLLMOptions.model_validate(preset.trainer.rollout.options)
+        held, during_update, engine_note = engine_memory(
+            options, cuda=device == "cuda", device_bytes=device_gib * GIB if device_gib else None,
+            weight_bytes=shape.parameters * k.engine_bytes)
+        k = replace(k, engine_rollout=held, engine_update=during_update)
     components, info = _estimate(shape, k)
     peak = _peak(info, components)
     budget = device_gib
@@ -576,8 +448,8 @@ def estimate_memory(
     else:
         notes.append(f"runtime = CUDA context ({CUDA_CONTEXT_GIB} GiB) + {CUDA_FRAGMENTATION:.0%} allocator "
                      "fragmentation (reserved over allocated)")
-    if k.engine == "vllm":
-        notes.append("trainer.rollout.engine vllm reserves its own gpu_memory_utilization share on top of this")
+    if engine_note:
+        notes.append(engine_note)
     if k.strategy == "fsdp2":
         notes.append("FSDP2: weights, gradients and optimizer state sharded; the reference copy is not")
     plan = MemoryPlan(

@@ -16,12 +16,21 @@ leaves a failed run behind. Each problem names its field:
   family's file suffix) or URIs, and that resolve nowhere; a bare set name (``eval_50``,
   ``locomo10``) may be downloaded later and is not needed to train.
 * ``judge``: the llm_judge reward without a judge model is already refused by the schema checks.
+* vLLM (``model.backend`` or ``trainer.rollout.engine`` vllm): vllm importable here, the model's
+  architecture and head size loadable, ``max_model_len`` at least the preset's longest call
+  (the planner's estimate) and a KV pool that holds one such sequence (see
+  :func:`memfactory.backends.vllm_engine.engine_problems`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from memfactory.backends.openai_api import normalise_base_url
-from memfactory.backends.sources import checkpoint_problem, model_path_problem
+from memfactory.backends.shape import DTYPE_BYTES, model_shape, preset_shape
+from memfactory.backends.sources import checkpoint_problem, model_path_problem, resolve_model_path
+from memfactory.backends.vllm_engine import NOT_INSTALLED, VLLMOptions, engine_problems, vllm_available
 from memfactory.config import ModelConfig, Preset
 from memfactory.data import sources
 from memfactory.errors import ConfigError, DataError, MemFactoryError
@@ -85,12 +94,43 @@ def env_problems(preset: Preset) -> list[tuple[str, str]]:
     return problems
 
 
+def vllm_problems(preset: Preset) -> list[tuple[str, str]]:
+    """A vLLM engine the preset asks for, checked before anything starts (imports vllm only if asked)."""
+    rollout = preset.trainer.rollout
+    uses = [(field, where, options) for field, where, options, used in (
+        ("model.backend", "model.options", preset.model.options, preset.model.backend == "vllm"),
+        ("trainer.rollout.engine", "trainer.rollout.options", rollout.options, rollout.engine == "vllm"),
+    ) if used]
+    if not uses:
+        return []
+    if not vllm_available():
+        return [(uses[0][0], NOT_INSTALLED)]
+    if model_path_problem(preset.model.path):
+        return []  # model_problems reports it
+    shape = model_shape(preset.model.path, preset.model.seed)
+    folder = Path(resolve_model_path(preset.model.path, seed=preset.model.seed))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if folder.is_dir() else {}
+    prompt, response, _ = preset_shape(preset)
+    problems: list[tuple[str, str]] = []
+    for _field, where, options in uses:
+        dtype = (rollout.dtype if where.startswith("trainer") else None) or preset.model.dtype
+        dtype_bytes = DTYPE_BYTES.get(shape.dtype if dtype == "auto" else dtype, 4)
+        problems += engine_problems(
+            VLLMOptions.model_validate(options), where=where, architectures=list(config.get("architectures") or []),
+            head_dim=shape.head_dim, kv_bytes_per_token=shape.kv_bytes_per_token(dtype_bytes),
+            weight_bytes=shape.parameters * dtype_bytes, model_len=config.get("max_position_embeddings"),
+            longest_call=(prompt, response),
+        )
+    return list(dict.fromkeys(problems))  # model.path problems once even when both sections use vLLM
+
+
 def preflight_problems(preset: Preset) -> list[tuple[str, str]]:
     """Every start-up problem of a schema-valid preset, each with its field path."""
     problems = model_problems(preset.model, "model")
     if preset.judge is not None:
         problems += model_problems(preset.judge, "judge")
     problems += env_problems(preset)
+    problems += vllm_problems(preset)
     return problems
 
 

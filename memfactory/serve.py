@@ -60,6 +60,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memfactory.backends.base import Backend
+from memfactory.backends.build import build_backend
 from memfactory.backends.hf import HFBackend
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
@@ -426,9 +427,13 @@ def _pieces(text: str) -> Iterator[str]:
 
 def model_context_length(backend: Backend) -> int | None:
     """The model's context in tokens (``max_position_embeddings`` and the tokenizer's
-    ``model_max_length``, the smaller), or None for a backend without a local model."""
+    ``model_max_length``, the smaller; a vLLM engine's ``max_model_len``), or None for a backend
+    without a local model."""
     config = getattr(getattr(backend, "model", None), "config", None)
     sizes = []
+    engine_length = getattr(backend, "max_model_len", None)
+    if isinstance(engine_length, int) and engine_length > 0:
+        sizes.append(engine_length)
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -793,19 +798,19 @@ class ServerThread:
         self.stop()
 
 
-def load_backend(cfg_or_path: ModelConfig | str, checkpoint: str | None = None) -> Backend:
-    """A local HF backend for a ModelConfig, a model path / built-in name, plus an optional checkpoint."""
+def load_backend(cfg_or_path: ModelConfig | str, checkpoint: str | None = None, backend: str = "hf") -> Backend:
+    """A local backend (hf, or vllm) for a ModelConfig or a model path / built-in name, plus an optional checkpoint."""
     if isinstance(cfg_or_path, ModelConfig):
         cfg = cfg_or_path
         if checkpoint:
             cfg = with_checkpoint(cfg, checkpoint)
     else:
-        cfg = ModelConfig(path=str(cfg_or_path), checkpoint=checkpoint)
-    if cfg.backend != "hf":
-        raise MemFactoryError(f"model.backend: serve loads a local model (backend hf), not {cfg.backend!r}")
+        cfg = ModelConfig(path=str(cfg_or_path), checkpoint=checkpoint, backend=backend)
+    if cfg.backend not in ("hf", "vllm"):
+        raise MemFactoryError(f"model.backend: serve loads a local model (backend hf or vllm), not {cfg.backend!r}")
     if cfg.checkpoint and not Path(cfg.checkpoint).is_dir():
         raise MemFactoryError(f"--checkpoint {cfg.checkpoint}: no such folder")
-    return HFBackend.from_config(cfg)
+    return HFBackend.from_config(cfg) if cfg.backend == "hf" else build_backend(cfg)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -836,10 +841,11 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    backend_name: str = "hf",
 ) -> None:
     """Load the model and serve it until SIGTERM / Ctrl-C (blocking); see :func:`create_app` for the limits."""
     _check_port_free(host, port)  # before the (slow) model load
-    backend = load_backend(cfg_or_path, checkpoint)
+    backend = load_backend(cfg_or_path, checkpoint, backend_name)
     detected = model_context_length(backend)
     if context_length and detected and context_length > detected:
         raise MemFactoryError(f"--max-context {context_length}: the model's context is {detected} tokens; "

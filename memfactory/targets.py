@@ -105,10 +105,11 @@ def with_checkpoint(target: T, checkpoint: str | Path | None) -> T:
 
 def with_model(target: T, path: str) -> T:
     """Another local base model: a checkpoint the preset names was trained on its own model, so it is
-    dropped, and so are the options of any backend but hf."""
+    dropped. A local engine (hf, vllm) stays what it was with its options; an endpoint becomes hf."""
     model = _model_of(target)
-    options = dict(model.options) if model.backend == "hf" else {}
-    swapped = model.model_copy(update={"backend": "hf", "path": path, "base_url": None, "options": options,
+    local = model.backend if model.backend in ("hf", "vllm") else "hf"
+    options = dict(model.options) if model.backend == local else {}
+    swapped = model.model_copy(update={"backend": local, "path": path, "base_url": None, "options": options,
                                        "checkpoint": None})
     return _with_model(target, swapped)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from memfactory.backends.vllm_engine import vllm_available
 from tests.test_preset_learning import assert_reward_rises
 
 
@@ -16,3 +17,13 @@ from tests.test_preset_learning import assert_reward_rises
 def test_grpo_raises_mean_reward_on_cpu(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_reward_rises("tiny_cpu_demo", 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vllm not installed (make vllm)")
+@pytest.mark.timeout(3600)
+def test_grpo_with_vllm_rollouts_raises_mean_reward_on_cpu(tmp_path, monkeypatch):
+    """The same demo and criterion, rollouts sampled by an in-process vLLM engine fed the merged LoRA weights."""
+    monkeypatch.chdir(tmp_path)
+    assert_reward_rises("tiny_cpu_demo", 0.2, "trainer.rollout.engine=vllm", "trainer.rollout.options={max_model_len: 1024}")

@@ -62,9 +62,9 @@ def test_preset_shapes_are_the_presets_real_longest_calls():
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_check
 
-    from memfactory import planner
+    from memfactory.backends import shape
 
-    assert gpu_check.preset_shape is planner.preset_shape
+    assert gpu_check.preset_shape is shape.preset_shape
 
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir

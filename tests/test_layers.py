@@ -29,6 +29,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("memfactory/planner.py", "memfactory.trainer.precision"): (
         "defers torch: trainer.precision imports it at the top, while `memfactory plan` and the Assemble tab "
         "import the planner without it (torch loads when a plan is computed)"),
+    ("memfactory/planner.py", "memfactory.backends.vllm_engine"): (
+        "defers torch: the vLLM backend builds on the hf backend (torch at the top); only a preset whose "
+        "rollout engine is vllm needs its sizing"),
     ("webui/__init__.py", "webui.app"): (
         "defers gradio: `import webui` (sharing, workspace, launch_command, used before any UI exists) must "
         "not import it"),

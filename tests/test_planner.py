@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from memfactory.backends.shape import model_shape, preset_shape
 from memfactory.cli import main
 from memfactory.config import load_preset
 from memfactory.errors import MemFactoryError
@@ -23,9 +24,7 @@ from memfactory.planner import (
     _knobs,
     estimate_memory,
     layer_activation_bytes,
-    model_shape,
     plan_markdown,
-    preset_shape,
     static_bytes,
     update_bytes,
 )

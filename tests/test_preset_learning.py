@@ -21,9 +21,10 @@ from memfactory.trainer.session import TrainingSession
 LEARNING_PRESETS = {"memagent_smollm2_cpu": 0.2, "memory_r1_tiny_cpu": 0.2, "rmm_tiny_cpu": 0.2}
 
 
-def assert_reward_rises(name: str, min_rise: float) -> list[float]:
-    """Train the shipped preset ``name`` in the current folder; its last fifth beats the first by ``min_rise``."""
-    preset = load_preset(presets_dir() / f"{name}.yaml", ["logging.swanlab=disabled"])
+def assert_reward_rises(name: str, min_rise: float, *overrides: str) -> list[float]:
+    """Train the shipped preset ``name`` (with ``overrides``) in the current folder; its last fifth
+    beats the first by ``min_rise``."""
+    preset = load_preset(presets_dir() / f"{name}.yaml", ["logging.swanlab=disabled", *overrides])
     session = TrainingSession(preset, run_id="learn")
     session.run(progress=False)
     assert session.status == "finished"

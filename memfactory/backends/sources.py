@@ -8,6 +8,7 @@ a full ``save_pretrained`` folder or a peft adapter folder (``adapter_config.jso
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -255,6 +256,32 @@ def load_model_and_tokenizer(
         model, tokenizer = _from_pretrained(source, cfg, "model.path", quantization=quantization)
     model.eval()
     return model, prepare_tokenizer(tokenizer)
+
+
+def save_merged(cfg: ModelConfig, folder: Path) -> None:
+    """``cfg`` loaded (a peft adapter checkpoint folded in with ``merge_and_unload``) and saved as
+    an ordinary transformers folder with its tokenizer: what tools without peft load."""
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+
+
+def merged_model_dir(cfg: ModelConfig) -> Path:
+    """A cached full-model folder of ``cfg.path`` + ``cfg.checkpoint`` (engines such as vLLM load
+    folders, not peft adapters). Keyed by the checkpoint's files (names, sizes, mtimes), so a
+    rewritten checkpoint is merged again; a full-weights checkpoint with its own tokenizer is used as is."""
+    problem = checkpoint_problem(cfg.checkpoint or "")
+    if problem:
+        raise MemFactoryError(problem)
+    ckpt = Path(cfg.checkpoint or "").expanduser().resolve()
+    if (ckpt / "config.json").is_file() and _has_tokenizer(ckpt):
+        return ckpt
+    stamp = [str(resolve_model_path(cfg.path, seed=cfg.seed)), str(ckpt), cfg.dtype]
+    stamp += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(ckpt.iterdir()) if f.is_file()]
+    key = "merged-" + hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:16]
+    return build_cached(cache_dir("models"), key, lambda folder: save_merged(cfg, folder))
 
 
 def _has_tokenizer(folder: Path) -> bool:

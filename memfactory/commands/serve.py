@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="tiny://qwen3-mini",
                         help="local model folder, tiny://qwen3-mini or smollm2-135m-instruct (default: %(default)s)")
     parser.add_argument("--checkpoint", help="a run's checkpoint folder to load on top of --model")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                        help="hf = transformers; vllm = an in-process vLLM engine (`make vllm`, run from .venv-vllm) "
+                        "(default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     parser.add_argument("--name", help="served model name clients must send (default: the checkpoint folder or --model)")
@@ -93,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
     serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
           max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key,
           context_length=args.max_context, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
-          request_timeout_s=args.request_timeout)
+          request_timeout_s=args.request_timeout, backend_name=args.backend)
     return 0

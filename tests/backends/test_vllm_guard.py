@@ -26,6 +26,6 @@ def test_constructing_raises_the_install_hint():
     with pytest.raises(MemFactoryError) as info:
         VLLMBackend("some/model")
     assert str(info.value) == NOT_INSTALLED
-    assert "pip install 'memfactory[vllm]'" in NOT_INSTALLED and "separate GPU environment" in NOT_INSTALLED
+    assert "make vllm" in NOT_INSTALLED and ".venv-vllm/bin/memfactory" in NOT_INSTALLED
     with pytest.raises(MemFactoryError, match=r"^vLLM is not installed"):
         VLLMBackend.from_config(ModelConfig(backend="vllm", path="some/model"))

@@ -118,7 +118,10 @@ def test_threads_get_their_own_connections(tmp_path):
     db = _db(tmp_path)
     run_id = db.create_run("t", tmp_path / "t").id
 
+    together = threading.Barrier(3)  # three live threads at once (a pool may reuse an idle one otherwise)
+
     def work(k):
+        together.wait()
         for step in range(20):
             db.update_progress(run_id, step, reward=k * 100 + step)
             db.update_meta(run_id, **{f"t{k}": step})

@@ -173,6 +173,8 @@ class BackendCache:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
+        if model.backend == "vllm":  # vLLM runs one in-process engine at a time: free the other first
+            self.keep_only([k for k in self._items if k[0] != "vllm"])
         if self._factory is not None:
             backend = self._factory(model)
         else:

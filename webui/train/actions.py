@@ -119,6 +119,7 @@ def memory_plan(preset, spec: LaunchSpec, hardware: Hardware) -> tuple[bool, lis
     except Exception as exc:  # noqa: BLE001 - the planner is advice: its failure must not block a launch
         return False, [f"no memory estimate: {str(exc).strip() or type(exc).__name__}"]
     advice = [str(a) for a in (getattr(plan, "advice", None) or [])]
+    advice += [n for n in getattr(plan, "notes", []) if str(n).startswith("vLLM engine")]  # its share of the plan
     return getattr(plan, "fits", None) is False, advice
 
 

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from memfactory.config import ModelConfig
+from memfactory.paths import presets_dir
 from webui.playground import compare, render
 
 TINY = "tiny://qwen3-mini"
@@ -157,3 +158,27 @@ def test_model_override_and_endpoint_presets(ws):
         compare.build_preset(compare.WorkflowSpec(base_url="http://127.0.0.1:1"), compare.RunSettings())
     with pytest.raises(Exception, match="choose a preset"):
         compare.build_preset(compare.WorkflowSpec(), compare.RunSettings())
+
+
+def test_vllm_presets_keep_their_backend_and_run_one_engine_at_a_time(ws):
+    text = (presets_dir() / "tiny_cpu_demo.yaml").read_text().replace("backend: hf", "backend: vllm")
+    (ws / "presets" / "demo_vllm.yaml").write_text(text.replace("name: tiny_cpu_demo", "name: demo_vllm"))
+    spec = compare.WorkflowSpec(preset="demo_vllm")
+    assert compare.build_preset(spec, compare.RunSettings()).model.backend == "vllm"
+    # another model, same engine
+    assert compare.build_preset(spec, compare.RunSettings(model_override=TINY)).model.backend == "vllm"
+
+    closed = []
+
+    class Engine:  # what the cache needs of a backend: close()
+        def __init__(self, model):
+            self.path = model.path
+
+        def close(self):
+            closed.append(self.path)
+
+    cache = compare.BackendCache(factory=Engine)
+    cache.get(ModelConfig(path="a", backend="vllm"))
+    cache.get(ModelConfig(path="h"))  # an hf backend may stay beside an engine
+    cache.get(ModelConfig(path="b", backend="vllm"))  # vLLM runs one in-process engine: "a" is closed first
+    assert closed == ["a"] and len(cache) == 2

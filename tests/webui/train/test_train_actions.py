@@ -7,8 +7,10 @@ import os
 import time
 
 import pytest
+import yaml
 
 from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.paths import presets_dir
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer.checkpoint import latest_checkpoint
@@ -167,3 +169,12 @@ def test_resume_refusals(ws):
     db.set_status("nocopy", "failed")
     with pytest.raises(MemFactoryError, match="no preset copy"):
         actions.resume(db, "nocopy", Attached())
+
+
+def test_the_plan_shows_a_colocated_vllm_engine(ws):
+    data = yaml.safe_load((presets_dir() / "tiny_cpu_demo.yaml").read_text())
+    data["trainer"]["rollout"] = {"engine": "vllm", "options": {"gpu_memory_utilization": 0.3, "enable_sleep_mode": True}}
+    (ws / "presets" / "demo_vllm.yaml").write_text(yaml.safe_dump(data))
+    check = actions.check_launch("demo_vllm", LaunchSpec(cuda=True), Hardware((Device(0, "big", 80.0, 80.0),), 4))
+    text = check.markdown()
+    assert "vLLM engine (trainer.rollout.engine vllm): 24.00 GiB" in text and "asleep during the update" in text
