@@ -109,6 +109,16 @@ class RolloutConfig(Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine options, e.g. gpu_memory_utilization / max_model_len for vllm"
     )
+    importance_sampling: bool | None = Field(
+        None, description="Weight each token's loss by min(exp(policy - engine log-prob), cap), as TRL/verl do for "
+        "vLLM (step metrics update/is_weight/...); None = on for a separate engine (hf, vllm), off for policy",
+    )
+    importance_sampling_cap: float = Field(3.0, ge=1.0, le=1e6, description="Truncation cap of that weight (TRL: 3)")
+
+    @property
+    def corrects_sampling(self) -> bool:
+        """Whether the update applies the importance-sampling correction."""
+        return self.engine != "policy" if self.importance_sampling is None else self.importance_sampling
 
 
 class TrainerConfig(Strict):
@@ -321,6 +331,9 @@ def _registry_problems(preset: Preset) -> list[tuple[str, str]]:
         check_options(REGISTRY.get("backend", "vllm"), rollout.options, "trainer.rollout.options")
     elif rollout.options:
         problems.append(("trainer.rollout.options", f"engine {rollout.engine!r} takes no options (only vllm does)"))
+    if rollout.engine == "policy" and rollout.importance_sampling:
+        problems.append(("trainer.rollout.importance_sampling", ("engine 'policy' samples with the policy itself: "
+                         "no engine mismatch to correct; leave it unset or pick engine hf or vllm")))
     for reward in preset.rewards:
         check("reward", reward, f"rewards.{reward}")
     from memfactory.envs.rewards import eval_only_problems  # the reward classes say which are eval-only

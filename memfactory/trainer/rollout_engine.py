@@ -18,8 +18,11 @@ are the base model's own (``model.layers.0.self_attn.q_proj.weight``), which is 
 
 Between syncs the engine lags the policy by up to ``sync_every - 1`` steps; the recorded
 rollout log-probs are the engine's, while the GRPO ratio is taken against the policy's own
-log-probs (recomputed when ``num_iterations > 1``), as TRL does without its importance-sampling
-correction. The lag is logged as ``rollout/policy_lag``.
+log-probs (recomputed when ``num_iterations > 1``). The engine's log-probs differ from the
+policy's (another dtype, another kernel, the lag), so each token's loss is weighted by the
+truncated importance-sampling weight ``min(exp(policy - engine), cap)`` (``trainer.rollout.
+importance_sampling``, on by default for a separate engine; see ``grpo.truncated_is_weights``).
+The lag is logged as ``rollout/policy_lag``.
 """
 
 from __future__ import annotations

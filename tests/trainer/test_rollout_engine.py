@@ -10,6 +10,7 @@ from memfactory.backends.vllm_engine import vllm_available
 from memfactory.config import load_preset
 from memfactory.errors import ConfigError, MemFactoryError
 from memfactory.paths import presets_dir
+from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.loop import GRPOTrainer
 from memfactory.trainer.rollout_engine import HFEngine, policy_weights
 from memfactory.types import ChatPrompt, SamplingParams
@@ -94,6 +95,43 @@ def test_resumed_run_syncs_the_checkpoint_into_the_engine(tmp_path, monkeypatch)
     assert trainer.engine.syncs == 1 and stats["rollout/policy_lag"] == 0.0
     assert_engine_matches_policy(trainer)
     assert trainer.engine.prepare(trainer.step)["time/sync_s"] == 0.0  # not again within the same step
+
+
+def test_a_bfloat16_engine_is_importance_corrected_with_the_policys_log_probs(tmp_path, monkeypatch):
+    """The engine samples in bf16, the policy trains in fp32: each token's weight is
+    min(exp(policy - engine), cap), computed here from the policy's own forward and compared."""
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.dtype=bfloat16")
+    assert trainer.cfg.rollout.corrects_sampling  # on by default for a separate engine
+    trainer.engine.prepare(trainer.step)
+    calls, advantages, _ = trainer.rollout(trainer.batch_for_step(1, 0))
+    batch = pack_calls(calls, trainer.tokenizer.pad_token_id)
+    assert batch.num_rows <= trainer.cfg.micro_batch_size  # one micro-batch: its statistics are the step's
+    with torch.no_grad():
+        policy = token_logprobs(trainer.policy, batch, temperature=trainer.cfg.temperature)
+    active = batch.response_mask.bool()
+    ratio = torch.exp(policy - batch.old_logps)[active]
+    assert 0 < float((ratio - 1).abs().max()) < 0.5  # bf16 sampling really differs, a little
+    stats = trainer.policy_update([(calls, advantages)])
+    cap = trainer.cfg.rollout.importance_sampling_cap
+    assert stats["is_weight/mean"] == pytest.approx(float(ratio.clamp(max=cap).mean()), rel=1e-4)
+    assert stats["is_weight/max"] == pytest.approx(float(ratio.max()), rel=1e-4)
+    assert stats["is_weight/truncated_fraction"] == pytest.approx(float((ratio > cap).float().mean()))
+
+
+def test_is_weights_are_step_metrics_of_a_separate_engine_only(tmp_path, monkeypatch):
+    capped = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.dtype=bfloat16",
+                          "trainer.rollout.importance_sampling_cap=1.0")
+    m = capped.train_step().metrics
+    # Cap 1: every token the policy likes more than the bf16 engine did is truncated to weight 1.
+    assert 0 < m["update/is_weight/truncated_fraction"] < 1
+    assert m["update/is_weight/mean"] < 1 < m["update/is_weight/max"]
+    off = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.importance_sampling=false")
+    policy = tiny_trainer(tmp_path, monkeypatch)
+    for trainer in (off, policy):
+        assert not trainer.cfg.rollout.corrects_sampling
+        assert not any(k.startswith("update/is_weight") for k in trainer.train_step().metrics)
+    with pytest.raises(ConfigError, match="trainer.rollout.importance_sampling"):
+        load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.importance_sampling=true"])
 
 
 def test_engine_dtype_and_options_are_validated(tmp_path):
