@@ -33,10 +33,11 @@ from typing import Any
 
 import torch
 
-from memfactory.backends.hf import HFBackend
+from memfactory.backends.hf import HFBackend, HFOptions
 from memfactory.backends.model_api import base_model
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
+from memfactory.trainer.sharding import is_sharded
 
 
 def _merged_weight(layer: Any) -> torch.Tensor | None:
@@ -131,7 +132,11 @@ class RolloutEngine:
         self.options = preset.trainer.rollout
         self.policy = policy
         if self.options.engine == "policy":
-            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking)
+            hf = HFOptions.of(preset.model)
+            if is_sharded(policy):  # FSDP gathers fresh full weights per rollout: a compiled step would recompile
+                hf = hf.model_copy(update={"decode": "eager"})
+            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking,
+                                          **hf.model_dump())
         else:
             self.backend = build_engine(preset, device)
             engine_vocab = getattr(self.backend, "tokenizer", None)

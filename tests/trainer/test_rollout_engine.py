@@ -134,6 +134,30 @@ def test_is_weights_are_step_metrics_of_a_separate_engine_only(tmp_path, monkeyp
         load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.importance_sampling=true"])
 
 
+@pytest.mark.timeout(600)
+def test_policy_rollouts_with_compiled_decoding_keep_both_prompt_sharings(tmp_path, monkeypatch):
+    """model.options.decode compiled (static KV cache + torch.compile; aot_eager here, see
+    tests/backends/test_static_decode.py) on a LoRA policy: the rollouts' prefill once per group and
+    the update's shared prompt forward both still apply, and two steps sample exactly what eager
+    decoding samples (the second after an optimizer step: the compiled step reads the new weights)."""
+    common = ["trainer.lora={r: 4, alpha: 8}", "trainer.micro_batch_size=4"]  # one group per update micro-batch
+    compiled = tiny_trainer(tmp_path, monkeypatch, *common, "model.options={decode: compiled, compile_backend: aot_eager}")
+    eager = tiny_trainer(tmp_path, monkeypatch, *common, "model.options={decode: eager}")
+    assert compiled.backend.compiled and not eager.backend.compiled
+    for _ in range(2):
+        rng = torch.get_rng_state()  # one process: both trainers draw from the one global stream
+        ours = compiled.train_step()
+        torch.set_rng_state(rng)
+        theirs = eager.train_step()
+        assert [c.response_ids for t in ours.trajectories for c in t.calls] == [
+            c.response_ids for t in theirs.trajectories for c in t.calls
+        ]
+        m = ours.metrics
+        assert m["rollout/shared_prefill_fraction"] == theirs.metrics["rollout/shared_prefill_fraction"] == 0.75
+        assert m["update/shared_prompt_fraction"] == theirs.metrics["update/shared_prompt_fraction"] > 0
+    assert hasattr(compiled.policy.get_base_model(), "_compiled_call")
+
+
 def test_engine_dtype_and_options_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="trainer.rollout.options"):
         load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.options={gpu_memory_utilization: 0.3}"])
