@@ -134,3 +134,17 @@ def test_a_failing_compile_is_a_clear_error_or_falls_back_to_eager(model_and_tok
     assert auto.decode == "eager" and auto.prefill_stats == {"rows": 8, "prefilled": 4}
     assert_same(HFBackend(model, tokenizer, decode="eager").generate(_group_prompts(2), GREEDY), got)
     torch._dynamo.reset()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.timeout(600)
+def test_auto_decoding_on_cuda_is_compiled_and_matches_eager():
+    """On CUDA the default (auto) compiles with inductor and CUDA graphs (reduce-overhead)."""
+    model, tokenizer = load_model_and_tokenizer(TINY)
+    model.to("cuda")
+    eager, auto = HFBackend(model, tokenizer, decode="eager"), HFBackend(model, tokenizer)
+    assert auto.compiled and auto.device.type == "cuda"
+    assert_same(eager.generate(PROMPTS, GREEDY), auto.generate(PROMPTS, GREEDY))
+    assert_same(eager.generate(_group_prompts(), SAMPLED), auto.generate(_group_prompts(), SAMPLED))
+    assert auto.prefill_stats == eager.prefill_stats

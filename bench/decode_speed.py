@@ -1,0 +1,283 @@
+"""Decode speed against the memory roofline: eager vs static+compiled ``hf`` decoding vs vLLM.
+
+(a) ``speed``: ``B`` distinct prompts (default 256 words each), ``N`` new tokens sampled at T=1
+    (seeded, no stop strings), at each batch size in ``--batches`` (16 and 64), through
+    ``HFBackend`` with ``model.options.decode`` eager and compiled, and through the in-process vLLM
+    engine where vllm is installed (else "not installed"). Decode time = time(N tokens) -
+    time(1 token), i.e. without the prefill; ms/step = decode time / (longest response - 1).
+
+    Memory roofline: a decode step must read every weight once, so it cannot beat
+    ``weight bytes / memory bandwidth`` (KV-cache reads, small at these prompt lengths, add to it).
+    The bandwidth is measured on the device (a large tensor copy, read + write), or given with
+    ``--bandwidth-gbs``. Reported: ms/step next to that bound and their ratio (1.0 = at the
+    limit), plus tokens/s next to ``B / bound``.
+
+(b) ``--demo``: the CPU demo's rollout (presets/tiny_cpu_demo.yaml: SmolLM2-135M-Instruct + LoRA,
+    4 prompts x 8 samples = 32 rows x <= 16 tokens, stop "}", T 0.7) through ``GRPOTrainer.rollout``,
+    eager and compiled in one process, interleaved, medians of ``--repeats``; the first compiled
+    call (the compilation) is reported separately, and the sampled tokens are checked to be equal.
+    ``--profile`` prints torch-profiler tables of one rollout each (what dominates).
+
+    OMP_NUM_THREADS=1 python bench/decode_speed.py --model smollm2-135m-instruct --batches 16 64 --new-tokens 32
+    OMP_NUM_THREADS=1 python bench/decode_speed.py --demo --repeats 5 --profile
+    python bench/decode_speed.py --model tiny://qwen3-1.7b-shape --dtype bfloat16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch
+
+from memfactory.backends.hf import HFBackend
+from memfactory.backends.sources import load_model_and_tokenizer, resolve_model_path
+from memfactory.config import ModelConfig
+from memfactory.types import ChatPrompt, SamplingParams
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth(device: torch.device, mib: int | None = None, repeats: int = 5) -> float:
+    """Bytes/s of a large on-device copy (each byte read once and written once), best of ``repeats``."""
+    mib = mib or (2048 if device.type == "cuda" else 256)
+    source = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    moved = 2 * source.numel() * source.element_size()
+    del source, target
+    return moved / best
+
+
+def weight_bytes_per_step(model: Any) -> int:
+    """Bytes of the weights one decode step reads: every parameter, less an untied input embedding
+    table (a step looks up only ``B`` of its rows)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if outputs is None or inputs.weight.data_ptr() != outputs.weight.data_ptr():
+        total -= inputs.weight.numel() * inputs.weight.element_size()
+    return total
+
+
+def prompts(n: int, words: int) -> list[ChatPrompt]:
+    """Distinct prompts (no prefill sharing), as bench/gpu_check.py's generation section."""
+    return [ChatPrompt([{"role": "user", "content": " ".join(["memory"] * words) + f" question {i}"}]) for i in range(n)]
+
+
+def timed_generate(backend: Any, batch: list[ChatPrompt], params: SamplingParams, device: torch.device) -> tuple[float, list]:
+    sync(device)
+    started = time.perf_counter()
+    out = backend.generate(batch, params)
+    sync(device)
+    return time.perf_counter() - started, out
+
+
+def decode_row(engine: str, backend: Any, batch: int, new_tokens: int, words: int, device: torch.device,
+               step_bound_s: float) -> dict:
+    """One engine at one batch size: warm-up (compiles), then N tokens and 1 token, both timed."""
+    work = prompts(batch, words)
+    full = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    one = SamplingParams(max_new_tokens=1, temperature=1.0, seed=0)
+    started = time.perf_counter()
+    backend.generate(work, full)  # compiles the decode step for this batch (and the cache length)
+    backend.generate(work, one)
+    warm_s = time.perf_counter() - started
+    seconds, out = timed_generate(backend, work, full, device)
+    prefill_s, _ = timed_generate(backend, work, one, device)
+    lengths = [len(g.response_ids) for g in out]
+    steps = max(max(lengths) - 1, 1)
+    decode_s = max(seconds - prefill_s, 1e-9)
+    step_s = decode_s / steps
+    tokens = sum(n - 1 for n in lengths if n)
+    return {
+        "engine": engine, "batch": batch, "new_tokens": sum(lengths), "seconds": round(seconds, 3),
+        "prefill_s": round(prefill_s, 3), "warmup_s": round(warm_s, 1),
+        "tokens_per_s": round(tokens / decode_s, 1), "ms_per_step": round(1e3 * step_s, 2),
+        "roofline_ms_per_step": round(1e3 * step_bound_s, 3),
+        "roofline_tokens_per_s": round(batch / step_bound_s, 1),
+        "roofline_ratio": round(step_bound_s / step_s, 4),
+    }
+
+
+def vllm_backend(path: str, dtype: str, device: torch.device) -> Any | None:
+    """The in-process vLLM engine, or None when vllm is not installed (import guarded)."""
+    from memfactory.backends.vllm_engine import VLLMBackend, vllm_available
+
+    if not vllm_available():
+        return None
+    options = {"gpu_memory_utilization": 0.4} if device.type == "cuda" else {}
+    return VLLMBackend.from_config(ModelConfig(path=resolve_model_path(path), dtype=dtype), **options)
+
+
+def measure(path: str, *, dtype: str = "bfloat16", batches: tuple[int, ...] = (16, 64), new_tokens: int = 256,
+            words: int = 256, compile_backend: str = "inductor", engines: tuple[str, ...] = ("eager", "compiled", "vllm"),
+            bandwidth_gbs: float | None = None) -> dict:
+    """Every engine at every batch size, next to the roofline; the result is JSON-ready."""
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=path, dtype=dtype, attn="sdpa"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    bandwidth = bandwidth_gbs * 1e9 if bandwidth_gbs else measure_bandwidth(device)
+    weights = weight_bytes_per_step(model)
+    bound = weights / bandwidth
+    info = {"model": path, "dtype": dtype, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads", "bandwidth_gbs": round(bandwidth / 1e9, 1),
+            "bandwidth_measured": bandwidth_gbs is None, "weights_gib": round(weights / 2**30, 3),
+            "new_tokens": new_tokens, "prompt_words": words, "compile_backend": compile_backend}
+    rows: list[dict] = []
+    hf = {"eager": HFBackend(model, tokenizer, decode="eager"),
+          "compiled": HFBackend(model, tokenizer, decode="compiled", compile_backend=compile_backend)}
+    for engine in [e for e in engines if e in hf]:
+        for batch in batches:
+            rows.append(decode_row(engine, hf[engine], batch, new_tokens, words, device, bound))
+            print(json.dumps(rows[-1]), flush=True)
+    if "vllm" in engines:
+        del hf, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        engine = vllm_backend(path, dtype, device)
+        if engine is None:
+            rows.append({"engine": "vllm", "skipped": "not installed"})
+        else:
+            for batch in batches:
+                rows.append(decode_row("vllm", engine, batch, new_tokens, words, device, bound))
+        print(json.dumps(rows[-1]), flush=True)
+    return {**info, "rows": rows}
+
+
+def speed_markdown(result: dict) -> str:
+    source = "measured copy" if result["bandwidth_measured"] else "given"
+    lines = [(f"{result['device']}, {result['model']} in {result['dtype']}: {result['weights_gib']} GiB of weights "
+              f"read per step; memory bandwidth {result['bandwidth_gbs']} GB/s ({source}); prompts of "
+              f"{result['prompt_words']} words, {result['new_tokens']} new tokens, compile backend "
+              f"{result['compile_backend']}."), "",
+             ("| engine | batch | decode tokens/s | ms/step | roofline ms/step | roofline tokens/s | share of roofline "
+              "| first calls (compile) s |"), "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['engine']} | | {r['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {r['engine']} | {r['batch']} | {r['tokens_per_s']} | {r['ms_per_step']} "
+                     f"| {r['roofline_ms_per_step']} | {r['roofline_tokens_per_s']} | {100 * r['roofline_ratio']:.1f}% "
+                     f"| {r['warmup_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- (b) the demo's rollout
+
+
+def demo_trainer(decode: str, compile_backend: str, workdir: Path) -> Any:
+    from memfactory.config import load_preset
+    from memfactory.paths import presets_dir
+    from memfactory.trainer.loop import GRPOTrainer
+
+    preset = load_preset(presets_dir() / "tiny_cpu_demo.yaml", [
+        f"model.options={{decode: {decode}, compile_backend: {compile_backend}}}", "logging.swanlab=disabled",
+        f"logging.runs_dir={workdir}/runs", f"logging.runs_db={workdir}/runs/memfactory.db"])
+    return GRPOTrainer(preset)
+
+
+def rollout_tokens(trainer: Any, rng: torch.Tensor) -> tuple[float, list[list[int]]]:
+    """One rollout of step 1's prompts from RNG state ``rng``: seconds and the sampled ids."""
+    torch.set_rng_state(rng)
+    samples = trainer.batch_for_step(1, 0)
+    started = time.perf_counter()
+    _, _, trajectories = trainer.rollout(samples)
+    seconds = time.perf_counter() - started
+    return seconds, [c.response_ids for t in trajectories for c in t.calls]
+
+
+def demo(repeats: int, compile_backend: str, profile: bool, workdir: Path) -> dict:
+    trainers = {name: demo_trainer(name, compile_backend, workdir) for name in ("eager", "compiled")}
+    rng = torch.get_rng_state()
+    first: dict[str, float] = {}
+    ids: dict[str, list[list[int]]] = {}
+    for name, trainer in trainers.items():
+        first[name], ids[name] = rollout_tokens(trainer, rng)
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):  # interleaved: a busy shared machine slows both alike
+        for name, trainer in trainers.items():
+            seconds, again = rollout_tokens(trainer, rng)
+            assert again == ids[name], f"{name}: the same RNG state sampled different tokens"
+            times[name].append(seconds)
+    rows = len(ids["eager"])
+    tokens = sum(len(r) for r in ids["eager"])
+    out = {"threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+           "rows": rows, "tokens": tokens, "same_tokens": ids["eager"] == ids["compiled"],
+           "compile_backend": compile_backend, "repeats": repeats,
+           "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    for name in trainers:
+        median = statistics.median(times[name])
+        out[name] = {"first_s": round(first[name], 2), "median_s": round(median, 3),
+                     "min_s": round(min(times[name]), 3), "tokens_per_s": round(tokens / median, 1)}
+    if profile:
+        out["profile"] = {name: profile_rollout(trainer, rng) for name, trainer in trainers.items()}
+    return out
+
+
+def profile_rollout(trainer: Any, rng: torch.Tensor, top: int = 18) -> str:
+    """torch.profiler table of one rollout, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        rollout_tokens(trainer, rng)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 256 on CUDA, 32 on CPU")
+    parser.add_argument("--prompt-words", type=int, default=None, help="default: 256 on CUDA, 64 on CPU")
+    parser.add_argument("--engines", default="eager,compiled,vllm")
+    parser.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
+    parser.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth for the roofline (default: measured)")
+    parser.add_argument("--demo", action="store_true", help="(b) the CPU demo's rollout, eager vs compiled")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="with --demo: torch-profiler tables")
+    parser.add_argument("--json", help="write the result here")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+    if args.demo:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            result = demo(args.repeats, args.compile_backend, args.profile, Path(folder))
+        for name, table in result.get("profile", {}).items():
+            print(f"--- profile: {name}\n{table}")
+        print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
+    else:
+        result = measure(args.model, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
+                         batches=tuple(args.batches), new_tokens=args.new_tokens or (256 if cuda else 32),
+                         words=args.prompt_words or (256 if cuda else 64), compile_backend=args.compile_backend,
+                         engines=tuple(args.engines.split(",")), bandwidth_gbs=args.bandwidth_gbs)
+        print(speed_markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
