@@ -16,6 +16,7 @@
     4 prompts x 8 samples = 32 rows x <= 16 tokens, stop "}", T 0.7) through ``GRPOTrainer.rollout``,
     eager and compiled in one process, interleaved, medians of ``--repeats``; the first compiled
     call (the compilation) is reported separately, and the sampled tokens are checked to be equal.
+    A rollout capped at 1 token times the prefill (+ first token); the rest is the decode steps.
     ``--profile`` prints torch-profiler tables of one rollout each (what dominates).
 
     OMP_NUM_THREADS=1 python bench/decode_speed.py --model smollm2-135m-instruct --batches 16 64 --new-tokens 32
@@ -196,13 +197,19 @@ def demo_trainer(decode: str, compile_backend: str, workdir: Path) -> Any:
     return GRPOTrainer(preset)
 
 
-def rollout_tokens(trainer: Any, rng: torch.Tensor) -> tuple[float, list[list[int]]]:
-    """One rollout of step 1's prompts from RNG state ``rng``: seconds and the sampled ids."""
+def rollout_tokens(trainer: Any, rng: torch.Tensor, max_new_tokens: int | None = None) -> tuple[float, list[list[int]]]:
+    """One rollout of step 1's prompts from RNG state ``rng``: seconds and the sampled ids
+    (``max_new_tokens=1``: the prefill and first token only)."""
     torch.set_rng_state(rng)
     samples = trainer.batch_for_step(1, 0)
-    started = time.perf_counter()
-    _, _, trajectories = trainer.rollout(samples)
-    seconds = time.perf_counter() - started
+    cap = trainer.cfg.max_new_tokens
+    trainer.cfg.max_new_tokens = max_new_tokens or cap
+    try:
+        started = time.perf_counter()
+        _, _, trajectories = trainer.rollout(samples)
+        seconds = time.perf_counter() - started
+    finally:
+        trainer.cfg.max_new_tokens = cap
     return seconds, [c.response_ids for t in trajectories for c in t.calls]
 
 
@@ -214,21 +221,27 @@ def demo(repeats: int, compile_backend: str, profile: bool, workdir: Path) -> di
     for name, trainer in trainers.items():
         first[name], ids[name] = rollout_tokens(trainer, rng)
     times: dict[str, list[float]] = {name: [] for name in trainers}
+    firsts: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(repeats):  # interleaved: a busy shared machine slows both alike
         for name, trainer in trainers.items():
             seconds, again = rollout_tokens(trainer, rng)
             assert again == ids[name], f"{name}: the same RNG state sampled different tokens"
             times[name].append(seconds)
+            firsts[name].append(rollout_tokens(trainer, rng, max_new_tokens=1)[0])
     rows = len(ids["eager"])
     tokens = sum(len(r) for r in ids["eager"])
     out = {"threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
            "rows": rows, "tokens": tokens, "same_tokens": ids["eager"] == ids["compiled"],
            "compile_backend": compile_backend, "repeats": repeats,
            "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    steps = max(len(r) for r in ids["eager"])
+    out["decode_steps"] = steps
     for name in trainers:
-        median = statistics.median(times[name])
-        out[name] = {"first_s": round(first[name], 2), "median_s": round(median, 3),
-                     "min_s": round(min(times[name]), 3), "tokens_per_s": round(tokens / median, 1)}
+        median, prefill = statistics.median(times[name]), statistics.median(firsts[name])
+        out[name] = {"first_call_s": round(first[name], 2), "median_s": round(median, 3),
+                     "min_s": round(min(times[name]), 3), "tokens_per_s": round(tokens / median, 1),
+                     "prefill_and_first_token_s": round(prefill, 3),
+                     "decode_ms_per_step": round(1e3 * (median - prefill) / max(steps - 1, 1), 1)}
     if profile:
         out["profile"] = {name: profile_rollout(trainer, rng) for name, trainer in trainers.items()}
     return out
