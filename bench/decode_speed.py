@@ -116,7 +116,7 @@ def decode_row(engine: str, backend: Any, batch: int, new_tokens: int, words: in
         "tokens_per_s": round(tokens / decode_s, 1), "ms_per_step": round(1e3 * step_s, 2),
         "roofline_ms_per_step": round(1e3 * step_bound_s, 3),
         "roofline_tokens_per_s": round(batch / step_bound_s, 1),
-        "roofline_ratio": round(step_bound_s / step_s, 4),
+        "roofline_ratio": float(f"{step_bound_s / step_s:.3g}"),
     }
 
 
@@ -142,7 +142,7 @@ def measure(path: str, *, dtype: str = "bfloat16", batches: tuple[int, ...] = (1
     bound = weights / bandwidth
     info = {"model": path, "dtype": dtype, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads", "bandwidth_gbs": round(bandwidth / 1e9, 1),
-            "bandwidth_measured": bandwidth_gbs is None, "weights_gib": round(weights / 2**30, 3),
+            "bandwidth_measured": bandwidth_gbs is None, "weights_gib": float(f"{weights / 2**30:.3g}"),
             "new_tokens": new_tokens, "prompt_words": words, "compile_backend": compile_backend}
     rows: list[dict] = []
     hf = {"eager": HFBackend(model, tokenizer, decode="eager"),
@@ -178,7 +178,7 @@ def speed_markdown(result: dict) -> str:
             lines.append(f"| {r['engine']} | | {r['skipped']} | | | | | |")
             continue
         lines.append(f"| {r['engine']} | {r['batch']} | {r['tokens_per_s']} | {r['ms_per_step']} "
-                     f"| {r['roofline_ms_per_step']} | {r['roofline_tokens_per_s']} | {100 * r['roofline_ratio']:.1f}% "
+                     f"| {r['roofline_ms_per_step']} | {r['roofline_tokens_per_s']} | {100 * r['roofline_ratio']:.3g}% "
                      f"| {r['warmup_s']} |")
     return "\n".join(lines) + "\n"
 
