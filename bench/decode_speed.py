@@ -17,7 +17,9 @@
     eager and compiled in one process, interleaved, medians of ``--repeats``; the first compiled
     call (the compilation) is reported separately, and the sampled tokens are checked to be equal.
     A rollout capped at 1 token times the prefill (+ first token); the rest is the decode steps.
-    ``--profile`` prints torch-profiler tables of one rollout each (what dominates).
+    ``--profile``: per operator, the decode steps' self CPU ms per step (torch.profiler: a whole
+    rollout minus one capped at 1 token). Times are this process's CPU seconds (``--wall``: wall
+    clock), so other processes on a shared machine do not decide the comparison.
 
     OMP_NUM_THREADS=1 python bench/decode_speed.py --model smollm2-135m-instruct --batches 16 64 --new-tokens 32
     OMP_NUM_THREADS=1 python bench/decode_speed.py --demo --repeats 5 --profile
@@ -197,40 +199,43 @@ def demo_trainer(decode: str, compile_backend: str, workdir: Path) -> Any:
     return GRPOTrainer(preset)
 
 
-def rollout_tokens(trainer: Any, rng: torch.Tensor, max_new_tokens: int | None = None) -> tuple[float, list[list[int]]]:
-    """One rollout of step 1's prompts from RNG state ``rng``: seconds and the sampled ids
-    (``max_new_tokens=1``: the prefill and first token only)."""
+def rollout_tokens(trainer: Any, rng: torch.Tensor, max_new_tokens: int | None = None,
+                   clock=time.process_time) -> tuple[float, list[list[int]]]:
+    """One rollout of step 1's prompts from RNG state ``rng``: seconds of ``clock`` and the sampled
+    ids (``max_new_tokens=1``: the prefill and first token only). The default clock counts this
+    process's CPU seconds, so other processes on a shared machine do not decide a comparison."""
     torch.set_rng_state(rng)
     samples = trainer.batch_for_step(1, 0)
     cap = trainer.cfg.max_new_tokens
     trainer.cfg.max_new_tokens = max_new_tokens or cap
     try:
-        started = time.perf_counter()
+        started = clock()
         _, _, trajectories = trainer.rollout(samples)
-        seconds = time.perf_counter() - started
+        seconds = clock() - started
     finally:
         trainer.cfg.max_new_tokens = cap
     return seconds, [c.response_ids for t in trajectories for c in t.calls]
 
 
-def demo(repeats: int, compile_backend: str, profile: bool, workdir: Path) -> dict:
+def demo(repeats: int, compile_backend: str, profile: bool, workdir: Path, clock=time.process_time) -> dict:
     trainers = {name: demo_trainer(name, compile_backend, workdir) for name in ("eager", "compiled")}
     rng = torch.get_rng_state()
     first: dict[str, float] = {}
     ids: dict[str, list[list[int]]] = {}
     for name, trainer in trainers.items():
-        first[name], ids[name] = rollout_tokens(trainer, rng)
+        first[name], ids[name] = rollout_tokens(trainer, rng, clock=clock)
     times: dict[str, list[float]] = {name: [] for name in trainers}
     firsts: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(repeats):  # interleaved: a busy shared machine slows both alike
         for name, trainer in trainers.items():
-            seconds, again = rollout_tokens(trainer, rng)
+            seconds, again = rollout_tokens(trainer, rng, clock=clock)
             assert again == ids[name], f"{name}: the same RNG state sampled different tokens"
             times[name].append(seconds)
-            firsts[name].append(rollout_tokens(trainer, rng, max_new_tokens=1)[0])
+            firsts[name].append(rollout_tokens(trainer, rng, max_new_tokens=1, clock=clock)[0])
     rows = len(ids["eager"])
     tokens = sum(len(r) for r in ids["eager"])
-    out = {"threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    out = {"clock": "wall" if clock is time.perf_counter else "process CPU", "threads": torch.get_num_threads(),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
            "rows": rows, "tokens": tokens, "same_tokens": ids["eager"] == ids["compiled"],
            "compile_backend": compile_backend, "repeats": repeats,
            "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
@@ -243,17 +248,28 @@ def demo(repeats: int, compile_backend: str, profile: bool, workdir: Path) -> di
                      "prefill_and_first_token_s": round(prefill, 3),
                      "decode_ms_per_step": round(1e3 * (median - prefill) / max(steps - 1, 1), 1)}
     if profile:
-        out["profile"] = {name: profile_rollout(trainer, rng) for name, trainer in trainers.items()}
+        out["decode_ms_per_step_by_op"] = {name: profile_decode(trainer, rng, steps) for name, trainer in trainers.items()}
     return out
 
 
-def profile_rollout(trainer: Any, rng: torch.Tensor, top: int = 18) -> str:
-    """torch.profiler table of one rollout, by self CPU time."""
+def op_times(trainer: Any, rng: torch.Tensor, max_new_tokens: int | None = None) -> dict[str, float]:
+    """Self CPU seconds per operator (torch.profiler) over one rollout."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        rollout_tokens(trainer, rng)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        rollout_tokens(trainer, rng, max_new_tokens)
+    return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+
+
+def profile_decode(trainer: Any, rng: torch.Tensor, steps: int, top: int = 12) -> dict[str, float]:
+    """What the decode steps spend their CPU time on: per operator, a whole rollout's self CPU time
+    minus that of the rollout capped at 1 token (prefill and first token), per decode step, in ms."""
+    full, prefill = op_times(trainer, rng), op_times(trainer, rng, max_new_tokens=1)
+    decode = {op: (t - prefill.get(op, 0.0)) * 1e3 / max(steps - 1, 1) for op, t in full.items()}
+    ranked = sorted(decode.items(), key=lambda kv: -kv[1])
+    out = {op.replace("## ", "").split(" ")[0] if op.startswith("##") else op: round(ms, 2) for op, ms in ranked[:top]}
+    out["(total)"] = round(sum(decode.values()), 1)
+    return out
 
 
 def main() -> None:
@@ -268,7 +284,8 @@ def main() -> None:
     parser.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth for the roofline (default: measured)")
     parser.add_argument("--demo", action="store_true", help="(b) the CPU demo's rollout, eager vs compiled")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="with --demo: torch-profiler tables")
+    parser.add_argument("--profile", action="store_true", help="with --demo: decode time per operator (torch.profiler)")
+    parser.add_argument("--wall", action="store_true", help="with --demo: time the wall clock, not this process's CPU")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
@@ -278,10 +295,9 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
-            result = demo(args.repeats, args.compile_backend, args.profile, Path(folder))
-        for name, table in result.get("profile", {}).items():
-            print(f"--- profile: {name}\n{table}")
-        print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
+            result = demo(args.repeats, args.compile_backend, args.profile, Path(folder),
+                          clock=time.perf_counter if args.wall else time.process_time)
+        print(json.dumps(result, indent=2))
     else:
         result = measure(args.model, dtype=args.dtype or ("bfloat16" if cuda else "float32"),
                          batches=tuple(args.batches), new_tokens=args.new_tokens or (256 if cuda else 32),
