@@ -10,7 +10,8 @@
     ``weight bytes / memory bandwidth`` (KV-cache reads, small at these prompt lengths, add to it).
     The bandwidth is measured on the device (a large tensor copy, read + write), or given with
     ``--bandwidth-gbs``. Reported: ms/step next to that bound and their ratio (1.0 = at the
-    limit), plus tokens/s next to ``B / bound``.
+    limit), plus tokens/s next to ``B / bound``. Beside it the compute side: the step's matmul
+    FLOPs (2 x weights x B) at a measured large-matmul rate; on a CPU that, not memory, is the limit.
 
 (b) ``--demo``: the CPU demo's rollout (presets/tiny_cpu_demo.yaml: SmolLM2-135M-Instruct + LoRA,
     4 prompts x 8 samples = 32 rows x <= 16 tokens, stop "}", T 0.7) through ``GRPOTrainer.rollout``,
@@ -72,6 +73,22 @@ def measure_bandwidth(device: torch.device, mib: int | None = None, repeats: int
     return moved / best
 
 
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 3) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` (best of ``repeats``): the compute side of the bound."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
 def weight_bytes_per_step(model: Any) -> int:
     """Bytes of the weights one decode step reads: every parameter, less an untied input embedding
     table (a step looks up only ``B`` of its rows)."""
@@ -104,7 +121,7 @@ def timed_generate(backend: Any, batch: list[ChatPrompt], params: SamplingParams
 
 
 def decode_row(engine: str, backend: Any, batch: int, new_tokens: int, words: int, device: torch.device,
-               step_bound_s: float) -> dict:
+               step_bound_s: float, flops_per_token: float = 0.0, flops: float = 0.0) -> dict:
     """One engine at one batch size: warm-up (compiles), then N tokens and 1 token, both timed."""
     work = prompts(batch, words)
     full = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
@@ -129,6 +146,8 @@ def decode_row(engine: str, backend: Any, batch: int, new_tokens: int, words: in
         "roofline_ms_per_step": round(1e3 * step_bound_s, 3),
         "roofline_tokens_per_s": round(batch / step_bound_s, 1),
         "roofline_ratio": float(f"{step_bound_s / step_s:.3g}"),
+        # The compute side: a step's matmul FLOPs (2 x weights x rows) at the measured matmul rate.
+        "compute_ms_per_step": float(f"{1e3 * flops_per_token * batch / flops:.3g}") if flops else None,
     }
 
 
@@ -152,9 +171,12 @@ def measure(path: str, *, dtype: str = "bfloat16", batches: tuple[int, ...] = (1
     bandwidth = bandwidth_gbs * 1e9 if bandwidth_gbs else measure_bandwidth(device)
     weights = weight_bytes_per_step(model)
     bound = weights / bandwidth
+    flops = measure_matmul_flops(device, model.dtype)
+    flops_per_token = 2 * weights / next(model.parameters()).element_size()
     info = {"model": path, "dtype": dtype, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU, {torch.get_num_threads()} threads", "bandwidth_gbs": round(bandwidth / 1e9, 1),
             "bandwidth_measured": bandwidth_gbs is None, "weights_gib": float(f"{weights / 2**30:.3g}"),
+            "matmul_tflops": float(f"{flops / 1e12:.3g}"),
             "new_tokens": new_tokens, "prompt_words": words, "compile_backend": compile_backend,
             "clock": "wall" if device.type == "cuda" else "process CPU"}
     rows: list[dict] = []
@@ -162,7 +184,7 @@ def measure(path: str, *, dtype: str = "bfloat16", batches: tuple[int, ...] = (1
           "compiled": HFBackend(model, tokenizer, decode="compiled", compile_backend=compile_backend)}
     for engine in [e for e in engines if e in hf]:
         for batch in batches:
-            rows.append(decode_row(engine, hf[engine], batch, new_tokens, words, device, bound))
+            rows.append(decode_row(engine, hf[engine], batch, new_tokens, words, device, bound, flops_per_token, flops))
             print(json.dumps(rows[-1]), flush=True)
     if "vllm" in engines:
         del hf, model
@@ -173,7 +195,7 @@ def measure(path: str, *, dtype: str = "bfloat16", batches: tuple[int, ...] = (1
             rows.append({"engine": "vllm", "skipped": "not installed"})
         else:
             for batch in batches:
-                rows.append(decode_row("vllm", engine, batch, new_tokens, words, device, bound))
+                rows.append(decode_row("vllm", engine, batch, new_tokens, words, device, bound, flops_per_token, flops))
         print(json.dumps(rows[-1]), flush=True)
     return {**info, "rows": rows}
 
@@ -183,16 +205,16 @@ def speed_markdown(result: dict) -> str:
     lines = [(f"{result['device']}, {result['model']} in {result['dtype']}: {result['weights_gib']} GiB of weights "
               f"read per step; memory bandwidth {result['bandwidth_gbs']} GB/s ({source}); prompts of "
               f"{result['prompt_words']} words, {result['new_tokens']} new tokens, compile backend "
-              f"{result['compile_backend']}; {result['clock']} time."), "",
-             ("| engine | batch | decode tokens/s | ms/step | roofline ms/step | roofline tokens/s | share of roofline "
-              "| first calls (compile) s |"), "|---|---|---|---|---|---|---|---|"]
+              f"{result['compile_backend']}; {result['clock']} time; matmul rate {result['matmul_tflops']} TFLOP/s."),
+             "", ("| engine | batch | decode tokens/s | ms/step | roofline ms/step | roofline tokens/s | share of roofline "
+                  "| matmul-bound ms/step | first calls (compile) s |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['engine']} | | {r['skipped']} | | | | | |")
+            lines.append(f"| {r['engine']} | | {r['skipped']} | | | | | | |")
             continue
         lines.append(f"| {r['engine']} | {r['batch']} | {r['tokens_per_s']} | {r['ms_per_step']} "
                      f"| {r['roofline_ms_per_step']} | {r['roofline_tokens_per_s']} | {100 * r['roofline_ratio']:.3g}% "
-                     f"| {r['warmup_s']} |")
+                     f"| {r['compute_ms_per_step']} | {r['warmup_s']} |")
     return "\n".join(lines) + "\n"
 
 

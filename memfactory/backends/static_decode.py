@@ -10,9 +10,11 @@ the prefill eager. It does so by itself when the cache it is handed is static, o
 elsewhere when ``CompileConfig._compile_all_devices`` is set (transformers' flag for "compile on
 CPU too").
 
-Shapes that stay put are what avoids recompiling: the cache length is rounded up to
-``CACHE_BUCKET`` tokens, and ``torch.compile`` marks a dimension dynamic the second time it
-changes, so a training run compiles the step about twice, not once per micro-batch.
+Recompiling: ``torch.compile`` marks a dimension dynamic the second time it changes, so a
+training run compiles the step about twice (batch size and cache length then vary freely), not
+once per micro-batch; on CUDA each new shape still records its own CUDA graph. The cache length is
+rounded up to ``CACHE_BUCKET`` tokens to bound those shapes, and kept small because a static
+cache attends over its whole (masked) length every step.
 
 Prefill once per group still applies: the hf backend prefills each distinct prompt into a
 ``DynamicCache``, and :func:`static_cache` copies those rows into the static cache, one per row
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 DecodeMode = Literal["auto", "eager", "compiled"]
 CompileBackend = Literal["inductor", "aot_eager", "eager"]
 # Static cache lengths are multiples of this (fewer distinct shapes, fewer recompilations).
-CACHE_BUCKET = 256
+CACHE_BUCKET = 64
 
 
 def compiled_on(decode: DecodeMode, device: torch.device) -> bool:
