@@ -55,19 +55,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock_for(device: torch.device):
+    """Wall time on a GPU; this process's CPU time on a CPU (a shared machine's other processes
+    would otherwise decide the figures; with OMP_NUM_THREADS=1 it equals an idle machine's wall time)."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def measure_bandwidth(device: torch.device, mib: int | None = None, repeats: int = 5) -> float:
     """Bytes/s of a large on-device copy (each byte read once and written once), best of ``repeats``."""
     mib = mib or (2048 if device.type == "cuda" else 256)
     source = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    best = float("inf")
+    clock, best = clock_for(device), float("inf")
     for _ in range(repeats):
         sync(device)
-        started = time.perf_counter()
+        started = clock()
         target.copy_(source)
         sync(device)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, clock() - started)
     moved = 2 * source.numel() * source.element_size()
     del source, target
     return moved / best
@@ -79,13 +85,13 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, n: int | None
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
-    best = float("inf")
+    clock, best = clock_for(device), float("inf")
     for _ in range(repeats):
         sync(device)
-        started = time.perf_counter()
+        started = clock()
         a @ b
         sync(device)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, clock() - started)
     return 2 * n**3 / best
 
 
@@ -102,12 +108,6 @@ def weight_bytes_per_step(model: Any) -> int:
 def prompts(n: int, words: int) -> list[ChatPrompt]:
     """Distinct prompts (no prefill sharing), as bench/gpu_check.py's generation section."""
     return [ChatPrompt([{"role": "user", "content": " ".join(["memory"] * words) + f" question {i}"}]) for i in range(n)]
-
-
-def clock_for(device: torch.device):
-    """Wall time on a GPU; this process's CPU time on a CPU (a shared machine's other processes
-    would otherwise decide the figures; with OMP_NUM_THREADS=1 it equals an idle machine's wall time)."""
-    return time.perf_counter if device.type == "cuda" else time.process_time
 
 
 def timed_generate(backend: Any, batch: list[ChatPrompt], params: SamplingParams, device: torch.device,
