@@ -16,8 +16,14 @@ Sections (each runs on its own; a failure is recorded with its error and the res
      weights, gradients and optimizer state — what decides whether the preset fits a card;
    * ``steps``: 2 whole GRPO steps (rollouts, old/ref log-probs, update) through the agent, with
      the generation caps cut (``--full`` keeps the preset's) so the section stays short.
-3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports) and
-   with the in-process vLLM engine if vllm imports; LoRA GRPO steps with rollouts on vLLM.
+   The presets decode eagerly here (``model.options.decode: eager``): compiling the decode step
+   of each preset's shape would cost minutes of this script's time and hide in the step times.
+3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports; eager
+   decoding, as the first run's 195 tokens/s) and with the in-process vLLM engine if vllm
+   imports; LoRA GRPO steps with rollouts on vLLM.
+4. ``decode_speed`` (``bench/decode_speed.py``): decode tokens/s at batch 16 and 64 for eager,
+   static-cache + compiled (inductor, CUDA graphs) and vLLM decoding of the 1.7B shape, each next
+   to the memory roofline (weight bytes / measured copy bandwidth per step) as a share.
 
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
 ``gpu_check.md``, ready to paste into bench/RESULTS.md.
@@ -118,9 +124,12 @@ def cuda_tests() -> dict:
     if not _cuda():
         return {"skipped": "no CUDA"}
     started = time.perf_counter()
+    # The train_step tests now decode compiled (model.options.decode auto = compiled on CUDA): the
+    # tiny model's decode step compiles in each, hence the longer limit.
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer",
+         "tests/backends/test_static_decode.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
     )
     tail = (done.stdout + done.stderr)[-3000:]
     summary = next((line for line in reversed(tail.splitlines()) if " passed" in line or " failed" in line), "")
@@ -236,9 +245,11 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
 
     dry = shape == "qwen3-mini"
     path = presets_dir() / f"{name}.yaml"
-    # 2 steps: the presets' warm-up (10 steps) would outlast them, which validation refuses
-    common = [f"model.path=tiny://{shape}", "trainer.batch_size=1", "trainer.grad_accum=1", "trainer.steps=2",
-              "trainer.warmup_steps=0", "trainer.skip_equal_groups=false", "trainer.stop=[]", *_data_overrides(name, dry)]
+    # 2 steps: the presets' warm-up (10 steps) would outlast them, which validation refuses; eager decoding keeps
+    # the sections comparable with the first GPU run (bench/RESULTS.md) and skips minutes of compiling
+    common = [f"model.path=tiny://{shape}", "model.options={decode: eager}", "trainer.batch_size=1",
+              "trainer.grad_accum=1", "trainer.steps=2", "trainer.warmup_steps=0", "trainer.skip_equal_groups=false",
+              "trainer.stop=[]", *_data_overrides(name, dry)]
     real = load_preset(path, common)
     prompt, response, calls_per_trajectory = preset_shape(real)
     if dry:  # the same code on CPU in seconds
@@ -298,12 +309,12 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
 
 
 def generation(path: str, attn: str, batch: int, new_tokens: int) -> dict:
-    """HF backend tokens/s: ``batch`` prompts x ``new_tokens`` tokens (no stop)."""
+    """HF backend tokens/s, eager decoding: ``batch`` prompts x ``new_tokens`` tokens (no stop)."""
     from memfactory.backends.hf import HFBackend
     from memfactory.config import ModelConfig
     from memfactory.types import SamplingParams
 
-    backend = HFBackend.from_config(ModelConfig(path=path, dtype="bfloat16", attn=attn))
+    backend = HFBackend.from_config(ModelConfig(path=path, dtype="bfloat16", attn=attn), decode="eager")
     params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, seed=0)
     backend.generate(_prompts(2, 64), SamplingParams(max_new_tokens=4))  # warm-up (kernels, allocator)
     _reset_peak()
@@ -360,6 +371,17 @@ def vllm_engine_steps(path: str, big: bool) -> dict:
     return out
 
 
+def decode_speed(dry: bool) -> dict:
+    """bench/decode_speed.py's measurement: eager, compiled and vLLM decoding at batch 16 and 64
+    (the dry run: the tiny model at batch 2 and 4, compiled with aot_eager so it takes seconds)."""
+    import decode_speed as bench  # bench/ is this script's folder, so it is on sys.path
+
+    if dry:
+        return bench.measure("tiny://qwen3-mini", dtype="bfloat16", batches=(2, 4), new_tokens=8, words=16,
+                             compile_backend="aot_eager")
+    return bench.measure("tiny://qwen3-1.7b-shape", dtype="bfloat16", batches=(16, 64), new_tokens=128, words=256)
+
+
 def _needs(package: str, run):
     """Run a section only where ``package`` is installed and CUDA is present; say why not otherwise."""
     import importlib.util
@@ -385,6 +407,7 @@ def plan(shape: str, full: bool) -> dict:
     sections.update({
         "generate_hf_sdpa": lambda: generation(small, "sdpa", batch, new),
         "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(small, "flash_attention_2", batch, new)),
+        "decode_speed": lambda: decode_speed(dry),
         "generate_vllm": lambda: _needs("vllm", lambda: vllm_generation(small, batch, new)),
         "grpo_step_lora_vllm_engine": lambda: _needs("vllm", lambda: vllm_engine_steps(small, not dry)),
     })
@@ -447,11 +470,16 @@ def markdown(info: dict, results: dict) -> str:
         lines.append("")
     lines += ["| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        if name.startswith("preset:"):
+        if name.startswith("preset:") or (name == "decode_speed" and "rows" in r):
             continue
         note = r.get("skipped") or r.get("error") or r.get("summary") or ", ".join(
             f"{k} {r[k]}" for k in ("attn", "rollout_s", "sync_s") if k in r)
         lines.append(f"| {name} | {r.get('seconds', '')} | {r.get('tokens_per_s', '')} | {r.get('peak_gib', '')} | {note} |")
+    if "rows" in results.get("decode_speed", {}):
+        import decode_speed as bench
+
+        lines += ["", "### Decode speed against the memory roofline (`bench/decode_speed.py`)", "",
+                  bench.speed_markdown(results["decode_speed"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ flash-attn, vLLM or CUDA say they were skipped instead of failing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,11 +31,20 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     results = report["results"]
     presets = ["memagent_qwen3_1.7b", "memagent_qwen3_4b", "memory_r1_qwen3", "rmm_qwen3"]
     assert set(results) == {"cuda_tests", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
-                            "grpo_step_lora_vllm_engine", *(f"preset:{p}" for p in presets)}
+                            "grpo_step_lora_vllm_engine", "decode_speed", *(f"preset:{p}" for p in presets)}
     for name, result in results.items():
         assert "error" not in result, (name, result.get("trace"))
     assert results["cuda_tests"] == {"skipped": "no CUDA", "wall_s": results["cuda_tests"]["wall_s"]}
     assert results["generate_hf_sdpa"]["new_tokens"] > 0 and results["generate_hf_sdpa"]["tokens_per_s"] > 0
+    # decode speed: eager and compiled (aot_eager in the dry run) at two batch sizes, each against the roofline
+    decode = results["decode_speed"]
+    measured = [(r["engine"], r["batch"]) for r in decode["rows"] if "skipped" not in r]
+    assert measured[:4] == [("eager", 2), ("eager", 4), ("compiled", 2), ("compiled", 4)]
+    assert decode["bandwidth_gbs"] > 0 and decode["weights_gib"] > 0
+    for r in decode["rows"][:4]:
+        assert r["tokens_per_s"] > 0 and 0 < r["roofline_ratio"] and r["roofline_ms_per_step"] > 0
+    if not importlib.util.find_spec("vllm"):
+        assert decode["rows"][-1] == {"engine": "vllm", "skipped": "not installed"}
     for name in presets:
         r = results[f"preset:{name}"]
         # Every shipped GPU preset trains with fp32 master weights under bf16 autocast, checkpointed.
@@ -54,6 +64,7 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md
     assert "planner estimate GiB (error)" in md and "(not measured)" in md
+    assert "| compiled | 4 |" in md and "share of roofline" in md
 
 
 def test_preset_shapes_are_the_presets_real_longest_calls():

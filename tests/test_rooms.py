@@ -17,7 +17,6 @@ MAX_LINES = 500
 SPLIT_PENDING = {
     "memfactory/serve.py",
     "memfactory/planner.py",
-    "memfactory/trainer/loop.py",
 }
 
 

@@ -15,15 +15,25 @@ that cache: the same tokens and log-probs as prefilling every row (the sampling 
 identically; only float rounding of a batched prefill can differ), at a fraction of the prompt
 compute. ``shared_prefill=False`` turns it off; ``prefill_stats`` counts rows and prefills.
 
+Decoding (``model.options.decode``): ``eager`` grows a ``DynamicCache`` and runs the model's
+Python per token; ``compiled`` hands ``generate`` a static KV cache and a ``CompileConfig``, so it
+runs each decode step through ``torch.compile`` (see :mod:`.static_decode`); ``auto`` (default)
+is ``compiled`` on CUDA and ``eager`` elsewhere. Both give the same greedy tokens, log-probs of
+the sampled tokens and prefill sharing.
+
 torch and transformers are imported lazily so that ``memfactory list`` stays fast.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from memfactory.backends import static_decode
 from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.errors import MemFactoryError
@@ -34,6 +44,8 @@ if TYPE_CHECKING:
     import torch
 
     from memfactory.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,11 +143,29 @@ def _first_stop_end(text: str, stops: list[str]) -> int | None:
     return min(ends) if ends else None
 
 
+class HFOptions(BaseModel):
+    """``model.options`` of the hf backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    decode: static_decode.DecodeMode = Field(
+        "auto", description="eager, or compiled (static KV cache + torch.compile); auto = compiled on CUDA, else eager"
+    )
+    compile_backend: static_decode.CompileBackend = Field(
+        "inductor", description="torch.compile backend of compiled decoding; aot_eager traces without codegen (tests)"
+    )
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> HFOptions:
+        """The options ``cfg`` gives the hf backend (defaults when it names another backend)."""
+        return cls.model_validate(cfg.options if cfg.backend == "hf" else {})
+
+
 @register(
     "backend",
     "hf",
     description="Local transformers model (tiny://qwen3-mini, smollm2-135m-instruct, a folder or a hub id): "
     "batched generation with left padding, token ids and log-probs for training",
+    config=HFOptions,
 )
 class HFBackend:
     """Generation with a local ``transformers`` causal LM; the policy the trainer optimises."""
@@ -149,6 +179,8 @@ class HFBackend:
         name: str = "hf",
         micro_batch_size: int = 32,
         shared_prefill: bool = True,
+        decode: static_decode.DecodeMode = "auto",
+        compile_backend: static_decode.CompileBackend = "inductor",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -156,6 +188,8 @@ class HFBackend:
         self.name = name
         self.micro_batch_size = micro_batch_size
         self.shared_prefill = shared_prefill
+        self.decode = decode
+        self.compile_backend = compile_backend
         # Rows generated, and prompts actually prefilled (fewer when rows share a prompt).
         self.prefill_stats = {"rows": 0, "prefilled": 0}
         if tokenizer.pad_token_id is None:
@@ -163,14 +197,21 @@ class HFBackend:
         tokenizer.padding_side = "left"
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, device: str | None = None, micro_batch_size: int = 32) -> HFBackend:
-        """Load ``cfg`` (see :func:`memfactory.backends.sources.load_model_and_tokenizer`); CUDA when available."""
+    def from_config(
+        cls, cfg: ModelConfig, *, device: str | None = None, micro_batch_size: int = 32, **options: Any
+    ) -> HFBackend:
+        """Load ``cfg`` (see :func:`memfactory.backends.sources.load_model_and_tokenizer`); CUDA when available.
+
+        ``options`` (:class:`HFOptions`) override ``cfg.options``.
+        """
         import torch
 
+        opts = HFOptions.model_validate({**HFOptions.of(cfg).model_dump(), **options})
         model, tokenizer = load_model_and_tokenizer(cfg)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        return cls(model, tokenizer, enable_thinking=cfg.enable_thinking, micro_batch_size=micro_batch_size)
+        return cls(model, tokenizer, enable_thinking=cfg.enable_thinking, micro_batch_size=micro_batch_size,
+                   **opts.model_dump())
 
     @property
     def exposes_tokens(self) -> bool:
@@ -179,6 +220,11 @@ class HFBackend:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def compiled(self) -> bool:
+        """Whether generation decodes through a static cache and ``torch.compile`` (see ``decode``)."""
+        return static_decode.compiled_on(self.decode, self.device)
 
     # ------------------------------------------------------------------ prompts
 
@@ -274,10 +320,33 @@ class HFBackend:
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnStrings(self.tokenizer, list(params.stop), width)]
         began = time.perf_counter()
-        cache = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"])
-        if cache is not None:
-            kwargs[self._cache_keyword()] = cache
-        sequences = self.model.generate(**kwargs)
+        counted = dict(self.prefill_stats)
+        static = None
+        if self.compiled:
+            config = base_model(self.model).config
+            static = static_decode.new_static_cache(config, static_decode.cache_length(width, params.max_new_tokens))
+            kwargs["compile_config"] = static_decode.compile_config(device, self.compile_backend)
+        shared = static is None or static_decode.takes_prefix(static)
+        prefix, owner = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"], allowed=shared) or (None, None)
+        if static is not None:  # the shared prefix, if any, copied into the static cache row by row
+            kwargs[self._cache_keyword()] = static_decode.static_cache(static, len(prompt_ids), prefix, owner)
+        elif prefix is not None:
+            prefix.reorder_cache(owner)  # one copy per row
+            kwargs[self._cache_keyword()] = prefix
+        try:
+            sequences = self.model.generate(**kwargs)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if static is None:
+                raise
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            if self.decode == "compiled":
+                raise MemFactoryError(
+                    f"model.options.decode 'compiled': torch.compile failed ({reason}); "
+                    "set model.options.decode to eager, or compile_backend to aot_eager"
+                ) from exc
+            log.warning("compiled decoding failed (%s); decoding eagerly from now on", reason)
+            self.decode, self.prefill_stats = "eager", counted
+            return self._generate_micro_batch(prompt_ids, params)
         latency = time.perf_counter() - began
         generated = sequences[:, width:].cpu()
         logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)
@@ -286,11 +355,14 @@ class HFBackend:
             for i in range(len(prompt_ids))
         ]
 
-    def _shared_prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any | None:
-        """A KV cache of every row's prompt but its last token, each distinct prompt prefilled once.
+    def _shared_prefix_cache(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, allowed: bool = True
+    ) -> tuple[Any, torch.Tensor] | None:
+        """A KV cache of each distinct prompt but its last token, and ``owner``: row i's prompt.
 
-        None when no two rows share a prompt (or sharing is off): ``generate`` prefills as usual.
-        Rows are left-padded to one width, so equal rows are equal prompts at equal positions.
+        None when no two rows share a prompt (or sharing is off or not ``allowed``): ``generate``
+        prefills as usual. Rows are left-padded to one width, so equal rows are equal prompts at
+        equal positions.
         """
         import torch
         from transformers import DynamicCache
@@ -299,7 +371,7 @@ class HFBackend:
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(r, len(distinct)) for r in rows]
         self.prefill_stats["rows"] += len(rows)
-        if not self.shared_prefill or len(distinct) == len(rows) or input_ids.shape[1] < 2:
+        if not (self.shared_prefill and allowed) or len(distinct) == len(rows) or input_ids.shape[1] < 2:
             self.prefill_stats["prefilled"] += len(rows)
             return None
         self.prefill_stats["prefilled"] += len(distinct)
@@ -317,8 +389,7 @@ class HFBackend:
         if "logits_to_keep" in self._forward_parameters():
             kwargs["logits_to_keep"] = 1  # the prefill's logits are not needed: generate recomputes the last
         self.model(**kwargs)
-        cache.reorder_cache(torch.tensor(owner, device=input_ids.device))  # one copy per row
-        return cache
+        return cache, torch.tensor(owner, device=input_ids.device)
 
     def _forward_parameters(self) -> set[str]:
         return forward_parameters(self.model)

@@ -229,6 +229,10 @@ def trainer_problems(t: TrainerConfig) -> Problems:
             problems.append(("trainer.rollout.dtype", (
                 f"is {rollout.dtype} but trainer.rollout.engine is policy: the training model generates in its "
                 "own dtype (model.dtype); remove rollout.dtype, or pick engine hf or vllm")))
+        if rollout.importance_sampling:
+            problems.append(("trainer.rollout.importance_sampling", (
+                "is true but trainer.rollout.engine is policy: the policy samples its own rollouts, so there is "
+                "no engine mismatch to correct; leave it unset, or pick engine hf or vllm")))
     return problems
 
 

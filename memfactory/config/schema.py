@@ -97,6 +97,16 @@ class RolloutConfig(Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine options, e.g. gpu_memory_utilization / max_model_len for vllm"
     )
+    importance_sampling: bool | None = Field(
+        None, description="Weight each token's loss by min(exp(policy - engine log-prob), cap), as TRL/verl do for "
+        "vLLM (step metrics update/is_weight/...); None = on for a separate engine (hf, vllm), off for policy",
+    )
+    importance_sampling_cap: float = Field(3.0, ge=1.0, le=1e6, description="Truncation cap of that weight (TRL: 3)")
+
+    @property
+    def corrects_sampling(self) -> bool:
+        """Whether the update applies the importance-sampling correction."""
+        return self.engine != "policy" if self.importance_sampling is None else self.importance_sampling
 
 
 class TrainerConfig(Strict):

@@ -42,6 +42,13 @@ recomputes them once with the training model before the first update. ``ModelCal
 (``mb.old_logps``) are the sampler's own and are right only when the sampler scores exactly like
 ``token_logprobs``. Micro-batches must each fit in memory; the loss of each is already scaled
 for the whole step, so just ``backward()`` each and step once.
+
+Sampler mismatch: when a separate engine samples (an ``hf`` copy in another dtype, vLLM, or one
+lagging ``sync_every`` steps), its log-probs differ from the policy's. Pass them as
+``sampling_logps`` and every token's loss is weighted by the truncated importance-sampling weight
+``min(exp(old_logps - sampling_logps), cap)`` (TRL's ``vllm_importance_sampling_mode=
+"token_truncate"`` with ``vllm_importance_sampling_clip_max``; verl's token-level truncated IS):
+see :func:`truncated_is_weights`.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo")
 
 # Rewards closer than this count as equal: such a group has no signal.
 EQUAL_TOL = 1e-8
+# Statistics of grpo_loss that combine over micro-batches by max (the others by mean).
+MAX_STATS = frozenset({"is_weight/max"})
 
 
 def group_advantages(
@@ -155,6 +164,8 @@ def grpo_loss(
     num_sequences_in_batch: int | None = None,
     kl_bias_correction: bool = True,
     kl_clamp: float | None = None,
+    sampling_logps: Tensor | None = None,
+    importance_sampling_cap: float = 3.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped-ratio GRPO loss of one micro-batch and TRL's logged statistics.
 
@@ -194,6 +205,11 @@ def grpo_loss(
     max over sequences of the per-sequence rates), ``ratio_mean``, ``kl`` (only when
     ``beta > 0``; the ratio-weighted value under ``kl_bias_correction``, as TRL logs it) and
     ``num_tokens``.
+
+    ``sampling_logps`` (``[B, T]``, the sampling engine's log-probs of the response tokens): when
+    given, each token's clipped policy loss (not the KL term, as TRL) is multiplied by
+    :func:`truncated_is_weights` of ``old_logps`` against them, capped at
+    ``importance_sampling_cap``, and its ``is_weight/...`` statistics are added.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
@@ -208,6 +224,8 @@ def grpo_loss(
         raise ValueError("loss_type 'dr_grpo' needs max_completion_length (the response token cap)")
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps (log-probs under the reference model)")
+    if sampling_logps is not None and sampling_logps.shape != logps.shape:
+        raise ValueError(f"sampling_logps {tuple(sampling_logps.shape)} must be the [B, T] shape of logps {tuple(logps.shape)}")
     eps_low = float(epsilon)
     eps_high = float(epsilon if epsilon_high is None else epsilon_high)
 
@@ -216,6 +234,10 @@ def grpo_loss(
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token_loss = -torch.min(ratio * adv, clipped * adv)
+    is_stats: dict[str, Tensor] = {}
+    if sampling_logps is not None:
+        weights, is_stats = truncated_is_weights(old_logps, sampling_logps, mask, importance_sampling_cap)
+        per_token_loss = per_token_loss * weights
     if beta != 0.0:
         assert ref_logps is not None
         delta = ref_logps - logps
@@ -253,7 +275,35 @@ def grpo_loss(
         }
         if beta != 0.0:
             stats["kl"] = _masked_mean(per_token_kl.detach(), mask)
+        stats.update(is_stats)
     return loss, stats
+
+
+def truncated_is_weights(
+    old_logps: Tensor, sampling_logps: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token importance-sampling weights ``min(exp(old_logps - sampling_logps), cap)``, detached.
+
+    ``old_logps`` are the policy's log-probs at the weights the rollout was meant to come from,
+    ``sampling_logps`` the engine's for the same tokens. Padding (``mask`` 0) and tokens the engine
+    scored NaN (no value) get weight 1, as TRL's ``nan_to_num``. Returns ``(weights, stats)``: over
+    the active tokens, ``is_weight/mean`` (of the truncated weights, what the loss is multiplied
+    by), ``is_weight/max`` (of the untruncated ratio: how far the engine strayed; 0 without active
+    tokens) and ``is_weight/truncated_fraction`` (share of tokens whose ratio exceeded ``cap``).
+    """
+    if cap <= 0:
+        raise ValueError(f"importance-sampling cap must be > 0, got {cap}")
+    with torch.no_grad():
+        mask = mask.to(old_logps.dtype)
+        diff = torch.nan_to_num((old_logps.detach() - sampling_logps.to(old_logps.dtype)) * mask, nan=0.0)
+        ratio = torch.exp(diff)
+        weights = ratio.clamp(max=cap)
+        stats = {
+            "is_weight/mean": _masked_mean(weights, mask),
+            "is_weight/max": (ratio * mask).max() if mask.numel() else torch.zeros((), device=ratio.device),
+            "is_weight/truncated_fraction": _masked_mean((ratio > cap).to(ratio.dtype), mask),
+        }
+    return weights, stats
 
 
 def _nan_reduce(x: Tensor, op) -> Tensor:

@@ -34,7 +34,7 @@ from memfactory.tracking import metric_keys as keys
 from memfactory.trainer import distributed as dist
 from memfactory.trainer import host_memory, precision, sharding
 from memfactory.trainer.batching import pack_calls, token_logprobs
-from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
+from memfactory.trainer.grpo import MAX_STATS, calls_with_advantages, group_advantages, grpo_loss
 from memfactory.trainer.hardware import HardwareMonitor
 from memfactory.trainer.rollout_engine import RolloutEngine
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
@@ -352,20 +352,17 @@ class GRPOTrainer:
                                                shared_prompt=cfg.shared_prompt_forward, stats=scored)
                         old_logps = old[index, :width] if old is not None else logps.detach()
                         loss, parts = grpo_loss(
-                            logps,
-                            old_logps,
-                            adv[index],
-                            mb.response_mask,
-                            loss_type=cfg.loss_type,
-                            epsilon=cfg.epsilon,
-                            epsilon_high=cfg.epsilon_high,
-                            beta=cfg.beta,
+                            logps, old_logps, adv[index], mb.response_mask,
+                            loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
                             ref_logps=ref[index, :width] if ref is not None else None,
                             max_completion_length=cfg.max_new_tokens,
                             num_items_in_batch=total_tokens,
                             num_sequences_in_batch=total_seqs,
                             kl_bias_correction=cfg.kl_bias_correction,
                             kl_clamp=cfg.kl_clamp,
+                            # The engine's own log-probs: a separate engine's tokens are reweighted to the policy's.
+                            sampling_logps=mb.old_logps if cfg.rollout.corrects_sampling else None,
+                            importance_sampling_cap=cfg.rollout.importance_sampling_cap,
                         )
                     # Normalised over the whole step's batch (all ranks), so micro-batch losses simply
                     # add up; one process raises here, several find out from the synced grad norm.
@@ -396,7 +393,7 @@ class GRPOTrainer:
                 for key, values in rank_stats.items():
                     merged.setdefault(key, []).extend(values)
             stats = merged | {"grad_norm": stats["grad_norm"]}
-        out = {key: float(np.mean(values)) for key, values in stats.items()}
+        out = {key: float(np.max(values) if key in MAX_STATS else np.mean(values)) for key, values in stats.items()}
         out["loss"] = loss_sum / cfg.num_iterations
         # This rank's share of update rows whose prompt ran once per micro-batch (step metric update/...).
         out["shared_prompt_fraction"] = scored.get("shared_rows", 0) / max(scored.get("rows", 0), 1)

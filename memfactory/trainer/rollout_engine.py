@@ -19,8 +19,11 @@ are the base model's own (``model.layers.0.self_attn.q_proj.weight``), which is 
 
 Between syncs the engine lags the policy by up to ``sync_every - 1`` steps; the recorded
 rollout log-probs are the engine's, while the GRPO ratio is taken against the policy's own
-log-probs (recomputed when ``num_iterations > 1``), as TRL does without its importance-sampling
-correction. The lag is logged as ``rollout/policy_lag``.
+log-probs (recomputed when ``num_iterations > 1``). The engine's log-probs differ from the
+policy's (another dtype, another kernel, the lag), so each token's loss is weighted by the
+truncated importance-sampling weight ``min(exp(policy - engine), cap)`` (``trainer.rollout.
+importance_sampling``, on by default for a separate engine; see ``grpo.truncated_is_weights``).
+The lag is logged as ``rollout/policy_lag``.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from typing import Any
 
 import torch
 
-from memfactory.backends.hf import HFBackend
+from memfactory.backends.hf import HFBackend, HFOptions
 from memfactory.backends.model_api import base_model
 from memfactory.backends.vllm_engine import VLLMBackend
 from memfactory.config import ModelConfig, Preset
 from memfactory.errors import MemFactoryError
 from memfactory.tracking import metric_keys as keys
-from memfactory.trainer.sharding import full_weights
+from memfactory.trainer.sharding import full_weights, is_sharded
 
 
 def _merged_weight(layer: Any) -> torch.Tensor | None:
@@ -126,7 +129,11 @@ class RolloutEngine:
         self.options = preset.trainer.rollout
         self.policy = policy
         if self.options.engine == "policy":
-            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking)
+            hf = HFOptions.of(preset.model)
+            if is_sharded(policy):  # FSDP gathers fresh full weights per rollout: a compiled step would recompile
+                hf = hf.model_copy(update={"decode": "eager"})
+            self.backend: Any = HFBackend(policy, tokenizer, enable_thinking=preset.model.enable_thinking,
+                                          **hf.model_dump())
         else:
             self.backend = build_engine(preset, device)
             engine_vocab = getattr(self.backend, "tokenizer", None)

@@ -231,9 +231,9 @@ def test_first_chunk_is_prefilled_once_per_group(fresh_tiny_backend):
     counts = []
     original = backend._shared_prefix_cache
 
-    def counting(input_ids, attention_mask):
+    def counting(input_ids, attention_mask, **kwargs):
         before = dict(backend.prefill_stats)
-        cache = original(input_ids, attention_mask)
+        cache = original(input_ids, attention_mask, **kwargs)
         counts.append((backend.prefill_stats["rows"] - before["rows"], backend.prefill_stats["prefilled"] - before["prefilled"]))
         return cache
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss
+from memfactory.trainer.grpo import calls_with_advantages, group_advantages, grpo_loss, truncated_is_weights
 from memfactory.types import ModelCall, Sample, Trajectory
 
 LN2 = math.log(2.0)
@@ -201,6 +201,76 @@ def test_shape_and_name_errors():
         grpo_loss(logps, old, adv[:1], mask, loss_type="grpo", epsilon=0.2)
     with pytest.raises(ValueError, match="same"):
         grpo_loss(logps, old[:, :2], adv, mask, loss_type="grpo", epsilon=0.2)
+
+
+# ---------------------------------------------------------------------------- importance sampling
+# The engine's log-probs are old - ln(w) for the untruncated weights w = exp(old - sampling):
+#   row 0: 2.0, 0.5, 4.0      row 1: 0.25, 5.0, (100 on the padding token)
+# truncated at cap 3:         row 0: 2.0, 0.5, 3.0      row 1: 0.25, 3.0
+# per-token loss times weight: row 0: -2.56, -0.5, -1.5   row 1: 0.4, 6.6
+IS_W = [[2.0, 0.5, 4.0], [0.25, 5.0, 100.0]]
+IS_ROW0 = [-1.28 * 2.0, -1.0 * 0.5, -0.5 * 3.0]
+IS_ROW1 = [1.6 * 0.25, 2.2 * 3.0]
+
+
+def sampling_of(old):
+    return old - torch.tensor(IS_W, dtype=old.dtype).log()
+
+
+def test_truncated_is_weights_multiply_each_tokens_loss():
+    _, old, _, _, _ = make_inputs()
+    logps, loss, stats = loss_of("grpo", sampling_logps=sampling_of(old), importance_sampling_cap=3.0)
+    expected = (sum(IS_ROW0) / 3 + sum(IS_ROW1) / 2) / 2
+    assert expected == pytest.approx(0.99)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert stats["is_weight/mean"].item() == pytest.approx((2.0 + 0.5 + 3.0 + 0.25 + 3.0) / 5, abs=1e-12)
+    assert stats["is_weight/max"].item() == pytest.approx(5.0, abs=1e-12)  # untruncated; padding's 100 ignored
+    assert stats["is_weight/truncated_fraction"].item() == pytest.approx(2 / 5, abs=1e-12)
+    # The weights are constants: the gradient of an unclipped token is -r * A * w / (len * B).
+    loss.backward()
+    g = logps.grad
+    assert g[0, 0].item() == 0.0 and g[1, 0].item() == 0.0 and g[1, 2].item() == 0.0  # clipped, clipped, padding
+    assert g[0, 1].item() == pytest.approx(-1.0 * 1.0 * 0.5 / 6, abs=1e-12)
+    assert g[0, 2].item() == pytest.approx(-0.5 * 1.0 * 3.0 / 6, abs=1e-12)
+    assert g[1, 1].item() == pytest.approx(-1.1 * -2.0 * 3.0 / 4, abs=1e-12)
+
+
+def test_is_weights_leave_the_kl_term_alone_and_follow_the_cap():
+    _, old, _, _, _ = make_inputs()
+    beta = 0.1
+    _, loss, _ = loss_of("dapo", beta=beta, kl_bias_correction=False, sampling_logps=sampling_of(old))
+    row0 = [a + beta * k for a, k in zip(IS_ROW0, KL0)]  # the default cap is TRL's 3.0
+    row1 = [a + beta * k for a, k in zip(IS_ROW1, KL1)]
+    assert loss.item() == pytest.approx((sum(row0) + sum(row1)) / 5, abs=1e-12)
+    _, loss, stats = loss_of("dapo", sampling_logps=sampling_of(old), importance_sampling_cap=1e6)
+    untruncated = [-1.28 * 2.0, -1.0 * 0.5, -0.5 * 4.0, 1.6 * 0.25, 2.2 * 5.0]
+    assert loss.item() == pytest.approx(sum(untruncated) / 5, abs=1e-12)
+    assert stats["is_weight/mean"].item() == pytest.approx((2.0 + 0.5 + 4.0 + 0.25 + 5.0) / 5, abs=1e-12)
+    assert stats["is_weight/truncated_fraction"].item() == 0.0
+
+
+def test_is_correction_is_a_no_op_when_the_engine_scores_like_the_policy():
+    _, old, _, _, _ = make_inputs()
+    _, plain, plain_stats = loss_of("grpo")
+    _, same, stats = loss_of("grpo", sampling_logps=old.clone())
+    assert same.item() == pytest.approx(plain.item(), abs=1e-15)
+    assert (stats["is_weight/mean"].item(), stats["is_weight/max"].item()) == (1.0, 1.0)
+    assert stats["is_weight/truncated_fraction"].item() == 0.0
+    assert not any(k.startswith("is_weight") for k in plain_stats)  # no engine log-probs, no statistics
+
+
+def test_is_weights_of_nan_and_padding_are_one():
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    sampling = torch.tensor([[float("nan"), -2.0 - math.log(0.5), 7.0]])
+    weights, stats = truncated_is_weights(old, sampling, torch.tensor([[1.0, 1.0, 0.0]]), cap=2.0)
+    assert weights[0].tolist() == pytest.approx([1.0, 0.5, 1.0])
+    assert stats["is_weight/mean"].item() == pytest.approx(0.75)
+    assert not weights.requires_grad
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(old, sampling, torch.ones(1, 3), cap=0.0)
+    logps, old, _, adv, mask = make_inputs()
+    with pytest.raises(ValueError, match="sampling_logps"):
+        grpo_loss(logps, old, adv, mask, loss_type="grpo", epsilon=0.2, sampling_logps=old[:, :2])
 
 
 # ---------------------------------------------------------------------------- advantages

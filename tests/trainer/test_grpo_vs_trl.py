@@ -110,13 +110,24 @@ def grads_of(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+IS_CAP = 1.5  # low enough that some of the test's engine ratios (up to ~e^0.6) are truncated
+
+
+def trl_token_truncate_ratio(old, sampling, mask, cap):
+    """TRL 1.16's vLLM importance-sampling ratio in its ``token_truncate`` mode, as written in
+    ``GRPOTrainer._generate_and_score_completions`` (a vLLM engine is needed to reach that code)."""
+    per_token_logps_diff = torch.nan_to_num((old - sampling) * mask, nan=0.0)
+    return torch.clamp(torch.exp(per_token_logps_diff), min=None, max=cap)
+
+
 @pytest.mark.parametrize(
-    "loss_type,beta,kl_bias_correction",
-    [(lt, 0.0, True) for lt in ("grpo", "dr_grpo", "dapo")]
-    + [(lt, 0.04, True) for lt in ("grpo", "dr_grpo", "dapo")]
-    + [("grpo", 0.04, False), ("dapo", 0.04, False)],
+    "loss_type,beta,kl_bias_correction,importance",
+    [(lt, 0.0, True, False) for lt in ("grpo", "dr_grpo", "dapo")]
+    + [(lt, 0.04, True, False) for lt in ("grpo", "dr_grpo", "dapo")]
+    + [("grpo", 0.04, False, False), ("dapo", 0.04, False, False)]
+    + [("grpo", 0.04, True, True), ("dapo", 0.0, True, True)],
 )
-def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, beta, kl_bias_correction):
+def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, beta, kl_bias_correction, importance):
     trainer = make_trainer(model_dir, tmp_path, loss_type=loss_type, beta=beta, kl_bias_correction=kl_bias_correction)
     model = trainer.model
     whole = pack_calls(make_calls(), PAD)  # the optimizer step's batch: two micro-batches of 4
@@ -146,6 +157,11 @@ def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, be
     }
     if beta:
         inputs["ref_per_token_logps"] = ref
+    # A separate sampling engine whose log-probs stray from the old policy's by up to +-0.6
+    sampling = (old + (torch.rand(current.shape, generator=gen) - 0.5) * 1.2) * mb.response_mask
+    if importance:
+        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+        inputs["importance_sampling_ratio"] = trl_token_truncate_ratio(old, sampling, mb.response_mask, IS_CAP)
     with torch.no_grad():
         trl_logps, _, _ = trainer._get_per_token_logps_and_entropies(
             model, mb.input_ids, mb.attention_mask, mb.response_width
@@ -173,9 +189,18 @@ def test_loss_gradients_and_metrics_match_trl(model_dir, tmp_path, loss_type, be
         num_items_in_batch=num_items,
         num_sequences_in_batch=whole.num_rows,
         kl_bias_correction=kl_bias_correction,
+        sampling_logps=sampling if importance else None,
+        importance_sampling_cap=IS_CAP,
     )
     loss.backward()
     our_grads = grads_of(model)
+    if importance:  # the weights really change the loss, and some are truncated
+        assert 0 < stats["is_weight/truncated_fraction"] < 1
+        unweighted, _ = grpo_loss(logps.detach(), old, advantages, mb.response_mask, loss_type=loss_type, epsilon=0.2,
+                                  epsilon_high=0.28, beta=beta, ref_logps=ref if beta else None,
+                                  max_completion_length=MAX_COMPLETION, num_items_in_batch=num_items,
+                                  num_sequences_in_batch=whole.num_rows, kl_bias_correction=kl_bias_correction)
+        assert abs(unweighted.item() - loss.item()) > 1e-3
 
     m = mb.response_mask.bool()
     assert torch.allclose(logps.detach()[m], trl_logps[m], atol=1e-5)

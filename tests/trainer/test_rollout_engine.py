@@ -10,6 +10,7 @@ from memfactory.backends.vllm_engine import vllm_available
 from memfactory.config import load_preset
 from memfactory.errors import ConfigError, MemFactoryError
 from memfactory.paths import presets_dir
+from memfactory.trainer.batching import pack_calls, token_logprobs
 from memfactory.trainer.loop import GRPOTrainer
 from memfactory.trainer.rollout_engine import HFEngine, policy_weights
 from memfactory.types import ChatPrompt, SamplingParams
@@ -94,6 +95,67 @@ def test_resumed_run_syncs_the_checkpoint_into_the_engine(tmp_path, monkeypatch)
     assert trainer.engine.syncs == 1 and stats["rollout/policy_lag"] == 0.0
     assert_engine_matches_policy(trainer)
     assert trainer.engine.prepare(trainer.step)["time/sync_s"] == 0.0  # not again within the same step
+
+
+def test_a_bfloat16_engine_is_importance_corrected_with_the_policys_log_probs(tmp_path, monkeypatch):
+    """The engine samples in bf16, the policy trains in fp32: each token's weight is
+    min(exp(policy - engine), cap), computed here from the policy's own forward and compared."""
+    trainer = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.dtype=bfloat16")
+    assert trainer.cfg.rollout.corrects_sampling  # on by default for a separate engine
+    trainer.engine.prepare(trainer.step)
+    calls, advantages, _ = trainer.rollout(trainer.batch_for_step(1, 0))
+    batch = pack_calls(calls, trainer.tokenizer.pad_token_id)
+    assert batch.num_rows <= trainer.cfg.micro_batch_size  # one micro-batch: its statistics are the step's
+    with torch.no_grad():
+        policy = token_logprobs(trainer.policy, batch, temperature=trainer.cfg.temperature)
+    active = batch.response_mask.bool()
+    ratio = torch.exp(policy - batch.old_logps)[active]
+    assert 0 < float((ratio - 1).abs().max()) < 0.5  # bf16 sampling really differs, a little
+    stats = trainer.policy_update([(calls, advantages)])
+    cap = trainer.cfg.rollout.importance_sampling_cap
+    assert stats["is_weight/mean"] == pytest.approx(float(ratio.clamp(max=cap).mean()), rel=1e-4)
+    assert stats["is_weight/max"] == pytest.approx(float(ratio.max()), rel=1e-4)
+    assert stats["is_weight/truncated_fraction"] == pytest.approx(float((ratio > cap).float().mean()))
+
+
+def test_is_weights_are_step_metrics_of_a_separate_engine_only(tmp_path, monkeypatch):
+    capped = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.dtype=bfloat16",
+                          "trainer.rollout.importance_sampling_cap=1.0")
+    m = capped.train_step().metrics
+    # Cap 1: every token the policy likes more than the bf16 engine did is truncated to weight 1.
+    assert 0 < m["update/is_weight/truncated_fraction"] < 1
+    assert m["update/is_weight/mean"] < 1 < m["update/is_weight/max"]
+    off = tiny_trainer(tmp_path, monkeypatch, "trainer.rollout.engine=hf", "trainer.rollout.importance_sampling=false")
+    policy = tiny_trainer(tmp_path, monkeypatch)
+    for trainer in (off, policy):
+        assert not trainer.cfg.rollout.corrects_sampling
+        assert not any(k.startswith("update/is_weight") for k in trainer.train_step().metrics)
+    with pytest.raises(ConfigError, match="trainer.rollout.importance_sampling"):
+        load_preset(presets_dir() / "tiny_test.yaml", ["trainer.rollout.importance_sampling=true"])
+
+
+@pytest.mark.timeout(600)
+def test_policy_rollouts_with_compiled_decoding_keep_both_prompt_sharings(tmp_path, monkeypatch):
+    """model.options.decode compiled (static KV cache + torch.compile; aot_eager here, see
+    tests/backends/test_static_decode.py) on a LoRA policy: the rollouts' prefill once per group and
+    the update's shared prompt forward both still apply, and two steps sample exactly what eager
+    decoding samples (the second after an optimizer step: the compiled step reads the new weights)."""
+    common = ["trainer.lora={r: 4, alpha: 8}", "trainer.micro_batch_size=4"]  # one group per update micro-batch
+    compiled = tiny_trainer(tmp_path, monkeypatch, *common, "model.options={decode: compiled, compile_backend: aot_eager}")
+    eager = tiny_trainer(tmp_path, monkeypatch, *common, "model.options={decode: eager}")
+    assert compiled.backend.compiled and not eager.backend.compiled
+    for _ in range(2):
+        rng = torch.get_rng_state()  # one process: both trainers draw from the one global stream
+        ours = compiled.train_step()
+        torch.set_rng_state(rng)
+        theirs = eager.train_step()
+        assert [c.response_ids for t in ours.trajectories for c in t.calls] == [
+            c.response_ids for t in theirs.trajectories for c in t.calls
+        ]
+        m = ours.metrics
+        assert m["rollout/shared_prefill_fraction"] == theirs.metrics["rollout/shared_prefill_fraction"] == 0.75
+        assert m["update/shared_prompt_fraction"] == theirs.metrics["update/shared_prompt_fraction"] > 0
+    assert hasattr(compiled.policy.get_base_model(), "_compiled_call")
 
 
 def test_engine_dtype_and_options_are_validated(tmp_path):
