@@ -6,7 +6,7 @@ checkpointing, ``checkpointed_mb4`` = checkpointing at micro-batch 4 (shipped un
 prompt forward existed), ``unshared_mb8`` = micro-batch 8 without checkpointing and with
 ``trainer.shared_prompt_forward`` off, ``shipped`` = the preset now (micro-batch 8 = one group,
 no checkpointing, the group's prompt run once per micro-batch); ``t07`` / ``t10`` = rollouts at
-temperature 0.7 / 1.0, ``t07_warm4`` = T 0.7 with 4 warm-up steps (issue 27: does a collapse fix
+temperature 0.7 / 1.0, ``t07_warm4`` / ``t07_warm2`` = T 0.7 with 4 / 2 warm-up steps (issue 27: does a collapse fix
 cost step time?). Each trains for
 ``--steps`` GRPO steps in its own child process, so each peak RSS (``VmHWM``) is that run's
 alone. Printed per variant: peak RSS, seconds per step (rollout / update), the child's own CPU
@@ -48,6 +48,7 @@ VARIANTS = {
     "t07": ["trainer.temperature=0.7"],
     "t10": ["trainer.temperature=1.0"],
     "t07_warm4": ["trainer.temperature=0.7", "trainer.warmup_steps=4"],
+    "t07_warm2": ["trainer.temperature=0.7", "trainer.warmup_steps=2"],
 }
 
 
