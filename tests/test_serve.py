@@ -17,7 +17,10 @@ from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.cli import main as cli_main
 from memfactory.errors import MemFactoryError
-from memfactory.serve import Batcher, ServerThread, apply_stop, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.batcher import Batcher
+from memfactory.serve.protocol import apply_stop
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 NAME = "tiny-test"

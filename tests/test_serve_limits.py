@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -54,12 +55,12 @@ def openai_error(response: httpx.Response, status: int) -> dict:
 
 
 def test_cli_defaults_match_the_server():
-    from memfactory import serve
     from memfactory.commands import serve as command
+    from memfactory.serve import protocol
 
-    assert command.DEFAULT_MAX_BODY_BYTES == serve.DEFAULT_MAX_BODY_BYTES
-    assert command.DEFAULT_MAX_QUEUE == serve.DEFAULT_MAX_QUEUE
-    assert command.DEFAULT_REQUEST_TIMEOUT_S == serve.DEFAULT_REQUEST_TIMEOUT_S
+    assert command.DEFAULT_MAX_BODY_BYTES == protocol.DEFAULT_MAX_BODY_BYTES
+    assert command.DEFAULT_MAX_QUEUE == protocol.DEFAULT_MAX_QUEUE
+    assert command.DEFAULT_REQUEST_TIMEOUT_S == protocol.DEFAULT_REQUEST_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
@@ -296,7 +297,7 @@ def test_server_thread_stop_does_not_wait_for_a_generation(tiny_backend):
 
     thread = threading.Thread(target=go)
     thread.start()
-    while app.state.batcher.stats.requests == 0:
+    while app.state.server.batcher.stats.requests == 0:
         time.sleep(0.01)
     began = time.monotonic()
     srv.stop()

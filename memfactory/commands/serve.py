@@ -10,7 +10,7 @@ import sys
 from memfactory.errors import MemFactoryError
 from memfactory.exposure import is_loopback
 
-# memfactory.serve's defaults (kept equal by tests/test_serve_limits.py); not imported from there
+# memfactory.serve.protocol's defaults (kept equal by tests/test_serve_limits.py); not imported from there
 # so that every other command does not pay for importing fastapi.
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_QUEUE = 256
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             raise MemFactoryError(refusal_message(args.host, args.port))
         print(f"WARNING: serving on {args.host} WITHOUT an API key (--insecure): anyone who can reach this port "
               "can use the model", file=sys.stderr, flush=True)
-    from memfactory.serve import serve  # after the checks: a refusal costs no fastapi import
+    from memfactory.serve.server import serve  # after the checks: a refusal costs no fastapi import
 
     serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
           max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key,
