@@ -6,38 +6,52 @@ import asyncio
 import json
 import math
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from memfactory.backends.base import Backend
+from memfactory.backends.base import Backend, ServingFeatures, serving_features
 from memfactory.errors import MemFactoryError
 from memfactory.exposure import secret_equal
-from memfactory.serve.batcher import Batcher, DeadlineExceeded, Job, ServerShuttingDown
+from memfactory.serve.batcher import Batcher, DeadlineExceeded, ServerShuttingDown
 from memfactory.serve.protocol import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LOGPROBS,
+    DEFAULT_MAX_N,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_TOKENS,
     DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_CHOICES,
     APIError,
     ChatRequest,
-    apply_stop,
+    CompletionRequest,
+    Limits,
+    completion_params,
     max_chars_per_token,
     model_context_length,
-    text_pieces,
+    parse_prompts,
     to_prompt_and_params,
-    usage,
     validation_message,
+    vocab_size,
 )
-from memfactory.types import ChatPrompt, Generation, SamplingParams
+from memfactory.serve.responses import (
+    Choice,
+    TokenText,
+    chat_logprobs,
+    chat_reply,
+    completion_logprobs,
+    completion_reply,
+    finished,
+    usage,
+)
+from memfactory.types import ChatPrompt, Generation, Prompt, SamplingParams, TokenPrompt
 
 
 @dataclass
@@ -57,8 +71,11 @@ class ServerState:
     max_body_bytes: int
     max_queue: int
     request_timeout_s: float
-    default_max_tokens: int
+    limits: Limits
     api_key: str | None
+    features: ServingFeatures = field(default_factory=ServingFeatures)
+    tokens: TokenText | None = None  # names token ids in log-probs and echoes token prompts
+    vocab: int | None = None  # token ids a completions prompt may use
     # The prompt's token ids (None: a backend that cannot count them), and the longest vocabulary
     # entry in characters, to refuse a prompt its characters prove too long without tokenising it.
     count_tokens: Callable[[ChatPrompt], list[int]] | None = None
@@ -152,7 +169,8 @@ async def health(request: Request) -> dict[str, Any]:
             "load": {"admitted": state.load.admitted, "max_queue": state.max_queue,
                      "refused_full": state.load.refused_full},
             "limits": {"context_length": state.context, "max_body_bytes": state.max_body_bytes,
-                       "request_timeout_s": state.request_timeout_s}}
+                       "request_timeout_s": state.request_timeout_s, "max_n": state.limits.max_n,
+                       "max_logprobs": min(state.limits.max_logprobs, state.features.top_logprobs)}}
 
 
 async def models(request: Request) -> dict[str, Any]:
@@ -164,7 +182,20 @@ async def models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [data]}
 
 
-async def chat(request: Request):
+async def chat(request: Request) -> Response:
+    return await _admitted(request, _chat)
+
+
+async def completions(request: Request) -> Response:
+    return await _admitted(request, _completions)
+
+
+Handler = Callable[["ServerState", Request, float], Awaitable[Response]]
+Body = TypeVar("Body", ChatRequest, CompletionRequest)
+
+
+async def _admitted(request: Request, handler: Handler) -> Response:
+    """The limits every generating route shares: body size, shutdown, the queue, the deadline."""
     state = _state(request)
     length = request.headers.get("content-length")
     if length is not None:
@@ -183,27 +214,63 @@ async def chat(request: Request):
                        "rate_limit_error", headers={"Retry-After": state.retry_after()})
     state.load.admitted += 1
     try:
-        return await _answer(state, request, time.monotonic() + state.request_timeout_s)
+        return await handler(state, request, time.monotonic() + state.request_timeout_s)
     finally:
         state.load.admitted -= 1
 
 
-async def _answer(state: ServerState, request: Request, deadline: float):
-    req = await _read_chat_request(state, request)
-    prompt, params = to_prompt_and_params(req, state.default_max_tokens)
-    await _fit_context(state, req, prompt, params)
-    try:
-        job = state.batcher.submit_job(prompt, params, deadline)
-    except ServerShuttingDown:
-        raise APIError(503, "the server is shutting down", "server_error") from None
-    gen = await _wait(state, request, job, deadline)
-    if gen is None:
+async def _chat(state: ServerState, request: Request, deadline: float) -> Response:
+    req = await _read_request(state, request, ChatRequest)
+    _check_model(state, req.model)
+    prompt, params = to_prompt_and_params(req, state.limits, state.features)
+    prompt_tokens = await _count_chat_tokens(state, prompt)
+    requested = req.max_tokens or req.max_completion_tokens
+    _fit_context(state, [prompt_tokens], requested, "max_tokens" if req.max_tokens else "max_completion_tokens",
+                 params, "messages")
+    groups = await _generate(state, request, [prompt], params, req.n, deadline)
+    if groups is None:
         return error(499, "the client closed the request")  # nobody reads this
-    return _reply(state, req, params, gen)
+    choices = []
+    for index, gen in enumerate(groups[0]):
+        text, finish, stop_reason = finished(gen, params, req.include_stop_str_in_output)
+        logprobs = chat_logprobs(gen, req.top_logprobs or 0, state.tokens) if req.logprobs and state.tokens else None
+        choices.append(Choice(index, text, finish, stop_reason, logprobs))
+    include_usage = bool((req.stream_options or {}).get("include_usage"))
+    return chat_reply(state.model_name, choices, usage(groups), stream=req.stream, include_usage=include_usage)
 
 
-async def _read_chat_request(state: ServerState, request: Request) -> ChatRequest:
-    """The body, read up to the size limit, parsed and validated (400 naming the field otherwise)."""
+async def _completions(state: ServerState, request: Request, deadline: float) -> Response:
+    req = await _read_request(state, request, CompletionRequest)
+    tokens = state.tokens
+    if not state.features.token_prompts or tokens is None:
+        raise APIError(400, "prompt: this server's backend takes chat prompts only; use /v1/chat/completions",
+                       param="prompt")
+    _check_model(state, req.model)
+    params = completion_params(req, state.limits, state.features)
+    raw = parse_prompts(req.prompt, state.vocab)
+    if len(raw) * req.n > MAX_CHOICES:
+        raise APIError(400, f"prompt: {len(raw)} prompts x n {req.n} = {len(raw) * req.n} choices; at most "
+                       f"{MAX_CHOICES} per request", param="prompt")
+    prompts = [TokenPrompt(await _tokenize(state, p, req.add_special_tokens)) if isinstance(p, str)
+               else TokenPrompt(list(p)) for p in raw]
+    _fit_context(state, [len(p.ids) for p in prompts], req.max_tokens, "max_tokens", params, "prompt")
+    groups = await _generate(state, request, prompts, params, req.n, deadline)
+    if groups is None:
+        return error(499, "the client closed the request")
+    choices = []
+    for i, (source, group) in enumerate(zip(raw, groups)):
+        echoed = (source if isinstance(source, str) else tokens.tokenizer.decode(source)) if req.echo else ""
+        for j, gen in enumerate(group):
+            text, finish, stop_reason = finished(gen, params, req.include_stop_str_in_output)
+            logprobs = None if req.logprobs is None else completion_logprobs(gen, req.logprobs, tokens, req.echo)
+            choices.append(Choice(i * req.n + j, echoed + text, finish, stop_reason, logprobs))
+    include_usage = bool((req.stream_options or {}).get("include_usage"))
+    return completion_reply(state.model_name, choices, usage(groups), stream=req.stream, include_usage=include_usage)
+
+
+async def _read_request(state: ServerState, request: Request, schema: type[Body]) -> Body:
+    """The body, read up to the size limit, parsed and validated against ``schema`` (400 naming the
+    field otherwise)."""
     body = bytearray()
     async for piece in request.stream():
         body += piece
@@ -216,46 +283,68 @@ async def _read_chat_request(state: ServerState, request: Request) -> ChatReques
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}")
     try:
-        req = ChatRequest.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise validation_message(list(exc.errors())) from None
     except RecursionError:
         raise APIError(400, "the request body is nested too deeply") from None
-    if req.model != state.model_name:
-        raise APIError(404, f"the model {req.model!r} does not exist; this server serves {state.model_name!r}",
+
+
+def _check_model(state: ServerState, model: str) -> None:
+    if model != state.model_name:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {state.model_name!r}",
                        param="model")
-    return req
 
 
-async def _fit_context(state: ServerState, req: ChatRequest, prompt: ChatPrompt, params: SamplingParams) -> None:
-    """Refuse a prompt (or prompt + max_tokens) that does not fit the context; without max_tokens,
-    cut the default to what the context leaves."""
-    requested = req.max_tokens or req.max_completion_tokens
-    which = "max_tokens" if req.max_tokens else "max_completion_tokens"
+async def _count_chat_tokens(state: ServerState, prompt: ChatPrompt) -> int | None:
+    """The rendered prompt's length in tokens (None: a backend that cannot count them); a prompt whose
+    characters alone prove it too long is refused without tokenising it."""
+    if state.count_tokens is None:
+        return None
+    chars = sum(len(m["content"]) for m in prompt.messages) + len(prompt.assistant_prefix)
     context = state.context
-    prompt_tokens: int | None = None
-    if state.count_tokens is not None:
-        chars = sum(len(m["content"]) for m in prompt.messages) + len(prompt.assistant_prefix)
-        if context and state.chars_per_token and chars > context * state.chars_per_token:
-            raise APIError(400, f"the prompt is at least {math.ceil(chars / state.chars_per_token)} tokens "
-                           f"({chars} characters); the model's context is {context} tokens", param="messages")
-        try:
-            ids = await asyncio.get_running_loop().run_in_executor(state.tokenize_pool, state.count_tokens, prompt)
-        except MemFactoryError as exc:
-            raise APIError(400, str(exc), param="messages") from None
-        except Exception as exc:  # noqa: BLE001 - a chat template that cannot render these messages
-            raise APIError(400, f"the chat template cannot render these messages: {type(exc).__name__}: "
-                           f"{str(exc)[:200]}", param="messages") from None
-        prompt_tokens = len(ids)
+    if context and state.chars_per_token and chars > context * state.chars_per_token:
+        raise APIError(400, f"the prompt is at least {math.ceil(chars / state.chars_per_token)} tokens "
+                       f"({chars} characters); the model's context is {context} tokens", param="messages")
+    try:
+        ids = await asyncio.get_running_loop().run_in_executor(state.tokenize_pool, state.count_tokens, prompt)
+    except MemFactoryError as exc:
+        raise APIError(400, str(exc), param="messages") from None
+    except Exception as exc:  # noqa: BLE001 - a chat template that cannot render these messages
+        raise APIError(400, f"the chat template cannot render these messages: {type(exc).__name__}: "
+                       f"{str(exc)[:200]}", param="messages") from None
+    return len(ids)
+
+
+async def _tokenize(state: ServerState, text: str, special: bool) -> list[int]:
+    context, per_token = state.context, state.chars_per_token
+    if context and per_token and len(text) > context * per_token:
+        raise APIError(400, f"the prompt is at least {math.ceil(len(text) / per_token)} tokens "
+                       f"({len(text)} characters); the model's context is {context} tokens", param="prompt")
+    tokenizer = state.tokens.tokenizer if state.tokens else None
+    ids = await asyncio.get_running_loop().run_in_executor(
+        state.tokenize_pool, lambda: tokenizer(text, add_special_tokens=special)["input_ids"])
+    if not ids:
+        raise APIError(400, "prompt: the text is no tokens at all; a prompt needs at least one", param="prompt")
+    return ids
+
+
+def _fit_context(state: ServerState, prompt_tokens: list[int | None], requested: int | None, which: str,
+                 params: SamplingParams, prompt_param: str) -> None:
+    """Refuse a prompt (or prompt + max_tokens) that does not fit the context; without max_tokens,
+    cut the default to what the context leaves (for the longest prompt)."""
+    context = state.context
     if not context:
         return
-    used = prompt_tokens or 0
-    if prompt_tokens is not None and prompt_tokens >= context:
-        raise APIError(400, f"the prompt is {prompt_tokens} tokens; the model's context is {context} tokens "
-                       "(no room left for a response)", param="messages")
+    known = [n for n in prompt_tokens if n is not None]
+    longest = max(known) if known else None
+    used = longest or 0
+    if longest is not None and longest >= context:
+        raise APIError(400, f"the prompt is {longest} tokens; the model's context is {context} tokens "
+                       "(no room left for a response)", param=prompt_param)
     if requested is not None and used + requested > context:
         what = f"{which} {requested} + the prompt's {used} tokens = {used + requested}"
-        if prompt_tokens is None:
+        if longest is None:
             what = f"{which} {requested}"
         raise APIError(400, f"{what} exceeds the model's context of {context} tokens; "
                        f"ask for at most {context - used}", param=which)
@@ -263,19 +352,27 @@ async def _fit_context(state: ServerState, req: ChatRequest, prompt: ChatPrompt,
         params.max_new_tokens = max(1, min(params.max_new_tokens, context - used))
 
 
-async def _wait(state: ServerState, request: Request, job: Job, deadline: float) -> Generation | None:
-    """The job's generation; None when the client went away first. Errors become OpenAI errors."""
-    waiting = asyncio.wrap_future(job.future)
+async def _generate(state: ServerState, request: Request, prompts: list[Prompt], params: SamplingParams, n: int,
+                    deadline: float) -> list[list[Generation]] | None:
+    """``n`` generations of each prompt (one batcher job per prompt); None when the client went away
+    first. Errors become OpenAI errors."""
     try:
-        while not waiting.done():
+        jobs = [state.batcher.submit_job(p, params, deadline, n) for p in prompts]
+    except ServerShuttingDown:
+        raise APIError(503, "the server is shutting down", "server_error") from None
+    waiting = [asyncio.wrap_future(job.future) for job in jobs]
+    try:
+        while not all(w.done() for w in waiting):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise state.past_deadline()
-            await asyncio.wait({waiting}, timeout=min(remaining, 0.5))
-            if not waiting.done() and await request.is_disconnected():
+            await asyncio.wait(waiting, timeout=min(remaining, 0.5), return_when=asyncio.FIRST_EXCEPTION)
+            if any(w.done() and w.exception() for w in waiting):
+                break
+            if not all(w.done() for w in waiting) and await request.is_disconnected():
                 return None
         try:
-            return waiting.result()
+            return [w.result() for w in waiting]
         except ServerShuttingDown:
             raise APIError(503, "the server is shutting down", "server_error") from None
         except DeadlineExceeded:
@@ -285,47 +382,10 @@ async def _wait(state: ServerState, request: Request, job: Job, deadline: float)
         except Exception as exc:  # noqa: BLE001 - report, keep serving
             raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from None
     finally:
-        if not waiting.done():
-            job.abandoned = True  # lets the worker skip it, or interrupt a batch nobody waits for
-            waiting.cancel()  # its result or error is nobody's business now
-
-
-def _reply(state: ServerState, req: ChatRequest, params: SamplingParams, gen: Generation):
-    text, stop_reason = apply_stop(gen.text, params.stop, req.include_stop_str_in_output)
-    finish = "stop" if stop_reason is not None else ("length" if gen.finish_reason == "length" else "stop")
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
-    now = int(time.time())
-    counts = usage(gen)
-    if not req.stream:
-        body: dict[str, Any] = {
-            "id": rid, "object": "chat.completion", "created": now, "model": state.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish, "stop_reason": stop_reason}],
-        }
-        if counts:
-            body["usage"] = counts
-        return JSONResponse(body)
-
-    include_usage = bool((req.stream_options or {}).get("include_usage")) and counts is not None
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason, **extra}
-        data = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": state.model_name,
-                "choices": [choice]}
-        return f"data: {json.dumps(data)}\n\n"
-
-    def events() -> Iterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        for piece in text_pieces(text):
-            yield chunk({"content": piece})
-        yield chunk({}, finish, stop_reason=stop_reason)
-        if include_usage:
-            data = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": state.model_name,
-                    "choices": [], "usage": counts}
-            yield f"data: {json.dumps(data)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        for job, w in zip(jobs, waiting):
+            if not w.done():
+                job.abandoned = True  # lets the worker skip it, or interrupt a batch nobody waits for
+                w.cancel()  # its result or error is nobody's business now
 
 
 # --------------------------------------------------------------------------- the app
@@ -351,6 +411,8 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    max_n: int = DEFAULT_MAX_N,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
 ) -> FastAPI:
     """The FastAPI app; ``app.state.server`` is its :class:`ServerState` (``.batcher.stats`` counts
     requests and batch sizes).
@@ -359,18 +421,21 @@ def create_app(
     (compared in constant time; 401 otherwise), and ``/health`` without it answers only its status.
     ``context_length``: the context requests are checked against (default and upper limit: the
     model's own, see :func:`model_context_length`). ``max_body_bytes``, ``max_queue`` and
-    ``request_timeout_s`` bound a request's body, the requests admitted at once, and each one's wait.
+    ``request_timeout_s`` bound a request's body, the requests admitted at once, and each one's wait;
+    ``max_n`` the choices per prompt, ``max_logprobs`` the alternatives per token.
     """
     known = [n for n in (context_length, model_context_length(backend)) if n]
     count_tokens = getattr(backend, "render_prompt", None)
+    tokenizer = getattr(backend, "tokenizer", None)
     state = ServerState(
         backend=backend, model_name=model_name,
         batcher=Batcher(backend, max_batch=max_batch, window_s=batch_window_ms / 1000.0),
         context=min(known) if known else None, max_body_bytes=max_body_bytes, max_queue=max(1, max_queue),
-        request_timeout_s=request_timeout_s, default_max_tokens=default_max_tokens, api_key=api_key,
-        count_tokens=count_tokens,
-        chars_per_token=max_chars_per_token(backend.tokenizer) if count_tokens and hasattr(backend, "tokenizer")
-        else None,
+        request_timeout_s=request_timeout_s, api_key=api_key,
+        limits=Limits(max_n=max(1, max_n), max_logprobs=max(0, max_logprobs), default_max_tokens=default_max_tokens),
+        features=serving_features(backend), tokens=TokenText(tokenizer) if tokenizer is not None else None,
+        vocab=vocab_size(backend), count_tokens=count_tokens,
+        chars_per_token=max_chars_per_token(tokenizer) if count_tokens and tokenizer is not None else None,
     )
     app = FastAPI(title="MemFactory OpenAI-compatible server", lifespan=_lifespan)
     app.state.server = state
@@ -380,4 +445,5 @@ def create_app(
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", chat, methods=["POST"])
+    app.add_api_route("/v1/completions", completions, methods=["POST"])
     return app

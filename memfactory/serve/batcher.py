@@ -1,6 +1,10 @@
 """The batching queue: requests arriving within a few milliseconds of each other run as ONE
 ``backend.generate`` call on a worker thread (one call per group of equal sampling parameters),
-with per-request deadlines, interruption at the next token, and batch-size statistics."""
+with per-request deadlines, interruption at the next token, and batch-size statistics.
+
+A job asks for ``n`` samples of one prompt: its prompt goes into the call ``n`` times, side by side,
+so a backend that prefills a repeated prompt once (the hf backend) does so, and a seeded call
+draws ``n`` different samples from one generator."""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memfactory.backends.base import Backend
-from memfactory.types import ChatPrompt, SamplingParams
+from memfactory.types import Generation, Prompt, SamplingParams
 
 
 class ServerShuttingDown(Exception):
@@ -30,12 +34,13 @@ class GenerationInterrupted(Exception):
 
 @dataclass
 class Job:
-    """One request in the queue; its future gets the Generation or the exception."""
+    """One prompt of a request, sampled ``n`` times; its future gets the ``n`` Generations or the exception."""
 
-    prompt: ChatPrompt
+    prompt: Prompt
     params: SamplingParams
     deadline: float = math.inf  # time.monotonic() after which nobody wants the answer
-    future: Future = field(default_factory=Future)
+    n: int = 1
+    future: Future[list[Generation]] = field(default_factory=Future)
     abandoned: bool = False  # the client went away or stopped waiting
 
     def unwanted(self, now: float) -> bool:
@@ -43,14 +48,22 @@ class Job:
 
 
 def _params_key(p: SamplingParams) -> tuple:
+    """What must be equal for jobs to share a generate call (log-prob requests are merged instead)."""
     return (p.max_new_tokens, p.temperature, p.top_p, p.top_k, tuple(p.stop), p.seed)
+
+
+def _merged_params(jobs: list[Job]) -> SamplingParams:
+    """One group's parameters: the most alternatives any job asks for, prompt log-probs if any does
+    (each reply keeps what its request asked for)."""
+    return replace(jobs[0].params, top_logprobs=max(j.params.top_logprobs for j in jobs),
+                   prompt_logprobs=any(j.params.prompt_logprobs for j in jobs))
 
 
 @dataclass
 class BatchStats:
-    requests: int = 0
+    requests: int = 0  # jobs: one per prompt of a request
     batches: int = 0  # backend.generate calls
-    max_batch: int = 0  # largest number of prompts in one generate call
+    max_batch: int = 0  # largest number of rows (prompts x n) in one generate call
     sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many times
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,8 +72,9 @@ class BatchStats:
 
 
 class Batcher:
-    """Collects jobs for ``window_s`` after the first arrives (up to ``max_batch``) and runs each
-    group of equal sampling parameters as one ``backend.generate`` call on one worker thread.
+    """Collects jobs for ``window_s`` after the first arrives (up to ``max_batch`` rows; a job of n
+    samples is n rows and is never split) and runs each group of equal sampling parameters as one
+    ``backend.generate`` call on one worker thread.
 
     Closed-loop clients (each sends its next request when the previous answer arrives) tend to
     split into two half-size groups that alternate: one queues while the other runs. So when a
@@ -88,15 +102,16 @@ class Batcher:
         self._worker_ident: int | None = None
         self.batch_seconds = 0.0  # moving average of one generate call, for Retry-After
 
-    def submit(self, prompt: ChatPrompt, params: SamplingParams, deadline: float = math.inf) -> Future:
-        return self.submit_job(prompt, params, deadline).future
+    def submit(self, prompt: Prompt, params: SamplingParams, deadline: float = math.inf,
+               n: int = 1) -> Future[list[Generation]]:
+        return self.submit_job(prompt, params, deadline, n).future
 
-    def submit_job(self, prompt: ChatPrompt, params: SamplingParams, deadline: float = math.inf) -> Job:
-        """Queue one request; the job's future gets the Generation (or the exception)."""
+    def submit_job(self, prompt: Prompt, params: SamplingParams, deadline: float = math.inf, n: int = 1) -> Job:
+        """Queue ``n`` samples of one prompt; the job's future gets the n Generations (or the exception)."""
         if self._stopping.is_set():
             raise ServerShuttingDown("the server is shutting down")
         self._ensure_started()
-        job = Job(prompt, params, deadline)
+        job = Job(prompt, params, deadline, max(1, n))
         self._queue.put(job)
         return job
 
@@ -163,9 +178,10 @@ class Batcher:
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """The first job plus whatever arrives within the window (longer when a batch is short)."""
         jobs = [first]
+        rows = first.n
         start = time.monotonic()
         expected = self._expected_size(start)
-        while len(jobs) < self.max_batch:
+        while rows < self.max_batch:
             # Whatever queued up while the previous batch ran is taken at once.
             if len(jobs) < expected:
                 wait = self.catch_up_s
@@ -179,6 +195,7 @@ class Batcher:
             if job is None:
                 return jobs, True
             jobs.append(job)
+            rows += job.n
         return jobs, False
 
     def _loop(self) -> None:
@@ -218,17 +235,18 @@ class Batcher:
                 live.append(job)
         if not live:
             return
+        rows = sum(job.n for job in live)
         with self._stats_lock:
             self.stats.requests += len(live)
             self.stats.batches += 1
-            self.stats.max_batch = max(self.stats.max_batch, len(live))
-            self.stats.sizes[len(live)] = self.stats.sizes.get(len(live), 0) + 1
+            self.stats.max_batch = max(self.stats.max_batch, rows)
+            self.stats.sizes[rows] = self.stats.sizes.get(rows, 0) + 1
         began = time.monotonic()
         self._current = live
         try:
-            outputs = self.backend.generate([j.prompt for j in live], live[0].params)
-            if len(outputs) != len(live):
-                raise RuntimeError(f"backend returned {len(outputs)} generations for {len(live)} prompts")
+            outputs = self.backend.generate([j.prompt for j in live for _ in range(j.n)], _merged_params(live))
+            if len(outputs) != rows:
+                raise RuntimeError(f"backend returned {len(outputs)} generations for {rows} prompts")
         except BaseException as exc:  # noqa: BLE001 - every waiting request must hear about it
             if isinstance(exc, GenerationInterrupted):
                 exc = (ServerShuttingDown(str(exc)) if self._stopping.is_set()
@@ -240,5 +258,7 @@ class Batcher:
             self._current = []
             took = time.monotonic() - began
             self.batch_seconds = took if self.batch_seconds == 0 else 0.8 * self.batch_seconds + 0.2 * took
-        for job, out in zip(live, outputs):
-            job.future.set_result(out)
+        start = 0
+        for job in live:
+            job.future.set_result(outputs[start : start + job.n])
+            start += job.n

@@ -20,6 +20,8 @@ from memfactory.serve.app import create_app
 from memfactory.serve.batcher import Batcher
 from memfactory.serve.protocol import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_LOGPROBS,
+    DEFAULT_MAX_N,
     DEFAULT_MAX_QUEUE,
     DEFAULT_REQUEST_TIMEOUT_S,
     model_context_length,
@@ -144,6 +146,8 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     backend_name: str = "hf",
+    max_n: int = DEFAULT_MAX_N,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
 ) -> None:
     """Load the model and serve it until SIGTERM / Ctrl-C (blocking); see :func:`create_app` for the limits."""
     _check_port_free(host, port)  # before the (slow) model load
@@ -156,9 +160,9 @@ def serve(
     model_name = name or (checkpoint and Path(checkpoint).name) or path
     app = create_app(backend, model_name, max_batch=max_batch, batch_window_ms=batch_window_ms, api_key=api_key,
                      context_length=context_length, max_body_bytes=max_body_bytes, max_queue=max_queue,
-                     request_timeout_s=request_timeout_s)
+                     request_timeout_s=request_timeout_s, max_n=max_n, max_logprobs=max_logprobs)
     context = app.state.server.context
     print(f"serving {model_name!r} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C to stop; "
           f"context {context or 'unknown'} tokens, body <= {max_body_bytes} bytes, queue <= {max_queue}, "
-          f"deadline {request_timeout_s:g} s)", flush=True)
+          f"deadline {request_timeout_s:g} s, n <= {max_n})", flush=True)
     make_server(app, host=host, port=port, log_level="info").run()
