@@ -10,6 +10,8 @@ import httpx
 import pytest
 import torch
 
+from memfactory.backends.base import ServingFeatures
+from memfactory.backends.hf import HFBackend
 from memfactory.serve.app import create_app
 from memfactory.serve.batcher import Batcher
 from memfactory.serve.server import ServerThread
@@ -156,6 +158,31 @@ def test_a_log_prob_request_the_backend_cannot_answer_is_refused():
         # ... and the plain request still works
         reply = httpx.post(srv.url + "/chat/completions", json={"model": "text", "messages": QUESTION}).json()
         assert reply["choices"][0]["message"]["content"] == "fine"
+
+
+def test_echo_the_backend_cannot_score_is_refused_streaming_or_not(tiny_backend):
+    """A backend that gives sampled log-probs but no prompt log-probs: echo with logprobs is a 400
+    naming echo (streaming or not), never a reply without them; echo alone, streamed, still works."""
+
+    class NoPromptScores(HFBackend):
+        features = ServingFeatures(token_prompts=True, logprobs=True, top_logprobs=5, prompt_logprobs=False)
+
+    backend = NoPromptScores(tiny_backend.model, tiny_backend.tokenizer)
+    with ServerThread(create_app(backend, NAME)) as srv:
+        for stream in (True, False):
+            response = post(srv, "/completions", prompt="alpha beta", max_tokens=2, echo=True, logprobs=1,
+                            stream=stream)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == "echo" and "no prompt log-probs" in error["message"]
+        with httpx.stream("POST", srv.url + "/completions", json={"model": NAME, "prompt": "alpha beta", "echo": True,
+                          "max_tokens": 2, "temperature": 0, "stream": True}, timeout=120) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert json.loads(events[0])["choices"][0]["text"].startswith("alpha beta") and events[-1] == "[DONE]"
+        # sampled tokens' log-probs, which it has, are still answered
+        reply = ok(post(srv, "/completions", prompt="alpha beta", max_tokens=2, logprobs=1))
+        assert len(reply["choices"][0]["logprobs"]["token_logprobs"]) == reply["usage"]["completion_tokens"] >= 1
 
 
 # --------------------------------------------------------------------------- /v1/completions
