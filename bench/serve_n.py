@@ -38,6 +38,11 @@ from memfactory.serve.server import ServerThread
 
 HEADING = "## Serving n samples: one n=8 request vs eight n=1 (`bench/serve_n.py`)"
 MODES = ("one n=8", "8 x n=1 concurrent", "8 x n=1 sequential")
+NOTE = ("One n=8 request is one batcher job of 8 rows: one generate call, the prompt prefilled once. Eight "
+        "concurrent n=1 requests are merged when they arrive within the batching window, but while no recent "
+        "batch held more than one request the first starts at once (the batcher's lone-client rule) and the "
+        "other seven wait for it: about two generate calls, plus eight HTTP round trips and eight replies to "
+        "build. Eight sequential requests are eight generate calls of one row.")
 QUESTION = "Document 3: the code word is item39. Other words: alpha, beta, gamma. What is the code word?"
 
 
@@ -171,6 +176,8 @@ def main() -> int:
          f"on a machine shared with other jobs; {time.perf_counter() - began:.0f} s in all."),
         "",
         table(rows, args.repeats),
+        "",
+        NOTE,
     ])
     print("\n" + text)
     if args.write:
