@@ -61,7 +61,7 @@ GPU_PRESETS = {
     "memory_r1_qwen3": "qwen3-4b-shape",
     "rmm_qwen3": "qwen3-4b-shape",
 }
-# The longest call's shape is the memory planner's (memfactory/planner.py), so the estimate printed
+# The longest call's shape is the memory planner's (memfactory/planner/), so the estimate printed
 # next to each measured peak is for exactly the rows measured.
 from memfactory.backends.shape import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
 
@@ -184,7 +184,7 @@ def state_gib(trainer) -> dict:
 def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict:
     """The memory planner's update-phase estimate (allocated GiB) for the rows just measured, per
     section of memory, and its error against the measured peak: the first GPU run calibrates it."""
-    from memfactory.planner import estimate_memory
+    from memfactory.planner.plan import estimate_memory
 
     plan = estimate_memory(preset, call_shape=(prompt, response))
     c = plan.components

@@ -21,7 +21,7 @@ TEMPLATE_TOKENS = 256
 # A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
 BANK_PROMPT_TOKENS = 2048
 # Hub ids of the shipped GPU presets -> the tiny:// shape of the same architecture, so that a plan
-# works offline (tests/test_planner.py checks these shapes against the real configs' numbers).
+# works offline (tests/planner/test_planner_costs.py checks these shapes against the real configs' numbers).
 KNOWN_HUB_SHAPES = {
     "qwen/qwen3-1.7b": "qwen3-1.7b-shape",
     "qwen/qwen3-4b-instruct-2507": "qwen3-4b-shape",
