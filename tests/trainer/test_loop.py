@@ -10,7 +10,8 @@ import torch
 from memfactory.config import load_preset
 from memfactory.envs.base import Reward
 from memfactory.paths import presets_dir
-from memfactory.trainer.loop import GRPOTrainer, TrainingDiverged
+from memfactory.trainer.loop import GRPOTrainer
+from memfactory.trainer.update import TrainingDiverged
 from tests.vowel_reward import VowelShare
 
 
