@@ -92,6 +92,15 @@ class ModelShape:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
         return embeddings + self.layers * per_layer + self.hidden
 
+    @property
+    def linear_parameters(self) -> int:
+        """Parameters held by ``nn.Linear`` modules: the projections (with biases) and an untied LM head.
+        The rest (embeddings, norms) is what a ``bf16_mixed`` reference keeps in fp32."""
+        per_layer = sum(a * b for a, b in self.linear_shapes().values())
+        if self.attention_bias:
+            per_layer += self.q_dim + 2 * self.kv_dim
+        return self.layers * per_layer + (0 if self.tied else self.vocab * self.hidden)
+
     def lora_parameters(self, r: int, targets: list[str]) -> int:
         """Adapter parameters: r x (in + out) for every targeted projection of every layer."""
         shapes = self.linear_shapes()

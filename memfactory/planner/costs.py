@@ -155,6 +155,16 @@ def layer_activation_bytes(shape: ModelShape, compute_bytes: int, residual_bytes
     return total
 
 
+def reference_bytes(shape: ModelShape, k: Knobs) -> float:
+    """The full fine-tuning reference copy: in the loaded dtype, but under ``bf16_mixed`` everything
+    outside an ``nn.Linear`` (embeddings, norms) in the master dtype, so that it computes exactly as
+    the policy does (:func:`memfactory.trainer.precision.reference_dtypes`)."""
+    if k.precision != "bf16_mixed":
+        return float(shape.parameters * k.frozen_bytes)
+    linear = shape.linear_parameters
+    return float(linear * k.frozen_bytes + (shape.parameters - linear) * k.master_bytes)
+
+
 def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
     """Weights, gradients, optimizer state and reference per device, in bytes."""
     total = shape.parameters
@@ -171,7 +181,7 @@ def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
         "weights": (trained * m + frozen_weights) / shards,
         "gradients": trained * m / shards,
         "optimizer": 2 * trained * m / shards,  # AdamW's exp_avg and exp_avg_sq, in the weights' dtype
-        "reference": total * k.frozen_bytes if k.reference else 0.0,  # deep-copied, never sharded
+        "reference": reference_bytes(shape, k) if k.reference else 0.0,  # deep-copied, never sharded
         "trained": trained,
     }
 

@@ -138,10 +138,12 @@ class GRPOTrainer:
             model = attach_lora(model, self.cfg.lora)
         self.reference = None
         if self.cfg.beta > 0 and self.cfg.lora is None:
-            # Full fine-tuning needs a frozen copy, on the accelerator and in the loaded dtype (bf16
-            # for a bf16 checkpoint: frozen weights need no fp32 master); with LoRA the reference is
-            # the base model with adapters disabled, so no second copy is held.
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+            # Full fine-tuning needs a frozen copy on the accelerator: Linear weights in the loaded dtype
+            # (frozen weights need no fp32 master), the rest in the master dtype so that it computes
+            # exactly as the policy does now (KL 0 before any update). With LoRA the reference is the
+            # base model with adapters disabled, so no second copy is held.
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference = precision.reference_dtypes(reference, self.precision).to(self.accelerator.device)
         precision.apply_master_dtype(model, self.precision)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

@@ -16,7 +16,7 @@ import torch
 from memfactory.config import TrainerConfig
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
-from memfactory.trainer.batching import pack_calls, token_logprobs
+from memfactory.trainer.batching import grad_pass_shares_prompt, pack_calls, token_logprobs
 from memfactory.trainer.grpo import MAX_STATS, grpo_loss
 from memfactory.types import ModelCall
 
@@ -59,6 +59,9 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
     world = dist.world(acc)
     stats: dict[str, list[float]] = {}
     t.model.train()
+    # One path for the grad pass and the no-grad scoring, so old and reference log-probs at the
+    # policy's own weights equal its log-probs exactly (see batching.grad_pass_shares_prompt).
+    shared = cfg.shared_prompt_forward and grad_pass_shares_prompt(t.model)
     prepared = []
     scoring = cfg.num_iterations > 1 or cfg.beta > 0
     # Sharded weights are gathered once for all no-grad scoring (the same on every rank).
@@ -75,13 +78,13 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
                 if cfg.num_iterations > 1:
                     old = token_logprobs(t.policy, batch, temperature=max(cfg.temperature, 1e-6),
                                          micro_batch_size=cfg.micro_batch_size,
-                                         shared_prompt=cfg.shared_prompt_forward)
+                                         shared_prompt=shared)
                 if cfg.beta > 0:
                     with t.reference_context():
                         ref = token_logprobs(t.reference_model(), batch,
                                              temperature=max(cfg.temperature, 1e-6),
                                              micro_batch_size=cfg.micro_batch_size,
-                                             shared_prompt=cfg.shared_prompt_forward)
+                                             shared_prompt=shared)
             prepared.append((batch, adv, old, ref))
     micro = [
         (batch, adv, old, ref, slice(start, start + cfg.micro_batch_size))
@@ -112,7 +115,7 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
                 width = mb.response_width  # trimming only drops trailing padding columns
                 with t.autocast():  # the forward in bf16 under bf16_mixed; backward outside it
                     logps = token_logprobs(t.model, mb, temperature=max(cfg.temperature, 1e-6),
-                                           shared_prompt=cfg.shared_prompt_forward, stats=scored)
+                                           shared_prompt=shared, stats=scored)
                     old_logps = old[index, :width] if old is not None else logps.detach()
                     loss, parts = grpo_loss(
                         logps, old_logps, adv[index], mb.response_mask,
