@@ -240,11 +240,12 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
 
 
 def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[str, float]:
-    """Generation: the KV cache of every row generated at once, on top of the persistent state."""
+    """Generation: the KV cache of every row generated at once, on top of the persistent state (the
+    gradients are freed right after each optimizer step, so none are held while sampling)."""
     a = k.compute_bytes
     kv_bytes = a if k.engine == "policy" else k.engine_bytes
     kv = 0.0 if k.engine == "vllm" else k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
-    fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
+    fixed = static["weights"] + static["optimizer"] + static["reference"]
     extra = 0.0
     if k.strategy == "fsdp2" and k.gpus > 1:  # rollouts run on the full weights, gathered
         extra += static["trained"] * k.master_bytes * (1 - 1 / k.gpus)

@@ -100,7 +100,7 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
     passes = int(dist.all_reduce(acc, [float(len(micro))], op="max")[0]) if world > 1 else len(micro)
     scored: dict[str, int] = {}  # rows of the grad passes, and those scored with a shared prompt forward
     for _ in range(cfg.num_iterations):
-        t.optimizer.zero_grad(set_to_none=True)
+        t.optimizer.zero_grad(set_to_none=True)  # no-op unless an interrupted pass left some
         for k in range(passes):
             # Gradients are synchronised once, on the last pass of every rank.
             sync = world == 1 or k == passes - 1
@@ -149,6 +149,9 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
             t.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {t.step + 1}; stopping.")
         t.optimizer.step()
+        # Free the gradients now, as transformers' Trainer does after optimizer.step(): held until the
+        # next update they would sit through the next rollout (4 bytes per trained parameter).
+        t.optimizer.zero_grad(set_to_none=True)
         stats.setdefault("grad_norm", []).append(float(grad_norm))
     loss_sum = float(np.sum(stats.get("loss", [0.0])))
     if world > 1:

@@ -147,7 +147,7 @@ def test_static_parts_match_the_h200_measurement():
 def test_static_bytes_match_a_real_trainer(overrides, tmp_path, monkeypatch):
     """Bytes of a real GRPOTrainer's weights, reference, gradients and AdamW state after an update."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_check import state_gib, synthetic_calls  # noqa: F401 - state_gib's sizes, in bytes here
+    from gpu_check import synthetic_calls, watch_gradients
 
     from memfactory.trainer.loop import GRPOTrainer
 
@@ -155,6 +155,7 @@ def test_static_bytes_match_a_real_trainer(overrides, tmp_path, monkeypatch):
     preset = _preset("tiny_test", *overrides, "logging.swanlab=disabled")
     trainer = GRPOTrainer(preset)
     calls = synthetic_calls(4, 16, 8, trainer.policy.config.vocab_size)
+    gradients = watch_gradients(trainer)  # held until the optimizer step, freed right after it
     trainer.policy_update([(calls, [1.0, -1.0, 1.0, -1.0])])
 
     def size(tensors) -> int:
@@ -164,13 +165,42 @@ def test_static_bytes_match_a_real_trainer(overrides, tmp_path, monkeypatch):
     measured = {
         "weights": size(policy),
         "reference": size(trainer.reference.parameters()) if trainer.reference is not None else 0,
-        "gradients": size(p.grad for p in policy if p.grad is not None),
+        "gradients": gradients["bytes"],
         "optimizer": size(v for s in trainer.optimizer.optimizer.state.values() for v in s.values()
                           if isinstance(v, torch.Tensor) and v.dim() > 0),
     }
     static = static_bytes(model_shape(preset.model.path), knobs(preset, 1, "single", "cpu"))
     for part, value in measured.items():
         assert static[part] == pytest.approx(value, rel=0.01), (part, static[part], value)
+
+
+def test_the_rollout_phase_holds_weights_optimizer_and_reference_but_no_gradients(tmp_path, monkeypatch):
+    """After a real train_step (the next rollout's starting point) the trainer holds its weights, AdamW
+    state and reference, and no gradients: exactly the rollout phase's fixed part."""
+    from dataclasses import replace
+
+    from memfactory.planner.costs import rollout_bytes
+    from memfactory.trainer.loop import GRPOTrainer
+    from tests.vowel_reward import VowelShare
+
+    monkeypatch.chdir(tmp_path)
+    preset = _preset("tiny_test", "trainer.beta=0.1", "trainer.stop=[]", "trainer.skip_equal_groups=false")
+    trainer = GRPOTrainer(preset)
+    trainer.env.rewards, trainer.env.weights = {"v": VowelShare()}, {"v": 1.0}
+    assert trainer.train_step().metrics["grad_norm"] > 0
+
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    policy = list(trainer.policy.parameters())
+    assert all(p.grad is None for p in policy)
+    held = size(policy) + size(trainer.reference.parameters()) + size(
+        v for s in trainer.optimizer.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
+    shape = model_shape(preset.model.path)
+    k = replace(knobs(preset, 1, "single", "cpu"), rollout_rows=0)  # no rows: the fixed part alone
+    static = static_bytes(shape, k)
+    assert rollout_bytes(shape, k, static)["peak"] == pytest.approx(held, rel=0.01)
+    assert static["gradients"] > 0.2 * held  # what the rollout no longer holds
 
 
 def test_fsdp2_shards_weights_grads_and_optimizer_ddp_replicates():
