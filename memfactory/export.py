@@ -38,7 +38,7 @@ def run_checkpoint(target: str, db: str | Path | None = None) -> Checkpoint:
     return checkpoint
 
 
-def _base_model_config(ckpt: Checkpoint) -> ModelConfig:
+def base_model_config(ckpt: Checkpoint) -> ModelConfig:
     """The base model of the run: its preset's ``model`` section (falls back to the adapter's record)."""
     if ckpt.run_dir is not None and RunDir(ckpt.run_dir).preset_path.is_file():
         model = load_preset(RunDir(ckpt.run_dir).preset_path).model
@@ -100,7 +100,7 @@ def merge_adapter(ckpt: Checkpoint, out: Path, dtype: str | None = None) -> Path
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_merged(_base_model_config(ckpt), tmp, dtype)
+        save_merged(base_model_config(ckpt), tmp, dtype)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

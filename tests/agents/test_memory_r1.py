@@ -166,7 +166,7 @@ def test_respond_retrieves_with_scores_and_answers_from_a_given_bank(tmp_path, t
                               SamplingParams(max_new_tokens=8, temperature=0.0), group_size=1, train=False)
     retrieved = next(e for e in trajectory.trace if e["kind"] == "retrieved")
     assert retrieved["query"] == "Where does Ava live?"
-    assert [m["text"] for m in retrieved["memories"]][0] == "Ava lives in Berlin"
+    assert retrieved["memories"][0]["text"] == "Ava lives in Berlin"
     assert retrieved["memories"][0]["score"] >= retrieved["memories"][1]["score"]
     assert [c.module for c in trajectory.calls] == ["memory_r1.answer"] and trajectory.answer is not None
     assert store.count() == 2  # answering never writes the bank

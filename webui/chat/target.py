@@ -17,11 +17,13 @@ from memfactory.agents.base import Agent
 from memfactory.agents.build import build_agent
 from memfactory.agents.direct import DirectAgent
 from memfactory.agents.memagent import MemoryAgent
-from memfactory.config import Preset
+from memfactory.config import Preset, load_preset
 from memfactory.errors import MemFactoryError
+from memfactory.registry import REGISTRY
 from memfactory.serve import model_context_length
 from memfactory.text import codec_for
 from memfactory.types import ChatPrompt, SamplingParams
+from webui import workspace
 from webui.models import BackendCache
 from webui.playground.compare import RunSettings, WorkflowSpec, build_preset, sampling_params
 
@@ -85,6 +87,18 @@ def kind_of(agent: Agent) -> Kind:
         return "direct"
     raise MemFactoryError(f"agent {type(agent).__name__} has no chat: the Chat tab talks to memory-bank agents "
                           "(memory_r1, rmm), memagent and direct")
+
+
+def preset_kind(name: str) -> Kind | None:
+    """The chat a preset holds, read from its agent's class without loading a model (None: unknown)."""
+    try:
+        agent = REGISTRY.get("agent", load_preset(workspace.find_preset(name)).agent).target
+    except Exception:  # noqa: BLE001 - a preset that cannot be read says why when it is loaded
+        return None
+    for kind, base in (("bank", BankAgent), ("memagent", MemoryAgent), ("direct", DirectAgent)):
+        if isinstance(agent, type) and issubclass(agent, base):
+            return kind  # type: ignore[return-value]
+    return None
 
 
 def load(target: ChatTarget, cache: BackendCache) -> Loaded:
