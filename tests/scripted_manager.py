@@ -6,7 +6,9 @@ real embeddings) has a known outcome: "I live in Paris" extracts a fact the upda
 Berlin" one it UPDATEs over the Paris memory, and "Where do I live?" finds nothing to remember and is
 answered from the first memory retrieved. MemAgent's updates keep each section; its answers quote
 the memory. ``app.state.calls`` counts the calls by kind; ``app.state.hold[kind]`` (a threading.Event)
-holds calls of that kind until it is set, and ``app.state.arrived[kind]`` says one is waiting.
+holds calls of that kind until it is set, and ``app.state.arrived[kind]`` says one is waiting. A
+``stream: true`` request is answered in server-sent chunks (``app.state.hold_stream[kind]`` holds the
+stream after its first chunk).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import threading
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 PLACE = re.compile(r"(?:live in|moved to|lives in) ([A-Z][a-z]+)")
 
@@ -70,11 +73,25 @@ def reply(user: str) -> str:
     return f"{found.group(1) if found else 'unknown'}}}"
 
 
+async def _pieces(app: FastAPI, kind: str, text: str):
+    """``text`` as OpenAI's server-sent chunks, three characters a chunk; ``app.state.hold_stream[kind]``
+    (an Event) holds the stream after its first chunk until it is set (a Stop mid-answer)."""
+    for start in range(0, len(text), 3):
+        chunk = {"choices": [{"index": 0, "delta": {"content": text[start:start + 3]}, "finish_reason": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+        hold = app.state.hold_stream.get(kind)
+        if start == 0 and hold is not None:
+            await asyncio.to_thread(hold.wait, 60)
+    yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def scripted_manager_app() -> FastAPI:
     app = FastAPI()
     app.state.calls = {}
     app.state.hold = {}
     app.state.arrived = {}
+    app.state.hold_stream = {}
 
     @app.get("/v1/models")
     async def models():
@@ -95,6 +112,8 @@ def scripted_manager_app() -> FastAPI:
             text = "\\boxed{" + text
         if kind == "rerank" and prefix.endswith("["):
             text = text[1:]
+        if body.get("stream"):
+            return StreamingResponse(_pieces(app, kind, text), media_type="text/event-stream")
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
     return app

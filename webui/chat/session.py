@@ -13,10 +13,11 @@ Every turn goes through the agent's own pipeline, the one training and evaluatio
   questions reuse that memory without reading again.
 * the no-memory baseline: one call with the document and the question.
 
-:meth:`ChatSession.steps` yields the turn after every model call, so the tab shows each as it ends
-(the local backends have no token streaming). Stop sets a flag and waits for the call in flight:
-nothing starts after it, and the operations decided for the bank are applied whole or not at all
-(they are applied in a step of their own, after their model call).
+:meth:`ChatSession.steps` yields the turn after every model call, and while the answer is written, at
+every token (:mod:`webui.chat.stream`: ``Turn.partial``). Stop sets a flag: the answer being written
+ends at its next token; another call in flight (the extractor's, the updater's) is waited for and
+nothing starts after it. The operations decided for the bank are applied whole or not at all (in a
+step of their own, after their model call), so a stopped turn never leaves the bank half-written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,7 @@ from memfactory.modules.recurrent import MemoryState
 from memfactory.modules.reranker import RerankRequest
 from memfactory.types import Sample, Trajectory
 from webui.chat import bankfiles
+from webui.chat.stream import StreamingBackend, in_thread
 from webui.chat.target import ChatTarget, Loaded, check_prompt, load, token_count
 from webui.models import BackendCache
 from webui.playground.compare import describe_error
@@ -64,6 +66,7 @@ class Turn:
     status: Status = "running"
     step: str = ""  # what is happening now, for the status line
     answer: str = ""
+    partial: str = ""  # the answer as it is being written (streamed), until the turn ends
     facts: list[str] = field(default_factory=list)  # what the extractor found
     ops: list[dict[str, Any]] = field(default_factory=list)  # the updater's trace entries (op, id, old, new, applied)
     applied: bool | None = None  # None: no memory update (yet); True / False: applied whole / not at all
@@ -171,6 +174,13 @@ class ChatSession:
             raise MemFactoryError("no bank is open: send a message or open a bank first")
         return bankfiles.download_copy(self.bank, self._downloads)
 
+    def transcript(self) -> list[dict[str, str]]:
+        """This session's messages, and the answer being written (a cursor at its end) while a turn runs."""
+        turn = self.current
+        if turn is None or turn.status != "running" or not turn.partial or turn.session != self.session:
+            return list(self.messages)
+        return [*self.messages, {"role": "assistant", "content": turn.partial + " ▌"}]
+
     def close(self) -> None:
         self.close_bank()
         shutil.rmtree(self._downloads, ignore_errors=True)
@@ -257,8 +267,9 @@ class ChatSession:
                 self._applied(turn, [result])
         turn.ops = [e for e in trajectory.trace if e.get("kind") == "op"]
         yield turn
-        with self._step(turn, "answering from the memories"):
-            agent.respond([sample], [trajectory], [bank], backend, params, group_size=1, train=False)
+        skip = 0 if agent.reflects or "reranker" not in agent.modules else 1  # RMM reranks first
+        yield from self._streamed(turn, "answering from the memories", lambda streaming: agent.respond(
+            [sample], [trajectory], [bank], streaming, params, group_size=1, train=False), skip=skip)
         turn.retrieved = retrieved_rows(trajectory.trace)
         turn.answer = trajectory.answer or ""
 
@@ -278,17 +289,17 @@ class ChatSession:
             turn.reused_memory, turn.trace = True, list(self.read_trace)
         state = self.reading
         state.sample, state.trajectory = sample, Trajectory(sample=sample)
-        with self._step(turn, "answering from the memory"):
-            module.answer([state], backend, params, train=False)
+        yield from self._streamed(turn, "answering from the memory",
+                                  lambda streaming: module.answer([state], streaming, params, train=False))
         turn.trace = [*self.read_trace, *state.trajectory.trace]
         turn.answer = state.trajectory.answer or ""
 
     def _direct_turn(self, loaded: Loaded, turn: Turn) -> Iterator[Turn]:
         sample = Sample(f"chat-{turn.number}", turn.message, [], context=self.document)
-        with self._step(turn, "answering"):
-            (trajectory,) = loaded.agent.run([sample], loaded.backend, params=loaded.params)
-        turn.answer = trajectory.answer or ""
-        yield turn
+        done: list[Trajectory] = []
+        yield from self._streamed(turn, "answering",
+                                  lambda streaming: done.extend(loaded.agent.run([sample], streaming, params=loaded.params)))
+        turn.answer = done[0].answer or ""
 
     # ------------------------------------------------------------------ checks before anything is sent
 
@@ -364,6 +375,25 @@ class ChatSession:
             turn.step = what
             yield
 
+    def _streamed(self, turn: Turn, what: str, call: Callable[[StreamingBackend], Any], *, skip: int = 0) -> Iterator[Turn]:
+        """One step whose model calls end with the answer: run in a worker thread under the session's lock,
+        the turn yielded each time the answer's text grows; Stop ends the generation at its next token."""
+        changed = threading.Event()
+
+        def on_text(text: str) -> None:
+            if self._cancel.is_set():
+                raise ChatStopped
+            turn.partial = text
+            changed.set()
+
+        def work() -> None:
+            with self._step(turn, what):
+                assert self.loaded is not None
+                call(StreamingBackend(self.loaded.backend, on_text, skip=skip))
+
+        for _ in in_thread(work, changed, self._cancel):
+            yield turn
+
     @staticmethod
     def _applied(turn: Turn, results: list[ApplyResult]) -> None:
         """Record whether the turn's operations went in (each batch is one transaction: all or nothing)."""
@@ -381,9 +411,10 @@ class ChatSession:
         elif self.loaded is not None and self.loaded.kind == "bank":
             kept = "The bank is unchanged: nothing of this turn was written."
         else:
-            kept = "No answer was given."
-        turn.note = f"Stopped. {kept}"
-        self.messages.append({"role": "assistant", "content": f"⏹ {turn.note}"})
+            kept = "The answer was not finished." if turn.partial else "No answer was given."
+        written = f"{turn.partial} …\n\n" if turn.partial else ""  # what the answer had said when stopped
+        turn.note = f"Stopped{' mid-answer' if turn.partial else ''}. {kept}"
+        self.messages.append({"role": "assistant", "content": f"{written}⏹ {turn.note}"})
 
 
 def _embedder(loaded: Loaded) -> str | None:

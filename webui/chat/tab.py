@@ -3,9 +3,10 @@
 What to talk to, the turns and the memory are ``webui.chat``'s Gradio-free modules; this file draws
 the widgets and wires the events. Each browser tab has its own :class:`ChatSession` (a ``gr.State``,
 closed with the tab); the models are shared through one cache, and the Send event runs several
-sessions at once, so one chat's generation does not wait for another's. Stop cancels the Send event
-(Gradio's ``cancels=``) and tells the session, which lets the model call in flight finish and starts
-nothing after it.
+sessions at once, so one chat's generation does not wait for another's. The answer streams into the
+chat token by token. Stop cancels the Send event (Gradio's ``cancels=``) and tells the session: the
+answer being written ends at its next token, any other call in flight is waited for, nothing starts
+after it.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class ChatView:
                        if loaded is not None and session is not None else "")
         updates: Updates = {
             self.state: session, self.status: message,
-            self.chatbot: list(session.messages) if session is not None else [],
+            self.chatbot: session.transcript() if session is not None else [],
             self.ops: view.ops_frame(session.turns if session is not None else []),
             self.retrieved: view.retrieved_frame(turn), self.bank_table: view.bank_frame(bank),
             self.trace: view.memagent_html(turn if turn is not None and turn.trace else None),
@@ -234,8 +235,13 @@ def build(ctx: UIContext) -> None:
             yield {**failed(session, exc), message: gr.update()}
             return
         yield {**shown.show(session), message: ""}
+        step = turn.step
         for _ in session.steps(turn):
-            yield {**shown.show(session), message: gr.update()}
+            if turn.status == "running" and turn.step == step and turn.partial:  # a token: only the chat changes
+                yield {chatbot: session.transcript()}
+            else:
+                yield {**shown.show(session), message: gr.update()}
+            step = turn.step
         if turn.note and turn.status == "done":
             gr.Warning(turn.note[:300])
 

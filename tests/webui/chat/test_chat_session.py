@@ -192,6 +192,35 @@ def test_stop_while_the_update_is_decided_leaves_the_bank_unchanged(session, scr
     assert session.stop() == "Nothing is running."
 
 
+def test_the_answer_streams_and_stop_mid_answer_keeps_what_was_written(session, scripted):
+    session.use(endpoint(scripted))
+    talk(session, "I live in Paris")
+    hold = scripted.app.state.hold_stream["answer"] = threading.Event()  # the stream pauses after "Par"
+    turn = session.begin("Where do I live?")
+    partials: list[str] = []
+    runner = threading.Thread(target=lambda: partials.extend(t.partial for t in session.steps(turn)
+                                                              if t.status == "running"))
+    runner.start()
+    try:
+        assert wait_for(lambda: turn.partial == "\\boxed{Par")  # the first piece is shown while the answer is written
+        assert session.transcript()[-1] == {"role": "assistant", "content": "\\boxed{Par ▌"}
+        said: list[str] = []
+        stopper = threading.Thread(target=lambda: said.append(session.stop()))
+        stopper.start()
+        assert wait_for(lambda: session._cancel.is_set())
+    finally:
+        hold.set()  # the next piece arrives; the generation ends there, nothing more is asked
+    stopper.join(30)
+    runner.join(30)
+    assert "\\boxed{Par" in partials and turn.status == "stopped" and turn.answer == ""
+    assert said == ["Stopped mid-answer. The bank is unchanged: nothing of this turn was written."]
+    assert session.messages[-1]["content"] == "\\boxed{Par …\n\n⏹ " + said[0]  # what had been written, then why it ends
+    assert [m.text for m in session.bank.all()] == ["The user lives in Paris"]
+    del scripted.app.state.hold_stream["answer"]
+    done = talk(session, "Where do I live?")  # the next turn streams to its end
+    assert done.answer == done.partial == "\\boxed{Paris}" and session.messages[-1]["content"] == done.answer
+
+
 def test_two_chats_generate_at_the_same_time(ws, cache, scripted):
     """One chat's generation does not wait for another's: both answer calls are in flight at once."""
     hold = scripted.app.state.hold["answer"] = threading.Event()
