@@ -3,13 +3,21 @@ the call made, the files and sizes, load and test, and each bad choice refused w
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.cli import build_parser, main
 from memfactory.errors import MemFactoryError
 from memfactory.paths import presets_dir
+from memfactory.types import ChatPrompt, SamplingParams
 from webui.export import actions
 from webui.export.actions import ExportRequest
 
@@ -67,6 +75,43 @@ def test_an_adapter_export_loads_on_the_runs_base_model(ws):
     tested = actions.load_and_test(written, request)
     assert tested.model == f"tiny://qwen3-mini + {written}"
     assert "--checkpoint" in actions.usage(written, request)
+
+
+def test_a_merged_export_is_a_model_memfactory_eval_and_serve_accept(ws, capsys):
+    """The folder the tab writes is what `memfactory eval` and `memfactory serve --model` take (the CLI
+    lines ``usage`` shows), and the served model answers as load-and-test's greedy prompt did."""
+    request = ExportRequest(RUN, mode="merged", out=str(ws / "out" / "for-cli"))
+    written = request.export()
+    tested = actions.load_and_test(written, request, "Where was the king born?")
+    out = ws / "out" / "eval"
+    assert main(["eval", str(written), "--sets", "eval_docqa", "--n", "1", "--k", "1", "--max-new-tokens", "4",
+                 "--set", "modules.memory.chunk_tokens=256", "--set", "modules.memory.max_chunks=1",
+                 "--keep-chunk-cap", "--out", str(out), "--no-progress"]) == 0
+    assert str(written) in (out / "table.csv").read_text() and "eval_docqa" in capsys.readouterr().out
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "memfactory", "serve", "--model", str(written), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        client = OpenAIBackend(f"http://127.0.0.1:{port}", str(written), max_retries=0)
+        deadline = time.monotonic() + 300  # a bound for a hang (the model loads in seconds), not a guess
+        while True:
+            try:
+                assert client.list_models() == [str(written)]
+                break
+            except MemFactoryError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "memfactory serve did not come up"
+                time.sleep(0.3)
+        prompt = ChatPrompt([{"role": "user", "content": "Where was the king born?"}])
+        [served] = client.generate([prompt], SamplingParams(max_new_tokens=actions.TEST_TOKENS, temperature=0.0))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert served.text == tested.text  # the same weights, the same greedy answer
 
 
 def test_bad_choices_are_refused_with_the_reason(ws):
