@@ -79,3 +79,43 @@ def test_empty_message_and_bad_document_upload_say_why(app, scripted, tmp_path):
     text = tmp_path / "doc.txt"
     text.write_text("Document 1: Ava lives in Berlin.", encoding="utf-8")
     assert upload.fn(str(text)) == "Document 1: Ava lives in Berlin."
+
+
+def _status(demo, by_elem, trigger: str, session=None, **values) -> tuple[str, object]:
+    """Run ``trigger``'s handler to its end; the status line it left and the session."""
+    (fn,) = [f for f in _fns(demo, by_elem[trigger]) if not f.is_cancel_function]
+    data = _values(demo, fn, by_elem, **values)
+    data[next(b for b in fn.inputs if type(b).__name__ == "State")] = session
+    result = fn.fn(data)
+    last = list(result)[-1] if trigger in ("mf-chat-send", "mf-chat-msg") else result
+    return last[by_elem["mf-chat-status"]], last[next(k for k in last if type(k).__name__ == "State")]
+
+
+def test_bad_input_says_why_in_the_tab_and_sends_nothing(app, scripted, tmp_path):
+    import sqlite3
+
+    demo, by_elem = app
+    local = {"mf-chat-preset": "memory_r1_tiny_cpu", "mf-chat-model": "tiny://qwen3-mini"}
+    status, _ = _status(demo, by_elem, "mf-chat-send", **{"mf-chat-url": "http://127.0.0.1:9/v1",
+                                                          "mf-chat-served": "m", "mf-chat-msg": "hello"})
+    assert status.startswith("❌ cannot reach http://127.0.0.1:9/v1") and "is the server running?" in status
+    gone = tmp_path / "runs" / "r1" / "checkpoints" / "step-000004"
+    status, _ = _status(demo, by_elem, "mf-chat-send", **local, **{"mf-chat-ckpt": str(gone), "mf-chat-msg": "hi"})
+    assert status.startswith("❌ ") and str(gone) in status
+    status, session = _status(demo, by_elem, "mf-chat-send", **local, **{"mf-chat-msg": "Paris " * 9000})
+    assert "over the model's context of 8,192 tokens. Nothing was sent" in status and session.turns == []
+
+    endpoint = {"mf-chat-url": scripted.url, "mf-chat-served": "scripted", "mf-chat-preset": "memory_r1_tiny_cpu"}
+    stranger = tmp_path / "stranger.db"
+    with sqlite3.connect(stranger) as conn:
+        conn.execute("CREATE TABLE runs (id TEXT)")
+    status, session = _status(demo, by_elem, "mf-chat-bank-upload", **endpoint, **{"mf-chat-bank-upload": str(stranger)})
+    assert status.startswith("❌ ") and "not a memory bank" in status and session.bank is None
+    status, session = _status(demo, by_elem, "mf-chat-send", session, **endpoint, **{"mf-chat-msg": "I live in Paris"})
+    assert "turn 1: ✅" in status and session.bank.count() == 1
+    status, session = _status(demo, by_elem, "mf-chat-reset", session, **endpoint)
+    assert status.startswith("❌ tick the confirmation first") and session.bank.count() == 1  # nothing removed
+    status, session = _status(demo, by_elem, "mf-chat-reset", session, **endpoint, **{"mf-chat-reset-confirm": True})
+    assert status == "🗑️ the bank is empty now (1 memories removed)" and session.bank.count() == 0
+    assert scripted.app.state.calls == {"extract": 1, "update": 1, "answer": 1}  # only the good turn was sent
+    session.close()
