@@ -74,6 +74,8 @@ class Turn:
     trace: list[dict[str, Any]] = field(default_factory=list)  # MemAgent: memory per chunk, then the answer
     reused_memory: bool = False  # MemAgent follow-up: answered from the memory already read
     note: str = ""  # why it stopped or failed
+    streaming: bool = False  # the answer is being written (Stop ends it at its next token)
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # Stop
 
 
 def retrieved_rows(trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,7 +108,7 @@ class ChatSession:
         self.read_trace: list[dict[str, Any]] = []
         self.current: Turn | None = None
         self._lock = threading.Lock()  # held for one step (one model call, or one bank write)
-        self._cancel = threading.Event()
+        self._ending = threading.Lock()  # a turn ends once: done, stopped or failed
         self._downloads = Path(tempfile.mkdtemp(prefix="memfactory-chat-"))
 
     # ------------------------------------------------------------------ what to talk to
@@ -200,7 +202,6 @@ class ChatSession:
         turn = Turn(len(self.turns) + 1, self.session, message)
         self.turns.append(turn)
         self.current = turn
-        self._cancel.clear()
         self.messages.append({"role": "user", "content": message})
         return turn
 
@@ -211,30 +212,33 @@ class ChatSession:
         run = {"bank": self._bank_turn, "memagent": self._memagent_turn, "direct": self._direct_turn}[loaded.kind]
         try:
             yield from run(loaded, turn)
-            turn.status, turn.step = "done", ""
-            self.messages.append({"role": "assistant", "content": turn.answer or "(empty answer)"})
+            self._end(turn, "done", turn.answer or "(empty answer)")
             yield turn
         except ChatStopped:
             self._stopped(turn)
             yield turn
         except Exception as exc:  # noqa: BLE001 - shown in the tab, never a traceback
-            turn.status, turn.step, turn.note = "failed", "", describe_error(exc)
+            note = describe_error(exc)
             if turn.applied is None:
-                turn.note += " (the bank is unchanged)" if loaded.kind == "bank" else ""
-            self.messages.append({"role": "assistant", "content": f"❌ {turn.note}"})
+                note += " (the bank is unchanged)" if loaded.kind == "bank" else ""
+            self._end(turn, "failed", f"❌ {note}", note)
             yield turn
         finally:  # a closed generator (the tab went away mid-turn) ends the turn as stopped
+            turn.cancel.set()
             self._stopped(turn)
 
     def stop(self) -> str:
-        """Stop the running turn: nothing starts after the model call in flight, which is waited for."""
-        self._cancel.set()
-        with self._lock:
-            turn = self.current
-            if turn is None or turn.status != "running":
-                return "Nothing is running."
-            self._stopped(turn)
-            return turn.note
+        """Stop the running turn: the answer being written ends at its next token (the turn is stopped at
+        once, with what it had written); another model call in flight is waited for; nothing starts after."""
+        turn = self.current
+        if turn is None or turn.status != "running":
+            return "Nothing is running."
+        turn.cancel.set()
+        if not turn.streaming:
+            with self._lock:  # the call in flight ends; what it decided is not applied
+                pass
+        self._stopped(turn)
+        return turn.note if turn.status == "stopped" else "Nothing is running."
 
     # ------------------------------------------------------------------ the three kinds of chat
 
@@ -370,7 +374,7 @@ class ChatSession:
     def _step(self, turn: Turn, what: str) -> Iterator[None]:
         """One step of a turn (a model call, or one bank write), under the session's lock; none starts after Stop."""
         with self._lock:
-            if self._cancel.is_set():
+            if turn.cancel.is_set():
                 raise ChatStopped
             turn.step = what
             yield
@@ -381,7 +385,7 @@ class ChatSession:
         changed = threading.Event()
 
         def on_text(text: str) -> None:
-            if self._cancel.is_set():
+            if turn.cancel.is_set():
                 raise ChatStopped
             turn.partial = text
             changed.set()
@@ -389,9 +393,13 @@ class ChatSession:
         def work() -> None:
             with self._step(turn, what):
                 assert self.loaded is not None
-                call(StreamingBackend(self.loaded.backend, on_text, skip=skip))
+                turn.streaming = True
+                try:
+                    call(StreamingBackend(self.loaded.backend, on_text, skip=skip))
+                finally:
+                    turn.streaming = False
 
-        for _ in in_thread(work, changed, self._cancel):
+        for _ in in_thread(work, changed, turn.cancel):
             yield turn
 
     @staticmethod
@@ -402,10 +410,19 @@ class ChatSession:
         if failed:
             turn.note = f"The memory was not updated (nothing of this turn was written): {failed}"
 
+    def _end(self, turn: Turn, status: Status, said: str, note: str | None = None) -> bool:
+        """End a running turn once (Stop and the turn's own end may race): its status, what the chat says."""
+        with self._ending:
+            if turn.status != "running":
+                return False
+            turn.status, turn.step = status, ""
+            turn.note = turn.note if note is None else note
+            self.messages.append({"role": "assistant", "content": said})
+            return True
+
     def _stopped(self, turn: Turn) -> None:
         if turn.status != "running":
             return
-        turn.status, turn.step = "stopped", ""
         if turn.applied:
             kept = "This turn's memory operations had already been applied (all of them)."
         elif self.loaded is not None and self.loaded.kind == "bank":
@@ -413,8 +430,8 @@ class ChatSession:
         else:
             kept = "The answer was not finished." if turn.partial else "No answer was given."
         written = f"{turn.partial} …\n\n" if turn.partial else ""  # what the answer had said when stopped
-        turn.note = f"Stopped{' mid-answer' if turn.partial else ''}. {kept}"
-        self.messages.append({"role": "assistant", "content": f"{written}⏹ {turn.note}"})
+        note = f"Stopped{' mid-answer' if turn.partial else ''}. {kept}"
+        self._end(turn, "stopped", f"{written}⏹ {note}", note)
 
 
 def _embedder(loaded: Loaded) -> str | None:

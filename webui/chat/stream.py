@@ -39,7 +39,7 @@ class StreamingBackend:
 
 def in_thread(work: Callable[[], None], changed: threading.Event, cancel: threading.Event) -> Iterator[None]:
     """Run ``work`` in a worker thread, yielding each time ``changed`` is set while it runs; its exception
-    is raised here once it ends. Closing the generator sets ``cancel`` and waits for the worker."""
+    is raised here once it ends. Closing the generator sets ``cancel`` and leaves the worker to end itself."""
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -62,9 +62,10 @@ def in_thread(work: Callable[[], None], changed: threading.Event, cancel: thread
                 break
             yield
     except GeneratorExit:
-        cancel.set()  # the tab went away mid-step: the worker stops at its next token or step
+        # the tab went away mid-step: the worker stops at its next token or step, on its own (this close
+        # may run in the server's event loop, which must not wait for a model call)
+        cancel.set()
         raise
-    finally:
-        worker.join()
+    worker.join()
     if failure:
         raise failure[0]

@@ -180,7 +180,7 @@ def test_stop_while_the_update_is_decided_leaves_the_bank_unchanged(session, scr
     said: list[str] = []
     stopper = threading.Thread(target=lambda: said.append(session.stop()))
     stopper.start()
-    assert wait_for(lambda: session._cancel.is_set())
+    assert wait_for(lambda: turn.cancel.is_set())
     hold.set()  # the call in flight returns; its operations must not be applied after Stop
     stopper.join(30)
     runner.join(30)
@@ -207,7 +207,7 @@ def test_the_answer_streams_and_stop_mid_answer_keeps_what_was_written(session, 
         said: list[str] = []
         stopper = threading.Thread(target=lambda: said.append(session.stop()))
         stopper.start()
-        assert wait_for(lambda: session._cancel.is_set())
+        assert wait_for(lambda: turn.cancel.is_set())
     finally:
         hold.set()  # the next piece arrives; the generation ends there, nothing more is asked
     stopper.join(30)
