@@ -3,6 +3,7 @@ real OpenAIBackend and raw HTTP, compared with the same HFBackend called in-proc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -211,7 +212,7 @@ def test_streaming_sse_chunks(hf_backend, server, client):
     seen: list[str] = []
     streamed = client.generate_streaming(prompt, GREEDY, seen.append)
     assert (streamed.text, streamed.finish_reason) == (local.text, local.finish_reason)
-    assert len(seen) > 4 and seen[-1] == local.text and all(b.startswith(a) for a, b in zip(seen, seen[1:]))
+    assert len(seen) > 4 and seen[-1] == local.text and all(b.startswith(a) for a, b in itertools.pairwise(seen))
 
 
 # --------------------------------------------------------------------------- request errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -332,7 +333,7 @@ def test_generate_streaming_shows_the_text_as_it_grows_and_returns_generate_s_ge
     streamed = tiny_backend.generate_streaming(prompt, GREEDY, seen.append)
     assert (streamed.text, streamed.response_ids, streamed.finish_reason) == (
         whole.text, whole.response_ids, whole.finish_reason)
-    assert len(seen) > 3 and all(b.startswith(a) for a, b in zip(seen, seen[1:]))  # it grows, piece by piece
+    assert len(seen) > 3 and all(b.startswith(a) for a, b in itertools.pairwise(seen))  # it grows, piece by piece
     assert seen[-1] == whole.text
 
     class Stop(Exception):

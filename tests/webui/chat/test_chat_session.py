@@ -55,8 +55,10 @@ def test_memory_r1_remembers_a_fact_its_correction_and_answers_from_the_correcte
     with MemoryStore.open_existing(copy) as downloaded:
         assert [m.text for m in downloaded.all()] == ["The user lives in Berlin"]
     later = ChatSession(session.cache)
+    loads = session.cache.loads
     try:
-        later.use(endpoint(scripted))
+        assert later.use(endpoint(scripted)).backend is session.loaded.backend  # one model for both chats
+        assert session.cache.loads == loads
         later.open_bank("chat")
         assert talk(later, "Where do I live?").answer == "\\boxed{Berlin}"
     finally:
