@@ -61,7 +61,7 @@ GPU_PRESETS = {
     "memory_r1_qwen3": "qwen3-4b-shape",
     "rmm_qwen3": "qwen3-4b-shape",
 }
-# The longest call's shape is the memory planner's (memfactory/planner.py), so the estimate printed
+# The longest call's shape is the memory planner's (memfactory/planner/), so the estimate printed
 # next to each measured peak is for exactly the rows measured.
 from memfactory.backends.shape import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
 
@@ -164,27 +164,43 @@ def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int
     return calls
 
 
-def state_gib(trainer) -> dict:
-    """Measured bytes of the weights (policy + reference), gradients and optimizer state."""
+def _bytes(tensors) -> int:
     import torch
 
-    def size(tensors) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
+
+def watch_gradients(trainer) -> dict:
+    """The largest bytes of gradients seen at an optimizer step (the update frees them right after it),
+    through a step pre-hook on the torch optimizer; ``["bytes"]`` fills in as the update runs."""
+    seen = {"bytes": 0}
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+
+    def before_step(opt, _args, _kwargs) -> None:
+        held = _bytes(p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None)
+        seen["bytes"] = max(seen["bytes"], held)
+
+    seen["handle"] = optimizer.register_step_pre_hook(before_step)
+    return seen
+
+
+def state_gib(trainer, gradients: dict) -> dict:
+    """Measured bytes of the weights (policy + reference), gradients (at the step, ``watch_gradients``)
+    and optimizer state."""
     policy = list(trainer.policy.parameters())
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     return {
-        "weights_gib": _gib(size(policy)),
-        "reference_gib": _gib(size(trainer.reference.parameters())) if trainer.reference is not None else 0.0,
-        "grads_gib": _gib(size(p.grad for p in policy if p.grad is not None)),
-        "optimizer_gib": _gib(size(v for state in optimizer.state.values() for v in state.values())),
+        "weights_gib": _gib(_bytes(policy)),
+        "reference_gib": _gib(_bytes(trainer.reference.parameters())) if trainer.reference is not None else 0.0,
+        "grads_gib": _gib(gradients["bytes"]),
+        "optimizer_gib": _gib(_bytes(v for state in optimizer.state.values() for v in state.values())),
     }
 
 
 def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict:
     """The memory planner's update-phase estimate (allocated GiB) for the rows just measured, per
     section of memory, and its error against the measured peak: the first GPU run calibrates it."""
-    from memfactory.planner import estimate_memory
+    from memfactory.planner.plan import estimate_memory
 
     plan = estimate_memory(preset, call_shape=(prompt, response))
     c = plan.components
@@ -268,6 +284,7 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     rows = 2 * cfg.micro_batch_size
     calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size)
     advantages = [1.0 if i % 2 else -1.0 for i in range(rows)]
+    gradients = watch_gradients(trainer)
     _reset_peak()
     times = []
     for _ in range(2):
@@ -275,10 +292,11 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
         stats = trainer.policy_update([(calls, advantages)])
         _sync()
         times.append(time.perf_counter() - started)
+    gradients["handle"].remove()
     if not stats or not all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
         raise RuntimeError(f"update at real shape gave {stats}")
     out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
-                     **_peak(), **state_gib(trainer)}
+                     **_peak(), **state_gib(trainer, gradients)}
     try:
         out["update"].update(planner_estimate(real, prompt, response, out["update"]))
     except Exception as exc:  # noqa: BLE001 - the estimate is a comparison: the measurement must survive it

@@ -73,7 +73,8 @@ def case_child(name: str, workdir: str) -> dict:
     from memfactory.backends.shape import preset_shape
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
-    from memfactory.planner import HOST_BASELINE_GIB, HOST_FRAGMENTATION, estimate_memory
+    from memfactory.planner.costs import HOST_BASELINE_GIB, HOST_FRAGMENTATION
+    from memfactory.planner.plan import estimate_memory
     from memfactory.trainer.loop import GRPOTrainer
 
     file, overrides = CASES[name]

@@ -16,7 +16,7 @@ import pytest
 
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import ModelConfig
-from memfactory.serve import ServerThread
+from memfactory.serve.server import ServerThread
 from tests.scripted_manager import scripted_manager_app
 
 pytestmark = pytest.mark.browser

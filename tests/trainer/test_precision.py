@@ -108,10 +108,13 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_a_bf16_reference(tmp_path, mon
     trainer = make_trainer(tmp_path, monkeypatch, "model.dtype=bfloat16", "trainer.beta=0.1")
     assert trainer.precision.name == "bf16_mixed"  # auto, from the bf16 weights
     assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
-    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16}
-    # The fp32 master is the bf16 checkpoint upcast exactly.
+    # The reference's Linear weights stay bf16; embeddings and norms compute in fp32 in the policy, so
+    # they are fp32 there too (tests/trainer/test_reference_kl.py: KL exactly 0 before an update).
+    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16, torch.float32}
+    # The fp32 master is the bf16 checkpoint upcast exactly; the reference holds the same values.
     for (name, master), (_, frozen) in zip(trainer.policy.named_parameters(), trainer.reference.named_parameters()):
-        assert torch.equal(master.to(torch.bfloat16), frozen), name
+        assert torch.equal(master.to(torch.bfloat16), frozen.to(torch.bfloat16)), name
+        assert torch.equal(master, frozen.to(torch.float32)), name
     assert trainer.precision_info["precision"] == "bf16_mixed"
     assert trainer.precision_info["trainable_dtype"] == "float32"
     assert trainer.precision_info["autocast"] == "bfloat16"

@@ -20,7 +20,7 @@ from memfactory.agents.memagent import MemoryAgent
 from memfactory.config import Preset, load_preset
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
-from memfactory.serve import model_context_length
+from memfactory.serve.protocol import model_context_length
 from memfactory.text import codec_for
 from memfactory.types import ChatPrompt, SamplingParams
 from webui import workspace

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from memfactory.serve import ServerThread
+from memfactory.serve.server import ServerThread
 from tests.scripted_manager import scripted_manager_app
 from webui.chat.session import ChatSession
 from webui.models import BackendCache
