@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from pages import wait_text
 
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import ModelConfig
@@ -40,16 +41,11 @@ def _text(page, elem_id: str) -> str:
     return page.locator(f"#{elem_id}").inner_text()
 
 
-def _wait_text(page, elem_id: str, text: str) -> None:
-    page.wait_for_function("([id, text]) => document.getElementById(id)?.innerText.includes(text)",
-                           arg=[elem_id, text])
-
-
 def _send(page, message: str, turn: int, outcome: str = "✅") -> None:
     """Type and send ``message``; wait until the status line says turn ``turn`` ended with ``outcome``."""
     _fill(page, "mf-chat-msg", message)
     page.locator("#mf-chat-send").click()
-    _wait_text(page, "mf-chat-status", f"turn {turn}: {outcome}")
+    wait_text(page, "#mf-chat-status", f"turn {turn}: {outcome}")
 
 
 def _pick(page, elem_id: str, option: str) -> None:
@@ -73,7 +69,7 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
     _send(page, "Where do I live?", 3)
     retrieved = _text(page, "mf-chat-retrieved")
     assert "The user lives in Berlin" in retrieved and "Paris" not in retrieved, retrieved
-    _wait_text(page, "mf-chat-chatbot", "Berlin")
+    wait_text(page, "#mf-chat-chatbot", "Berlin")
     assert "Where do I live?" in _text(page, "mf-chat-chatbot")
     bank = _text(page, "mf-chat-bank-table")
     assert "The user lives in Berlin" in bank and "Paris" not in bank
@@ -84,7 +80,7 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
     calls = dict(scripted.app.state.calls)
     _fill(page, "mf-chat-msg", "   ")
     page.locator("#mf-chat-send").click()
-    _wait_text(page, "mf-chat-status", "type a message first")
+    wait_text(page, "#mf-chat-status", "type a message first")
     assert scripted.app.state.calls == calls
 
     # the answer streams into the chat; Stop mid-answer keeps what was written and says so
@@ -92,26 +88,26 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
     try:
         _fill(page, "mf-chat-msg", "Where do I live now?")
         page.locator("#mf-chat-send").click()
-        _wait_text(page, "mf-chat-chatbot", "{Ber ▌")  # the first piece, shown while the answer is written
+        wait_text(page, "#mf-chat-chatbot", "{Ber ▌")  # the first piece, shown while the answer is written
         page.locator("#mf-chat-stop").click()
-        _wait_text(page, "mf-chat-status", "Stopped mid-answer. The bank is unchanged")
+        wait_text(page, "#mf-chat-status", "Stopped mid-answer. The bank is unchanged")
     finally:
         hold.set()  # the next piece arrives: the generation ends there
         scripted.app.state.hold_stream.pop("answer", None)
-    _wait_text(page, "mf-chat-chatbot", "⏹ Stopped mid-answer.")
+    wait_text(page, "#mf-chat-chatbot", "⏹ Stopped mid-answer.")
     assert "{Ber …" in _text(page, "mf-chat-chatbot")
     _send(page, "Where do I live?", 5)
 
     # Reset needs its confirmation; then the bank is empty, and a new session keeps on with it
     page.locator("#mf-chat-reset").click()
-    _wait_text(page, "mf-chat-status", "tick the confirmation first")
+    wait_text(page, "#mf-chat-status", "tick the confirmation first")
     assert "The user lives in Berlin" in _text(page, "mf-chat-bank-table")
     page.locator("#mf-chat-reset-confirm input").check()
     page.locator("#mf-chat-reset").click()
-    _wait_text(page, "mf-chat-status", "the bank is empty now (1 memories removed)")
+    wait_text(page, "#mf-chat-status", "the bank is empty now (1 memories removed)")
     assert "The user lives in Berlin" not in _text(page, "mf-chat-bank-table")
     page.locator("#mf-chat-new-session").click()
-    _wait_text(page, "mf-chat-status", "session 2")
+    wait_text(page, "#mf-chat-status", "session 2")
 
 
 def test_memagent_reads_a_pasted_document_one_memory_per_chunk(page):
@@ -129,5 +125,5 @@ def test_memagent_reads_a_pasted_document_one_memory_per_chunk(page):
     assert [f"chunk {i}" in trace for i in range(chunks + 1)] == [True] * chunks + [False], trace
     assert "answer" in trace and page.locator("#mf-chat-bank-box").is_hidden()
     _send(page, "And which one is blue?", 2)
-    _wait_text(page, "mf-chat-trace", "Answered from the memory already read")
+    wait_text(page, "#mf-chat-trace", "Answered from the memory already read")
     assert f"chunk {chunks - 1}" in _text(page, "mf-chat-trace")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pages import STATE_WAIT_MS
+from pages import STATE_WAIT_MS, wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -30,32 +30,26 @@ def lora_run(workspace) -> Path:
     return run_dir
 
 
-def _wait_text(page, elem_id: str, text: str) -> str:
-    page.wait_for_function("([id, text]) => document.getElementById(id)?.innerText.includes(text)",
-                           arg=[elem_id, text])
-    return page.locator(f"#{elem_id}").inner_text()
-
-
 def test_export_a_run_merged_and_load_it(page, lora_run):
     page.get_by_role("tab", name="Export").click()
     page.locator("#mf-ex-refresh").click()
     page.locator("#mf-ex-run input").click()
     page.get_by_role("option", name=RUN_ID).click()
-    _wait_text(page, "mf-ex-command", f"-m memfactory export {RUN_ID} ")
+    wait_text(page, "#mf-ex-command", f"-m memfactory export {RUN_ID} ")
     page.locator("#mf-ex-mode").get_by_text("merged model").click()
     page.locator("#mf-ex-dtype input").click()
     page.get_by_role("option", name="bfloat16").click()
-    command = _wait_text(page, "mf-ex-command", "--merge --dtype bfloat16")
+    command = wait_text(page, "#mf-ex-command", "--merge --dtype bfloat16")
     assert "--db " + str(lora_run.parent / "memfactory.db") in command
 
     page.locator("#mf-ex-export").click()
     folder = lora_run / "export" / "step-000002-merged-bfloat16"
-    result = _wait_text(page, "mf-ex-result", "✅ exported to")
+    result = wait_text(page, "#mf-ex-result", "✅ exported to")
     assert str(folder) in result and f"memfactory serve --model {folder}" in result
-    files = _wait_text(page, "mf-ex-files", "model.safetensors")
+    files = wait_text(page, "#mf-ex-files", "model.safetensors")
     assert "config.json" in files and "total (" in files and "KiB" in files
     assert (folder / "model.safetensors").is_file()
 
     page.locator("#mf-ex-test").click()
-    tested = _wait_text(page, "mf-ex-tested", "✅ loads:")
+    tested = wait_text(page, "#mf-ex-tested", "✅ loads:")
     assert str(folder) in tested and "greedy" in tested

@@ -1,5 +1,5 @@
-"""Fixtures of the Chat tab's tests: a workspace, one model cache, and the scripted memory manager served
-over real HTTP (tests/scripted_manager.py)."""
+"""Fixtures of the Chat tab's tests: the scripted memory manager served over real HTTP
+(tests/scripted_manager.py) and a session on the shared workspace and model cache (tests/webui/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,6 @@ import pytest
 from memfactory.serve.server import ServerThread
 from tests.scripted_manager import scripted_manager_app
 from webui.chat.session import ChatSession
-from webui.models import BackendCache
-
-
-@pytest.fixture()
-def ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMFACTORY_WORKSPACE", str(tmp_path))
-    for sub in ("presets", "runs"):
-        (tmp_path / sub).mkdir()
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def cache():
-    return BackendCache()
 
 
 @pytest.fixture()

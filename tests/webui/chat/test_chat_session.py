@@ -10,6 +10,7 @@ import pytest
 
 from memfactory.errors import MemFactoryError
 from memfactory.memory.store import MemoryStore
+from tests.waiting import wait_until
 from webui.chat import bankfiles
 from webui.chat.session import ChatSession
 from webui.chat.target import ChatTarget
@@ -178,11 +179,11 @@ def test_stop_while_the_update_is_decided_leaves_the_bank_unchanged(session, scr
     runner = threading.Thread(target=lambda: seen.extend(t.status for t in session.steps(turn)))
     runner.start()
     arrived = scripted.app.state
-    assert wait_for(lambda: "update" in arrived.arrived)  # the update call is in flight
+    assert wait_until(lambda: "update" in arrived.arrived)  # the update call is in flight
     said: list[str] = []
     stopper = threading.Thread(target=lambda: said.append(session.stop()))
     stopper.start()
-    assert wait_for(lambda: turn.cancel.is_set())
+    assert wait_until(lambda: turn.cancel.is_set())
     hold.set()  # the call in flight returns; its operations must not be applied after Stop
     stopper.join(30)
     runner.join(30)
@@ -204,12 +205,12 @@ def test_the_answer_streams_and_stop_mid_answer_keeps_what_was_written(session, 
                                                               if t.status == "running"))
     runner.start()
     try:
-        assert wait_for(lambda: turn.partial == "\\boxed{Par")  # the first piece is shown while the answer is written
+        assert wait_until(lambda: turn.partial == "\\boxed{Par")  # the first piece is shown while the answer is written
         assert session.transcript()[-1] == {"role": "assistant", "content": "\\boxed{Par ▌"}
         said: list[str] = []
         stopper = threading.Thread(target=lambda: said.append(session.stop()))
         stopper.start()
-        assert wait_for(lambda: turn.cancel.is_set())
+        assert wait_until(lambda: turn.cancel.is_set())
     finally:
         hold.set()  # the next piece arrives; the generation ends there, nothing more is asked
     stopper.join(30)
@@ -234,7 +235,7 @@ def test_two_chats_generate_at_the_same_time(ws, cache, scripted):
         threads = [threading.Thread(target=talk, args=(chat, "Where do I live?")) for chat in chats]
         for thread in threads:
             thread.start()
-        both = wait_for(lambda: scripted.app.state.calls.get("answer", 0) == 2)
+        both = wait_until(lambda: scripted.app.state.calls.get("answer", 0) == 2)
         hold.set()
         for thread in threads:
             thread.join(30)
@@ -246,13 +247,3 @@ def test_two_chats_generate_at_the_same_time(ws, cache, scripted):
             chat.close()
 
 
-def wait_for(condition, limit_s: float = 60.0) -> bool:
-    """Poll ``condition`` until it holds (True) or ``limit_s`` passes (False): a bound for a hang, not a guess."""
-    import time
-
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
