@@ -202,7 +202,7 @@ def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict
     section of memory, and its error against the measured peak: the first GPU run calibrates it."""
     from memfactory.planner.plan import estimate_memory
 
-    plan = estimate_memory(preset, call_shape=(prompt, response))
+    plan = estimate_memory(preset, call_shape=(prompt, response), padded=False)  # synthetic rows: one length
     c = plan.components
     out = {"estimate_gib": plan.phases["update"],
            "estimate_parts_gib": {"weights": c["weights"], "reference": c["reference"], "grads": c["gradients"],
