@@ -28,7 +28,8 @@ import torch
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.config import ModelConfig
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, SamplingParams
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -72,11 +73,11 @@ def main() -> int:
             client = OpenAIBackend(server.url, "bench", concurrency=c, max_retries=0, timeout=300)
             remote = client.generate(prompts[:c], params)  # warm-up (connections, first batch)
             local_t, http_t = [], []
-            before = app.state.batcher.stats.as_dict()
+            before = app.state.server.batcher.stats.as_dict()
             for _ in range(args.repeats):
                 local_t.append(timed(lambda c=c: [backend.generate(prompts[i : i + c], params) for i in range(0, len(prompts), c)]))
                 http_t.append(timed(lambda client=client, remote=remote: remote.extend(client.generate(prompts, params))))
-            after = app.state.batcher.stats.as_dict()
+            after = app.state.server.batcher.stats.as_dict()
             client.close()
             mismatches = sum(r.text != g.text for r, g in zip(remote[c:], reference * args.repeats))
             if mismatches:

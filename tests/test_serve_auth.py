@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from memfactory.cli import main as cli_main
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 KEY = "sk-mf-4f1c9a7e2b6d8035-SECRET"

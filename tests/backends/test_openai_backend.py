@@ -19,7 +19,7 @@ from memfactory.backends.openai_api import OpenAIBackend, normalise_base_url
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
-from memfactory.serve import ServerThread
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, SamplingParams
 
 SECRET = "sk-test-0123456789abcdef-SECRET"
