@@ -21,7 +21,7 @@ Sections (each runs on its own; a failure is recorded with its error and the res
    Each update also reports its MFU by 6N and by executed FLOPs (memfactory/planner/flops.py).
    ``planner_out_of_sample`` (``bench/planner_check.py``): planned vs measured GiB for shapes the
    planner was not fitted on (LoRA, no checkpointing, ragged rows, beta 0, the rollout at the real
-   prompt length, 2 DDP processes on the one GPU), with MFU for ragged rows and beta 0.
+   prompt length, 2 DDP / FSDP2 processes on the one GPU), with MFU for ragged rows and beta 0.
 3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports; eager
    decoding, as the first run's 195 tokens/s) and with the in-process vLLM engine if vllm
    imports; LoRA GRPO steps with rollouts on vLLM.
@@ -336,7 +336,7 @@ def update_mfu(trainer, calls, seconds: float) -> dict:
 
 def planner_out_of_sample(dry: bool) -> dict:
     """Planned vs measured for shapes the planner was not fitted on (LoRA, no checkpointing, ragged
-    rows, beta 0, the rollout at the real prompt length, 2 DDP processes), with MFU in both conventions."""
+    rows, beta 0, the rollout at the real prompt length, 2 DDP / FSDP2 processes), with MFU in both conventions."""
     import planner_check
 
     return planner_check.out_of_sample(dry)

@@ -4,9 +4,9 @@ The planner's constants were fitted on four H200 points (full fine-tuning, ``bf1
 checkpointing, micro-batch 4, rows of one length: tests/planner/test_planner_costs.py checks that
 fit). Each case here changes what those points held fixed: LoRA, no checkpointing, ragged response
 lengths (uniform in [R/4, R]), beta 0, the rollout phase at the preset's real prompt length, two
-DDP processes. ``bench/gpu_check.py`` runs them as its ``planner_out_of_sample`` section and
-prints planned vs measured GiB (and, for updates, MFU by 6N and by executed FLOPs:
-memfactory/planner/flops.py). Without a GPU:
+DDP or FSDP2 processes on the one GPU. ``bench/gpu_check.py`` runs them as its
+``planner_out_of_sample`` section and prints planned vs measured GiB (and, for updates, MFU by 6N
+and by executed FLOPs: memfactory/planner/flops.py). Without a GPU:
 
     python bench/planner_check.py --predict          # the planned GiB for the real shapes (RESULTS.md)
     python bench/planner_check.py --shape qwen3-mini # every case on CPU with the tiny model (a dry run)
@@ -38,7 +38,7 @@ class Case:
 
     preset: str
     overrides: tuple[str, ...] = ()
-    phase: str = "update"  # update | rollout | ddp
+    phase: str = "update"  # update | rollout | ddp | fsdp2 (two processes)
     ragged: bool = False  # responses uniform in [R/4, R] (a padding mask)
     new_tokens: int = 64  # rollout: tokens generated after the real prompt
     why: str = ""
@@ -55,7 +55,13 @@ CASES: dict[str, Case] = {
                          why="generation at the real prompt length: fp32 keys, autocast copies, no gradients"),
     "ddp2_1.7b": Case("memagent_qwen3_1.7b", ("trainer.micro_batch_size=2",), phase="ddp",
                       why="2 DDP processes on one GPU (gloo): gradients as bucket views"),
+    "fsdp2_1.7b": Case("memagent_qwen3_1.7b", ("trainer.micro_batch_size=2",), phase="fsdp2",
+                       why="2 FSDP2 processes on one GPU (gloo, if it reduce-scatters CUDA tensors): sharded state"),
 }
+# accelerate's FSDP2 settings, as `accelerate launch` exports them from presets/accelerate/fsdp.yaml.
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+            "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+            "FSDP_OFFLOAD_PARAMS": "false", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}
 
 
 def case_preset(name: str, dry: bool):
@@ -98,7 +104,7 @@ def planned_gib(name: str, dry: bool, *, prompt_tokens: int | None = None) -> di
         plan = estimate_memory(preset, gpu_mem_gib=141, call_shape=(prompt_tokens or prompt, case.new_tokens),
                                padded=False)  # one prompt for every row: no padding mask
         return {"planned_gib": round(plan.phases["rollout"], 2), "kv_cache_gib": round(plan.components["kv_cache"], 2)}
-    gpus, strategy = (2, "ddp") if case.phase == "ddp" else (1, None)
+    gpus, strategy = (2, case.phase) if case.phase in ("ddp", "fsdp2") else (1, None)
     plan = estimate_memory(preset, gpus=gpus, strategy=strategy, gpu_mem_gib=141,
                            call_shape=(prompt, max(lengths)), padded=case.ragged)
     return {"planned_gib": round(plan.phases["update"], 2), "planned_moment": plan.update_moment}
@@ -191,13 +197,13 @@ def _measure_rollout(trainer, prompt: int, new_tokens: int) -> dict:
             "seconds": round(time.perf_counter() - started, 2), **gc._peak()}
 
 
-def _ddp(name: str, dry: bool) -> dict:
+def _two_processes(name: str, dry: bool) -> dict:
     """Two processes (torch.distributed.run, gloo) on this one device, each measuring its own peak."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
                str(Path(__file__)), "--ddp-child", name, "--out", out, *(["--shape", "qwen3-mini"] if dry else [])]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(FSDP_ENV if CASES[name].phase == "fsdp2" else {})}
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"2-process run exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
         ranks = [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -205,7 +211,7 @@ def _ddp(name: str, dry: bool) -> dict:
 
 
 def ddp_child(name: str, dry: bool, out: str) -> None:
-    """One rank of :func:`_ddp`: both ranks on device 0 (NCCL refuses two ranks on one GPU; gloo does not)."""
+    """One rank of :func:`_two_processes`: both on device 0 (NCCL refuses two ranks on one GPU; gloo does not)."""
     os.environ["LOCAL_RANK"] = "0"
     from accelerate import PartialState
 
@@ -217,7 +223,8 @@ def ddp_child(name: str, dry: bool, out: str) -> None:
         trainer = GRPOTrainer(case_preset(name, dry))
         prompt, lengths = row_lengths(name, dry)
         result = _measure_update(trainer, prompt, lengths)
-        result["strategy"] = trainer.accelerator.distributed_type.value
+        # FSDP2 on CPU processes is set up by the trainer (sharding.enable_fsdp_on_cpu): ask the model
+        result["strategy"] = "FSDP2" if trainer.sharded else trainer.accelerator.distributed_type.value
         rank = trainer.accelerator.process_index
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
@@ -227,8 +234,8 @@ def measure(name: str, dry: bool) -> dict:
     from memfactory.trainer.loop import GRPOTrainer
 
     case = CASES[name]
-    if case.phase == "ddp":
-        result = _ddp(name, dry)
+    if case.phase in ("ddp", "fsdp2"):
+        result = _two_processes(name, dry)
     else:
         with tempfile.TemporaryDirectory() as work:
             cwd = os.getcwd()

@@ -64,12 +64,13 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     assert results["preset:memagent_qwen3_1.7b"]["calls_per_trajectory_real"] == 7  # 6 chunks + the answer
     assert results["preset:memagent_qwen3_1.7b"]["steps"]["calls_per_trajectory"] == 3.0  # capped: 2 chunks + answer
     cases = results["planner_out_of_sample"]["cases"]  # bench/planner_check.py, every case on CPU
-    assert set(cases) == {"lora_4b", "no_ckpt_1.7b", "ragged_1.7b", "beta0_4b", "rollout_1.7b", "ddp2_1.7b"}
+    assert set(cases) == {"lora_4b", "no_ckpt_1.7b", "ragged_1.7b", "beta0_4b", "rollout_1.7b", "ddp2_1.7b", "fsdp2_1.7b"}
     for name, case in cases.items():
         assert "error" not in case and case["planned_gib"] >= 0, (name, case)
         if name != "rollout_1.7b":
             assert case["mfu_6n_pct"] > 0 and case["mfu_executed_pct"] > 0, (name, case)
     assert cases["ddp2_1.7b"]["strategy"] == "MULTI_CPU" and len(cases["ddp2_1.7b"]["peak_gib_ranks"]) == 2
+    assert cases["fsdp2_1.7b"]["strategy"] == "FSDP2"
     md = (tmp_path / "gpu_check.md").read_text()
     assert "### Planner out of sample" in md and "| ragged_1.7b |" in md
     assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md
