@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import gpu_check as gc  # noqa: E402  (bench/ helpers: peaks, synthetic rows, the presets' shapes)
+import gpu_check as gc
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,8 @@ _RATE: dict[str, float] = {}
 
 def matmul_rate() -> float:
     """The device's bf16 matmul FLOP/s, measured once (the MFU denominator, as RESULTS.md's 790 TFLOP/s)."""
-    import torch
-
     import decode_speed
+    import torch
 
     if "rate" not in _RATE:
         device = torch.device("cuda" if gc._cuda() else "cpu")
@@ -289,7 +288,7 @@ def predictions() -> str:
     for name, case in CASES.items():
         prompt, lengths = row_lengths(name, False)
         plan = planned_gib(name, False)
-        rows = (f"{CASES[name].new_tokens} new tokens after the prompt (the preset's rollout rows)" if case.phase == "rollout"
+        rows = (f"{case.new_tokens} new tokens after the prompt (the preset's rollout rows)" if case.phase == "rollout"
                 else f"{len(lengths)} x ({prompt} + {'/'.join(map(str, lengths)) if case.ragged else lengths[0]})")
         lines.append(f"| {name} | {case.preset} {' '.join(case.overrides)} | {rows} | {plan['planned_gib']} "
                      f"| {plan.get('planned_moment', 'rollout')} |")

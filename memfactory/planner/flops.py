@@ -10,7 +10,8 @@
   with ``num_iterations > 1`` the old policy's) no-grad forward, the LM head on the ``R + 1``
   positions kept, and attention. Attention runs causal: the fused kernels skip the masked half
   unless a padding mask is present (ragged rows), which they must then apply in full; their
-  backward recomputes the scores (5 matmuls against the forward's 2: x2.5).
+  backward recomputes the scores (5 matmuls against the forward's 2: x2.5). Under LoRA the frozen
+  base computes its inputs' gradients only (exact for adapters on q/k/v, the default).
 
 Elementwise work (norms, softmax, the AdamW step) is left out of both: a few % at most.
 """
@@ -65,18 +66,24 @@ def update_flops(shape: ModelShape, work: UpdateWork) -> dict[str, float]:
         # Backward: the input's gradient (one forward's matmuls) and the trained weights' (another).
         if work.lora_r is None:
             bwd_layers, bwd_head = 2 * fwd_base, 2 * fwd_head
-        else:
-            bwd_layers, bwd_head = fwd_base + 2 * fwd_adapters, fwd_head
+        else:  # the frozen base: the input's gradient only; without checkpointing none for the first
+            # layer's q/k/v and their lora_A (their input, the frozen embedding's, needs none; with it
+            # transformers makes the embedding's output require one)
+            first = 0.0
+            if not work.checkpointing:
+                qkv_targets = len({"q_proj", "k_proj", "v_proj"} & set(work.lora_targets))
+                first = 2 * rows * width * shape.hidden * (shape.q_dim + 2 * shape.kv_dim + work.lora_r * qkv_targets)
+            bwd_layers, bwd_head = fwd_base + 2 * fwd_adapters - first, fwd_head
         # Forwards: the grad pass, the old policy's (with its adapters), the reference's (under LoRA:
         # the same base with the adapters disabled), and checkpointing's re-forward, which torch stops
-        # once the tensors the backward needs are back: down_proj's input, not its output (nor its
-        # lora_B's).
+        # once the tensors the backward needs are back: the layer's last matmul is not rerun (down_proj,
+        # or with an adapter there its lora_B, which runs after the base).
         with_adapters = 1 + work.old_pass
         forwards = with_adapters + work.reference
         recompute = 0.0
         if work.checkpointing:
-            down = 2 * shape.layers * rows * width * shape.hidden
-            recompute = fwd_base + fwd_adapters - down * (shape.intermediate + (work.lora_r or 0) * has_down)
+            last = work.lora_r if has_down else shape.intermediate
+            recompute = fwd_base + fwd_adapters - 2 * shape.layers * rows * width * shape.hidden * last
         parts["layers"] += forwards * fwd_base + with_adapters * fwd_adapters + recompute + bwd_layers
         forwards += work.checkpointing  # attention is recomputed in full
         parts["attention"] += (forwards + 2.5) * fwd_attention

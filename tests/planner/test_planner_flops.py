@@ -27,16 +27,28 @@ from memfactory.types import ModelCall
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_matmul_flops_of_an_update_are_what_torch_counts(ragged, checkpointing):
+def test_matmul_flops_of_an_update_are_what_torch_counts(ragged, checkpointing, lora):
     """A reference forward, then the grad pass's forward and backward, micro-batch by micro-batch as
     the update runs them: every Linear and the LM head on the kept positions, counted by torch (with
-    checkpointing, the re-forward that torch stops once down_proj's input is back)."""
+    checkpointing, the re-forward that torch stops once down_proj's input is back; under LoRA the
+    reference is the policy with its adapters off)."""
+    from contextlib import nullcontext
+
+    from memfactory.config.schema import LoraConfig
+    from memfactory.trainer.loop import attach_lora
+
     model, _ = load_model_and_tokenizer(ModelConfig(path="tiny://qwen3-mini", dtype="float32"))
     if checkpointing:
         enable_gradient_checkpointing(model)
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    lora_cfg = LoraConfig(r=8) if lora else None
+    if lora:
+        model = attach_lora(model, lora_cfg)
+        reference, off = model, model.disable_adapter
+    else:
+        reference, off = copy.deepcopy(model).eval().requires_grad_(False), nullcontext
     model.train()
     gen = torch.Generator().manual_seed(0)
     lengths = [(30, 12), (30, 5), (24, 9), (30, 12)] if ragged else [(30, 12)] * 4
@@ -47,7 +59,7 @@ def test_matmul_flops_of_an_update_are_what_torch_counts(ragged, checkpointing):
     micro = [batch.select(idx) for idx in split_micro_batches(batch, 2)]
     with FlopCounterMode(display=False) as counter:
         for mb in micro:
-            with torch.no_grad():
+            with torch.no_grad(), off():
                 token_logprobs(reference, mb, shared_prompt=False)
             token_logprobs(model, mb, shared_prompt=False).sum().backward()
     rows = [tuple((int(m.attention_mask[i, :m.prompt_width].sum()), int(m.response_mask[i].sum())) for i in range(m.num_rows))
@@ -55,7 +67,9 @@ def test_matmul_flops_of_an_update_are_what_torch_counts(ragged, checkpointing):
     # the packed layout: each micro-batch is as wide as its longest prompt plus its longest response
     assert [(m.prompt_width, m.response_width) for m in micro] == [(max(p for p, _ in r), max(x for _, x in r)) for r in rows]
     flops = update_flops(model_shape("tiny://qwen3-mini"),
-                         UpdateWork(micro_batches=tuple(rows), checkpointing=checkpointing, reference=True))
+                         UpdateWork(micro_batches=tuple(rows), checkpointing=checkpointing, reference=True,
+                                    lora_r=8 if lora else None,
+                                    lora_targets=tuple(lora_cfg.target_modules) if lora else ()))
     assert counter.get_total_flops() == flops["layers"] + flops["lm_head"]
     assert flops["model_6n"] == 6 * model_shape("tiny://qwen3-mini").parameters * sum(p + r for p, r in lengths)
 
