@@ -32,7 +32,9 @@ Sections (each runs on its own; a failure is recorded with its error and the res
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
 ``gpu_check.md``, ready to paste into bench/RESULTS.md.
 
-    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200)
+    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200,
+                                                     # before planner_out_of_sample: a few minutes more)
+    python bench/gpu_check.py --sections planner_out_of_sample   # the planner's out-of-sample check alone
     python bench/gpu_check.py --sections cuda_tests,preset:memagent_qwen3_1.7b
     python bench/gpu_check.py --shape qwen3-mini     # a dry run of the same code on CPU (tiny shapes)
 
