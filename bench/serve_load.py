@@ -32,11 +32,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
+from common import RESULTS, write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Serving under hostile load"
 
 # Small limits so the hostile requests are cheap to build and the run is short.
@@ -387,16 +386,7 @@ def main() -> int:
             print(f"  {call.kind}: status {call.status} {call.error} {str(call.body)[:200]}", file=sys.stderr)
     if args.write:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = f"\n{HEADING}\n\n`python bench/serve_load.py` ({stamp}):\n\n{table}\n"
-        existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-        if HEADING in existing.splitlines():  # replace our own section only
-            head, _, rest = existing.partition(f"\n{HEADING}\n")
-            nxt = rest.find("\n## ")
-            existing = head.rstrip("\n") + "\n" + section + (rest[nxt:] if nxt >= 0 else "")
-        else:
-            existing = existing.rstrip("\n") + "\n" + section
-        RESULTS.write_text(existing, encoding="utf-8")
-        print(f"appended to {RESULTS}")
+        write_section(HEADING, f"`python bench/serve_load.py` ({stamp}):\n\n{table}\n")
     return 1 if failures or result.models_failures else 0
 
 

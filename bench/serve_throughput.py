@@ -19,11 +19,11 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from common import RESULTS, write_section
 
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
@@ -32,7 +32,6 @@ from memfactory.serve.app import create_app
 from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, SamplingParams
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Serving"
 
 
@@ -105,18 +104,7 @@ def main() -> int:
 
     if args.write:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = f"\n{HEADING}\n\n`python bench/serve_throughput.py` ({stamp}):\n\n{table}\n"
-        existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-        if HEADING in existing.splitlines():
-            # Replace our own section only (up to the next "## " heading), leave the others alone.
-            head, _, rest = existing.partition(f"\n{HEADING}\n")
-            nxt = rest.find("\n## ")
-            tail = rest[nxt:] if nxt >= 0 else ""
-            existing = head.rstrip("\n") + "\n"
-            RESULTS.write_text(existing + section + tail, encoding="utf-8")
-        else:
-            RESULTS.write_text(existing.rstrip("\n") + "\n" + section, encoding="utf-8")
-        print(f"appended to {RESULTS}")
+        write_section(HEADING, f"`python bench/serve_throughput.py` ({stamp}):\n\n{table}\n")
     return 0
 
 

@@ -3,6 +3,7 @@ real OpenAIBackend and raw HTTP, compared with the same HFBackend called in-proc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -209,8 +210,12 @@ def test_streaming_sse_chunks(hf_backend, server, client):
     assert finals == [local.finish_reason]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(local.response_ids)
     assert len(chunks) > 4  # the text really arrives in pieces
-    # The client's stream() yields the same text.
+    # The client's stream() yields the same text, and generate_streaming the same Generation as generate.
     assert "".join(client.stream(prompt, GREEDY)) == local.text
+    seen: list[str] = []
+    streamed = client.generate_streaming(prompt, GREEDY, seen.append)
+    assert (streamed.text, streamed.finish_reason) == (local.text, local.finish_reason)
+    assert len(seen) > 4 and seen[-1] == local.text and all(b.startswith(a) for a, b in itertools.pairwise(seen))
 
 
 # --------------------------------------------------------------------------- request errors

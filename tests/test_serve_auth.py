@@ -39,7 +39,8 @@ def keyed():
 
 
 CHAT = {"model": NAME, "messages": [{"role": "user", "content": "abc"}]}
-ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/docs"), ("GET", "/openapi.json"),
+ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/docs"),
+          ("GET", "/openapi.json"),
           ("GET", "/redoc"), ("GET", "/no/such/route"), ("GET", "/V1/models"), ("GET", "//v1/models"),
           ("GET", "/health/")]
 WRONG = {

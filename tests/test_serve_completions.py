@@ -5,16 +5,23 @@ uvicorn on 127.0.0.1, checked against the same HFBackend in-process and a plain 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
+from memfactory.backends.base import ServingFeatures
+from memfactory.backends.hf import HFBackend
 from memfactory.serve.app import create_app
 from memfactory.serve.batcher import Batcher
 from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams, TokenPrompt
 from tests.numerics import assert_equal_up_to_rounding
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import serve_n
 
 NAME = "tiny-n"
 CONTEXT = 256
@@ -95,6 +102,17 @@ def test_a_job_of_n_is_n_rows_of_one_generate_call():
         batcher.stop()
 
 
+def test_the_n_bench_measures_one_group_against_eight_requests(tiny_backend):
+    """bench/serve_n.py's measurement, small: one n=8 request is one generate call with one prefill,
+    eight sequential n=1 requests are eight of each, and every mode counts the server's tokens."""
+    results = serve_n.measure(tiny_backend, max_tokens=3, repeats=1)
+    one, concurrent, sequential = (results[mode] for mode in serve_n.MODES)
+    assert (one.generate_calls, one.prefilled) == (1, 1)
+    assert (sequential.generate_calls, sequential.prefilled) == (8, 8)
+    assert 1 <= concurrent.generate_calls <= 8
+    assert all(0 < m.tokens[0] <= 24 and m.tokens_per_s > 0 for m in results.values())
+
+
 # --------------------------------------------------------------------------- log-probs
 
 
@@ -156,6 +174,32 @@ def test_a_log_prob_request_the_backend_cannot_answer_is_refused():
         # ... and the plain request still works
         reply = httpx.post(srv.url + "/chat/completions", json={"model": "text", "messages": QUESTION}).json()
         assert reply["choices"][0]["message"]["content"] == "fine"
+
+
+def test_echo_the_backend_cannot_score_is_refused_streaming_or_not(tiny_backend):
+    """A backend that gives sampled log-probs but no prompt log-probs: echo with logprobs is a 400
+    naming echo (streaming or not), never a reply without them; echo alone, streamed, still works."""
+
+    class NoPromptScores(HFBackend):
+        features = ServingFeatures(token_prompts=True, logprobs=True, top_logprobs=5, prompt_logprobs=False)
+
+    backend = NoPromptScores(tiny_backend.model, tiny_backend.tokenizer)
+    with ServerThread(create_app(backend, NAME)) as srv:
+        for stream in (True, False):
+            response = post(srv, "/completions", prompt="alpha beta", max_tokens=2, echo=True, logprobs=1,
+                            stream=stream)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == "echo" and "no prompt log-probs" in error["message"]
+        with httpx.stream("POST", srv.url + "/completions", json={"model": NAME, "prompt": "alpha beta", "echo": True,
+                          "max_tokens": 2, "temperature": 0, "stream": True}, timeout=120) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert "".join(c["text"] for e in events[:-1] for c in json.loads(e)["choices"]).startswith("alpha beta")
+        # sampled tokens' log-probs, which it has, are still answered
+        reply = ok(post(srv, "/completions", prompt="alpha beta", max_tokens=2, logprobs=1))
+        assert len(reply["choices"][0]["logprobs"]["token_logprobs"]) == reply["usage"]["completion_tokens"] >= 1
 
 
 # --------------------------------------------------------------------------- /v1/completions

@@ -38,6 +38,7 @@ from memfactory.backends.base import ServingFeatures
 from memfactory.backends.logprobs import LogprobRecorder, prompt_scores
 from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
 from memfactory.backends.sources import load_model_and_tokenizer
+from memfactory.backends.streaming import OnText, TokenStreamer
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
 from memfactory.types import Generation, Prompt, SamplingParams, TokenPrompt, TopLogprobs
@@ -248,8 +249,16 @@ class HFBackend:
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
         return self.generate_batch(prompts, params).to_generations()
 
-    def generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> GenerationBatch:
-        """One completion per prompt, in order, as padded tensors (see :class:`GenerationBatch`)."""
+    def generate_streaming(self, prompt: Prompt, params: SamplingParams, on_text: OnText) -> Generation:
+        """One completion, ``on_text`` called with the text so far at each token (see :mod:`.streaming`)."""
+        streamer = TokenStreamer(self.tokenizer, on_text)
+        return self.generate_batch([prompt], params, streamer=streamer).to_generations()[0]
+
+    def generate_batch(
+        self, prompts: list[Prompt], params: SamplingParams, *, streamer: Any = None
+    ) -> GenerationBatch:
+        """One completion per prompt, in order, as padded tensors (see :class:`GenerationBatch`);
+        ``streamer`` (one prompt only) sees the tokens as they come."""
         import torch
 
         rendered = [self.render_prompt(p) for p in prompts]
@@ -266,14 +275,17 @@ class HFBackend:
                     torch.manual_seed(params.seed)
                 for start in range(0, len(order), self.micro_batch_size):
                     chunk = order[start : start + self.micro_batch_size]
-                    for i, row in zip(chunk, self._generate_micro_batch([rendered[i] for i in chunk], params)):
+                    micro = self._generate_micro_batch([rendered[i] for i in chunk], params, streamer=streamer)
+                    for i, row in zip(chunk, micro):
                         rows[i] = row
         finally:
             if was_training:
                 self.model.train()
         return self._assemble(rendered, rows)
 
-    def _generate_micro_batch(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[dict[str, Any]]:
+    def _generate_micro_batch(
+        self, prompt_ids: list[list[int]], params: SamplingParams, *, streamer: Any = None
+    ) -> list[dict[str, Any]]:
         import torch
 
         pad_id = self.tokenizer.pad_token_id
@@ -309,6 +321,10 @@ class HFBackend:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=temperature, top_p=params.top_p, top_k=params.top_k)
+        if streamer is not None:
+            if len(prompt_ids) != 1:
+                raise ValueError(f"a streamer follows one prompt, got {len(prompt_ids)}")
+            kwargs["streamer"] = streamer
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnStrings(self.tokenizer, list(params.stop), width)]
         began = time.perf_counter()
@@ -343,7 +359,9 @@ class HFBackend:
                 ) from exc
             log.warning("compiled decoding failed (%s); decoding eagerly from now on", reason)
             self.decode, self.prefill_stats = "eager", counted
-            return self._generate_micro_batch(prompt_ids, params)
+            if streamer is not None:
+                streamer.restart()
+            return self._generate_micro_batch(prompt_ids, params, streamer=streamer)
         latency = time.perf_counter() - began
         generated = sequences[:, width:].cpu()
         logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)

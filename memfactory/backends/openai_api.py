@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from memfactory.backends.streaming import OnText
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
@@ -213,6 +214,27 @@ class OpenAIBackend:
 
     def stream(self, prompt: ChatPrompt, params: SamplingParams) -> Iterator[str]:
         """Yield text pieces as the server streams them (for chat UIs); no retries mid-stream."""
+        for choice in self._stream_choices(prompt, params):
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                yield piece
+
+    def generate_streaming(self, prompt: ChatPrompt, params: SamplingParams, on_text: OnText) -> Generation:
+        """One completion streamed, ``on_text`` called with the text so far at each piece; the Generation
+        is ``generate``'s (the stop string kept, the finish reason). ``on_text`` may raise: the stream closes."""
+        start = time.perf_counter()
+        text, finish, stop_reason = "", None, None
+        for choice in self._stream_choices(prompt, params):
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                text += piece
+                on_text(text)
+            finish = choice.get("finish_reason") or finish
+            stop_reason = choice.get("stop_reason") or stop_reason
+        return self._generation(text, finish, stop_reason, params, time.perf_counter() - start)
+
+    def _stream_choices(self, prompt: ChatPrompt, params: SamplingParams) -> Iterator[dict[str, Any]]:
+        """The choices of each server-sent chunk of one streamed completion."""
         body = self._body(prompt, params)
         body["stream"] = True
         url = self.base_url + "/chat/completions"
@@ -227,10 +249,12 @@ class OpenAIBackend:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    for choice in json.loads(data).get("choices", []):
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
+                    try:
+                        choices = json.loads(data).get("choices", [])
+                    except (ValueError, AttributeError):
+                        raise MemFactoryError(f"{url} streamed something that is not a chat completion chunk: "
+                                              f"{self._redact(data[:300])!r}") from None
+                    yield from choices
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
 
@@ -294,14 +318,15 @@ class OpenAIBackend:
                 f"{self._redact(response.text[:300])!r}"
             ) from None
         latency = time.perf_counter() - start
-        gens = []
-        for choice, text in zip(choices, texts):
-            stop_reason = choice.get("stop_reason")
-            if isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
-                text += stop_reason  # MemFactory keeps the stop string, OpenAI's API drops it
-            finish = "length" if choice.get("finish_reason") == "length" else "stop"
-            gens.append(Generation(text=text, finish_reason=finish, latency_s=latency))
-        return gens
+        return [self._generation(text, c.get("finish_reason"), c.get("stop_reason"), params, latency)
+                for c, text in zip(choices, texts)]
+
+    @staticmethod
+    def _generation(text: str, finish_reason: Any, stop_reason: Any, params: SamplingParams, latency: float) -> Generation:
+        if isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
+            text += stop_reason  # MemFactory keeps the stop string, OpenAI's API drops it
+        finish = "length" if finish_reason == "length" else "stop"
+        return Generation(text=text, finish_reason=finish, latency_s=latency)
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, abort: threading.Event) -> httpx.Response:
         url = self.base_url + path

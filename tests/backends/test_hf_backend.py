@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -323,3 +324,24 @@ def test_shared_prefill_on_a_peft_policy_matches_a_forward_pass(fresh_tiny_backe
     for gen in gens:
         expected = _forward_logprobs(model, gen.prompt_ids, gen.response_ids, 1.0)
         assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+def test_generate_streaming_shows_the_text_as_it_grows_and_returns_generate_s_generation(tiny_backend):
+    prompt = chat("Remember 1987.", prefix="\\boxed{")
+    [whole] = tiny_backend.generate([prompt], GREEDY)
+    seen: list[str] = []
+    streamed = tiny_backend.generate_streaming(prompt, GREEDY, seen.append)
+    assert (streamed.text, streamed.response_ids, streamed.finish_reason) == (
+        whole.text, whole.response_ids, whole.finish_reason)
+    assert len(seen) > 3 and all(b.startswith(a) for a, b in itertools.pairwise(seen))  # it grows, piece by piece
+    assert seen[-1] == whole.text
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(text: str) -> None:
+        if len(text) > len(seen[1]):
+            raise Stop  # a chat's Stop: the generation ends at the next token
+    with pytest.raises(Stop):
+        tiny_backend.generate_streaming(prompt, GREEDY, stop_after_two)
+    assert tiny_backend.generate([prompt], GREEDY)[0].text == whole.text  # the backend is unharmed
