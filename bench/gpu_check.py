@@ -18,6 +18,10 @@ Sections (each runs on its own; a failure is recorded with its error and the res
      the generation caps cut (``--full`` keeps the preset's) so the section stays short.
    The presets decode eagerly here (``model.options.decode: eager``): compiling the decode step
    of each preset's shape would cost minutes of this script's time and hide in the step times.
+   Each update also reports its MFU by 6N and by executed FLOPs (memfactory/planner/flops.py).
+   ``planner_out_of_sample`` (``bench/planner_check.py``): planned vs measured GiB for shapes the
+   planner was not fitted on (LoRA, no checkpointing, ragged rows, beta 0, the rollout at the real
+   prompt length, 2 DDP / FSDP2 processes on the one GPU), with MFU for ragged rows and beta 0.
 3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports; eager
    decoding, as the first run's 195 tokens/s) and with the in-process vLLM engine if vllm
    imports; LoRA GRPO steps with rollouts on vLLM.
@@ -28,7 +32,9 @@ Sections (each runs on its own; a failure is recorded with its error and the res
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
 ``gpu_check.md``, ready to paste into bench/RESULTS.md.
 
-    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200)
+    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200,
+                                                     # before planner_out_of_sample: a few minutes more)
+    python bench/gpu_check.py --sections planner_out_of_sample   # the planner's out-of-sample check alone
     python bench/gpu_check.py --sections cuda_tests,preset:memagent_qwen3_1.7b
     python bench/gpu_check.py --shape qwen3-mini     # a dry run of the same code on CPU (tiny shapes)
 
@@ -202,7 +208,7 @@ def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict
     section of memory, and its error against the measured peak: the first GPU run calibrates it."""
     from memfactory.planner.plan import estimate_memory
 
-    plan = estimate_memory(preset, call_shape=(prompt, response))
+    plan = estimate_memory(preset, call_shape=(prompt, response), padded=False)  # synthetic rows: one length
     c = plan.components
     out = {"estimate_gib": plan.phases["update"],
            "estimate_parts_gib": {"weights": c["weights"], "reference": c["reference"], "grads": c["gradients"],
@@ -296,7 +302,7 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     if not stats or not all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
         raise RuntimeError(f"update at real shape gave {stats}")
     out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
-                     **_peak(), **state_gib(trainer, gradients)}
+                     **_peak(), **state_gib(trainer, gradients), **update_mfu(trainer, calls, times[-1])}
     try:
         out["update"].update(planner_estimate(real, prompt, response, out["update"]))
     except Exception as exc:  # noqa: BLE001 - the estimate is a comparison: the measurement must survive it
@@ -321,6 +327,21 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     del trainer, result, calls
     _free()
     return out
+
+
+def update_mfu(trainer, calls, seconds: float) -> dict:
+    """The update's MFU by 6N and by executed FLOPs (bench/planner_check.py; the best case: unpadded rows)."""
+    import planner_check  # bench/ is on sys.path; it imports this module's helpers, so not at the top
+
+    return planner_check.update_mfu(trainer, calls, seconds)
+
+
+def planner_out_of_sample(dry: bool) -> dict:
+    """Planned vs measured for shapes the planner was not fitted on (LoRA, no checkpointing, ragged
+    rows, beta 0, the rollout at the real prompt length, 2 DDP / FSDP2 processes), with MFU in both conventions."""
+    import planner_check
+
+    return planner_check.out_of_sample(dry)
 
 
 # --------------------------------------------------------------------------- 3. generation and vLLM
@@ -422,6 +443,7 @@ def plan(shape: str, full: bool) -> dict:
     sections = {"cuda_tests": cuda_tests}
     for name, real_shape in GPU_PRESETS.items():
         sections[f"preset:{name}"] = lambda n=name, s=real_shape: preset_check(n, "qwen3-mini" if dry else s, full=full)
+    sections["planner_out_of_sample"] = lambda: planner_out_of_sample(dry)
     sections.update({
         "generate_hf_sdpa": lambda: generation(small, "sdpa", batch, new),
         "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(small, "flash_attention_2", batch, new)),
@@ -484,11 +506,17 @@ def markdown(info: dict, results: dict) -> str:
                 f"| {u.get('estimate_gib', '')} ({_pct(u.get('estimate_error_pct'))}) "
                 f"| {u['weights_gib']} / {u['reference_gib']} / {u['grads_gib']} / {u['optimizer_gib']} "
                 f"({' / '.join(str(e.get(k, '')) for k in ('weights', 'reference', 'grads', 'optimizer'))}) "
-                f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')} |")
+                f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')}, "
+                f"MFU 6N {u.get('mfu_6n_pct')} % / executed {u.get('mfu_executed_pct')} % |")
         lines.append("")
+    if "cases" in results.get("planner_out_of_sample", {}):
+        import planner_check
+
+        lines += ["### Planner out of sample (`bench/planner_check.py`)", "",
+                  planner_check.markdown(results["planner_out_of_sample"]), ""]
     lines += ["| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        if name.startswith("preset:") or (name == "decode_speed" and "rows" in r):
+        if name.startswith("preset:") or (name == "decode_speed" and "rows" in r) or "cases" in r:
             continue
         note = r.get("skipped") or r.get("error") or r.get("summary") or ", ".join(
             f"{k} {r[k]}" for k in ("attn", "rollout_s", "sync_s") if k in r)

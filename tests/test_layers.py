@@ -29,6 +29,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("memfactory/planner/costs.py", "memfactory.trainer.precision"): (
         "defers torch: trainer.precision imports it at the top, while `memfactory plan` and the Assemble tab "
         "import the planner without it (torch loads when a plan is computed)"),
+    ("memfactory/planner/costs.py", "memfactory.trainer.optimizer"): (
+        "defers torch as trainer.precision above: the planner reads the AdamW implementation the trainer builds"),
     ("memfactory/planner/plan.py", "memfactory.backends.vllm_engine"): (
         "defers torch: the vLLM backend builds on the hf backend (torch at the top); only a preset whose "
         "rollout engine is vllm needs its sizing"),

@@ -1,17 +1,20 @@
 """The planner's arithmetic: a preset's knobs and the bytes each part of a training step holds.
 
 Why the formulas look the way they do (docs/gpu.md, "Memory planner", has them with the
-calibration against measured peaks):
+calibration against measured peaks; tests/planner/test_planner_costs.py measures each part on
+real tensors):
 
 * static memory follows ``trainer.precision`` exactly as :mod:`memfactory.trainer.precision`
   resolves it: trained weights, their gradients and AdamW's two moments in the master dtype
   (fp32, or bf16 under ``bf16_pure``), frozen weights (LoRA base, the reference copy of full
-  fine-tuning with ``beta > 0``) in the loaded dtype;
-* the update's peak is the largest of three moments measured on an H200: the end of a micro-batch's
-  forward (bf16 autocast keeps a cast copy of every fp32 weight until the autocast exits), the start
-  of its backward (the response logits' float32 gradients), and the foreach AdamW step (one
-  temporary of the trained weights' size);
-* the rollout holds the KV cache of every sequence the process generates at once;
+  fine-tuning with ``beta > 0``) in the loaded dtype, but the reference's embeddings and norms in
+  fp32 under ``bf16_mixed`` and QLoRA's non-4-bit weights upcast to fp32;
+* the update's peak is the largest of three moments: the end of a micro-batch's forward (bf16
+  autocast keeps a cast copy of every fp32 weight until the autocast exits), the start of its
+  backward (the response logits' float32 gradients, and the cast copies autograd kept), and the
+  optimizer step (a foreach AdamW's temporary of the trained weights' size; fused on CUDA: none);
+* the rollout holds the KV cache of every sequence the process generates at once (keys fp32 under
+  full ``bf16_mixed``), no gradients (freed after each step) but DDP's buckets;
 * FSDP2 shards the trained weights, gradients and optimizer state; DDP replicates everything.
 """
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memfactory.backends.shape import DTYPE_BYTES, ModelShape, model_shape, preset_shape
+from memfactory.backends.static_decode import compiled_on
 
 GIB = 2**30
 # CUDA context and kernels' workspaces: outside torch's allocated bytes but on the card.
@@ -63,6 +67,16 @@ class Knobs:
     # memfactory.backends.vllm_engine.engine_memory; its KV lives in its own pool.
     engine_rollout: float = 0.0
     engine_update: float = 0.0
+    # AdamW's implementation (memfactory.trainer.optimizer): fused (CUDA, one in-place kernel), foreach
+    # (one temporary the size of the trained weights: what the first H200 run used), single_tensor (CPU).
+    optimizer: str = "fused"
+    # The rows are ragged (real rollouts), so sdpa gets a padding mask: transformers then repeats K/V
+    # to every query head (the update's saved activations, each decode step's attention) and sdpa
+    # saves a copy of the mask (gpu_check's fitted H200 points were unpadded rows).
+    padded: bool = True
+    # Generation decodes through a static cache and torch.compile (model.options.decode, auto on CUDA),
+    # under which transformers repeats K/V to every query head over the whole cache, a layer at a time.
+    compiled_decode: bool = False
 
     @property
     def master_bytes(self) -> int:
@@ -73,11 +87,21 @@ class Knobs:
         """Activations and KV cache: bf16 under autocast or bf16 weights, fp32 otherwise."""
         return 4 if self.precision == "fp32" else 2
 
+    @property
+    def residual_bytes(self) -> int:
+        """The residual stream's dtype, the embedding's: the master dtype under full fine-tuning; under
+        LoRA the frozen base's, except fp32 when QLoRA's preparation upcast every non-4-bit weight.
+        Norms and RoPE follow it, so a cached key (after Qwen3's k-norm and RoPE) is in it too."""
+        if self.lora_r is None:
+            return self.master_bytes
+        return 4 if self.precision == "fp32" or self.quantize != "none" else self.frozen_bytes
+
 
 def knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape | None = None) -> Knobs:
     """The preset's knobs, with the precision resolved by the trainer's own rules."""
     import torch
 
+    from memfactory.trainer.optimizer import adamw_implementation
     from memfactory.trainer.precision import load_dtype, resolve_precision
 
     shape = shape or model_shape(preset.model.path, preset.model.seed)
@@ -90,6 +114,7 @@ def knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape 
     engine = cfg.rollout.engine
     engine_dtype = cfg.rollout.dtype or loaded
     lora = cfg.lora
+    decode = (preset.model.options or {}).get("decode", "auto")
     return Knobs(
         precision=plan.name,
         frozen_bytes=DTYPE_BYTES.get(loaded, 4),
@@ -110,6 +135,8 @@ def knobs(preset: Any, gpus: int, strategy: str, device: str, shape: ModelShape 
         gpus=gpus,
         strategy=strategy,
         device=device,
+        optimizer=adamw_implementation(device),  # what GRPOTrainer builds
+        compiled_decode=engine in ("policy", "hf") and compiled_on(decode, torch.device(device)),
     )
 
 
@@ -135,24 +162,70 @@ def _update_shares_prompt(preset: Any, strategy: str) -> bool:
 # --------------------------------------------------------------------------- the arithmetic
 
 
-def layer_activation_bytes(shape: ModelShape, compute_bytes: int, residual_bytes: int | None = None) -> int:
+def layer_activation_bytes(shape: ModelShape, compute_bytes: int, residual_bytes: int | None = None,
+                           padded_length: int = 0) -> int:
     """Bytes one token leaves saved for backward in one decoder layer (no checkpointing).
 
-    Counted from what autograd saves in a Llama/Qwen3 layer (tests/planner/test_planner_costs.py checks it
-    with a saved-tensor hook, exactly on CPU): each RMSNorm keeps its input (the residual
-    stream's dtype) and its float32 normalised value plus one rsqrt; in the compute dtype the
-    projections keep their inputs (2h + 2q: the attention's and the MLP's normed input, q for
-    o_proj's input), attention keeps q, k and v (q + 2kv after the q counted above), RoPE's cos
-    and sin (2 x head_dim), the MLP its gate, activation, up and product (4I); sdpa its float32
-    log-sum-exp per head. Qwen3's q/k norms add their inputs and float32 normalised values.
+    Counted from what autograd saves in a Llama/Qwen3 layer (tests/planner/test_planner_costs.py
+    checks it with a saved-tensor hook, exactly on CPU, in fp32 and under bf16 autocast, with and
+    without padding): each RMSNorm keeps its input (the residual stream's dtype) and its float32
+    normalised value plus one rsqrt; in the compute dtype the projections keep their inputs (2h + 2q:
+    the attention's and the MLP's normed input, q for o_proj's input), attention keeps q, k and v
+    (q + 2kv after the q counted above), the MLP its gate, activation, up and product (4I); RoPE's
+    cos and sin (2 x head_dim, in the residual's dtype); sdpa its float32 log-sum-exp per head.
+    Qwen3's q/k norms add their inputs and float32 normalised values. Under autocast with an fp32
+    residual each projection casts its normed input itself (q, k, v; gate, up: 3h more than shared).
+
+    ``padded_length``: the rows' length when a padding mask is present: transformers repeats K/V to
+    every query head before sdpa (2(q - kv) more) and sdpa saves its float copy of the mask
+    (``padded_length`` key positions per query token).
     """
     a = compute_bytes
     r = compute_bytes if residual_bytes is None else residual_bytes
     h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    total = 2 * h * r + 2 * (4 * h + 4) + a * (2 * h + 2 * q + 2 * kv + 4 * i + 2 * shape.head_dim) + 4 * shape.heads
+    total = 2 * h * r + 2 * (4 * h + 4) + a * (2 * h + 2 * q + 2 * kv + 4 * i) + r * 2 * shape.head_dim + 4 * shape.heads
+    if r != a:
+        total += 3 * h * a
     if shape.qk_norm:
         total += (a + 4) * (q + kv) + 4 * (shape.heads + shape.kv_heads)
+    if padded_length:
+        total += 2 * (q - kv) * a + padded_length * a
     return total
+
+
+def cast_parameters(shape: ModelShape, k: Knobs, trained: float) -> float:
+    """Trained parameters that bf16 autocast casts (those of ``nn.Linear`` modules, the tied LM head's
+    embedding included); 0 unless ``bf16_mixed``. Autocast caches each copy until it exits, and
+    autograd keeps those a backward needs."""
+    if k.precision != "bf16_mixed":
+        return 0.0
+    if k.lora_r is not None:
+        return trained  # the adapters
+    return float(shape.linear_parameters + (shape.vocab * shape.hidden if shape.tied else 0))
+
+
+def held_cast_bytes(shape: ModelShape, k: Knobs, trained: float) -> float:
+    """The bf16 cast copies autograd keeps for the backward after the autocast exits (bytes, unsharded):
+    every one without checkpointing; with it only the LM head's (the one ``nn.Linear`` outside the
+    checkpointed layers, whose saved tensors are recomputed); frozen under LoRA, so no copy there.
+    Under LoRA the first layer's attention input (the frozen embedding's) needs no gradient, so the
+    ``lora_A`` of its q/k/v projections is not kept for one."""
+    cast = cast_parameters(shape, k, trained)
+    if not cast:
+        return 0.0
+    if k.lora_r is not None:
+        first = sum(k.lora_r * shape.hidden for name in ("q_proj", "k_proj", "v_proj") if name in k.lora_targets)
+        return 0.0 if k.checkpointing else 2 * (cast - first)
+    return 2.0 * shape.vocab * shape.hidden if k.checkpointing else 2 * cast
+
+
+def kv_bytes_per_token(shape: ModelShape, k: Knobs) -> int:
+    """Keys and values of one token over all layers as the rollout's cache holds them: under the
+    policy the key is in the residual's dtype (fp32 after the fp32 k-norm and RoPE under full
+    bf16_mixed) and the value in the compute dtype; a separate hf engine holds both in its dtype."""
+    if k.engine == "hf":
+        return shape.kv_bytes_per_token(k.engine_bytes)
+    return shape.layers * shape.kv_dim * (k.residual_bytes + k.compute_bytes)
 
 
 def reference_bytes(shape: ModelShape, k: Knobs) -> float:
@@ -174,8 +247,14 @@ def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
         frozen_weights = 0.0
     else:
         trained = shape.lora_parameters(k.lora_r, list(k.lora_targets))
-        per_weight = {"4bit": 0.5 + 0.0625, "8bit": 1.0 + 0.03}.get(k.quantize, float(k.frozen_bytes))
-        frozen_weights = total * per_weight  # the frozen base (quantized: + block scales)
+        if k.quantize == "none":
+            frozen_weights = total * float(k.frozen_bytes)
+        else:
+            # bitsandbytes quantizes the decoder layers' projections (+ block scales); the LM head is
+            # skipped, and peft's prepare_model_for_kbit_training upcasts every other weight to fp32.
+            quantized = shape.linear_parameters - (0 if shape.tied else shape.vocab * shape.hidden)
+            per_weight = {"4bit": 0.5 + 0.0625, "8bit": 1.0 + 0.03}[k.quantize]
+            frozen_weights = quantized * per_weight + (total - quantized) * 4
     m = k.master_bytes
     return {
         "weights": (trained * m + frozen_weights) / shards,
@@ -189,8 +268,10 @@ def static_bytes(shape: ModelShape, k: Knobs) -> dict[str, float]:
 def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[str, float]:
     """The update phase's dynamic memory and its peak over forward end, backward start and the step."""
     a = k.compute_bytes
-    tokens = k.micro_batch * (k.prompt + k.response)
+    row = k.prompt + k.response
+    tokens = k.micro_batch * row
     repeated_kv = 0.0
+    residual = k.residual_bytes
     if k.shared_prompt and not k.checkpointing:
         # The prompt runs once and only the responses per row; attention then saves the prompt's
         # keys and values repeated for every row (batching._shared_prompt_logprobs), and, its
@@ -199,9 +280,9 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
         tokens = k.prompt + k.micro_batch * k.response
         per_row_keys = k.prompt * 2 * shape.q_dim + k.response * 2 * (shape.q_dim - shape.kv_dim)
         repeated_kv = shape.layers * k.micro_batch * per_row_keys * a
-    # The residual stream is in the embedding's dtype: fp32 under full bf16_mixed or fp32.
-    residual = k.master_bytes if k.lora_r is None else (4 if k.precision == "fp32" else k.frozen_bytes)
-    layer = tokens * layer_activation_bytes(shape, a, residual)
+        layer = tokens * layer_activation_bytes(shape, a, residual)
+    else:
+        layer = tokens * layer_activation_bytes(shape, a, residual, padded_length=row if k.padded else 0)
     # Backward of a layer holds its saved tensors and about as much again in their gradients. Without
     # checkpointing the saved tensors are already in ``saved``, so only the gradients come on top;
     # under checkpointing the layer's tensors are recomputed, so both do.
@@ -214,15 +295,17 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
     # float32 copy and log-softmax's two temporaries (3 units); the backward four.
     unit = k.micro_batch * k.response * shape.vocab * 4
     shards = k.gpus if k.strategy == "fsdp2" else 1
-    # bf16 autocast caches a bf16 copy of every fp32 weight it casts until the autocast exits.
-    cast_cache = 2 * static["trained"] / shards if k.precision == "bf16_mixed" else 0.0
-    # foreach AdamW (CUDA) allocates one temporary of the trained weights; on CPU it goes tensor by tensor.
-    step_temp = static["trained"] * k.master_bytes / shards if k.device == "cuda" else 0.0
+    # bf16 autocast caches a bf16 copy of every fp32 weight it casts until the autocast exits; those
+    # the backward needs stay after it (held_cast_bytes).
+    cast_cache = 2 * cast_parameters(shape, k, static["trained"]) / shards
+    held_casts = held_cast_bytes(shape, k, static["trained"]) / shards
+    # foreach AdamW allocates one temporary of the trained weights; fused and single-tensor ones do not.
+    step_temp = static["trained"] * k.master_bytes / shards if k.optimizer == "foreach" else 0.0
     fixed = static["weights"] + static["gradients"] + static["optimizer"] + static["reference"]
     fwd_dyn = max(working if k.checkpointing else 0.0, 3 * unit)
     bwd_dyn = max(4 * unit, (2 if k.checkpointing else 1) * working)
     forward = fixed + cast_cache + saved + fwd_dyn
-    backward = fixed + saved + bwd_dyn
+    backward = fixed + held_casts + saved + bwd_dyn
     step = fixed + step_temp
     peak = max(forward, backward, step)
     out = {"activations": saved, "logits": 0.0, "cast_cache": 0.0, "step_temp": 0.0, "peak": peak}
@@ -232,7 +315,7 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
                    activations=saved + (0.0 if is_logits else fwd_dyn))
     elif peak == backward:
         is_logits = 4 * unit >= bwd_dyn
-        out.update(moment="backward", logits=bwd_dyn if is_logits else 0.0,
+        out.update(moment="backward", cast_cache=held_casts, logits=bwd_dyn if is_logits else 0.0,
                    activations=saved + (0.0 if is_logits else bwd_dyn))
     else:
         out.update(moment="optimizer step", step_temp=step_temp)
@@ -240,22 +323,29 @@ def update_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[
 
 
 def rollout_bytes(shape: ModelShape, k: Knobs, static: dict[str, float]) -> dict[str, float]:
-    """Generation: the KV cache of every row generated at once, on top of the persistent state (the
-    gradients are freed right after each optimizer step, so none are held while sampling)."""
-    a = k.compute_bytes
-    kv_bytes = a if k.engine == "policy" else k.engine_bytes
-    kv = 0.0 if k.engine == "vllm" else k.rollout_rows * (k.prompt + k.response) * shape.kv_bytes_per_token(kv_bytes)
+    """Generation: the KV cache of every row generated at once, on top of the persistent state. The
+    gradients are freed right after each optimizer step, so none are held while sampling, except DDP's
+    buckets (the gradients are views into them, which DDP keeps for the whole run)."""
+    rows_tokens = k.rollout_rows * (k.prompt + k.response)
+    # Each row holds its own keys and values (a prompt shared by a group is prefilled once, then copied).
+    kv = 0.0 if k.engine == "vllm" else rows_tokens * kv_bytes_per_token(shape, k)
     fixed = static["weights"] + static["optimizer"] + static["reference"]
+    if k.strategy == "ddp" and k.gpus > 1:
+        fixed += static["gradients"]
     extra = 0.0
     if k.strategy == "fsdp2" and k.gpus > 1:  # rollouts run on the full weights, gathered
         extra += static["trained"] * k.master_bytes * (1 - 1 / k.gpus)
-    if k.precision == "bf16_mixed":
-        extra += 2 * static["trained"]  # generate under autocast: the bf16 cast copies
+    extra += 2 * cast_parameters(shape, k, static["trained"])  # generate under autocast: the bf16 cast copies
     if k.engine == "hf":
         extra += shape.parameters * k.engine_bytes  # a second transformers copy
+    repeat = 0.0
+    if (k.compiled_decode or k.padded) and k.engine != "vllm" and shape.kv_heads < shape.heads:
+        # A static cache, or left-padded (ragged) prompts, is attended under a mask, so transformers
+        # repeats one layer's K/V to every query head over the whole cache at each step.
+        repeat = rows_tokens * kv_bytes_per_token(shape, k) / shape.layers * shape.heads / shape.kv_heads
     # The last position's logits of every row, float32 (sampling).
     logits = 0.0 if k.engine == "vllm" else k.rollout_rows * shape.vocab * 4 * 2
-    return {"kv_cache": kv, "peak": fixed + extra + kv + logits + k.engine_rollout}
+    return {"kv_cache": kv, "peak": fixed + extra + kv + logits + repeat + k.engine_rollout}
 
 
 def estimate(shape: ModelShape, k: Knobs) -> tuple[dict[str, float], dict[str, Any]]:

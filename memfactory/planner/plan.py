@@ -128,12 +128,13 @@ def _resolve_strategy(gpus: int, strategy: str | None) -> str:
 
 def estimate_memory(
     preset: Any, *, gpus: int = 1, gpu_mem_gib: float | None = None, strategy: str | None = None,
-    call_shape: tuple[int, int] | None = None,
+    call_shape: tuple[int, int] | None = None, padded: bool = True,
 ) -> MemoryPlan:
     """Peak memory per device of ``preset`` trained on ``gpus`` processes (``strategy``: single,
     ddp or fsdp2; default ddp for several), against ``gpu_mem_gib`` or the detected device.
     ``call_shape`` (prompt, response tokens) replaces the preset's longest call (bench/gpu_check.py
-    estimates the exact rows it measures).
+    estimates the exact rows it measures); ``padded=False`` says the update's rows are all of one
+    length, so attention runs without a padding mask (real rollouts are ragged: the default).
 
     Raises MemFactoryError for impossible requests (0 GPUs, negative memory, more GPUs than exist
     when no --gpu-mem says the plan is for another machine, a model whose shape cannot be read).
@@ -154,6 +155,7 @@ def estimate_memory(
     k = knobs(preset, gpus, strat, device, shape)
     if call_shape is not None:
         k = replace(k, prompt=int(call_shape[0]), response=int(call_shape[1]))
+    k = replace(k, padded=padded)
     engine_note = None
     if k.engine == "vllm":
         from memfactory.backends.vllm_engine import VLLMOptions, engine_memory

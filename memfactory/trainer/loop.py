@@ -34,6 +34,7 @@ from memfactory.trainer import distributed as dist
 from memfactory.trainer import host_memory, precision, sharding, update
 from memfactory.trainer.grpo import calls_with_advantages, group_advantages
 from memfactory.trainer.hardware import HardwareMonitor
+from memfactory.trainer.optimizer import build_adamw
 from memfactory.trainer.rollout_engine import RolloutEngine
 from memfactory.trainer.step_metrics import TrajectoryStats, step_metrics
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
@@ -111,7 +112,7 @@ class GRPOTrainer:
     """Owns the policy, optimizer, agent and environment for one run."""
 
     def __init__(self, preset: Preset, *, accelerator: Any | None = None):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
         from transformers import get_scheduler
 
         self.preset = preset
@@ -121,7 +122,11 @@ class GRPOTrainer:
         model_cfg = preset.model.model_copy(update={"dtype": precision.load_dtype(self.cfg.precision, preset.model.dtype)})
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        # DDP: gradients as views into its all-reduce buckets, which it keeps for the whole run; accelerate's
+        # default copies them out (+4 bytes per trained parameter through every update).
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)])
         if self.accelerator.device.type == "cpu":  # host RAM is the device: keep freed activations out of the heap
             host_memory.fix_mmap_threshold()
         precision.require_hardware(self.precision, self.accelerator.device, self.accelerator.mixed_precision)
@@ -146,7 +151,9 @@ class GRPOTrainer:
             self.reference = precision.reference_dtypes(reference, self.precision).to(self.accelerator.device)
         precision.apply_master_dtype(model, self.precision)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Fused on CUDA (as transformers' Trainer): no step temporary the size of the trained weights.
+        optimizer = build_adamw(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                device=self.accelerator.device)
         self.scheduler = get_scheduler(
             self.cfg.lr_scheduler,
             optimizer,

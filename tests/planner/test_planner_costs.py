@@ -58,35 +58,52 @@ def test_gpu_shapes_match_the_parameters_the_h200_run_trained():
         assert model_shape(preset.model.path).parameters == measured[name]["trainable_parameters"], name
 
 
-@pytest.mark.parametrize("path", ["tiny://qwen3-mini", "smollm2-135m-instruct"])
-def test_layer_activation_bytes_match_what_autograd_saves(path):
-    """Bytes one decoder layer saves per token (fp32, no checkpointing), counted by a saved-tensor hook
-    (the layer's own weights, which autograd also keeps, are weights, not activations)."""
+@pytest.mark.parametrize(("path", "case"), [
+    ("tiny://qwen3-mini", "fp32"), ("smollm2-135m-instruct", "fp32"),
+    ("tiny://qwen3-mini", "fp32_padded"),
+    ("tiny://qwen3-mini", "bf16_mixed"),  # fp32 weights (and residual) under bf16 autocast
+    ("tiny://qwen3-mini", "bf16_mixed_padded"),
+    ("tiny://qwen3-mini", "bf16_padded"),  # bf16 weights: LoRA's frozen base under bf16_mixed
+])
+def test_layer_activation_bytes_match_what_autograd_saves(path, case):
+    """Bytes the first decoder layer saves per token in the model's own forward (no checkpointing),
+    counted by a saved-tensor hook around that layer. Weights are weights, not activations: the
+    layer's parameters and, under autocast, their bf16 copies (test_planner_held.py counts those).
+    A padding mask (one row left-padded) makes transformers repeat K/V to every query head and
+    sdpa save the mask."""
     from transformers import AutoModelForCausalLM
 
     from memfactory.backends.sources import resolve_model_path
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch.float32,
+    dtype = torch.bfloat16 if case.startswith("bf16_padded") else torch.float32
+    autocast = case.startswith("bf16_mixed")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=dtype,
                                                  attn_implementation="sdpa").train()
     rows, tokens = 2, 256
     ids = torch.randint(3, 1000, (rows, tokens))
+    mask = torch.ones(rows, tokens, dtype=torch.long)
+    if case.endswith("padded"):
+        mask[1, :40] = 0
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_shapes = {s for p in model.parameters() for s in (tuple(p.shape), tuple(p.shape)[::-1])}  # or .t()
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
+        if storage.data_ptr() not in weights and not (autocast and tuple(tensor.shape) in weight_shapes):
             storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    hidden = model.model.embed_tokens(ids).detach().requires_grad_()
-    positions = torch.arange(tokens).unsqueeze(0).expand(rows, -1)
-    rope = model.model.rotary_emb(hidden, positions)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.model.layers[0](hidden, attention_mask=None, position_ids=positions, position_embeddings=rope)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    layer = model.model.layers[0]
+    layer.register_forward_pre_hook(lambda *_: hooks.__enter__())
+    layer.register_forward_hook(lambda *_: hooks.__exit__(None, None, None))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     measured = sum(storages.values()) / (rows * tokens)
-    estimate = layer_activation_bytes(model_shape(path), 4)
-    assert estimate == measured
+    compute, residual = (2, 4) if autocast else (dtype.itemsize, dtype.itemsize)
+    padded = tokens if case.endswith("padded") else 0
+    assert layer_activation_bytes(model_shape(path), compute, residual, padded_length=padded) == measured
 
 
 # --------------------------------------------------------------------------- static bytes
@@ -260,20 +277,36 @@ def test_shared_prompt_update_is_planned_by_the_trainers_rules():
     assert update_bytes(shape, k, static_bytes(shape, k))["activations"] >= expected
 
 
+def as_the_h200_run(preset) -> tuple[float, str]:
+    """The update phase (GiB allocated) planned for the code and rows the first H200 run measured
+    (2026-12-04): foreach AdamW, rows of one length (no padding mask), a reference bf16 throughout."""
+    from dataclasses import replace
+
+    from memfactory.planner.costs import estimate, reference_bytes
+
+    shape = model_shape(preset.model.path)
+    k = replace(knobs(preset, 1, "single", "cuda", shape), optimizer="foreach", padded=False)
+    _, info = estimate(shape, k)
+    then = shape.parameters * k.frozen_bytes if k.reference else 0.0  # bf16 throughout
+    return (info["update"] - (reference_bytes(shape, k) if k.reference else 0.0) + then) / GIB, info["moment"]
+
+
+# The fitted points: the constants were tuned on these four measurements, so this checks the fit, not
+# a prediction (bench/gpu_check.py's "out of sample" section and bench/RESULTS.md hold the predictions).
 @pytest.mark.parametrize("name", GPU_PRESETS)
-def test_gpu_presets_within_30_percent_of_the_h200_peaks(name):
+def test_gpu_presets_within_5_percent_of_the_fitted_h200_peaks(name):
     """The update phase (allocated GiB, as torch.cuda.max_memory_allocated) against the measured peak."""
     result = _h200()[name]
     preset = _preset(name)
     assert preset_shape(preset)[:2] == (result["prompt_tokens"], result["response_tokens"])
-    plan = estimate_memory(preset, gpu_mem_gib=141)
+    planned, moment = as_the_h200_run(preset)
     measured = result["update"]["peak_gib"]
-    error = (plan.phases["update"] - measured) / measured
-    assert abs(error) < 0.30, (name, plan.phases["update"], measured)
-    assert abs(error) < 0.05, f"{name}: {error:+.1%}; the formulas were calibrated to within 2 %"
+    error = (planned - measured) / measured
+    assert abs(error) < 0.05, f"{name}: {planned:.1f} GiB at the {moment} vs {measured}: {error:+.1%}"
 
 
 def test_rollout_kv_cache_of_memagent_1_7b():
-    """16 rows x 7756 tokens x (2 x 28 layers x 8 KV heads x 128 x 2 bytes) = 13.26 GiB."""
+    """16 rows x 7756 tokens x 28 layers x 8 KV heads x 128 x (4 + 2) bytes = 19.9 GiB: under full
+    bf16_mixed the cached keys are fp32 (test_planner_held.py measures the cache)."""
     plan = estimate_memory(_preset("memagent_qwen3_1.7b"), gpu_mem_gib=141)
-    assert plan.components["kv_cache"] == pytest.approx(16 * 7756 * 2 * 28 * 8 * 128 * 2 / GIB, rel=1e-3)
+    assert plan.components["kv_cache"] == pytest.approx(16 * 7756 * 28 * 8 * 128 * (4 + 2) / GIB, rel=1e-3)

@@ -83,6 +83,13 @@ def gradient_check(out: str) -> int:
         seen = {}
 
         def before_step(_optimizer, _args, _kwargs, seen=seen):
+            grads = [p.grad for p in trainer.policy.parameters() if p.grad is not None]
+            # DDP keeps its all-reduce buckets for the whole run; with gradient_as_bucket_view the
+            # gradients are views into them (few storages), else copies (one storage each).
+            storages = {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads
+                        if not hasattr(g, "full_tensor")}
+            result["grad_storages"] = [len(storages), len(grads), sum(storages.values()),
+                                       sum(g.numel() * g.element_size() for g in grads)]
             for name, param in trainer.policy.named_parameters():
                 grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad  # a collective
                 seen[name] = grad.detach().clone()
