@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from memfactory.backends import static_decode
-from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
+from memfactory.backends.model_api import base_model, cache_keyword, eval_mode, forward_parameters
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
@@ -264,21 +264,16 @@ class HFBackend:
         # Similar lengths in one micro-batch waste less compute on padding.
         order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
         rows: list[dict[str, Any]] = [{} for _ in rendered]
-        was_training = self.model.training
-        self.model.eval()
         device = self.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                for start in range(0, len(order), self.micro_batch_size):
-                    chunk = order[start : start + self.micro_batch_size]
-                    for i, row in zip(chunk, self._generate_micro_batch([rendered[i] for i in chunk], params)):
-                        rows[i] = row
-        finally:
-            if was_training:
-                self.model.train()
+        with eval_mode(self.model), torch.no_grad(), \
+                torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(order), self.micro_batch_size):
+                chunk = order[start : start + self.micro_batch_size]
+                for i, row in zip(chunk, self._generate_micro_batch([rendered[i] for i in chunk], params)):
+                    rows[i] = row
         return self._assemble(rendered, rows)
 
     def _generate_micro_batch(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from memfactory.config import TrainerConfig
+from memfactory.backends.model_api import eval_mode
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
 from memfactory.trainer.batching import grad_pass_shares_prompt, pack_calls, token_logprobs
@@ -112,7 +113,8 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
             batch = pack_calls(calls, pad_id=t.tokenizer.pad_token_id).to(acc.device)
             adv = torch.tensor(advantages, dtype=torch.float32, device=acc.device)
             old, ref = None, None
-            with torch.no_grad(), t.autocast():
+            # Dropout off while scoring (LoRA's, a config's attention dropout); training mode restored after.
+            with torch.no_grad(), t.autocast(), eval_mode(t.policy, t.reference_model()):
                 # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
                 if cfg.num_iterations > 1:
                     old = token_logprobs(t.policy, batch, temperature=max(cfg.temperature, 1e-6),
