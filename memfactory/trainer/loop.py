@@ -121,6 +121,7 @@ class GRPOTrainer:
         model_cfg = preset.model.model_copy(update={"dtype": precision.load_dtype(self.cfg.precision, preset.model.dtype)})
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
+        precision.convert_float16(model, self.precision)  # bf16_mixed on a float16 checkpoint: computes in bf16
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         if self.accelerator.device.type == "cpu":  # host RAM is the device: keep freed activations out of the heap
             host_memory.fix_mmap_threshold()
