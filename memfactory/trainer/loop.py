@@ -122,6 +122,8 @@ class GRPOTrainer:
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
         precision.convert_float16(model, self.precision)  # bf16_mixed on a float16 checkpoint: computes in bf16
+        # What checkpoints write full weights in: the loaded dtype (bf16), not the fp32 masters.
+        self.checkpoint_dtype = precision.weights_dtype(model)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         if self.accelerator.device.type == "cpu":  # host RAM is the device: keep freed activations out of the heap
             host_memory.fix_mmap_threshold()
