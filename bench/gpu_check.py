@@ -128,7 +128,7 @@ def cuda_tests() -> dict:
     # tiny model's decode step compiles in each, hence the longer limit.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer",
-         "tests/backends/test_static_decode.py"],
+         "tests/backends/test_static_decode.py", "tests/backends/test_hf_backend.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
     )
     tail = (done.stdout + done.stderr)[-3000:]

@@ -137,6 +137,16 @@ class _StopOnStrings:
         return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+def to_host(tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's sampled token ids and their log-probs (both ``[B, R]``) on the host in one
+    device-to-host copy, so one sync ends a generation instead of one per tensor or row. float64 holds
+    both exactly: token ids (below 2^53) and float32 log-probs, infinities included."""
+    import torch
+
+    both = torch.stack([tokens.to(torch.float64), logprobs.to(torch.float64)]).cpu()
+    return both[0].long(), both[1].float()
+
+
 def _first_stop_end(text: str, stops: list[str]) -> int | None:
     """End offset of the earliest-ending stop string in ``text`` (where generation would have stopped)."""
     ends = [text.find(s) + len(s) for s in stops if s and s in text]
@@ -322,7 +332,7 @@ class HFBackend:
             static = static_decode.new_static_cache(config, static_decode.cache_length(width, params.max_new_tokens))
             kwargs["compile_config"] = static_decode.compile_config(device, self.compile_backend)
         shared = static is None or static_decode.takes_prefix(static)
-        prefix, owner = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"], allowed=shared) or (None, None)
+        prefix, owner = self._shared_prefix_cache(input_ids, attention_mask, allowed=shared) or (None, None)
         if static is not None:  # the shared prefix, if any, copied into the static cache row by row
             kwargs[self._cache_keyword()] = static_decode.static_cache(static, len(prompt_ids), prefix, owner)
         elif prefix is not None:
@@ -343,11 +353,11 @@ class HFBackend:
             self.decode, self.prefill_stats = "eager", counted
             return self._generate_micro_batch(prompt_ids, params)
         latency = time.perf_counter() - began
-        generated = sequences[:, width:].cpu()
-        logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)
+        generated = sequences[:, width:]
+        logprobs = recorder.finish(sequences[:, -1]) if generated.shape[1] else torch.zeros(generated.shape)
+        tokens, logprobs = to_host(generated, logprobs)
         return [
-            self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency)
-            for i in range(len(prompt_ids))
+            self._finish_row(row, logprobs[i], eos_ids, params, latency) for i, row in enumerate(tokens.tolist())
         ]
 
     def _shared_prefix_cache(
@@ -357,12 +367,14 @@ class HFBackend:
 
         None when no two rows share a prompt (or sharing is off or not ``allowed``): ``generate``
         prefills as usual. Rows are left-padded to one width, so equal rows are equal prompts at
-        equal positions.
+        equal positions. ``input_ids`` / ``attention_mask``: the host (CPU) tensors, compared there;
+        the prefill runs on the model's device.
         """
         import torch
         from transformers import DynamicCache
 
         rows = [tuple(r) for r in input_ids.tolist()]
+        device = self.device
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(r, len(distinct)) for r in rows]
         self.prefill_stats["rows"] += len(rows)
@@ -370,8 +382,8 @@ class HFBackend:
             self.prefill_stats["prefilled"] += len(rows)
             return None
         self.prefill_stats["prefilled"] += len(distinct)
-        first = torch.tensor([owner.index(k) for k in range(len(distinct))], device=input_ids.device)
-        ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+        first = torch.tensor([owner.index(k) for k in range(len(distinct))])
+        ids, mask = input_ids[first, :-1].to(device), attention_mask[first, :-1].to(device)
         cache = DynamicCache(config=base_model(self.model).config)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -384,7 +396,7 @@ class HFBackend:
         if "logits_to_keep" in self._forward_parameters():
             kwargs["logits_to_keep"] = 1  # the prefill's logits are not needed: generate recomputes the last
         self.model(**kwargs)
-        return cache, torch.tensor(owner, device=input_ids.device)
+        return cache, torch.tensor(owner, device=device)
 
     def _forward_parameters(self) -> set[str]:
         return forward_parameters(self.model)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from memfactory.backends.base import Backend
-from memfactory.backends.hf import GenerationBatch, HFBackend
+from memfactory.backends.hf import GenerationBatch, HFBackend, to_host
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
 from memfactory.types import ChatPrompt, SamplingParams
@@ -323,3 +326,55 @@ def test_shared_prefill_on_a_peft_policy_matches_a_forward_pass(fresh_tiny_backe
     for gen in gens:
         expected = _forward_logprobs(model, gen.prompt_ids, gen.response_ids, 1.0)
         assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- host transfers
+
+
+def test_to_host_is_exact_for_token_ids_and_log_probs():
+    """One float64 copy carries both: ids up to a large vocabulary and float32 log-probs, -inf included."""
+    tokens = torch.tensor([[0, 151_935, 2**31 - 1], [7, 3, 1]])
+    logprobs = torch.tensor([[-1e-8, -123.456789, float("-inf")], [0.0, -3.4e38, -1.17e-38]])
+    ids, lps = to_host(tokens, logprobs)
+    assert ids.dtype == torch.long and lps.dtype == torch.float32
+    assert torch.equal(ids, tokens) and torch.equal(lps, logprobs)
+
+
+class HostTransfers(TorchFunctionMode):
+    """Counts the tensor-to-host conversions that code in ``memfactory/backends/hf.py`` itself makes
+    on CUDA tensors (transformers' own, inside ``generate``, are its business)."""
+
+    NAMES = {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__"}
+
+    def __init__(self, device_type: str = "cuda"):
+        super().__init__()
+        self.device_type = device_type
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        to_cpu = name == "to" and any(str(a).startswith("cpu") for a in [*args[1:], kwargs.get("device")] if a is not None)
+        if tensor is not None and tensor.device.type == self.device_type and (name in self.NAMES or to_cpu):
+            frame = sys._getframe(1)
+            while frame is not None and f"{os.sep}torch{os.sep}" in frame.f_code.co_filename:
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.endswith(os.path.join("backends", "hf.py")):
+                self.calls.append(f"{name} at line {frame.f_lineno}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_each_micro_batch_comes_back_to_the_host_in_one_transfer(fresh_tiny_backend):
+    backend = fresh_tiny_backend
+    backend.model.to("cuda")
+    backend.micro_batch_size = 2
+    backend.decode = "eager"
+    prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[3], PROMPTS[3]]  # shared prefill in both micro-batches
+    with HostTransfers() as seen:
+        batch = backend.generate_batch(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, seed=0))
+    assert len(batch) == 4 and batch.response_mask.sum() > 0
+    assert backend.prefill_stats["prefilled"] < backend.prefill_stats["rows"]
+    assert len(seen.calls) == 2, seen.calls  # one per micro-batch: tokens and log-probs together
