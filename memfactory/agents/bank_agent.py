@@ -75,6 +75,27 @@ class BankAgent(Agent):
         """Fill ``trajectories`` (answers, calls, trace) from banks made in ``folder``; each one's bank."""
 
     @abstractmethod
+    def respond(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        banks: list[MemoryStore],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        group_size: int,
+        train: bool,
+    ) -> None:
+        """Answer every trajectory's question from its bank (``group_size`` consecutive ones per sample):
+        retrieval, the agent's own selection and one batched answer call. The trace records what was
+        retrieved with its scores and what the answer cited; ``answer`` calls it, and so does the Chat tab."""
+
+    @property
+    def reflects(self) -> bool:
+        """Whether a conversation step goes through the extractor and updater (else its turns are stored as they are)."""
+        return True
+
+    @abstractmethod
     def start_episode(self, episode: Episode) -> None:
         """Prepare a new shared episode: its steps, or a bank filled without model calls."""
 

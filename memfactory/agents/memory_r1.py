@@ -147,7 +147,6 @@ class MemoryR1Agent(BankAgent):
         train: bool,
     ) -> list[MemoryStore]:
         mode = self.options.train
-        answer_trains = train and mode in ("answer", "both")
         if train and mode in ("manager", "both"):  # every member builds its own bank
             self.bank_cache.clear()
             turns = self.extractor.options.turns_per_call
@@ -161,6 +160,23 @@ class MemoryR1Agent(BankAgent):
             banks = [e.store for e in episodes]
         else:
             banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
+        self.respond(samples, trajectories, banks, backend, params, group_size=group_size, train=train)
+        return banks
+
+    def respond(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        banks: list[MemoryStore],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        group_size: int,
+        train: bool,
+    ) -> None:
+        """The answer agent: each question retrieves ``top_k`` memories of its bank (traced with their
+        scores as ``retrieved``), then one batched answer call names the ones it used and answers."""
+        answer_trains = train and self.options.train in ("answer", "both")
         hits = self.retriever.generate([(bank, t.sample.question) for t, bank in zip(trajectories, banks)])
         for trajectory, found in zip(trajectories, hits):
             trajectory.trace.append(
@@ -185,7 +201,6 @@ class MemoryR1Agent(BankAgent):
             stop=self.options.answer_stop,
             citations="ids" if self.options.distill else "none",
         )
-        return banks
 
     def start_episode(self, episode: Episode) -> None:
         turns = self.extractor.options.turns_per_call

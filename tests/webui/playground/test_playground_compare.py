@@ -116,7 +116,8 @@ def test_greedy_by_default_and_repeatable(ws, cache):
 
 
 def test_endpoint_and_checkpoint_workflows(ws, cache):
-    from memfactory.serve import ServerThread, create_app
+    from memfactory.serve.app import create_app
+    from memfactory.serve.server import ServerThread
     from memfactory.tracking.runs import RunsDB
     from memfactory.trainer.checkpoint import save_checkpoint
 
