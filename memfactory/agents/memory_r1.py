@@ -33,7 +33,6 @@ from memfactory.agents.banks import (
     ANSWER_TEMPLATE,
     BankFolder,
     Episode,
-    answer_with_memories,
     build_banks,
     episode_steps,
 )
@@ -186,19 +185,9 @@ class MemoryR1Agent(BankAgent):
                     "memories": [{"id": h.item.id, "text": h.item.text, "score": round(h.score, 4)} for h in found],
                 }
             )
-        answer_with_memories(
-            trajectories,
-            hits,
-            backend,
-            self.answer_params(params, train=train, answer_trains=answer_trains),
-            template=self.options.template,
-            assistant_prefix=self.options.answer_prefix,
-            system_prompt=self.options.system_prompt,
-            max_tokens=self.options.answer_tokens,
-            train=train,
-            trainable=answer_trains,
-            module="memory_r1.answer",
-            stop=self.options.answer_stop,
+        self.answer_call(
+            trajectories, hits, backend, params, train=train, answer_trains=answer_trains,
+            template=self.options.template, module="memory_r1.answer",
             citations="ids" if self.options.distill else "none",
         )
 

@@ -28,7 +28,6 @@ from memfactory.agents.banks import (
     ANSWER_TEMPLATE,
     BankFolder,
     Episode,
-    answer_with_memories,
     conversation_sessions,
     episode_steps,
     session_observations,
@@ -198,20 +197,9 @@ class MemoryRMMAgent(BankAgent):
             trainable=mode in ("reranker", "both"),
         )
         answer_trains = mode in ("answer", "both")
-        cited = answer_with_memories(
-            trajectories,
-            selected,
-            backend,
-            self.answer_params(params, train=train, answer_trains=answer_trains),
-            template=self.options.answer_template,
-            assistant_prefix=self.options.answer_prefix,
-            system_prompt=self.options.system_prompt,
-            max_tokens=self.options.answer_tokens,
-            train=train,
-            trainable=answer_trains,
-            module="rmm.answer",
-            stop=self.options.answer_stop,
-            citations=self.options.citations,
+        cited = self.answer_call(
+            trajectories, selected, backend, params, train=train, answer_trains=answer_trains,
+            template=self.options.answer_template, module="rmm.answer", citations=self.options.citations,
         )
         for trajectory, picked, ids in zip(trajectories, selected, cited):
             chosen = {h.item.id for h in picked}
