@@ -5,6 +5,8 @@ Sections (each runs on its own; a failure is recorded with its error and the res
 1. ``cuda_tests``: the CUDA-marked tests (``pytest -m cuda``): ``GRPOTrainer.train_step()`` end to
    end with beta > 0 and num_iterations 2 (full, LoRA, bf16_mixed + checkpointing, a separate
    ``hf`` engine), every tensor checked to reach each model on that model's device.
+   ``learns`` (``bench/learn_check.py``): 30 GRPO steps of the tiny model under ``bf16_mixed`` with
+   gradient checkpointing on the vowel-share reward; fails unless the reward rises.
 2. ``preset:<name>`` for every shipped GPU preset (``GPU_PRESETS``), on a random model of the
    preset's real shape (``tiny://qwen3-1.7b-shape`` / ``tiny://qwen3-4b-shape``: real layer and
    vocabulary sizes, built locally, no download) with the preset's own precision, gradient
@@ -134,7 +136,7 @@ def cuda_tests() -> dict:
     # tiny model's decode step compiles in each, hence the longer limit.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer",
-         "tests/backends/test_static_decode.py"],
+         "tests/backends/test_static_decode.py", "tests/backends/test_hf_backend.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
     )
     tail = (done.stdout + done.stderr)[-3000:]
@@ -344,6 +346,17 @@ def planner_out_of_sample(dry: bool) -> dict:
     return planner_check.out_of_sample(dry)
 
 
+# --------------------------------------------------------------------------- learning
+
+
+def learns(dry: bool) -> dict:
+    """bench/learn_check.py: GRPO on the tiny model under bf16_mixed with checkpointing raises the
+    vowel-share reward (30 steps; the dry run 10, as tests/test_learn_check.py runs it on the CPU)."""
+    import learn_check  # bench/ is this script's folder, so it is on sys.path
+
+    return learn_check.learns(10, min_rise=0.05) if dry else learn_check.learns(30, min_rise=0.1)
+
+
 # --------------------------------------------------------------------------- 3. generation and vLLM
 
 
@@ -440,7 +453,7 @@ def plan(shape: str, full: bool) -> dict:
     dry = shape == "qwen3-mini"
     small = f"tiny://{'qwen3-mini' if dry else 'qwen3-1.7b-shape'}"
     batch, new = (4, 16) if dry else (16, 256)
-    sections = {"cuda_tests": cuda_tests}
+    sections = {"cuda_tests": cuda_tests, "learns": lambda: learns(dry)}
     for name, real_shape in GPU_PRESETS.items():
         sections[f"preset:{name}"] = lambda n=name, s=real_shape: preset_check(n, "qwen3-mini" if dry else s, full=full)
     sections["planner_out_of_sample"] = lambda: planner_out_of_sample(dry)

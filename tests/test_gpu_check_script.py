@@ -30,12 +30,16 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     results = report["results"]
     presets = ["memagent_qwen3_1.7b", "memagent_qwen3_4b", "memory_r1_qwen3", "rmm_qwen3"]
-    assert set(results) == {"cuda_tests", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
+    assert set(results) == {"cuda_tests", "learns", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
                             "grpo_step_lora_vllm_engine", "decode_speed", "planner_out_of_sample",
                             *(f"preset:{p}" for p in presets)}
     for name, result in results.items():
         assert "error" not in result, (name, result.get("trace"))
     assert results["cuda_tests"] == {"skipped": "no CUDA", "wall_s": results["cuda_tests"]["wall_s"]}
+    # learning: bench/learn_check.py under bf16_mixed + checkpointing, the reward rose (10 steps here)
+    learned = results["learns"]
+    assert (learned["precision"], learned["gradient_checkpointing"], learned["steps"]) == ("bf16_mixed", True, 10)
+    assert learned["rise"] >= 0.05
     assert results["generate_hf_sdpa"]["new_tokens"] > 0 and results["generate_hf_sdpa"]["tokens_per_s"] > 0
     # decode speed: eager and compiled (aot_eager in the dry run) at two batch sizes, each against the roofline
     decode = results["decode_speed"]

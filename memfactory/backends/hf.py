@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memfactory.backends import static_decode
 from memfactory.backends.base import ServingFeatures
-from memfactory.backends.logprobs import LogprobRecorder, prompt_scores
-from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
+from memfactory.backends.logprobs import LogprobRecorder, prompt_scores, to_host
+from memfactory.backends.model_api import base_model, cache_keyword, eval_mode, forward_parameters
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.backends.streaming import OnText, TokenStreamer
 from memfactory.errors import MemFactoryError
@@ -265,22 +265,17 @@ class HFBackend:
         # Similar lengths in one micro-batch waste less compute on padding.
         order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
         rows: list[dict[str, Any]] = [{} for _ in rendered]
-        was_training = self.model.training
-        self.model.eval()
         device = self.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                for start in range(0, len(order), self.micro_batch_size):
-                    chunk = order[start : start + self.micro_batch_size]
-                    micro = self._generate_micro_batch([rendered[i] for i in chunk], params, streamer=streamer)
-                    for i, row in zip(chunk, micro):
-                        rows[i] = row
-        finally:
-            if was_training:
-                self.model.train()
+        with eval_mode(self.model), torch.no_grad(), \
+                torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(order), self.micro_batch_size):
+                chunk = order[start : start + self.micro_batch_size]
+                micro = self._generate_micro_batch([rendered[i] for i in chunk], params, streamer=streamer)
+                for i, row in zip(chunk, micro):
+                    rows[i] = row
         return self._assemble(rendered, rows)
 
     def _generate_micro_batch(
@@ -339,7 +334,7 @@ class HFBackend:
             static, shared = None, True
             del kwargs["compile_config"]
         score = (temperature, params.top_logprobs) if params.prompt_logprobs else None
-        prefill = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"], allowed=shared, score=score)
+        prefill = self._shared_prefix_cache(input_ids, attention_mask, allowed=shared, score=score)
         prefix, owner = (prefill.cache, prefill.owner) if prefill else (None, None)
         if static is not None:  # the shared prefix, if any, copied into the static cache row by row
             kwargs[self._cache_keyword()] = static_decode.static_cache(static, len(prompt_ids), prefix, owner)
@@ -363,10 +358,12 @@ class HFBackend:
                 streamer.restart()
             return self._generate_micro_batch(prompt_ids, params, streamer=streamer)
         latency = time.perf_counter() - began
-        generated = sequences[:, width:].cpu()
-        logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)
-        rows = [self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency)
-                for i in range(len(prompt_ids))]
+        generated = sequences[:, width:]
+        logprobs = recorder.finish(sequences[:, -1]) if generated.shape[1] else generated.float()
+        # One device-to-host copy for the sampled ids, their log-probs and the top lists kept, if any.
+        tokens, logprobs, *tops = to_host(generated, logprobs, *recorder.stacked_tops())
+        recorder.tops = list(zip(*tops)) if tops else recorder.tops
+        rows = [self._finish_row(row, logprobs[i], eos_ids, params, latency) for i, row in enumerate(tokens.tolist())]
         for i, row in enumerate(rows):
             if params.top_logprobs:
                 row["top"] = recorder.top_lists(i, len(row["ids"]))
@@ -384,11 +381,14 @@ class HFBackend:
         prefills as usual. Rows are left-padded to one width, so equal rows are equal prompts at
         equal positions. ``score`` (temperature, top k): prefill even distinct prompts, keeping the
         logits, and return each row's prompt log-probs (:func:`.logprobs.prompt_scores`).
+        ``input_ids`` / ``attention_mask``: the host (CPU) tensors, compared there; the prefill runs
+        on the model's device.
         """
         import torch
         from transformers import DynamicCache
 
         rows = [tuple(r) for r in input_ids.tolist()]
+        device = self.device
         distinct: dict[tuple[int, ...], int] = {}
         if self.shared_prefill:
             owner = [distinct.setdefault(r, len(distinct)) for r in rows]
@@ -401,8 +401,8 @@ class HFBackend:
             self.prefill_stats["prefilled"] += len(rows)
             return None
         self.prefill_stats["prefilled"] += len(distinct)
-        first = torch.tensor([owner.index(k) for k in range(len(distinct))], device=input_ids.device)
-        ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+        first = torch.tensor([owner.index(k) for k in range(len(distinct))])
+        ids, mask = input_ids[first, :-1].to(device), attention_mask[first, :-1].to(device)
         cache = DynamicCache(config=base_model(self.model).config)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -419,7 +419,7 @@ class HFBackend:
         if score:
             per_prompt = prompt_scores(out.logits, input_ids[first], attention_mask[first], *score)
             scored = [per_prompt[k] for k in owner]
-        return Prefill(cache, torch.tensor(owner, device=input_ids.device), scored)
+        return Prefill(cache, torch.tensor(owner, device=device), scored)
 
     def _forward_parameters(self) -> set[str]:
         return forward_parameters(self.model)

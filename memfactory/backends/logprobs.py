@@ -56,9 +56,36 @@ class LogprobRecorder:
             return torch.zeros(last_tokens.shape[0], 0)
         return torch.stack(self.steps, dim=1)
 
+    def stacked_tops(self) -> list[torch.Tensor]:
+        """The kept top lists as ``[values, ids]``, each ``[steps, B, top]`` (empty when none kept), so
+        they travel to the host with the sampled tokens (:func:`to_host`)."""
+        import torch
+
+        if not self.tops:
+            return []
+        return [torch.stack([values for values, _ in self.tops]), torch.stack([ids for _, ids in self.tops])]
+
     def top_lists(self, row: int, length: int) -> list[TopLogprobs]:
         """Row ``row``'s top tokens at its first ``length`` positions."""
         return [_pairs(values[row], ids[row]) for values, ids in self.tops[:length]]
+
+
+def to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` (on one device) on the host in a single device-to-host copy: one sync ends a
+    generation instead of one per tensor, row or step. float64 holds every value exactly: token ids
+    (below 2^53) and float32 log-probs, infinities included; each comes back in its own shape as
+    int64 (integer tensors) or float32."""
+    import torch
+
+    if not tensors:
+        return []
+    host = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu()
+    out, start = [], 0
+    for t in tensors:
+        part = host[start : start + t.numel()].reshape(t.shape)
+        out.append(part.to(torch.float32) if t.is_floating_point() else part.to(torch.long))
+        start += t.numel()
+    return out
 
 
 def _pairs(values: torch.Tensor, ids: torch.Tensor) -> TopLogprobs:
@@ -72,24 +99,31 @@ def prompt_scores(
 
     ``logits`` ``[B, P-1, V]`` are the prefill's over ``input_ids[:, :-1]`` (left-padded ``[B, P]``):
     position j predicts token j+1, so every real token but a row's first gets a value; the first
-    gets None and an empty list. One row's log-softmax at a time bounds the memory to ``[P, V]``.
+    gets None and an empty list. One row's log-softmax at a time bounds the memory to ``[P, V]``;
+    every row's values come to the host in one copy (:func:`to_host`).
     """
     import torch
 
-    out = []
-    for row in range(input_ids.shape[0]):
-        start = int(input_ids.shape[1] - attention_mask[row].sum())  # the row's first real token
-        if start >= input_ids.shape[1] - 1:
-            out.append(([None] * (input_ids.shape[1] - start), [[] for _ in range(input_ids.shape[1] - start)]))
-            continue
-        logp = torch.log_softmax(logits[row, start:].float() / temperature, dim=-1)  # predicts start+1 ..
-        targets = input_ids[row, start + 1 :].to(logp.device)
-        values: list[float | None] = [None, *logp.gather(1, targets[:, None]).squeeze(1).tolist()]
-        tops: list[TopLogprobs] = [[]]
+    width = input_ids.shape[1]
+    starts = [int(width - attention_mask[row].sum()) for row in range(input_ids.shape[0])]  # first real tokens
+    scored = [row for row, start in enumerate(starts) if start < width - 1]
+    device: list[torch.Tensor] = []
+    for row in scored:
+        logp = torch.log_softmax(logits[row, starts[row]:].float() / temperature, dim=-1)  # predicts start+1 ..
+        targets = input_ids[row, starts[row] + 1 :].to(logp.device)
+        device.append(logp.gather(1, targets[:, None]).squeeze(1))
         if top:
             best = logp.topk(top, dim=-1)
-            tops += [_pairs(v, i) for v, i in zip(best.values, best.indices)]
+            device += [best.values, best.indices]
+    host = iter(to_host(*device))
+    out: dict[int, tuple[list[float | None], list[TopLogprobs]]] = {}
+    for row in scored:
+        values = next(host)
+        tops: list[TopLogprobs] = [[]]
+        if top:
+            best_values, best_ids = next(host), next(host)
+            tops += [_pairs(v, i) for v, i in zip(best_values, best_ids)]
         else:
-            tops += [[] for _ in range(len(targets))]
-        out.append((values, tops))
-    return out
+            tops += [[] for _ in range(len(values))]
+        out[row] = ([None, *values.tolist()], tops)
+    return [out.get(row, ([None] * (width - start), [[] for _ in range(width - start)])) for row, start in enumerate(starts)]

@@ -146,7 +146,8 @@ def _update_shares_prompt(preset: Any, strategy: str) -> bool:
     The direct agent's calls come group by group, so a micro-batch that divides the group holds
     one prompt; the trainer shares it in one process without gradient checkpointing. Other
     agents' longest calls (a MemAgent chunk after the first, a memory-bank turn) carry per-row
-    memory in the prompt, so they are planned at the plain path.
+    memory in the prompt, so they are planned at the plain path. Every shipped GPU preset
+    checkpoints, so it never applies to them (docs/gpu.md).
     """
     cfg = preset.trainer
     return (

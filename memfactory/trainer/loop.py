@@ -122,6 +122,9 @@ class GRPOTrainer:
         model_cfg = preset.model.model_copy(update={"dtype": precision.load_dtype(self.cfg.precision, preset.model.dtype)})
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
+        precision.convert_float16(model, self.precision)  # bf16_mixed on a float16 checkpoint: computes in bf16
+        # What checkpoints write full weights in: the loaded dtype (bf16), not the fp32 masters.
+        self.checkpoint_dtype = precision.weights_dtype(model)
         # DDP: gradients as views into its all-reduce buckets, which it keeps for the whole run; accelerate's
         # default copies them out (+4 bytes per trained parameter through every update).
         self.accelerator = accelerator or Accelerator(

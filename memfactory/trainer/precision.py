@@ -21,7 +21,13 @@ and backward passes in bf16. The choices (``trainer.precision``):
   or ``auto`` and the checkpoint is bf16), else ``fp32``.
 
 float16 training needs loss scaling, which this trainer does not do; it is refused with a message
-that says what to set instead. So is bf16 on a GPU that lacks it, and QLoRA (``lora.quantize``)
+that says what to set instead, except under an explicit ``bf16_mixed``, which converts a float16
+checkpoint to bfloat16 as it loads (:func:`convert_float16`): that run computes in bf16 anyway, so
+every Linear weight the forward sees is the same value autocast would have made of the fp16 one;
+the conversion keeps embeddings, norms and the residual stream of frozen weights (a LoRA base)
+out of float16, whose small gradients underflow without loss scaling, and makes the run exactly a
+bf16 checkpoint's (reference, checkpoint dtype, memory plan). It rounds the fp16 values to bf16's
+8-bit mantissa (relative change up to 2^-9); fp16's range fits inside bf16's, so nothing overflows. So is bf16 on a GPU that lacks it, and QLoRA (``lora.quantize``)
 without bitsandbytes and CUDA (:func:`require_qlora` names which one is missing).
 """
 
@@ -90,7 +96,8 @@ def resolve_precision(requested: str, loaded: torch.dtype) -> PrecisionPlan:
     if loaded == torch.float16 and requested in ("auto", "bf16_pure"):
         raise MemFactoryError(
             "model.dtype: float16 weights cannot be trained here (float16 needs loss scaling, which this "
-            "trainer does not do); set model.dtype: bfloat16 (trained as trainer.precision: bf16_mixed) "
+            "trainer does not do); set model.dtype: bfloat16 (trained as trainer.precision: bf16_mixed), "
+            "trainer.precision: bf16_mixed (converts the float16 weights to bfloat16 as they load) "
             "or model.dtype: float32"
         )
     if requested == "auto":
@@ -113,6 +120,24 @@ def require_hardware(plan: PrecisionPlan, device: torch.device, accelerate_mixed
             f"trainer.precision: {plan.name} needs bfloat16, which this GPU ({name}) does not support; "
             "set trainer.precision: fp32 and model.dtype: float32 (or use an Ampere or newer GPU)"
         )
+
+
+def convert_float16(model: torch.nn.Module, plan: PrecisionPlan) -> int:
+    """Under ``bf16_mixed``, turn every float16 parameter and buffer of a freshly loaded model into
+    bfloat16 (the rule in the module docstring); returns how many tensors changed. Other plans never
+    see float16 weights (:func:`resolve_precision` refuses them)."""
+    if plan.name != "bf16_mixed":
+        return 0
+    converted = 0
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.dtype == torch.float16:
+                tensor.data = tensor.data.to(torch.bfloat16)
+                converted += 1
+    if converted:
+        log.info("trainer.precision bf16_mixed: the float16 checkpoint's %d tensors converted to bfloat16, "
+                 "the dtype this run computes in", converted)
+    return converted
 
 
 def apply_master_dtype(model: torch.nn.Module, plan: PrecisionPlan) -> torch.nn.Module:

@@ -7,13 +7,16 @@ that what the update needs of a trainer is written down (:class:`Trainee`) inste
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from memfactory.config import TrainerConfig
+from memfactory.backends.model_api import eval_mode
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
 from memfactory.trainer.batching import grad_pass_shares_prompt, pack_calls, token_logprobs
@@ -22,8 +25,45 @@ from memfactory.types import ModelCall
 
 
 class TrainingDiverged(MemFactoryError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """A step's loss, KL or gradient norm became NaN or infinite.
 
+    Raised before ``optimizer.step()``, so the weights and optimizer state are as the last good step
+    left them, and no checkpoint is written for the failed step: the last one stays intact.
+    """
+
+
+def first_non_finite(named: Iterable[tuple[str, Tensor | None]]) -> str | None:
+    """The name of the first tensor in ``named`` holding a NaN or an infinity (None: all finite)."""
+    for name, tensor in named:
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def first_non_finite_gradient(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter whose gradient (this rank's shard under FSDP) is not finite.
+
+    Gradients are read before clipping: a non-finite norm makes the clip multiply every gradient by NaN.
+    One foreach norm over all gradients and one host sync; a NaN or inf anywhere makes its norm non-finite.
+    """
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return None
+    local = [g.to_local() if hasattr(g, "to_local") else g for _, g in named]  # DTensor shards
+    norms = torch.stack([n.float() for n in torch._foreach_norm(local)])
+    for i in (~torch.isfinite(norms)).nonzero().flatten().tolist():  # empty (one sync) when all are finite
+        if not bool(torch.isfinite(local[i]).all()):  # not a finite gradient whose norm overflowed
+            return named[i][0]
+    return None
+
+
+def _diverged(quantity: str, value: float, step: int, culprit: str, where: str = "") -> TrainingDiverged:
+    """One message for every non-finite quantity: the step, the quantity and its value, the first offender."""
+    return TrainingDiverged(
+        f"{quantity} became {value} at step {step}{where}; {culprit}. Stopping before the optimizer step: the "
+        "weights are as the last good step left them and the last checkpoint is intact. Try a lower trainer.lr "
+        "or trainer.max_grad_norm, or set trainer.kl_clamp."
+    )
 
 
 class Trainee(Protocol):
@@ -73,7 +113,8 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
             batch = pack_calls(calls, pad_id=t.tokenizer.pad_token_id).to(acc.device)
             adv = torch.tensor(advantages, dtype=torch.float32, device=acc.device)
             old, ref = None, None
-            with torch.no_grad(), t.autocast():
+            # Dropout off while scoring (LoRA's, a config's attention dropout); training mode restored after.
+            with torch.no_grad(), t.autocast(), eval_mode(t.policy, t.reference_model()):
                 # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
                 if cfg.num_iterations > 1:
                     old = token_logprobs(t.policy, batch, temperature=max(cfg.temperature, 1e-6),
@@ -132,22 +173,32 @@ def policy_update(t: Trainee, buffers: list[tuple[list[ModelCall], list[float]]]
                     )
                 # Normalised over the whole step's batch (all ranks), so micro-batch losses simply
                 # add up; one process raises here, several find out from the synced grad norm.
-                if not torch.isfinite(loss) and world == 1:
-                    raise TrainingDiverged(
-                        f"loss became {float(loss)} at step {t.step + 1}; stopping. "
-                        "The last good checkpoint is kept; try a lower trainer.lr or trainer.max_grad_norm."
-                    )
+                if world == 1:
+                    for quantity, value in (("loss", loss), ("KL", parts.get("kl"))):
+                        if value is not None and not bool(torch.isfinite(value)):
+                            inputs = [("policy log-probs", logps), ("old log-probs", old_logps),
+                                      ("reference log-probs", ref[index] if ref is not None else None),
+                                      ("advantages", adv[index]),
+                                      ("sampling log-probs", mb.old_logps if cfg.rollout.corrects_sampling else None)]
+                            bad = first_non_finite(inputs)
+                            raise _diverged(quantity, float(value.detach()), t.step + 1,
+                                            f"first non-finite input: {bad}" if bad else
+                                            "its inputs are finite (an overflow inside the loss)",
+                                            f" (micro-batch {k + 1} of {len(micro)})")
                 # DDP averages gradients over ranks; the normalisers are global, so scale back up.
                 acc.backward(loss * world if world > 1 else loss)
                 stats.setdefault("loss", []).append(float(loss.detach()))
                 for key, value in parts.items():
                     stats.setdefault(key, []).append(float(value))
+        culprit = first_non_finite_gradient(t.policy)  # before the clip, which would spread a NaN to all
         grad_norm = acc.clip_grad_norm_(
             [p for p in t.model.parameters() if p.requires_grad], cfg.max_grad_norm
         )
-        if not math.isfinite(float(grad_norm)):
+        if culprit is not None or not math.isfinite(float(grad_norm)):
             t.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {t.step + 1}; stopping.")
+            raise _diverged("gradient norm", float(grad_norm), t.step + 1,
+                            f"first non-finite gradient: {culprit}" if culprit else
+                            "every gradient on this rank is finite (their norm overflowed, or another rank's is not)")
         t.optimizer.step()
         # Free the gradients now, as transformers' Trainer does after optimizer.step(): held until the
         # next update they would sit through the next rollout (4 bytes per trained parameter).
