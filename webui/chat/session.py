@@ -107,6 +107,7 @@ class ChatSession:
         self.reading: MemoryState | None = None  # MemAgent: the document being / already read
         self.read_trace: list[dict[str, Any]] = []
         self.current: Turn | None = None
+        self.stops = 0  # Stop presses so far: a message whose send began before one is not sent
         self._lock = threading.Lock()  # held for one step (one model call, or one bank write)
         self._ending = threading.Lock()  # a turn ends once: done, stopped or failed
         self._downloads = Path(tempfile.mkdtemp(prefix="memfactory-chat-"))
@@ -189,8 +190,12 @@ class ChatSession:
 
     # ------------------------------------------------------------------ turns
 
-    def begin(self, message: str) -> Turn:
-        """Check ``message`` (and the document) and start a turn; a refusal raises before anything is sent."""
+    def begin(self, message: str, *, stops_seen: int | None = None) -> Turn:
+        """Check ``message`` (and the document) and start a turn; a refusal raises before anything is sent.
+        ``stops_seen``: :attr:`stops` when the send began (say, before the model loaded); a Stop since then
+        raises :class:`ChatStopped` and nothing is sent."""
+        if stops_seen is not None and self.stops != stops_seen:
+            raise ChatStopped
         loaded = self._require()
         message = (message or "").strip()
         if not message:
@@ -230,6 +235,7 @@ class ChatSession:
     def stop(self) -> str:
         """Stop the running turn: the answer being written ends at its next token (the turn is stopped at
         once, with what it had written); another model call in flight is waited for; nothing starts after."""
+        self.stops += 1
         turn = self.current
         if turn is None or turn.status != "running":
             return "Nothing is running."

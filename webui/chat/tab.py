@@ -4,9 +4,10 @@ What to talk to, the turns and the memory are ``webui.chat``'s Gradio-free modul
 the widgets and wires the events. Each browser tab has its own :class:`ChatSession` (a ``gr.State``,
 closed with the tab); the models are shared through one cache, and the Send event runs several
 sessions at once, so one chat's generation does not wait for another's. The answer streams into the
-chat token by token. Stop cancels the Send event (Gradio's ``cancels=``) and tells the session: the
-answer being written ends at its next token, any other call in flight is waited for, nothing starts
-after it.
+chat token by token. Stop tells the session, and the Send event ends by itself: the answer being
+written ends at its next token, any other call in flight is waited for, nothing starts after it, and a
+message whose model was still loading is not sent. (Not Gradio's ``cancels=``: a cancelled event can
+mark every output of Send with "Error" after Stop's own update, hiding what the turn wrote.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import gradio as gr
 from memfactory.errors import MemFactoryError
 from webui import workspace
 from webui.chat import bankfiles, view
-from webui.chat.session import ChatSession
+from webui.chat.session import ChatSession, ChatStopped
 from webui.chat.target import DEFAULT_PRESET, ChatTarget, preset_kind
 from webui.i18n import t
 from webui.models import BackendCache
@@ -224,13 +225,17 @@ def build(ctx: UIContext) -> None:
 
     def on_send(data: dict[Any, Any]) -> Iterator[Updates]:
         session = session_of(data)
+        stops_seen = session.stops
         try:
             if session.loaded is None or session.loaded.target != fields.read(data):
                 yield {**shown.show(session, "⏳ loading the model…"), message: gr.update()}
             session.use(fields.read(data))
             if session.loaded is not None and session.loaded.kind != "bank":
                 session.set_document(data[document])
-            turn = session.begin(data[message])
+            turn = session.begin(data[message], stops_seen=stops_seen)
+        except ChatStopped:
+            yield {**shown.show(session, "⏹ Stopped before sending: the message was not sent."), message: gr.update()}
+            return
         except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback; the message stays typed
             yield {**failed(session, exc), message: gr.update()}
             return
@@ -247,9 +252,9 @@ def build(ctx: UIContext) -> None:
 
     send_inputs = {state, message, document, *fields.components}
     send_outputs = [*shown.components, message]
-    sent = send.click(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat")
-    submitted = message.submit(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY,
-                               concurrency_id="chat")
+    send.click(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat")
+    message.submit(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY,
+                   concurrency_id="chat")
 
     def on_stop(session: ChatSession | None) -> Updates:
         if session is None:
@@ -257,8 +262,7 @@ def build(ctx: UIContext) -> None:
         note = session.stop()
         return shown.show(session, f"⏹ {note}" if note != "Nothing is running." else None)
 
-    stop.click(on_stop, state, shown.components, cancels=[sent, submitted], concurrency_limit=None,
-               show_progress="hidden")
+    stop.click(on_stop, state, shown.components, concurrency_limit=None, show_progress="hidden")
 
     def guarded(action: Callable[[ChatSession, dict[Any, Any]], Updates]) -> Callable[[dict[Any, Any]], Updates]:
         """A bank or session handler whose errors become the status line."""

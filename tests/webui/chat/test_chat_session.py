@@ -12,7 +12,7 @@ from memfactory.errors import MemFactoryError
 from memfactory.memory.store import MemoryStore
 from tests.waiting import wait_until
 from webui.chat import bankfiles
-from webui.chat.session import ChatSession
+from webui.chat.session import ChatSession, ChatStopped
 from webui.chat.target import ChatTarget
 
 TINY = "tiny://qwen3-mini"
@@ -193,6 +193,16 @@ def test_stop_while_the_update_is_decided_leaves_the_bank_unchanged(session, scr
     assert session.messages[-1]["content"] == "⏹ " + said[0]
     assert talk(session, "Actually, I moved to Berlin").ops[0]["op"] == "UPDATE"  # the next turn runs normally
     assert session.stop() == "Nothing is running."
+
+
+def test_a_stop_while_the_send_was_loading_the_model_sends_nothing(session, scripted):
+    stops_seen = session.stops  # what the Send handler notes before it loads the model
+    session.use(endpoint(scripted))
+    assert session.stop() == "Nothing is running."  # Stop pressed during the load
+    with pytest.raises(ChatStopped):
+        session.begin("I live in Paris", stops_seen=stops_seen)
+    assert session.turns == [] and session.messages == [] and scripted.app.state.calls == {}
+    assert talk(session, "I live in Paris").status == "done"  # the next send is not affected
 
 
 def test_the_answer_streams_and_stop_mid_answer_keeps_what_was_written(session, scripted):

@@ -27,16 +27,13 @@ def _values(demo, fn, by_elem, **values):
     return data
 
 
-def test_send_runs_chats_side_by_side_and_stop_cancels_it(app):
+def test_send_runs_chats_side_by_side_and_stop_is_never_queued_behind_it(app):
     demo, by_elem = app
     (send,) = _fns(demo, by_elem["mf-chat-send"])
     (submit,) = _fns(demo, by_elem["mf-chat-msg"])
     assert send.concurrency_limit == submit.concurrency_limit == 4 and send.concurrency_id == submit.concurrency_id
-    stops = _fns(demo, by_elem["mf-chat-stop"])
-    cancel = next(fn for fn in stops if fn.is_cancel_function)
-    ids = {key for key, fn in demo.fns.items() if fn in (send, submit)}
-    assert set(cancel.cancels) == ids  # Stop cancels both ways of sending
-    assert next(fn for fn in stops if not fn.is_cancel_function).concurrency_limit is None  # never queued behind
+    (stop,) = _fns(demo, by_elem["mf-chat-stop"])  # tells the session; no Gradio cancel (it can mark Send's outputs "Error")
+    assert not stop.is_cancel_function and stop.concurrency_limit is None  # never queued behind a send
 
 
 def test_a_conversation_through_the_tab_handlers(app, scripted):
