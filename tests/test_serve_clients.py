@@ -6,6 +6,7 @@ here from local files. Each client's answers are checked against the same model 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from pathlib import Path
 
@@ -134,6 +135,14 @@ def lm_eval(monkeypatch):
     return lm_eval
 
 
+def simple_evaluate(lm_eval, **kwargs):
+    """``lm_eval.simple_evaluate`` in a thread of its own, as a user's script runs it: its concurrent API
+    model calls ``asyncio.run``, which refuses a thread whose event loop runs already (the test worker's
+    main thread after the browser tests' Playwright session, under ``make test``'s xdist)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lm_eval.simple_evaluate, **kwargs).result()
+
+
 def test_lm_eval_log_likelihood_task_over_completions(tiny_backend, lm_eval, tmp_path, request):
     """A multiple-choice task: lm-eval scores each choice from /v1/completions' echoed prompt
     log-probs. The gold label is the model's own best choice (computed here with a forward pass), so
@@ -161,8 +170,8 @@ def test_lm_eval_log_likelihood_task_over_completions(tiny_backend, lm_eval, tmp
             'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n'
             '    higher_is_better: true\n')
     (tmp_path / "choices.yaml").write_text(_task_yaml("memfactory_choices", data, tmp_path / "cache", body))
-    results = lm_eval.simple_evaluate(
-        model="local-completions",
+    results = simple_evaluate(
+        lm_eval, model="local-completions",
         model_args={"base_url": server.url + "/completions", "model": NAME, "tokenizer_backend": "huggingface",
                     "tokenizer": resolve_model_path("tiny://qwen3-mini"), "max_retries": 1, "num_concurrent": 2},
         tasks=["memfactory_choices"], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
@@ -189,8 +198,8 @@ def test_lm_eval_generation_task_over_chat(tiny_backend, lm_eval, tmp_path, requ
             'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n  temperature: 0\n'
             'metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n')
     (tmp_path / "answers.yaml").write_text(_task_yaml("memfactory_answers", data, tmp_path / "cache", body))
-    results = lm_eval.simple_evaluate(
-        model="local-chat-completions",
+    results = simple_evaluate(
+        lm_eval, model="local-chat-completions",
         model_args={"base_url": server.url + "/chat/completions", "model": NAME, "max_retries": 1,
                     "eos_string": "<|im_end|>"},
         tasks=["memfactory_answers"], task_manager=TaskManager(include_path=str(tmp_path)),
