@@ -5,13 +5,18 @@ checkpointing existed (micro-batch 16, no checkpointing), ``checkpointed`` = the
 checkpointing, ``checkpointed_mb4`` = checkpointing at micro-batch 4 (shipped until the shared
 prompt forward existed), ``unshared_mb8`` = micro-batch 8 without checkpointing and with
 ``trainer.shared_prompt_forward`` off, ``shipped`` = the preset now (micro-batch 8 = one group,
-no checkpointing, the group's prompt run once per micro-batch). Each trains for
+no checkpointing, the group's prompt run once per micro-batch); ``t07`` / ``t10`` = rollouts at
+temperature 0.7 / 1.0, ``t07_warm4`` = T 0.7 with 4 warm-up steps (issue 27: does a collapse fix
+cost step time?). Each trains for
 ``--steps`` GRPO steps in its own child process, so each peak RSS (``VmHWM``) is that run's
-alone. Printed per variant: peak RSS, seconds per step (rollout / update), and the mean reward of
+alone. Printed per variant: peak RSS, seconds per step (rollout / update), the child's own CPU
+seconds per step (one thread: comparable whatever else loads the machine; ``--parallel`` runs the
+variants side by side so their wall seconds see the same load too), and the mean reward of
 every step: with the same seed the curves must agree (checkpointing recomputes the same
 activations and the loss is normalised over the whole step: memory changes, not maths).
 
     OMP_NUM_THREADS=2 python bench/demo_memory.py --steps 3
+    OMP_NUM_THREADS=1 python bench/demo_memory.py --steps 6 --variants t07 t10 --parallel
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ VARIANTS = {
         "trainer.shared_prompt_forward=false",
     ],
     "shipped": [],
+    # issue 27: the rollout temperature (the collapse fix), each spelt out whatever the preset ships
+    "t07": ["trainer.temperature=0.7"],
+    "t10": ["trainer.temperature=1.0"],
+    "t07_warm4": ["trainer.temperature=0.7", "trainer.warmup_steps=4"],
 }
 
 
@@ -55,8 +64,10 @@ def child(variant: str, steps: int, workdir: str) -> None:
     loaded_mb = peak_rss_gib() * 1024  # VmHWM: ru_maxrss would carry over the parent's peak
     rows = []
     for _ in range(steps):
+        cpu = time.process_time()  # this process's CPU seconds: comparable under any load (1 thread)
         m = trainer.train_step().metrics
-        rows.append({k: round(m[k], 4) for k in ("reward/mean", "loss", "time/step_s", "time/rollout_s", "time/update_s")})
+        row = {k: round(m[k], 4) for k in ("reward/mean", "loss", "time/step_s", "time/rollout_s", "time/update_s")}
+        rows.append(row | {"cpu_s": round(time.process_time() - cpu, 2)})
     cfg = preset.trainer
     print(json.dumps({"checkpointing": cfg.gradient_checkpointing, "micro_batch_size": cfg.micro_batch_size,
                       "loaded_rss_mb": round(loaded_mb),
@@ -68,6 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="which variants to run (default all; the first is the baseline of the ratios)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the variants side by side (the same load on each: compare their s/step)")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -77,23 +90,32 @@ def main() -> None:
     import tempfile
 
     results = {}
-    for variant in args.variants:
-        with tempfile.TemporaryDirectory() as workdir:
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
-                                   "--workdir", workdir], capture_output=True, text=True, check=True)
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        children = {}
+        for variant in args.variants:
+            workdir = Path(tmp) / variant
+            workdir.mkdir()
+            cmd = [sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--workdir", str(workdir)]
+            children[variant] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            if not args.parallel:
+                children[variant].wait()
+        for variant, proc in children.items():
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+            results[variant] = json.loads(out.strip().splitlines()[-1])
             results[variant]["wall_s"] = round(time.perf_counter() - started, 1)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(f"tiny_cpu_demo, {args.steps} steps, OMP_NUM_THREADS={threads}")
-    print("| variant | checkpointing | micro-batch | peak RSS MB | after loading MB | s/step | rollout s | update s | reward per step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | checkpointing | micro-batch | peak RSS MB | after loading MB | s/step | CPU s/step | rollout s | update s | reward per step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     def mean(steps: list[dict], key: str) -> float:
         return round(sum(s[key] for s in steps) / len(steps), 2)
 
     for variant, r in results.items():
         steps = r["steps"]
-        print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean(steps, 'time/step_s')} | {mean(steps, 'time/rollout_s')} "
+        print(f"| {variant} | {r['checkpointing']} | {r['micro_batch_size']} | {r['peak_rss_mb']} | {r['loaded_rss_mb']} | {mean(steps, 'time/step_s')} | {mean(steps, 'cpu_s')} | {mean(steps, 'time/rollout_s')} "
               f"| {mean(steps, 'time/update_s')} | {', '.join(str(s['reward/mean']) for s in steps)} |")
     baseline = args.variants[0]
     before = results[baseline]
@@ -101,8 +123,10 @@ def main() -> None:
         r = results[variant]
         update = sum(s["time/update_s"] for s in r["steps"]) / sum(s["time/update_s"] for s in before["steps"])
         same = [s["reward/mean"] for s in r["steps"]] == [s["reward/mean"] for s in before["steps"]]
+        step = mean(r["steps"], "time/step_s") / mean(before["steps"], "time/step_s")
+        cpu = mean(r["steps"], "cpu_s") / mean(before["steps"], "cpu_s")
         print(f"{variant} vs {baseline}: peak RSS x{r['peak_rss_mb'] / before['peak_rss_mb']:.2f}, "
-              f"update time x{update:.2f}, same rewards: {same}")
+              f"step time x{step:.2f} (CPU x{cpu:.2f}), update time x{update:.2f}, same rewards: {same}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ with its standard error (Welch).
 
     OMP_NUM_THREADS=1 python bench/demo_seeds.py --seeds 1 2 3 --ref 0a6fa67^
 
+A candidate change to the demo is screened without editing the preset: ``--set KEY=VALUE``
+(repeatable) reaches both the training run and the eval of this tree, and ``--label`` keeps its
+scores in their own folder (``--only current --label t10 --set trainer.temperature=1.0``).
+
 The two versions' runs go side by side (``--parallel``, default on) so that two cores finish
 both in the time of one; each run is a subprocess with its own runs folder under ``--workdir``.
 """
@@ -39,14 +43,18 @@ def worktree(ref: str, workdir: Path) -> Path:
     return path
 
 
-def train(tree: Path, seed: int, runs_dir: Path, log: Path) -> Path:
+def set_args(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def train(tree: Path, seed: int, runs_dir: Path, log: Path, overrides: list[str]) -> Path:
     """One demo run of ``tree``'s own code; returns its run folder."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [
         sys.executable, "-m", "memfactory", "demo", "--no-eval",
         "--set", f"trainer.seed={seed}",
         "--set", f"logging.runs_dir={runs_dir}",
-        "--set", f"logging.runs_db={runs_dir / 'memfactory.db'}",
+        "--set", f"logging.runs_db={runs_dir / 'memfactory.db'}", *set_args(overrides),
     ]  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
@@ -59,12 +67,13 @@ def train(tree: Path, seed: int, runs_dir: Path, log: Path) -> Path:
     return run if run.is_absolute() else tree / run
 
 
-def evaluate(checkpoint: str, out: Path, log: Path) -> float:
+def evaluate(checkpoint: str, out: Path, log: Path, overrides: list[str]) -> float:
     """avg@k of ``checkpoint`` (a run folder, or ``none`` for the base model) with this tree's eval."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [
         sys.executable, "-m", "memfactory", "eval", str(ROOT / "presets" / "tiny_cpu_demo.yaml"),
         "--checkpoint", checkpoint, "--data-dir", str(ROOT / "assets" / "data"), "--out", str(out), *EVAL_ARGS,
+        *set_args(overrides),
     ]  # fmt: skip
     with log.open("w") as sink:
         done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -74,7 +83,7 @@ def evaluate(checkpoint: str, out: Path, log: Path) -> float:
     return statistics.fmean(float(r["score"]) for r in records)
 
 
-def one_version(label: str, tree: Path, seeds: list[int], workdir: Path) -> dict[int, float]:
+def one_version(label: str, tree: Path, seeds: list[int], workdir: Path, overrides: list[str]) -> dict[int, float]:
     scores = {}
     for seed in seeds:
         folder = workdir / label / f"seed{seed}"
@@ -83,12 +92,15 @@ def one_version(label: str, tree: Path, seeds: list[int], workdir: Path) -> dict
             scores[seed] = json.loads(cached.read_text())["sub_em"]
             continue
         start = time.time()
-        run = train(tree, seed, folder / "runs", folder / "train.log")
-        scores[seed] = evaluate(str(run), folder / "eval", folder / "eval.log")
+        run = train(tree, seed, folder / "runs", folder / "train.log", overrides)
+        scores[seed] = evaluate(str(run), folder / "eval", folder / "eval.log", overrides)
         commit = subprocess.run(
             ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
-        record = {"sub_em": scores[seed], "run": str(run), "commit": commit, "wall_s": time.time() - start}
+        record = {
+            "sub_em": scores[seed], "run": str(run), "commit": commit, "wall_s": time.time() - start,
+            "overrides": overrides,
+        }  # fmt: skip
         cached.write_text(json.dumps(record))
         print(f"{label} seed {seed}: sub_em avg@4 {scores[seed]:.4f} ({time.time() - start:.0f} s)", flush=True)
     return scores
@@ -121,29 +133,39 @@ def main() -> int:
         choices=["current", "ref"],
         help="train and score one version (the table reads the other's finished seeds from --workdir)",
     )
+    parser.add_argument("--label", default="current", help="folder (and table row) of this tree's runs")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a preset override for this tree's training and eval runs (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    trees = {"current": ROOT, "ref": worktree(args.ref, args.workdir)}
+    versions = [version for version in ("current", "ref") if args.only in (None, version)]
+    trees = {"current": ROOT, "ref": worktree(args.ref, args.workdir) if "ref" in versions else None}
+    folders = {"current": args.label, "ref": "ref"}
+    extra = {"current": args.overrides, "ref": []}  # the earlier revision runs as it was
     with ThreadPoolExecutor(max_workers=1 if args.sequential else 2) as pool:
         jobs = {
-            label: pool.submit(one_version, label, tree, args.seeds, args.workdir)
-            for label, tree in trees.items()
-            if args.only in (None, label)
+            version: pool.submit(
+                one_version, folders[version], trees[version], args.seeds, args.workdir, extra[version]
+            )
+            for version in versions
         }
-        results = {label: job.result() for label, job in jobs.items()}
-    for label in trees:
-        if label not in results:
-            results[label] = finished_seeds(label, args.seeds, args.workdir)
+        results = {version: job.result() for version, job in jobs.items()}
+    for version in ("current", "ref"):
+        if version not in results:
+            results[version] = finished_seeds(folders[version], args.seeds, args.workdir)
     if args.base:
         base_dir = args.workdir / "base"
         base_dir.mkdir(exist_ok=True)
-        print(f"base (untrained): sub_em avg@4 {evaluate('none', base_dir / 'eval', base_dir / 'eval.log'):.4f}")
+        base = evaluate("none", base_dir / "eval", base_dir / "eval.log", args.overrides)
+        print(f"base (untrained): sub_em avg@4 {base:.4f}")
     print(f"\n| version | {' | '.join(f'seed {s}' for s in args.seeds)} | mean | sd |")
     print(f"|---|{'---|' * len(args.seeds)}---|---|")
     results = {label: scores for label, scores in results.items() if scores}  # a version with no seed yet: no row
     for label, scores in results.items():
         mean, sd = summary(scores)
-        name = "this tree" if label == "current" else f"`{args.ref}`"
+        name = f"this tree ({args.label})" if label == "current" else f"`{args.ref}`"
         cells = " | ".join(f"{scores[s]:.4f}" if s in scores else "-" for s in args.seeds)
         print(f"| {name} | {cells} | {mean:.4f} | {sd:.4f} |")
     if len(results) < 2:

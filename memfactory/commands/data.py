@@ -1,8 +1,10 @@
-"""``memfactory data``: generate synthetic sets, download MemAgent's sets, check a data file."""
+"""``memfactory data``: generate synthetic sets, build MemAgent's HotpotQA sets from the raw dev file,
+download MemAgent's sets, check a data file."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections import Counter
 
 from memfactory.errors import MemFactoryError
@@ -24,6 +26,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--sessions", type=int, default=4, help="locomo: sessions per conversation")
     synth.add_argument("--out", required=True, help="output .json or .jsonl file")
     synth.set_defaults(func=run_synth)
+
+    build = sub.add_parser(
+        "build",
+        help="build MemAgent's HotpotQA eval sets (eval_{N}.json) from the raw dev file, offline",
+        description="MemAgent's recipe (taskutils/memory_data/): the pool of the file's unique paragraphs, "
+        "each question's own paragraphs plus distractors sampled from the pool up to N documents (random "
+        "seeded 42), shuffled with random.Random(4), joined as 'Document i:'. Questions: the first "
+        "--candidates of the file, less those --filter-model answers without context, the first --n of "
+        "the rest. Streams the input (bounded memory); the same input and options give byte-identical files.",
+    )
+    build.add_argument("dev_file", help="hotpot_dev_distractor_v1.json (or a Hugging Face / IRCoT export)")
+    build.add_argument("--out", required=True, help="output folder (use it as env.data_dir)")
+    build.add_argument(
+        "--sizes", type=int, nargs="+", default=[50, 100, 200], help="documents per context, one file each"
+    )
+    build.add_argument("--n", type=int, default=128, help="questions per file (MemAgent: 128)")
+    build.add_argument(
+        "--candidates", type=int, default=200, help="the file's first questions to choose from (MemAgent: 200)"
+    )
+    build.add_argument("--seed", type=int, default=42, help="the distractor sampler's seed (MemAgent: 42)")
+    build.add_argument(
+        "--filter-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="drop questions this model answers without context (repeatable; MemAgent: Qwen2.5-7B base and "
+        "instruct); a model folder, hub id or built-in name",
+    )
+    build.add_argument("--filter-samples", type=int, default=2, help="answers per question and model (MemAgent: 2)")
+    build.add_argument(
+        "--filter-max-new-tokens", type=int, default=512, help="cap on each filter answer (MemAgent: 512)"
+    )
+    build.set_defaults(func=run_build)
 
     download = sub.add_parser("download", help="download a public data set (needs internet)")
     download.add_argument(
@@ -52,7 +87,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--max-chunks", type=int, help="chunks read per context, 0 = no cap (default 6, or the preset's)"
     )
-    check.add_argument("--tokenizer", help="local tokenizer folder to count tokens exactly (default ~4 chars/token)")
+    check.add_argument(
+        "--tokenizer",
+        help="tokenizer to count tokens exactly: a local folder or a built-in model name (default: the --preset's "
+        "model when it is on this machine, else ~4 characters a token)",
+    )
     check.set_defaults(func=run_check)
 
 
@@ -99,6 +138,41 @@ def _load_tokenizer(folder: str):
         raise MemFactoryError(f"cannot load a tokenizer from {folder}: {exc}") from None
 
 
+def run_build(args: argparse.Namespace) -> int:
+    from memfactory.data.hotpotqa_build import build_eval_sets, choose, open_dev
+
+    with open_dev(args.dev_file, candidates=args.candidates) as dev:
+        print(
+            f"{args.dev_file}: {dev.records} questions, {dev.paragraphs} paragraphs, {dev.pool.size} unique "
+            f"(the pool); {len(dev.questions)} candidates"
+        )
+        drop: set[int] = set()
+        for model in args.filter_model:
+            known = _closed_book(model, dev.questions, args)
+            print(f"filter {model}: answers {len(known)} of {len(dev.questions)} candidates without context")
+            drop |= known
+        questions = choose(dev, args.n, drop)
+        for path in build_eval_sets(dev, questions, args.sizes, args.out, seed=args.seed):
+            print(f"wrote {path} ({len(questions)} questions)")
+    return 0
+
+
+def _closed_book(model: str, questions: list, args: argparse.Namespace) -> set[int]:
+    from memfactory.backends.build import build_backend
+    from memfactory.eval.closed_book import ClosedBook, known_questions
+    from memfactory.targets import resolve_target
+
+    if args.filter_samples < 1 or args.filter_max_new_tokens < 1:
+        raise MemFactoryError("--filter-samples and --filter-max-new-tokens must be at least 1")
+    backend = build_backend(resolve_target(model).model)
+    how = ClosedBook(samples=args.filter_samples, max_new_tokens=args.filter_max_new_tokens)
+    try:
+        return known_questions(backend, [(q.index, q.question, [q.answer]) for q in questions], how)
+    finally:
+        if callable(getattr(backend, "close", None)):
+            backend.close()
+
+
 def run_download(args: argparse.Namespace) -> int:
     from memfactory.data.download import download_memagent
 
@@ -125,24 +199,39 @@ def run_check(args: argparse.Namespace) -> int:
     )
     first = samples[0]
     print(f"first: {first.id}: {first.question[:100]!r} -> {first.answers}")
-    report = _budget_report(args, samples)
+    report, tokenizer = _budget_report(args, samples)
     for line in report.lines():
         print(line)
+    if tokenizer:
+        print(f"tokens counted with the tokenizer of {tokenizer}")
     warning = report.warning()
     if warning:
         print(warning)
     return 0
 
 
+def _local_model(path: str) -> str | None:
+    """``path`` when it names a model on this machine (a folder or a built-in), else None (a hub id)."""
+    from memfactory.backends.sources import BUILTIN_PATHS, model_path_problem
+
+    if path.lower() in BUILTIN_PATHS or (model_path_problem(path) is None and os.path.isdir(os.path.expanduser(path))):
+        return path
+    return None
+
+
 def _budget_report(args: argparse.Namespace, samples: list):
+    """The budget report, and the model whose tokenizer counted (None: ~4 characters a token)."""
     from memfactory.data.check import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_CHUNKS, budget_from_preset, budget_report
 
     chunk_tokens, max_chunks, truncate = DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_CHUNKS, "middle"
     source = "the MemAgent GPU presets'"
+    tokenizer = args.tokenizer
     if args.preset:
         from memfactory.config import load_preset
 
-        found = budget_from_preset(load_preset(args.preset))
+        preset = load_preset(args.preset)
+        tokenizer = tokenizer or _local_model(preset.model.path)
+        found = budget_from_preset(preset)
         if found is None:
             raise MemFactoryError(f"preset {args.preset} has no recurrent memory module: nothing reads in chunks")
         chunk_tokens, max_chunks, truncate = found
@@ -158,11 +247,12 @@ def _budget_report(args: argparse.Namespace, samples: list):
         max_chunks = args.max_chunks or None
         source = f"{source}, --max-chunks" if args.preset else "command line"
     counter = None
-    if args.tokenizer:
+    if tokenizer:
+        from memfactory.backends.sources import resolve_model_path
         from memfactory.data.synth import token_counter
 
-        counter = token_counter(_load_tokenizer(args.tokenizer))
-    return budget_report(
+        counter = token_counter(_load_tokenizer(resolve_model_path(tokenizer)))
+    report = budget_report(
         samples,
         chunk_tokens=chunk_tokens,
         max_chunks=max_chunks,
@@ -170,3 +260,4 @@ def _budget_report(args: argparse.Namespace, samples: list):
         count_tokens=counter,
         source=source,
     )
+    return report, tokenizer

@@ -157,12 +157,10 @@ class GRPOTrainer:
         # Fused on CUDA (as transformers' Trainer): no step temporary the size of the trained weights.
         optimizer = build_adamw(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                 device=self.accelerator.device)
-        self.scheduler = get_scheduler(
-            self.cfg.lr_scheduler,
-            optimizer,
-            num_warmup_steps=self.cfg.warmup_steps,
-            num_training_steps=self.cfg.steps,
-        )
+        # transformers' "constant" ignores num_warmup_steps: with a warm-up it is "constant_with_warmup"
+        warm = self.cfg.lr_scheduler == "constant" and self.cfg.warmup_steps > 0
+        self.scheduler = get_scheduler("constant_with_warmup" if warm else self.cfg.lr_scheduler, optimizer,
+                                       num_warmup_steps=self.cfg.warmup_steps, num_training_steps=self.cfg.steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sharded = sharding.is_sharded(self.policy)  # FSDP2: accelerate sharded the policy
         if self.sharded:

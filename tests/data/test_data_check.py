@@ -66,9 +66,11 @@ def test_data_check_cli_warns_with_flags_or_a_preset(tmp_path, capsys):
 
     tiny = presets_dir() / "memagent_tiny_test.yaml"  # chunk_tokens 32 x max_chunks 3 = 96 tokens
     assert budget_from_preset(load_preset(tiny)) == (32, 3, "middle")
-    assert main(["data", "check", path, "--preset", str(tiny)]) == 0
+    assert main(["data", "check", path, "--preset", str(tiny)]) == 0  # counted by the preset model's tokenizer
     out = capsys.readouterr().out
-    assert "3 x 32 = 96 tokens; 1 of 4 contexts (25%) are longer" in out and "warning" not in out
+    assert "context length: 40-400 tokens, mean 166\n" in out  # the tiny model's tokenizer: a token a character
+    assert "tokens counted with the tokenizer of tiny://qwen3-mini" in out
+    assert "3 x 32 = 96 tokens; 2 of 4 contexts (50%) are longer" in out and "warning" not in out
     assert main(["data", "check", path, "--preset", str(tiny), "--max-chunks", "0"]) == 0
     assert "no chunk cap" in capsys.readouterr().out
 

@@ -112,3 +112,15 @@ def test_qlora_without_bitsandbytes_and_cuda_is_a_clear_error(tmp_path, monkeypa
         pytest.skip("this machine could run QLoRA; the error path is for CPU-only machines")
     with pytest.raises(MemFactoryError, match="QLoRA .* needs .*CUDA"):
         GRPOTrainer(preset)
+
+
+def test_a_constant_schedule_honours_its_warm_up(tmp_path, monkeypatch):
+    """transformers' "constant" schedule ignores num_warmup_steps; the trainer's does not (the GPU
+    presets and the CPU demo's warm-up once ran at the full rate from the first step)."""
+    monkeypatch.chdir(tmp_path)
+    overrides = ["trainer.steps=4", "trainer.lr=1e-2", "trainer.lr_scheduler=constant", "trainer.warmup_steps=3"]
+    trainer = GRPOTrainer(load_preset(presets_dir() / "tiny_test.yaml", overrides))
+    use_reward(trainer, Constant(0.5))  # no signal: the schedule alone is under test
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0  # the first step's rate
+    rates = [trainer.train_step().metrics["lr"] for _ in range(4)]  # the rate each step leaves for the next
+    assert rates == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2], rel=1e-6)
