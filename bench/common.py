@@ -1,4 +1,5 @@
-"""What the GRPO benchmarks share: a continuous reward and a trainer on the tiny preset's shape.
+"""What the benchmarks share: bench/RESULTS.md's sections, and for the GRPO benchmarks a continuous
+reward and a trainer on the tiny preset's shape.
 
 Imported by the bench scripts run as ``python bench/<script>.py`` (their folder is on sys.path).
 """
@@ -8,6 +9,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
+    """Replace the section under ``heading`` (a ``## `` line, up to the next one) with ``body``, or
+    append it: a benchmark rewrites its own figures and leaves the others' alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    section = f"{heading}\n\n{body.strip()}\n"
+    lines = text.split("\n")
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "\n".join(lines[end:])
+        text = "\n".join(lines[:start]).rstrip("\n") + "\n\n" + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {heading!r} in {path}")
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ Sections (each runs on its own; a failure is recorded with its error and the res
 1. ``cuda_tests``: the CUDA-marked tests (``pytest -m cuda``): ``GRPOTrainer.train_step()`` end to
    end with beta > 0 and num_iterations 2 (full, LoRA, bf16_mixed + checkpointing, a separate
    ``hf`` engine), every tensor checked to reach each model on that model's device.
+   ``learns`` (``bench/learn_check.py``): 30 GRPO steps of the tiny model under ``bf16_mixed`` with
+   gradient checkpointing on the vowel-share reward; fails unless the reward rises.
 2. ``preset:<name>`` for every shipped GPU preset (``GPU_PRESETS``), on a random model of the
    preset's real shape (``tiny://qwen3-1.7b-shape`` / ``tiny://qwen3-4b-shape``: real layer and
    vocabulary sizes, built locally, no download) with the preset's own precision, gradient
@@ -18,6 +20,10 @@ Sections (each runs on its own; a failure is recorded with its error and the res
      the generation caps cut (``--full`` keeps the preset's) so the section stays short.
    The presets decode eagerly here (``model.options.decode: eager``): compiling the decode step
    of each preset's shape would cost minutes of this script's time and hide in the step times.
+   Each update also reports its MFU by 6N and by executed FLOPs (memfactory/planner/flops.py).
+   ``planner_out_of_sample`` (``bench/planner_check.py``): planned vs measured GiB for shapes the
+   planner was not fitted on (LoRA, no checkpointing, ragged rows, beta 0, the rollout at the real
+   prompt length, 2 DDP / FSDP2 processes on the one GPU), with MFU for ragged rows and beta 0.
 3. generation tokens/s with the ``hf`` backend (sdpa, and FlashAttention-2 if it imports; eager
    decoding, as the first run's 195 tokens/s) and with the in-process vLLM engine if vllm
    imports; LoRA GRPO steps with rollouts on vLLM.
@@ -28,7 +34,9 @@ Sections (each runs on its own; a failure is recorded with its error and the res
 Results go to ``--out`` (default ``$OUT`` or ``bench/``) as ``gpu_check.json`` and
 ``gpu_check.md``, ready to paste into bench/RESULTS.md.
 
-    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200)
+    python bench/gpu_check.py                        # on the GPU machine (about 6-8 minutes on an H200,
+                                                     # before planner_out_of_sample: a few minutes more)
+    python bench/gpu_check.py --sections planner_out_of_sample   # the planner's out-of-sample check alone
     python bench/gpu_check.py --sections cuda_tests,preset:memagent_qwen3_1.7b
     python bench/gpu_check.py --shape qwen3-mini     # a dry run of the same code on CPU (tiny shapes)
 
@@ -61,7 +69,7 @@ GPU_PRESETS = {
     "memory_r1_qwen3": "qwen3-4b-shape",
     "rmm_qwen3": "qwen3-4b-shape",
 }
-# The longest call's shape is the memory planner's (memfactory/planner.py), so the estimate printed
+# The longest call's shape is the memory planner's (memfactory/planner/), so the estimate printed
 # next to each measured peak is for exactly the rows measured.
 from memfactory.backends.shape import BANK_PROMPT_TOKENS, TEMPLATE_TOKENS, preset_shape  # noqa: F401
 
@@ -128,7 +136,7 @@ def cuda_tests() -> dict:
     # tiny model's decode step compiles in each, hence the longer limit.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/trainer",
-         "tests/backends/test_static_decode.py"],
+         "tests/backends/test_static_decode.py", "tests/backends/test_hf_backend.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
     )
     tail = (done.stdout + done.stderr)[-3000:]
@@ -164,29 +172,45 @@ def synthetic_calls(rows: int, prompt: int, response: int, vocab: int, seed: int
     return calls
 
 
-def state_gib(trainer) -> dict:
-    """Measured bytes of the weights (policy + reference), gradients and optimizer state."""
+def _bytes(tensors) -> int:
     import torch
 
-    def size(tensors) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
+
+def watch_gradients(trainer) -> dict:
+    """The largest bytes of gradients seen at an optimizer step (the update frees them right after it),
+    through a step pre-hook on the torch optimizer; ``["bytes"]`` fills in as the update runs."""
+    seen = {"bytes": 0}
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+
+    def before_step(opt, _args, _kwargs) -> None:
+        held = _bytes(p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None)
+        seen["bytes"] = max(seen["bytes"], held)
+
+    seen["handle"] = optimizer.register_step_pre_hook(before_step)
+    return seen
+
+
+def state_gib(trainer, gradients: dict) -> dict:
+    """Measured bytes of the weights (policy + reference), gradients (at the step, ``watch_gradients``)
+    and optimizer state."""
     policy = list(trainer.policy.parameters())
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     return {
-        "weights_gib": _gib(size(policy)),
-        "reference_gib": _gib(size(trainer.reference.parameters())) if trainer.reference is not None else 0.0,
-        "grads_gib": _gib(size(p.grad for p in policy if p.grad is not None)),
-        "optimizer_gib": _gib(size(v for state in optimizer.state.values() for v in state.values())),
+        "weights_gib": _gib(_bytes(policy)),
+        "reference_gib": _gib(_bytes(trainer.reference.parameters())) if trainer.reference is not None else 0.0,
+        "grads_gib": _gib(gradients["bytes"]),
+        "optimizer_gib": _gib(_bytes(v for state in optimizer.state.values() for v in state.values())),
     }
 
 
 def planner_estimate(preset, prompt: int, response: int, measured: dict) -> dict:
     """The memory planner's update-phase estimate (allocated GiB) for the rows just measured, per
     section of memory, and its error against the measured peak: the first GPU run calibrates it."""
-    from memfactory.planner import estimate_memory
+    from memfactory.planner.plan import estimate_memory
 
-    plan = estimate_memory(preset, call_shape=(prompt, response))
+    plan = estimate_memory(preset, call_shape=(prompt, response), padded=False)  # synthetic rows: one length
     c = plan.components
     out = {"estimate_gib": plan.phases["update"],
            "estimate_parts_gib": {"weights": c["weights"], "reference": c["reference"], "grads": c["gradients"],
@@ -268,6 +292,7 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     rows = 2 * cfg.micro_batch_size
     calls = synthetic_calls(rows, prompt, response, trainer.policy.config.vocab_size)
     advantages = [1.0 if i % 2 else -1.0 for i in range(rows)]
+    gradients = watch_gradients(trainer)
     _reset_peak()
     times = []
     for _ in range(2):
@@ -275,10 +300,11 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
         stats = trainer.policy_update([(calls, advantages)])
         _sync()
         times.append(time.perf_counter() - started)
+    gradients["handle"].remove()
     if not stats or not all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
         raise RuntimeError(f"update at real shape gave {stats}")
     out["update"] = {"step_s": round(times[-1], 2), "tokens_per_s": round(rows * (prompt + response) / times[-1], 1),
-                     **_peak(), **state_gib(trainer)}
+                     **_peak(), **state_gib(trainer, gradients), **update_mfu(trainer, calls, times[-1])}
     try:
         out["update"].update(planner_estimate(real, prompt, response, out["update"]))
     except Exception as exc:  # noqa: BLE001 - the estimate is a comparison: the measurement must survive it
@@ -303,6 +329,32 @@ def preset_check(name: str, shape: str, *, full: bool = False) -> dict:
     del trainer, result, calls
     _free()
     return out
+
+
+def update_mfu(trainer, calls, seconds: float) -> dict:
+    """The update's MFU by 6N and by executed FLOPs (bench/planner_check.py; the best case: unpadded rows)."""
+    import planner_check  # bench/ is on sys.path; it imports this module's helpers, so not at the top
+
+    return planner_check.update_mfu(trainer, calls, seconds)
+
+
+def planner_out_of_sample(dry: bool) -> dict:
+    """Planned vs measured for shapes the planner was not fitted on (LoRA, no checkpointing, ragged
+    rows, beta 0, the rollout at the real prompt length, 2 DDP / FSDP2 processes), with MFU in both conventions."""
+    import planner_check
+
+    return planner_check.out_of_sample(dry)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def learns(dry: bool) -> dict:
+    """bench/learn_check.py: GRPO on the tiny model under bf16_mixed with checkpointing raises the
+    vowel-share reward (30 steps; the dry run 10, as tests/test_learn_check.py runs it on the CPU)."""
+    import learn_check  # bench/ is this script's folder, so it is on sys.path
+
+    return learn_check.learns(10, min_rise=0.05) if dry else learn_check.learns(30, min_rise=0.1)
 
 
 # --------------------------------------------------------------------------- 3. generation and vLLM
@@ -401,9 +453,10 @@ def plan(shape: str, full: bool) -> dict:
     dry = shape == "qwen3-mini"
     small = f"tiny://{'qwen3-mini' if dry else 'qwen3-1.7b-shape'}"
     batch, new = (4, 16) if dry else (16, 256)
-    sections = {"cuda_tests": cuda_tests}
+    sections = {"cuda_tests": cuda_tests, "learns": lambda: learns(dry)}
     for name, real_shape in GPU_PRESETS.items():
         sections[f"preset:{name}"] = lambda n=name, s=real_shape: preset_check(n, "qwen3-mini" if dry else s, full=full)
+    sections["planner_out_of_sample"] = lambda: planner_out_of_sample(dry)
     sections.update({
         "generate_hf_sdpa": lambda: generation(small, "sdpa", batch, new),
         "generate_hf_flash_attention_2": lambda: _needs("flash_attn", lambda: generation(small, "flash_attention_2", batch, new)),
@@ -466,11 +519,17 @@ def markdown(info: dict, results: dict) -> str:
                 f"| {u.get('estimate_gib', '')} ({_pct(u.get('estimate_error_pct'))}) "
                 f"| {u['weights_gib']} / {u['reference_gib']} / {u['grads_gib']} / {u['optimizer_gib']} "
                 f"({' / '.join(str(e.get(k, '')) for k in ('weights', 'reference', 'grads', 'optimizer'))}) "
-                f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')} |")
+                f"| {s.get('step_s', '')}, {s.get('peak_gib', '')} | lora {r['lora']}, beta {r['beta']}, kl {s.get('kl', '')}, "
+                f"MFU 6N {u.get('mfu_6n_pct')} % / executed {u.get('mfu_executed_pct')} % |")
         lines.append("")
+    if "cases" in results.get("planner_out_of_sample", {}):
+        import planner_check
+
+        lines += ["### Planner out of sample (`bench/planner_check.py`)", "",
+                  planner_check.markdown(results["planner_out_of_sample"]), ""]
     lines += ["| section | seconds | tokens/s | peak GiB | notes |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        if name.startswith("preset:") or (name == "decode_speed" and "rows" in r):
+        if name.startswith("preset:") or (name == "decode_speed" and "rows" in r) or "cases" in r:
             continue
         note = r.get("skipped") or r.get("error") or r.get("summary") or ", ".join(
             f"{k} {r[k]}" for k in ("attn", "rollout_s", "sync_s") if k in r)

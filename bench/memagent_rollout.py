@@ -27,12 +27,12 @@ import statistics
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import torch
+from common import RESULTS, write_section  # bench/common.py: this script's folder is on sys.path
 
 from memfactory.agents.memagent import MemoryAgent
 from memfactory.backends.hf import HFBackend
@@ -42,7 +42,6 @@ from memfactory.data.synth import gen_hotpotqa
 from memfactory.modules.recurrent import RecurrentConfig, RecurrentMemoryModule
 from memfactory.types import ChatPrompt, Sample, SamplingParams
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## MemAgent rollout"
 
 
@@ -211,7 +210,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--group", type=int, default=8, help="GRPO group size for (c)")
-    parser.add_argument("--write", action="store_true", help=f"append the report to {RESULTS}")
+    parser.add_argument("--write", action="store_true", help=f"write the report as its section of {RESULTS}")
     args = parser.parse_args()
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -286,9 +285,7 @@ def main() -> int:
     report = "\n".join(out) + "\n"
     print(report)
     if args.write:
-        text = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmark results\n"
-        RESULTS.write_text(text.rstrip("\n") + f"\n\n{HEADING}\n\n" + report, encoding="utf-8")
-        print(f"appended to {RESULTS}")
+        write_section(HEADING, report)
     return 0
 
 

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import write_section  # bench/common.py: this script's folder is on sys.path
 
 from memfactory.memory import HashingEmbedder, MemoryStore, get_embedder
 
@@ -269,17 +270,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the '## Memory bank' section, leaving other engineers' sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Memory bank\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes; print only, don't touch RESULTS.md")
@@ -366,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     section = render(results)
     print(section)
     if not args.quick:
-        write_section(Path(args.results), section)
-        print(f"updated the 'Memory bank' section of {args.results}")
+        heading, body = section.split("\n", 1)
+        write_section(heading, body, Path(args.results))
     return 0
 
 

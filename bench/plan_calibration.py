@@ -73,12 +73,13 @@ def case_child(name: str, workdir: str) -> dict:
     from memfactory.backends.shape import preset_shape
     from memfactory.config import load_preset
     from memfactory.paths import presets_dir
-    from memfactory.planner import HOST_BASELINE_GIB, HOST_FRAGMENTATION, estimate_memory
+    from memfactory.planner.costs import HOST_BASELINE_GIB, HOST_FRAGMENTATION
+    from memfactory.planner.plan import estimate_memory
     from memfactory.trainer.loop import GRPOTrainer
 
     file, overrides = CASES[name]
     preset = load_preset(presets_dir() / file, [*overrides, *FAST])
-    plan = estimate_memory(preset)
+    plan = estimate_memory(preset, padded=False)  # the update below runs rows of one length: no padding mask
     started = time.perf_counter()
     trainer = GRPOTrainer(preset)
     loaded = _rss_gib()

@@ -5,7 +5,10 @@ the server's Retry-After and try again, as OpenAI clients do); the other half se
 or hostile user sends: a 6 MB body, a chunked body past the limit, prompts longer than the context
 (one provably so from its characters, one only after tokenising), max_tokens 10^9, n=64, broken
 JSON, NaN, 20,000-deep nesting, wrong types, a 2^80 seed, 1,000 stop strings, an unknown model,
-negative max_tokens (they too retry on 429, so each reaches the check it is meant for).
+negative max_tokens, n 0, top_logprobs past the limit, and on /v1/completions a prompt list mixing
+strings and token ids, token ids outside the vocabulary, an empty prompt list, n and logprobs past
+the limits (they too retry on 429, so each reaches the check it is meant for). A quarter of the
+valid clients ask /v1/completions for n=2 with log-probs and echo.
 Meanwhile one thread polls /v1/models and another samples the server's RSS.
 
 Checks: every valid request answered (200 with a completion), every hostile one a 4xx JSON error in
@@ -29,11 +32,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
+from common import RESULTS, write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Serving under hostile load"
 
 # Small limits so the hostile requests are cheap to build and the run is short.
@@ -44,8 +46,16 @@ MAX_QUEUE = 24
 HOSTILE_KINDS = (
     "oversized_body", "chunked_oversized", "prompt_too_long_chars", "prompt_too_long_tokens", "max_tokens_huge",
     "n_many", "bad_json", "nan_temperature", "deep_nesting", "wrong_types", "huge_seed", "stop_flood",
-    "unknown_model", "negative_max_tokens",
+    "unknown_model", "negative_max_tokens", "n_zero", "top_logprobs_many", "prompt_mixed", "prompt_token_out_of_vocab",
+    "prompt_empty_list", "completion_n_many", "completion_logprobs_many",
 )
+# The hostile kinds sent to /v1/completions (the others go to /v1/chat/completions).
+COMPLETION_KINDS = {"prompt_mixed", "prompt_token_out_of_vocab", "prompt_empty_list", "completion_n_many",
+                    "completion_logprobs_many"}
+# The field a kind's 400 must name (OpenAI's error "param").
+HOSTILE_PARAMS = {"n_many": "n", "n_zero": "n", "top_logprobs_many": "top_logprobs", "prompt_mixed": "prompt",
+                  "prompt_token_out_of_vocab": "prompt", "prompt_empty_list": "prompt", "completion_n_many": "n",
+                  "completion_logprobs_many": "logprobs", "max_tokens_huge": "max_tokens"}
 
 
 @dataclass
@@ -68,7 +78,9 @@ class Call:
         if self.error:
             return False
         if self.valid:
-            return self.status == 200 and isinstance(self.body.get("choices", [{}])[0].get("message", {}).get("content"), str)
+            choices = self.body.get("choices") or [{}]
+            text = choices[0]["text"] if "text" in choices[0] else choices[0].get("message", {}).get("content")
+            return self.status == 200 and isinstance(text, str)
         err = self.body.get("error")
         return (400 <= self.status < 500 and self.status != 429 and isinstance(err, dict) and isinstance(err.get("message"), str)
                 and err.get("code") == self.status)
@@ -116,14 +128,41 @@ def hostile_request(kind: str, model: str, i: int, context: int, max_body: int) 
         return dump({**base, "model": "gpt-4"}), {}
     if kind == "negative_max_tokens":
         return dump({**base, "max_tokens": -5}), {}
+    if kind == "n_zero":
+        return dump({**base, "n": 0}), {}
+    if kind == "top_logprobs_many":
+        return dump({**base, "logprobs": True, "top_logprobs": 500}), {}
+    completion = {"model": model, "prompt": f"question {i}", "max_tokens": 4}
+    if kind == "prompt_mixed":
+        return dump({**completion, "prompt": ["question", 17, "answer"]}), {}
+    if kind == "prompt_token_out_of_vocab":
+        return dump({**completion, "prompt": [[1, 2, 3], [4, 10**9]]}), {}
+    if kind == "prompt_empty_list":
+        return dump({**completion, "prompt": []}), {}
+    if kind == "completion_n_many":
+        return dump({**completion, "n": 10_000}), {}
+    if kind == "completion_logprobs_many":
+        return dump({**completion, "logprobs": 500, "echo": True}), {}
     raise ValueError(kind)
 
 
+def request_path(kind: str, i: int) -> str:
+    """Where a request of ``kind`` (from client ``i``) goes."""
+    if kind in COMPLETION_KINDS or (kind == "valid" and i % 4 == 2):
+        return "/v1/completions"
+    return "/v1/chat/completions"
+
+
 def valid_request(model: str, i: int, round_: int) -> bytes:
+    question = f"Client {i}, round {round_}: the key is {i * 7 % 97}. What is the key?"
+    if request_path("valid", i) == "/v1/completions":  # n choices with log-probs, prompt echoed
+        body = {"model": model, "prompt": question, "max_tokens": 8, "n": 2, "temperature": 0.7, "seed": i,
+                "logprobs": 1, "echo": True}
+        return json.dumps(body).encode()
     body = {
         # Two sampling settings, so the server batches requests of equal parameters together.
         "model": model, "max_tokens": 8, **({"temperature": 0} if i % 4 else {"temperature": 0.7, "seed": 1}),
-        "messages": [{"role": "user", "content": f"Client {i}, round {round_}: the key is {i * 7 % 97}. What is the key?"}],
+        "messages": [{"role": "user", "content": question}],
     }
     return json.dumps(body).encode()
 
@@ -167,7 +206,7 @@ def run_load(base_url: str, model: str, *, server_pid: int, clients: int = 100, 
              max_attempts: int = 60) -> LoadResult:
     """``clients`` threads, half valid (``rounds`` requests each), half hostile (``rounds`` each,
     kinds in turn); all start together, and all retry on 429 after Retry-After. ``base_url`` is the server root (no /v1)."""
-    url = base_url.rstrip("/") + "/v1/chat/completions"
+    root = base_url.rstrip("/")
     calls: list[Call] = []
     lock = threading.Lock()
     start_line = threading.Barrier(clients + 1)
@@ -188,7 +227,7 @@ def run_load(base_url: str, model: str, *, server_pid: int, clients: int = 100, 
                     else:
                         content, headers = hostile_request(kind, model, i, context, max_body)
                     try:
-                        response = http.post(url, content=content,
+                        response = http.post(root + request_path(kind, i), content=content,
                                              headers={"content-type": "application/json", **headers})
                     except httpx.HTTPError as exc:
                         call.error = f"{type(exc).__name__}: {exc}"
@@ -347,16 +386,7 @@ def main() -> int:
             print(f"  {call.kind}: status {call.status} {call.error} {str(call.body)[:200]}", file=sys.stderr)
     if args.write:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = f"\n{HEADING}\n\n`python bench/serve_load.py` ({stamp}):\n\n{table}\n"
-        existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-        if HEADING in existing.splitlines():  # replace our own section only
-            head, _, rest = existing.partition(f"\n{HEADING}\n")
-            nxt = rest.find("\n## ")
-            existing = head.rstrip("\n") + "\n" + section + (rest[nxt:] if nxt >= 0 else "")
-        else:
-            existing = existing.rstrip("\n") + "\n" + section
-        RESULTS.write_text(existing, encoding="utf-8")
-        print(f"appended to {RESULTS}")
+        write_section(HEADING, f"`python bench/serve_load.py` ({stamp}):\n\n{table}\n")
     return 1 if failures or result.models_failures else 0
 
 

@@ -19,19 +19,19 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from common import RESULTS, write_section
 
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.config import ModelConfig
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, SamplingParams
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Serving"
 
 
@@ -72,11 +72,11 @@ def main() -> int:
             client = OpenAIBackend(server.url, "bench", concurrency=c, max_retries=0, timeout=300)
             remote = client.generate(prompts[:c], params)  # warm-up (connections, first batch)
             local_t, http_t = [], []
-            before = app.state.batcher.stats.as_dict()
+            before = app.state.server.batcher.stats.as_dict()
             for _ in range(args.repeats):
                 local_t.append(timed(lambda c=c: [backend.generate(prompts[i : i + c], params) for i in range(0, len(prompts), c)]))
                 http_t.append(timed(lambda client=client, remote=remote: remote.extend(client.generate(prompts, params))))
-            after = app.state.batcher.stats.as_dict()
+            after = app.state.server.batcher.stats.as_dict()
             client.close()
             mismatches = sum(r.text != g.text for r, g in zip(remote[c:], reference * args.repeats))
             if mismatches:
@@ -104,18 +104,7 @@ def main() -> int:
 
     if args.write:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        section = f"\n{HEADING}\n\n`python bench/serve_throughput.py` ({stamp}):\n\n{table}\n"
-        existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-        if HEADING in existing.splitlines():
-            # Replace our own section only (up to the next "## " heading), leave the others alone.
-            head, _, rest = existing.partition(f"\n{HEADING}\n")
-            nxt = rest.find("\n## ")
-            tail = rest[nxt:] if nxt >= 0 else ""
-            existing = head.rstrip("\n") + "\n"
-            RESULTS.write_text(existing + section + tail, encoding="utf-8")
-        else:
-            RESULTS.write_text(existing.rstrip("\n") + "\n" + section, encoding="utf-8")
-        print(f"appended to {RESULTS}")
+        write_section(HEADING, f"`python bench/serve_throughput.py` ({stamp}):\n\n{table}\n")
     return 0
 
 

@@ -42,6 +42,19 @@ class ChatPrompt:
 
 
 @dataclass
+class TokenPrompt:
+    """A prompt already in token ids, fed to the model as it is (no chat template): what
+    ``/v1/completions`` serves. Backends that take it say so (``ServingFeatures.token_prompts``)."""
+
+    ids: list[int]
+
+
+Prompt = ChatPrompt | TokenPrompt
+# (token id, log-prob) of the most likely tokens at one position, most likely first.
+TopLogprobs = list[tuple[int, float]]
+
+
+@dataclass
 class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -50,6 +63,10 @@ class SamplingParams:
     # Generation stops after any of these strings (in addition to EOS); the stop text is kept.
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Asked of backends that can (ServingFeatures): the k most likely tokens at every sampled
+    # position, and the prompt tokens' own log-probs (plus their top k), from the same forward.
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -66,6 +83,11 @@ class Generation:
     logprobs: list[float] | None = None
     finish_reason: str = "stop"  # "stop" (EOS or a stop string) or "length"
     latency_s: float = 0.0
+    # Filled when SamplingParams asks for them: per response token, and per prompt token (the
+    # first prompt token has no log-prob: None, with an empty top list).
+    top_logprobs: list[TopLogprobs] | None = None
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[TopLogprobs] | None = None
 
 
 @dataclass

@@ -131,3 +131,22 @@ def test_clear_errors(lora_run, tmp_path, monkeypatch, capsys):
         export_checkpoint("full", merge=True)
     copied = export_checkpoint("full")
     assert (copied / "config.json").is_file()
+
+
+def test_dtype_sets_the_written_weights_of_a_merge_and_of_an_adapter_copy(lora_run, monkeypatch):
+    from safetensors import safe_open
+
+    monkeypatch.chdir(lora_run)
+    merged = export_checkpoint("lora-run", merge=True, db="runs/memfactory.db", dtype="bfloat16")
+    assert merged.name == "step-000002-merged-bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(merged)  # the dtype the folder records
+    assert model.dtype == torch.bfloat16
+    assert main(["export", "lora-run", "--dtype", "float16", "--out", "half", "--db", "runs/memfactory.db"]) == 0
+    source = lora_run / "runs" / "lora-run" / "checkpoints" / "step-000002" / "model" / "adapter_model.safetensors"
+    with safe_open(str(lora_run / "half" / "adapter_model.safetensors"), "pt") as half, safe_open(str(source), "pt") as full:
+        assert set(half.keys()) == set(full.keys())
+        for key in full.keys():  # noqa: SIM118 - not a dict
+            assert half.get_tensor(key).dtype == torch.float16
+            assert torch.allclose(half.get_tensor(key).float(), full.get_tensor(key), rtol=1e-3, atol=1e-6)
+    with pytest.raises(MemFactoryError, match="export dtype 'int8' is not one of float32, bfloat16, float16"):
+        export_checkpoint("lora-run", db="runs/memfactory.db", dtype="int8")

@@ -30,11 +30,16 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     results = report["results"]
     presets = ["memagent_qwen3_1.7b", "memagent_qwen3_4b", "memory_r1_qwen3", "rmm_qwen3"]
-    assert set(results) == {"cuda_tests", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
-                            "grpo_step_lora_vllm_engine", "decode_speed", *(f"preset:{p}" for p in presets)}
+    assert set(results) == {"cuda_tests", "learns", "generate_hf_sdpa", "generate_hf_flash_attention_2", "generate_vllm",
+                            "grpo_step_lora_vllm_engine", "decode_speed", "planner_out_of_sample",
+                            *(f"preset:{p}" for p in presets)}
     for name, result in results.items():
         assert "error" not in result, (name, result.get("trace"))
     assert results["cuda_tests"] == {"skipped": "no CUDA", "wall_s": results["cuda_tests"]["wall_s"]}
+    # learning: bench/learn_check.py under bf16_mixed + checkpointing, the reward rose (10 steps here)
+    learned = results["learns"]
+    assert (learned["precision"], learned["gradient_checkpointing"], learned["steps"]) == ("bf16_mixed", True, 10)
+    assert learned["rise"] >= 0.05
     assert results["generate_hf_sdpa"]["new_tokens"] > 0 and results["generate_hf_sdpa"]["tokens_per_s"] > 0
     # decode speed: eager and compiled (aot_eager in the dry run) at two batch sizes, each against the roofline
     decode = results["decode_speed"]
@@ -56,12 +61,22 @@ def test_gpu_check_dry_run_measures_every_section(tmp_path):
         u = r["update"]
         assert u["estimate_gib"] > 0 and u["estimate_moment"] in ("forward", "backward", "optimizer step")
         assert u["estimate_error_pct"] is None and u["peak_gib"] is None
+        assert u["mfu_6n_pct"] > 0 and u["mfu_executed_pct"] > 0  # both conventions, against the measured matmul rate
         parts = u["estimate_parts_gib"]
         assert set(parts) == {"weights", "reference", "grads", "optimizer", "activations", "logits"}
         assert abs(parts["weights"] - u["weights_gib"]) <= 0.01 and abs(parts["optimizer"] - u["optimizer_gib"]) <= 0.01
     assert results["preset:memagent_qwen3_1.7b"]["calls_per_trajectory_real"] == 7  # 6 chunks + the answer
     assert results["preset:memagent_qwen3_1.7b"]["steps"]["calls_per_trajectory"] == 3.0  # capped: 2 chunks + answer
+    cases = results["planner_out_of_sample"]["cases"]  # bench/planner_check.py, every case on CPU
+    assert set(cases) == {"lora_4b", "no_ckpt_1.7b", "ragged_1.7b", "beta0_4b", "rollout_1.7b", "ddp2_1.7b", "fsdp2_1.7b"}
+    for name, case in cases.items():
+        assert "error" not in case and case["planned_gib"] >= 0, (name, case)
+        if name != "rollout_1.7b":
+            assert case["mfu_6n_pct"] > 0 and case["mfu_executed_pct"] > 0, (name, case)
+    assert cases["ddp2_1.7b"]["strategy"] == "MULTI_CPU" and len(cases["ddp2_1.7b"]["peak_gib_ranks"]) == 2
+    assert cases["fsdp2_1.7b"]["strategy"] == "FSDP2"
     md = (tmp_path / "gpu_check.md").read_text()
+    assert "### Planner out of sample" in md and "| ragged_1.7b |" in md
     assert "| memagent_qwen3_4b | qwen3-mini | bf16_mixed | True |" in md
     assert "planner estimate GiB (error)" in md and "(not measured)" in md
     assert "| compiled | 4 |" in md and "share of roofline" in md
@@ -89,3 +104,14 @@ def test_preset_shapes_are_the_presets_real_longest_calls():
         "rmm_qwen3": (gpu_check.BANK_PROMPT_TOKENS, 768, 4),
     }
     assert set(gpu_check.GPU_PRESETS.values()) == {"qwen3-1.7b-shape", "qwen3-4b-shape"}
+
+
+def test_the_out_of_sample_predictions_recorded_in_results_are_the_planners():
+    """bench/RESULTS.md holds the planner's GiB for bench/planner_check.py's cases, written before any GPU
+    measured them: they must be what the planner says now (a planner change re-records them)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import planner_check
+
+    table = planner_check.predictions()
+    assert table.count("\n") == 2 + len(planner_check.CASES)
+    assert table in (ROOT / "bench" / "RESULTS.md").read_text()

@@ -26,10 +26,12 @@ CLI_START_UP = "CLI start-up: `memfactory --help` and each command load only wha
 # Only two reasons are good enough: deferring a heavy or optional package, and CLI start-up speed.
 ALLOWED: dict[tuple[str, str], str] = {
     ("memfactory/commands/*.py", "memfactory*"): CLI_START_UP,
-    ("memfactory/planner.py", "memfactory.trainer.precision"): (
+    ("memfactory/planner/costs.py", "memfactory.trainer.precision"): (
         "defers torch: trainer.precision imports it at the top, while `memfactory plan` and the Assemble tab "
         "import the planner without it (torch loads when a plan is computed)"),
-    ("memfactory/planner.py", "memfactory.backends.vllm_engine"): (
+    ("memfactory/planner/costs.py", "memfactory.trainer.optimizer"): (
+        "defers torch as trainer.precision above: the planner reads the AdamW implementation the trainer builds"),
+    ("memfactory/planner/plan.py", "memfactory.backends.vllm_engine"): (
         "defers torch: the vLLM backend builds on the hf backend (torch at the top); only a preset whose "
         "rollout engine is vllm needs its sizing"),
     ("webui/__init__.py", "webui.app"): (

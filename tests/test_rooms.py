@@ -11,14 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 500
 
-# split pending (issue 24 item 3): other branches are splitting these by job right now. The set only
-# shrinks: remove a file from it once its split lands (the test fails on an entry that is no longer
-# over the limit), never add one.
-SPLIT_PENDING = {
-    "memfactory/serve.py",
-    "memfactory/planner.py",
-}
-
 
 def line_counts() -> dict[str, int]:
     """Lines of every Python file of the package and the web UI, by path relative to the repository."""
@@ -29,13 +21,7 @@ def line_counts() -> dict[str, int]:
 def test_no_file_is_over_the_limit():
     counts = line_counts()
     assert len(counts) > 50  # the walk found the package, not an empty folder
-    over = {path: n for path, n in counts.items() if n > MAX_LINES and path not in SPLIT_PENDING}
+    over = {path: n for path, n in counts.items() if n > MAX_LINES}
     assert not over, "over {} lines (split each by job): {}".format(
         MAX_LINES, ", ".join(f"{path} ({n} lines)" for path, n in sorted(over.items()))
     )
-
-
-def test_the_split_pending_set_only_names_files_still_over_the_limit():
-    counts = line_counts()
-    done = sorted(path for path in SPLIT_PENDING if counts.get(path, 0) <= MAX_LINES)
-    assert not done, f"split done: remove {done} from SPLIT_PENDING in tests/test_rooms.py"

@@ -3,6 +3,7 @@ real OpenAIBackend and raw HTTP, compared with the same HFBackend called in-proc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -17,7 +18,10 @@ from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.cli import main as cli_main
 from memfactory.errors import MemFactoryError
-from memfactory.serve import Batcher, ServerThread, apply_stop, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.batcher import Batcher
+from memfactory.serve.protocol import apply_stop
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 NAME = "tiny-test"
@@ -150,8 +154,8 @@ def test_batcher_groups_by_sampling_params_and_routes_results():
             time.sleep(0.001)
         futures = [batcher.submit(ChatPrompt([{"role": "user", "content": f"m{i}"}]), hot if i % 2 else cold) for i in range(6)]
         backend.gate.set()
-        assert blocker.result(5).text == "tsrif"
-        assert [f.result(5).text for f in futures] == [f"{i}m" for i in range(6)]
+        assert [g.text for g in blocker.result(5)] == ["tsrif"]
+        assert [f.result(5)[0].text for f in futures] == [f"{i}m" for i in range(6)]
         assert sorted(backend.calls) == [(1, 0.0), (3, 0.5), (3, 1.0)]  # one generate call per parameter group
         assert batcher.stats.max_batch == 3 and batcher.stats.requests == 7
         bad = [batcher.submit(ChatPrompt([{"role": "user", "content": c}]), cold) for c in ("ok", "boom")]
@@ -159,7 +163,7 @@ def test_batcher_groups_by_sampling_params_and_routes_results():
             bad[1].result(5)
         assert bad[0].exception(5) is None or "exploded" in str(bad[0].exception())
         # ... and the worker keeps serving.
-        assert batcher.submit(ChatPrompt([{"role": "user", "content": "abc"}]), cold).result(5).text == "cba"
+        assert batcher.submit(ChatPrompt([{"role": "user", "content": "abc"}]), cold).result(5)[0].text == "cba"
     finally:
         batcher.stop()
 
@@ -206,8 +210,12 @@ def test_streaming_sse_chunks(hf_backend, server, client):
     assert finals == [local.finish_reason]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(local.response_ids)
     assert len(chunks) > 4  # the text really arrives in pieces
-    # The client's stream() yields the same text.
+    # The client's stream() yields the same text, and generate_streaming the same Generation as generate.
     assert "".join(client.stream(prompt, GREEDY)) == local.text
+    seen: list[str] = []
+    streamed = client.generate_streaming(prompt, GREEDY, seen.append)
+    assert (streamed.text, streamed.finish_reason) == (local.text, local.finish_reason)
+    assert len(seen) > 4 and seen[-1] == local.text and all(b.startswith(a) for a, b in itertools.pairwise(seen))
 
 
 # --------------------------------------------------------------------------- request errors
@@ -217,7 +225,7 @@ def test_streaming_sse_chunks(hf_backend, server, client):
     ("change", "status", "fragment"),
     [
         ({"model": "gpt-4"}, 404, "does not exist"),
-        ({"n": 2}, 400, "only n=1"),
+        ({"n": 0}, 400, "n: must be at least 1"),
         ({"continue_final_message": True}, 400, "last message to be from the assistant"),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
           "continue_final_message": True, "add_generation_prompt": True}, 400, "cannot both be true"),

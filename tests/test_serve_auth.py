@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from memfactory.cli import main as cli_main
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 KEY = "sk-mf-4f1c9a7e2b6d8035-SECRET"
@@ -38,7 +39,8 @@ def keyed():
 
 
 CHAT = {"model": NAME, "messages": [{"role": "user", "content": "abc"}]}
-ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/docs"), ("GET", "/openapi.json"),
+ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/docs"),
+          ("GET", "/openapi.json"),
           ("GET", "/redoc"), ("GET", "/no/such/route"), ("GET", "/V1/models"), ("GET", "//v1/models"),
           ("GET", "/health/")]
 WRONG = {

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from memfactory.serve import ServerThread, create_app
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -54,18 +55,22 @@ def openai_error(response: httpx.Response, status: int) -> dict:
 
 
 def test_cli_defaults_match_the_server():
-    from memfactory import serve
     from memfactory.commands import serve as command
+    from memfactory.serve import protocol
 
-    assert command.DEFAULT_MAX_BODY_BYTES == serve.DEFAULT_MAX_BODY_BYTES
-    assert command.DEFAULT_MAX_QUEUE == serve.DEFAULT_MAX_QUEUE
-    assert command.DEFAULT_REQUEST_TIMEOUT_S == serve.DEFAULT_REQUEST_TIMEOUT_S
+    assert command.DEFAULT_MAX_BODY_BYTES == protocol.DEFAULT_MAX_BODY_BYTES
+    assert command.DEFAULT_MAX_QUEUE == protocol.DEFAULT_MAX_QUEUE
+    assert command.DEFAULT_REQUEST_TIMEOUT_S == protocol.DEFAULT_REQUEST_TIMEOUT_S
+    assert command.DEFAULT_MAX_N == protocol.DEFAULT_MAX_N
+    assert command.DEFAULT_MAX_LOGPROBS == protocol.DEFAULT_MAX_LOGPROBS
 
 
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
         (["--max-queue", "0"], "--max-queue 0: must be at least 1"),
+        (["--max-n", "0"], "--max-n 0: must be at least 1"),
+        (["--max-logprobs", "-1"], "--max-logprobs -1: must be at least 0"),
         (["--max-body-bytes", "10"], "--max-body-bytes 10: must be at least 1024"),
         (["--request-timeout", "nan"], "--request-timeout nan: must be a positive number of seconds"),
         (["--request-timeout", "0"], "--request-timeout 0.0: must be a positive number of seconds"),
@@ -127,7 +132,7 @@ def test_the_default_max_tokens_is_cut_to_what_the_context_leaves(server):
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        (request(n=64), "only n=1"),
+        (request(n=64), "n: at most 16 choices"),
         (request(stop=[f"s{i}" for i in range(100)]), "at most 16 strings"),
         (request(stop=["x" * 5000]), "at most 1000 characters"),
         (b'{"model": "tiny-limits", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
@@ -148,7 +153,8 @@ def test_hostile_shapes_are_400s_in_openai_form(server, body, fragment):
 
 def test_health_reports_the_limits(server):
     health = httpx.get(f"http://{server.host}:{server.port}/health").json()
-    assert health["limits"] == {"context_length": CONTEXT, "max_body_bytes": BODY, "request_timeout_s": 60}
+    assert health["limits"] == {"context_length": CONTEXT, "max_body_bytes": BODY, "request_timeout_s": 60,
+                                "max_n": 16, "max_logprobs": 20}
     [model] = httpx.get(server.url + "/models").json()["data"]
     assert model["max_model_len"] == CONTEXT
 
@@ -270,6 +276,8 @@ def test_100_concurrent_clients_valid_and_hostile(tiny_backend):
     assert kinds["unknown_model"] == 404
     assert all(status == 400 for kind, status in kinds.items() if kind not in {"oversized_body", "chunked_oversized",
                                                                               "unknown_model"})
+    named = {c.kind: c.body["error"]["param"] for c in hostile if c.kind in serve_load.HOSTILE_PARAMS}
+    assert named == serve_load.HOSTILE_PARAMS  # each 400 names the field that is wrong
     # /v1/models answered throughout.
     assert result.models_failures == 0 and len(result.models_latencies) >= 5
     assert max(result.models_latencies) < 5.0
@@ -296,7 +304,7 @@ def test_server_thread_stop_does_not_wait_for_a_generation(tiny_backend):
 
     thread = threading.Thread(target=go)
     thread.start()
-    while app.state.batcher.stats.requests == 0:
+    while app.state.server.batcher.stats.requests == 0:
         time.sleep(0.01)
     began = time.monotonic()
     srv.stop()

@@ -15,7 +15,8 @@ from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.backends.vllm_engine import VLLMBackend, vllm_available
 from memfactory.config import ModelConfig
 from memfactory.paths import presets_dir
-from memfactory.serve import ServerThread, create_app, load_backend
+from memfactory.serve.app import create_app
+from memfactory.serve.server import ServerThread, load_backend
 from memfactory.types import SamplingParams
 from tests.backends.test_vllm_backend import PROMPTS
 
@@ -40,7 +41,7 @@ def served():
 def test_serve_answers_over_http_as_the_hf_backend_does(served, smollm2_backend):
     health = httpx.get(f"http://{served.host}:{served.port}/health").json()
     assert health["status"] == "ok"
-    assert served.app.state.context_length == 1024  # the engine's max_model_len, not the model's 8192
+    assert served.app.state.server.context == 1024  # the engine's max_model_len, not the model's 8192
     prompts = PROMPTS[:6]
     with OpenAIBackend(served.url, NAME, concurrency=6, max_retries=0) as client:
         got = client.generate(prompts, GREEDY)

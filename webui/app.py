@@ -15,6 +15,8 @@ import gradio as gr
 
 from memfactory.paths import assets_dir
 from webui.assemble import tab as assemble
+from webui.chat import tab as chat
+from webui.export import tab as export
 from webui.i18n import LOCALES, Labels, t
 from webui.playground import tab as playground
 from webui.runs import tab as runs
@@ -33,6 +35,8 @@ TABS: tuple[tuple[str, Callable[[UIContext], None]], ...] = (
     ("assemble", assemble.build),
     ("train", train.build),
     ("playground", playground.build),
+    ("chat", chat.build),
+    ("export", export.build),
     ("runs", runs.build),
 )
 

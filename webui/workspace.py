@@ -41,6 +41,13 @@ def runs_dir() -> Path:
     return path
 
 
+def banks_dir() -> Path:
+    """Where the Chat tab keeps its named memory banks (SQLite files)."""
+    path = workspace_root() / "banks"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def runs_db() -> Path:
     return runs_dir() / "memfactory.db"
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from memfactory.agents.banks import BankCache, BankFolder, Episode, bank_trace, conversation_banks
+from memfactory.agents.banks import BankCache, BankFolder, Episode, answer_with_memories, bank_trace, conversation_banks
 from memfactory.agents.base import Agent
 from memfactory.agents.common import check_run, group_trajectories
 from memfactory.backends.base import Backend
+from memfactory.memory.records import MemoryHit
 from memfactory.memory.store import MemoryStore
 from memfactory.types import Sample, SamplingParams, Trajectory
 
@@ -75,6 +76,27 @@ class BankAgent(Agent):
         """Fill ``trajectories`` (answers, calls, trace) from banks made in ``folder``; each one's bank."""
 
     @abstractmethod
+    def respond(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        banks: list[MemoryStore],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        group_size: int,
+        train: bool,
+    ) -> None:
+        """Answer every trajectory's question from its bank (``group_size`` consecutive ones per sample):
+        retrieval, the agent's own selection and one batched answer call. The trace records what was
+        retrieved with its scores and what the answer cited; ``answer`` calls it, and so does the Chat tab."""
+
+    @property
+    def reflects(self) -> bool:
+        """Whether a conversation step goes through the extractor and updater (else its turns are stored as they are)."""
+        return True
+
+    @abstractmethod
     def start_episode(self, episode: Episode) -> None:
         """Prepare a new shared episode: its steps, or a bank filled without model calls."""
 
@@ -85,6 +107,37 @@ class BankAgent(Agent):
         if train and not answer_trains and frozen is not None:
             return replace(params, temperature=frozen)
         return params
+
+    def answer_call(
+        self,
+        trajectories: list[Trajectory],
+        memories: list[list[MemoryHit]],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        train: bool,
+        answer_trains: bool,
+        template: str,
+        module: str,
+        citations: Literal["ids", "text", "none"],
+    ) -> list[list[str]]:
+        """The answer call over each trajectory's memories, with the answer options both bank agents share
+        (prefix, system prompt, token cap, stop strings); per trajectory the memory ids its answer cited."""
+        return answer_with_memories(
+            trajectories,
+            memories,
+            backend,
+            self.answer_params(params, train=train, answer_trains=answer_trains),
+            template=template,
+            assistant_prefix=self.options.answer_prefix,
+            system_prompt=self.options.system_prompt,
+            max_tokens=self.options.answer_tokens,
+            train=train,
+            trainable=answer_trains,
+            module=module,
+            stop=self.options.answer_stop,
+            citations=citations,
+        )
 
     def build_temperature(self, train: bool) -> float | None:
         """The temperature of a shared bank's build calls (None = the rollout's)."""

@@ -116,6 +116,59 @@ class Episode:
     pos: int = 0
 
 
+def step_updates(
+    live: list[Episode],
+    extractor: NaiveExtractor,
+    updater: NaiveUpdater,
+    backend: Any,
+    params: SamplingParams,
+    *,
+    train: bool,
+    trainable: bool = True,
+) -> list[UpdateRequest]:
+    """The first half of one step of every episode in ``live``: its facts (one batched extraction call
+    for the steps that carry none), then one update request per step that found facts, with the related
+    memories the updater will see. ``build_banks`` hands them to the updater; the Chat tab does the same
+    for one turn, so a chat turn goes through the pipeline training and evaluation use."""
+    to_extract = [e for e in live if e.steps[e.pos].facts is None]
+    requests = []
+    for e in to_extract:
+        step = e.steps[e.pos]
+        requests.append(
+            ExtractRequest(e.trajectory, step.dialogue, step.date, trace={"step": e.pos, "session": step.session})
+        )
+    # In the order of to_extract, i.e. of the live episodes whose step has no given facts.
+    extracted = iter(extractor.generate(requests, backend, params, train=train, trainable=trainable))
+    updates = []
+    for e in live:
+        step = e.steps[e.pos]
+        if step.facts is not None:
+            facts = step.facts
+            e.trajectory.trace.append(
+                {
+                    "kind": "facts",
+                    "source": "observations",
+                    "step": e.pos,
+                    "session": step.session,
+                    "facts": [f.to_dict() for f in facts],
+                }
+            )
+        else:
+            facts = next(extracted).facts
+        if facts:
+            updates.append(
+                UpdateRequest(
+                    e.trajectory,
+                    e.store,
+                    facts,
+                    updater.related(e.store, facts),
+                    date=step.date,
+                    trace={"step": e.pos, "session": step.session},
+                )
+            )
+    return updates
+
+
 def build_banks(
     episodes: list[Episode],
     extractor: NaiveExtractor,
@@ -131,42 +184,7 @@ def build_banks(
         live = [e for e in episodes if e.pos < len(e.steps)]
         if not live:
             return
-        to_extract = [e for e in live if e.steps[e.pos].facts is None]
-        requests = []
-        for e in to_extract:
-            step = e.steps[e.pos]
-            requests.append(
-                ExtractRequest(e.trajectory, step.dialogue, step.date, trace={"step": e.pos, "session": step.session})
-            )
-        # In the order of to_extract, i.e. of the live episodes whose step has no given facts.
-        extracted = iter(extractor.generate(requests, backend, params, train=train, trainable=trainable))
-        updates = []
-        for e in live:
-            step = e.steps[e.pos]
-            if step.facts is not None:
-                facts = step.facts
-                e.trajectory.trace.append(
-                    {
-                        "kind": "facts",
-                        "source": "observations",
-                        "step": e.pos,
-                        "session": step.session,
-                        "facts": [f.to_dict() for f in facts],
-                    }
-                )
-            else:
-                facts = next(extracted).facts
-            if facts:
-                updates.append(
-                    UpdateRequest(
-                        e.trajectory,
-                        e.store,
-                        facts,
-                        updater.related(e.store, facts),
-                        date=step.date,
-                        trace={"step": e.pos, "session": step.session},
-                    )
-                )
+        updates = step_updates(live, extractor, updater, backend, params, train=train, trainable=trainable)
         updater.generate(updates, backend, params, train=train, trainable=trainable)
         for e in live:
             e.pos += 1

@@ -33,7 +33,6 @@ from memfactory.agents.banks import (
     ANSWER_TEMPLATE,
     BankFolder,
     Episode,
-    answer_with_memories,
     build_banks,
     episode_steps,
 )
@@ -147,7 +146,6 @@ class MemoryR1Agent(BankAgent):
         train: bool,
     ) -> list[MemoryStore]:
         mode = self.options.train
-        answer_trains = train and mode in ("answer", "both")
         if train and mode in ("manager", "both"):  # every member builds its own bank
             self.bank_cache.clear()
             turns = self.extractor.options.turns_per_call
@@ -161,6 +159,23 @@ class MemoryR1Agent(BankAgent):
             banks = [e.store for e in episodes]
         else:
             banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
+        self.respond(samples, trajectories, banks, backend, params, group_size=group_size, train=train)
+        return banks
+
+    def respond(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        banks: list[MemoryStore],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        group_size: int,
+        train: bool,
+    ) -> None:
+        """The answer agent: each question retrieves ``top_k`` memories of its bank (traced with their
+        scores as ``retrieved``), then one batched answer call names the ones it used and answers."""
+        answer_trains = train and self.options.train in ("answer", "both")
         hits = self.retriever.generate([(bank, t.sample.question) for t, bank in zip(trajectories, banks)])
         for trajectory, found in zip(trajectories, hits):
             trajectory.trace.append(
@@ -170,22 +185,11 @@ class MemoryR1Agent(BankAgent):
                     "memories": [{"id": h.item.id, "text": h.item.text, "score": round(h.score, 4)} for h in found],
                 }
             )
-        answer_with_memories(
-            trajectories,
-            hits,
-            backend,
-            self.answer_params(params, train=train, answer_trains=answer_trains),
-            template=self.options.template,
-            assistant_prefix=self.options.answer_prefix,
-            system_prompt=self.options.system_prompt,
-            max_tokens=self.options.answer_tokens,
-            train=train,
-            trainable=answer_trains,
-            module="memory_r1.answer",
-            stop=self.options.answer_stop,
+        self.answer_call(
+            trajectories, hits, backend, params, train=train, answer_trains=answer_trains,
+            template=self.options.template, module="memory_r1.answer",
             citations="ids" if self.options.distill else "none",
         )
-        return banks
 
     def start_episode(self, episode: Episode) -> None:
         turns = self.extractor.options.turns_per_call

@@ -28,7 +28,6 @@ from memfactory.agents.banks import (
     ANSWER_TEMPLATE,
     BankFolder,
     Episode,
-    answer_with_memories,
     conversation_sessions,
     episode_steps,
     session_observations,
@@ -88,18 +87,22 @@ class RMMConfig(BaseModel):
         return check_placeholders(value, {"memories", "question"}, {"memories", "question"}, "answer_template")
 
 
+def turn_operations(sessions: list[dict[str, Any]]) -> list[Operation]:
+    """One ADD per dialogue turn: ``speaker: text``, keyed by its ``dia_id``, tagged with its session's date."""
+    ops = []
+    for session in sessions:
+        date = str(session.get("date_time", ""))
+        for turn in session.get("turns", []):
+            text = f"{turn['speaker']}: {turn['text']}".strip()
+            ops.append(Operation("ADD", text=text, key=str(turn.get("dia_id", "")) or None, tags=[date] if date else None))
+    return ops
+
+
 def add_turns(store: MemoryStore, sample: Sample) -> int:
     """Store every turn of the sample's conversation as one memory (tagged with its session date)."""
     sessions = conversation_sessions(sample)
-    ops = []
     if sessions:
-        for session in sessions:
-            date = str(session.get("date_time", ""))
-            for turn in session.get("turns", []):
-                text = f"{turn['speaker']}: {turn['text']}".strip()
-                ops.append(
-                    Operation("ADD", text=text, key=str(turn.get("dia_id", "")) or None, tags=[date] if date else None)
-                )
+        ops = turn_operations(sessions)
     else:
         ops = [Operation("ADD", text=line.strip()) for line in context_of(sample).splitlines() if line.strip()]
     if ops:
@@ -160,8 +163,25 @@ class MemoryRMMAgent(BankAgent):
         group_size: int,
         train: bool,
     ) -> list[MemoryStore]:
-        mode = self.options.train
         banks = self.shared_banks(samples, trajectories, folder, backend, params, train=train)
+        self.respond(samples, trajectories, banks, backend, params, group_size=group_size, train=train)
+        return banks
+
+    def respond(
+        self,
+        samples: list[Sample],
+        trajectories: list[Trajectory],
+        banks: list[MemoryStore],
+        backend: Backend,
+        params: SamplingParams,
+        *,
+        group_size: int,
+        train: bool,
+    ) -> None:
+        """Retrospective reflection: each sample's question retrieves ``top_n`` candidates from its bank
+        (once, shared by its group members), the reranker keeps at most ``top_m`` (traced as ``rerank``
+        with the candidates' scores), the answer cites what it used (``rerank_cited`` counted)."""
+        mode = self.options.train
         # Retrieval is deterministic: once per sample (top_n candidates), shared by its group members.
         top_n = self.reranker.options.top_n
         found = [
@@ -177,31 +197,24 @@ class MemoryRMMAgent(BankAgent):
             trainable=mode in ("reranker", "both"),
         )
         answer_trains = mode in ("answer", "both")
-        cited = answer_with_memories(
-            trajectories,
-            selected,
-            backend,
-            self.answer_params(params, train=train, answer_trains=answer_trains),
-            template=self.options.answer_template,
-            assistant_prefix=self.options.answer_prefix,
-            system_prompt=self.options.system_prompt,
-            max_tokens=self.options.answer_tokens,
-            train=train,
-            trainable=answer_trains,
-            module="rmm.answer",
-            stop=self.options.answer_stop,
-            citations=self.options.citations,
+        cited = self.answer_call(
+            trajectories, selected, backend, params, train=train, answer_trains=answer_trains,
+            template=self.options.answer_template, module="rmm.answer", citations=self.options.citations,
         )
         for trajectory, picked, ids in zip(trajectories, selected, cited):
             chosen = {h.item.id for h in picked}
             trajectory.count("rerank_cited", len(chosen & set(ids)))
-        return banks
+
+    @property
+    def reflects(self) -> bool:
+        """``memory_source: reflect`` only: ``turns`` and ``observations`` store what they get verbatim."""
+        return self.options.memory_source == "reflect"
 
     def start_episode(self, episode: Episode) -> None:
         """Prospective reflection, never trained: turns or observations stored as they are, or the
         extractor/updater steps of ``memory_source: reflect``."""
         source = self.options.memory_source
-        if source in ("turns", "observations"):
+        if not self.reflects:
             add = add_turns if source == "turns" else add_observations
             count = add(episode.store, episode.trajectory.sample)
             episode.trajectory.trace.append({"kind": "bank_built", "source": source, "memories": count})

@@ -1,11 +1,11 @@
 """A local transformers model as a backend: batched generation with left padding and log-probs.
 
 The trainer needs, for every sampled token, its log-prob under the *sampling* model so GRPO can
-form the ratio ``exp(new - old)``. We record them while ``model.generate`` runs, with a logits
-processor that keeps one ``[B, V]`` log-softmax at a time (memory does not grow with the response
-length or vocabulary the way ``output_logits`` does). The recorded value is the plain
-temperature-scaled ``log_softmax(logits / T)`` (T = 1 when greedy), i.e. before top-p/top-k
-truncation, which is exactly what the trainer recomputes in its forward pass.
+form the ratio ``exp(new - old)``. We record them while ``model.generate`` runs (see
+:mod:`.logprobs`): the plain temperature-scaled ``log_softmax(logits / T)`` (T = 1 when greedy),
+i.e. before top-p/top-k truncation, which is exactly what the trainer recomputes in its forward
+pass. ``memfactory serve`` also asks for each position's top alternatives and for the prompt
+tokens' log-probs (``echo``), read off the same forwards (``ServingFeatures``).
 
 Prefill once per group: GRPO asks for ``group_size`` samples of each prompt, so a micro-batch
 often holds the same prompt many times (the direct agent always; MemAgent's first chunk and any
@@ -29,16 +29,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from memfactory.backends import static_decode
-from memfactory.backends.model_api import base_model, cache_keyword, forward_parameters
+from memfactory.backends.base import ServingFeatures
+from memfactory.backends.logprobs import LogprobRecorder, prompt_scores, to_host
+from memfactory.backends.model_api import base_model, cache_keyword, eval_mode, forward_parameters
 from memfactory.backends.sources import load_model_and_tokenizer
+from memfactory.backends.streaming import OnText, TokenStreamer
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
-from memfactory.types import ChatPrompt, Generation, SamplingParams
+from memfactory.types import Generation, Prompt, SamplingParams, TokenPrompt, TopLogprobs
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +49,15 @@ if TYPE_CHECKING:
     from memfactory.config import ModelConfig
 
 log = logging.getLogger(__name__)
+
+
+class Prefill(NamedTuple):
+    """The prefix cache of a micro-batch's distinct prompts, each row's prompt index into it, and
+    (when asked) each row's prompt log-probs and top lists."""
+
+    cache: Any
+    owner: torch.Tensor
+    prompt: list[tuple[list[float | None], list[TopLogprobs]]] | None = None
 
 
 @dataclass
@@ -65,6 +77,9 @@ class GenerationBatch:
     texts: list[str]
     finish_reasons: list[str]
     latencies: list[float] = field(default_factory=list)
+    # Per row, when SamplingParams asked for them (else empty lists): see Generation.
+    top_logprobs: list[list[TopLogprobs] | None] = field(default_factory=list)
+    prompt_logprobs: list[tuple[list[float | None], list[TopLogprobs]] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -75,6 +90,7 @@ class GenerationBatch:
         for i in range(len(self)):
             p = self.prompt_mask[i].bool()
             r = self.response_mask[i].bool()
+            scored = self.prompt_logprobs[i] if self.prompt_logprobs else None
             out.append(
                 Generation(
                     text=self.texts[i],
@@ -83,40 +99,12 @@ class GenerationBatch:
                     logprobs=self.logprobs[i][r].tolist(),
                     finish_reason=self.finish_reasons[i],
                     latency_s=self.latencies[i] if self.latencies else 0.0,
+                    top_logprobs=self.top_logprobs[i] if self.top_logprobs else None,
+                    prompt_logprobs=scored[0] if scored else None,
+                    prompt_top_logprobs=scored[1] if scored else None,
                 )
             )
         return out
-
-
-class _LogprobRecorder:
-    """Logits processor that records log p(token) of each sampled token, one step behind.
-
-    At step t it sees the token sampled at step t-1 as ``input_ids[:, -1]`` and gathers its
-    log-prob from the distribution it stored then; :meth:`finish` gathers the last one.
-    """
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.previous: torch.Tensor | None = None
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, last_tokens[:, None]).squeeze(1))
-            self.previous = None
-        if not self.steps:
-            return torch.zeros(last_tokens.shape[0], 0)
-        return torch.stack(self.steps, dim=1)
 
 
 class _StopOnStrings:
@@ -169,6 +157,8 @@ class HFOptions(BaseModel):
 )
 class HFBackend:
     """Generation with a local ``transformers`` causal LM; the policy the trainer optimises."""
+
+    features = ServingFeatures(token_prompts=True, logprobs=True, top_logprobs=20, prompt_logprobs=True)
 
     def __init__(
         self,
@@ -228,8 +218,11 @@ class HFBackend:
 
     # ------------------------------------------------------------------ prompts
 
-    def render_prompt(self, prompt: ChatPrompt) -> list[int]:
-        """Chat template (with the generation prompt) + ``assistant_prefix``, tokenised once."""
+    def render_prompt(self, prompt: Prompt) -> list[int]:
+        """Chat template (with the generation prompt) + ``assistant_prefix``, tokenised once; a
+        TokenPrompt's ids as they are."""
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)
         if not getattr(self.tokenizer, "chat_template", None):
             source = getattr(self.tokenizer, "name_or_path", "") or "this model"
             raise MemFactoryError(
@@ -253,35 +246,41 @@ class HFBackend:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompts: list[ChatPrompt], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
         return self.generate_batch(prompts, params).to_generations()
 
-    def generate_batch(self, prompts: list[ChatPrompt], params: SamplingParams) -> GenerationBatch:
-        """One completion per prompt, in order, as padded tensors (see :class:`GenerationBatch`)."""
+    def generate_streaming(self, prompt: Prompt, params: SamplingParams, on_text: OnText) -> Generation:
+        """One completion, ``on_text`` called with the text so far at each token (see :mod:`.streaming`)."""
+        streamer = TokenStreamer(self.tokenizer, on_text)
+        return self.generate_batch([prompt], params, streamer=streamer).to_generations()[0]
+
+    def generate_batch(
+        self, prompts: list[Prompt], params: SamplingParams, *, streamer: Any = None
+    ) -> GenerationBatch:
+        """One completion per prompt, in order, as padded tensors (see :class:`GenerationBatch`);
+        ``streamer`` (one prompt only) sees the tokens as they come."""
         import torch
 
         rendered = [self.render_prompt(p) for p in prompts]
         # Similar lengths in one micro-batch waste less compute on padding.
         order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
         rows: list[dict[str, Any]] = [{} for _ in rendered]
-        was_training = self.model.training
-        self.model.eval()
         device = self.device
         rng_devices = [device.index or 0] if device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                for start in range(0, len(order), self.micro_batch_size):
-                    chunk = order[start : start + self.micro_batch_size]
-                    for i, row in zip(chunk, self._generate_micro_batch([rendered[i] for i in chunk], params)):
-                        rows[i] = row
-        finally:
-            if was_training:
-                self.model.train()
+        with eval_mode(self.model), torch.no_grad(), \
+                torch.random.fork_rng(devices=rng_devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(order), self.micro_batch_size):
+                chunk = order[start : start + self.micro_batch_size]
+                micro = self._generate_micro_batch([rendered[i] for i in chunk], params, streamer=streamer)
+                for i, row in zip(chunk, micro):
+                    rows[i] = row
         return self._assemble(rendered, rows)
 
-    def _generate_micro_batch(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[dict[str, Any]]:
+    def _generate_micro_batch(
+        self, prompt_ids: list[list[int]], params: SamplingParams, *, streamer: Any = None
+    ) -> list[dict[str, Any]]:
         import torch
 
         pad_id = self.tokenizer.pad_token_id
@@ -294,7 +293,7 @@ class HFBackend:
                 attention_mask[i, width - len(ids) :] = 1
         device = self.device
         temperature = 1.0 if params.greedy else float(params.temperature)
-        recorder = _LogprobRecorder(temperature)
+        recorder = LogprobRecorder(temperature, params.top_logprobs)
         eos_ids = self.eos_token_ids()
         kwargs: dict[str, Any] = {
             "input_ids": input_ids.to(device),
@@ -317,6 +316,10 @@ class HFBackend:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=temperature, top_p=params.top_p, top_k=params.top_k)
+        if streamer is not None:
+            if len(prompt_ids) != 1:
+                raise ValueError(f"a streamer follows one prompt, got {len(prompt_ids)}")
+            kwargs["streamer"] = streamer
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnStrings(self.tokenizer, list(params.stop), width)]
         began = time.perf_counter()
@@ -327,7 +330,12 @@ class HFBackend:
             static = static_decode.new_static_cache(config, static_decode.cache_length(width, params.max_new_tokens))
             kwargs["compile_config"] = static_decode.compile_config(device, self.compile_backend)
         shared = static is None or static_decode.takes_prefix(static)
-        prefix, owner = self._shared_prefix_cache(kwargs["input_ids"], kwargs["attention_mask"], allowed=shared) or (None, None)
+        if params.prompt_logprobs and not shared:  # prompt scores come from a prefix this cache cannot take
+            static, shared = None, True
+            del kwargs["compile_config"]
+        score = (temperature, params.top_logprobs) if params.prompt_logprobs else None
+        prefill = self._shared_prefix_cache(input_ids, attention_mask, allowed=shared, score=score)
+        prefix, owner = (prefill.cache, prefill.owner) if prefill else (None, None)
         if static is not None:  # the shared prefix, if any, copied into the static cache row by row
             kwargs[self._cache_keyword()] = static_decode.static_cache(static, len(prompt_ids), prefix, owner)
         elif prefix is not None:
@@ -346,37 +354,55 @@ class HFBackend:
                 ) from exc
             log.warning("compiled decoding failed (%s); decoding eagerly from now on", reason)
             self.decode, self.prefill_stats = "eager", counted
-            return self._generate_micro_batch(prompt_ids, params)
+            if streamer is not None:
+                streamer.restart()
+            return self._generate_micro_batch(prompt_ids, params, streamer=streamer)
         latency = time.perf_counter() - began
-        generated = sequences[:, width:].cpu()
-        logprobs = recorder.finish(sequences[:, -1]).cpu() if generated.shape[1] else torch.zeros(generated.shape)
-        return [
-            self._finish_row(generated[i].tolist(), logprobs[i], eos_ids, params, latency)
-            for i in range(len(prompt_ids))
-        ]
+        generated = sequences[:, width:]
+        logprobs = recorder.finish(sequences[:, -1]) if generated.shape[1] else generated.float()
+        # One device-to-host copy for the sampled ids, their log-probs and the top lists kept, if any.
+        tokens, logprobs, *tops = to_host(generated, logprobs, *recorder.stacked_tops())
+        recorder.tops = list(zip(*tops)) if tops else recorder.tops
+        rows = [self._finish_row(row, logprobs[i], eos_ids, params, latency) for i, row in enumerate(tokens.tolist())]
+        for i, row in enumerate(rows):
+            if params.top_logprobs:
+                row["top"] = recorder.top_lists(i, len(row["ids"]))
+            if params.prompt_logprobs:  # a prompt of one token has no log-prob to give
+                row["prompt"] = prefill.prompt[i] if prefill else ([None] * len(prompt_ids[i]), [[]] * len(prompt_ids[i]))
+        return rows
 
     def _shared_prefix_cache(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, allowed: bool = True
-    ) -> tuple[Any, torch.Tensor] | None:
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, allowed: bool = True,
+        score: tuple[float, int] | None = None,
+    ) -> Prefill | None:
         """A KV cache of each distinct prompt but its last token, and ``owner``: row i's prompt.
 
         None when no two rows share a prompt (or sharing is off or not ``allowed``): ``generate``
         prefills as usual. Rows are left-padded to one width, so equal rows are equal prompts at
-        equal positions.
+        equal positions. ``score`` (temperature, top k): prefill even distinct prompts, keeping the
+        logits, and return each row's prompt log-probs (:func:`.logprobs.prompt_scores`).
+        ``input_ids`` / ``attention_mask``: the host (CPU) tensors, compared there; the prefill runs
+        on the model's device.
         """
         import torch
         from transformers import DynamicCache
 
         rows = [tuple(r) for r in input_ids.tolist()]
+        device = self.device
         distinct: dict[tuple[int, ...], int] = {}
-        owner = [distinct.setdefault(r, len(distinct)) for r in rows]
+        if self.shared_prefill:
+            owner = [distinct.setdefault(r, len(distinct)) for r in rows]
+        else:
+            owner = list(range(len(rows)))
+            distinct = {(k,): k for k in owner}
         self.prefill_stats["rows"] += len(rows)
-        if not (self.shared_prefill and allowed) or len(distinct) == len(rows) or input_ids.shape[1] < 2:
+        sharing = self.shared_prefill and len(distinct) < len(rows)
+        if not allowed or not (sharing or score) or input_ids.shape[1] < 2:
             self.prefill_stats["prefilled"] += len(rows)
             return None
         self.prefill_stats["prefilled"] += len(distinct)
-        first = torch.tensor([owner.index(k) for k in range(len(distinct))], device=input_ids.device)
-        ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+        first = torch.tensor([owner.index(k) for k in range(len(distinct))])
+        ids, mask = input_ids[first, :-1].to(device), attention_mask[first, :-1].to(device)
         cache = DynamicCache(config=base_model(self.model).config)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -386,10 +412,14 @@ class HFBackend:
             self._cache_keyword(): cache,
             "use_cache": True,
         }
-        if "logits_to_keep" in self._forward_parameters():
+        if "logits_to_keep" in self._forward_parameters() and not score:
             kwargs["logits_to_keep"] = 1  # the prefill's logits are not needed: generate recomputes the last
-        self.model(**kwargs)
-        return cache, torch.tensor(owner, device=input_ids.device)
+        out = self.model(**kwargs)
+        scored = None
+        if score:
+            per_prompt = prompt_scores(out.logits, input_ids[first], attention_mask[first], *score)
+            scored = [per_prompt[k] for k in owner]
+        return Prefill(cache, torch.tensor(owner, device=device), scored)
 
     def _forward_parameters(self) -> set[str]:
         return forward_parameters(self.model)
@@ -453,4 +483,6 @@ class HFBackend:
             texts=[r["text"] for r in rows],
             finish_reasons=[r["finish"] for r in rows],
             latencies=[r["latency"] for r in rows],
+            top_logprobs=[r.get("top") for r in rows],
+            prompt_logprobs=[r.get("prompt") for r in rows],
         )

@@ -10,6 +10,8 @@ imported when asked, so the backends package stays importable without loading th
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -58,3 +60,19 @@ def cache_keyword(parameters: set[str]) -> str | None:
         if name in parameters:
             return name
     return None
+
+
+@contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """``models`` in eval mode (dropout off) for the block; every module's own training flag is
+    restored after, so a policy in training goes back to training. Generation and the trainer's
+    no-grad scoring (old and reference log-probs) run in it: their log-probs must not be samples of
+    dropout noise."""
+    flags = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training

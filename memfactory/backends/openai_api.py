@@ -16,6 +16,11 @@ Two conventions callers must know:
   server says which string stopped it (``stop_reason``, as vLLM and ``memfactory serve`` do), the
   string is put back so results match the local backend. OpenAI's API does not report it.
 
+A batch that repeats a prompt (a GRPO group, avg@k) asks for all its copies in ONE request with
+``n`` (``use_n``, on by default), which vLLM and ``memfactory serve`` sample as one batch with the
+prompt prefilled once. A server that refuses ``n`` > 1 (a 400 naming ``n``) or answers with fewer
+choices is asked once per copy from then on.
+
 The API key is read from the environment (``ModelConfig.api_key_env``), never stored in presets,
 and masked in ``repr`` and in every error message.
 """
@@ -35,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from memfactory.backends.streaming import OnText
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
@@ -51,6 +57,8 @@ class OpenAIOptions(BaseModel):
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for one response")
     max_retries: int = Field(4, ge=0, description="Retries on 429/5xx and connection errors (exponential back-off)")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once")
+    use_n: bool = Field(True, description="Ask for the copies of a repeated prompt in one request (n); "
+                        "falls back to one request per copy where the server does not support n")
 
 
 def normalise_base_url(base_url: str) -> str:
@@ -62,6 +70,22 @@ def normalise_base_url(base_url: str) -> str:
     if parts.path in ("", "/"):
         url += "/v1"
     return url
+
+
+def _names_n(response: httpx.Response) -> bool:
+    """Whether an error response is about the ``n`` field (OpenAI's ``param``, or its message)."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return False
+    if not isinstance(error, dict):
+        return False
+    message = str(error.get("message", ""))
+    return error.get("param") == "n" or message.startswith("n:") or "'n'" in message or " n=" in message
+
+
+class _RefusedN(MemFactoryError):
+    """The server refused a request for its ``n``: ask once per copy instead."""
 
 
 class _Aborted(Exception):
@@ -89,6 +113,7 @@ class OpenAIBackend:
         name: str = "openai",
         backoff_s: float = 0.5,
         api_key_env: str | None = None,
+        use_n: bool = True,
     ) -> None:
         self.base_url = normalise_base_url(base_url)
         self.model = model
@@ -97,6 +122,8 @@ class OpenAIBackend:
         self.max_retries = int(max_retries)
         self.concurrency = max(1, int(concurrency))
         self.backoff_s = float(backoff_s)
+        self.use_n = use_n
+        self.n_supported: bool | None = None  # learnt from the server: None until a request with n > 1
         self._api_key = api_key or None
         self._api_key_env = api_key_env
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -122,6 +149,7 @@ class OpenAIBackend:
             timeout=opts.timeout,
             max_retries=opts.max_retries,
             concurrency=opts.concurrency,
+            use_n=opts.use_n,
         )
 
     # ------------------------------------------------------------------ protocol
@@ -131,14 +159,29 @@ class OpenAIBackend:
         return False
 
     def generate(self, prompts: list[ChatPrompt], params: SamplingParams) -> list[Generation]:
-        """One completion per prompt, in order; up to ``concurrency`` requests in flight."""
+        """One completion per prompt, in order; up to ``concurrency`` requests in flight, one per
+        distinct prompt while the server takes ``n``."""
         if not prompts:
             return []
-        if len(prompts) == 1:
-            return [self._complete(prompts[0], params, threading.Event())]
+        groups: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            key = json.dumps([prompt.messages, prompt.assistant_prefix]) if self.use_n and self.n_supported is not False else str(i)
+            groups.setdefault(key, []).append(i)
+        units = [(prompts[rows[0]], rows) for rows in groups.values()]
+        out: list[Generation | None] = [None] * len(prompts)
+        if len(units) == 1:
+            answers = [self._samples(units[0][0], params, len(units[0][1]), threading.Event())]
+        else:
+            answers = self._concurrently([(prompt, len(rows)) for prompt, rows in units], params)
+        for (_, rows), gens in zip(units, answers):
+            for i, gen in zip(rows, gens):
+                out[i] = gen
+        return [gen for gen in out if gen is not None]
+
+    def _concurrently(self, units: list[tuple[ChatPrompt, int]], params: SamplingParams) -> list[list[Generation]]:
         abort = threading.Event()
         pool = self._executor()
-        futures = [pool.submit(self._complete, p, params, abort) for p in prompts]
+        futures = [pool.submit(self._samples, p, params, n, abort) for p, n in units]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f in done and f.exception() is not None and not isinstance(f.exception(), _Aborted)]
         if failed:
@@ -147,6 +190,20 @@ class OpenAIBackend:
                 f.cancel()
             raise failed[0].exception()  # type: ignore[misc]
         return [f.result() for f in futures]
+
+    def _samples(self, prompt: ChatPrompt, params: SamplingParams, n: int, abort: threading.Event) -> list[Generation]:
+        """``n`` completions of one prompt: one request with ``n`` where the server takes it, else one each."""
+        gens: list[Generation] = []
+        if n > 1 and self.n_supported is not False:
+            try:
+                gens = self._complete(prompt, params, abort, n)
+            except _RefusedN:
+                self.n_supported = False
+            else:
+                self.n_supported = len(gens) >= n  # a server that ignores n answers with one choice
+        while len(gens) < n:
+            gens += self._complete(prompt, params, abort, 1)
+        return gens[:n]
 
     # ------------------------------------------------------------------ extras
 
@@ -157,6 +214,27 @@ class OpenAIBackend:
 
     def stream(self, prompt: ChatPrompt, params: SamplingParams) -> Iterator[str]:
         """Yield text pieces as the server streams them (for chat UIs); no retries mid-stream."""
+        for choice in self._stream_choices(prompt, params):
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                yield piece
+
+    def generate_streaming(self, prompt: ChatPrompt, params: SamplingParams, on_text: OnText) -> Generation:
+        """One completion streamed, ``on_text`` called with the text so far at each piece; the Generation
+        is ``generate``'s (the stop string kept, the finish reason). ``on_text`` may raise: the stream closes."""
+        start = time.perf_counter()
+        text, finish, stop_reason = "", None, None
+        for choice in self._stream_choices(prompt, params):
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                text += piece
+                on_text(text)
+            finish = choice.get("finish_reason") or finish
+            stop_reason = choice.get("stop_reason") or stop_reason
+        return self._generation(text, finish, stop_reason, params, time.perf_counter() - start)
+
+    def _stream_choices(self, prompt: ChatPrompt, params: SamplingParams) -> Iterator[dict[str, Any]]:
+        """The choices of each server-sent chunk of one streamed completion."""
         body = self._body(prompt, params)
         body["stream"] = True
         url = self.base_url + "/chat/completions"
@@ -171,10 +249,12 @@ class OpenAIBackend:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    for choice in json.loads(data).get("choices", []):
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            yield piece
+                    try:
+                        choices = json.loads(data).get("choices", [])
+                    except (ValueError, AttributeError):
+                        raise MemFactoryError(f"{url} streamed something that is not a chat completion chunk: "
+                                              f"{self._redact(data[:300])!r}") from None
+                    yield from choices
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from None
 
@@ -201,7 +281,7 @@ class OpenAIBackend:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-http")
             return self._pool
 
-    def _body(self, prompt: ChatPrompt, params: SamplingParams) -> dict[str, Any]:
+    def _body(self, prompt: ChatPrompt, params: SamplingParams, n: int = 1) -> dict[str, Any]:
         messages = [dict(m) for m in prompt.messages]
         body: dict[str, Any] = {
             "model": self.model,
@@ -209,7 +289,7 @@ class OpenAIBackend:
             "max_tokens": params.max_new_tokens,
             "temperature": max(0.0, params.temperature),
             "top_p": params.top_p,
-            "n": 1,
+            "n": n,
         }
         if params.stop:
             body["stop"] = list(params.stop)
@@ -223,23 +303,30 @@ class OpenAIBackend:
             body["add_generation_prompt"] = False
         return body
 
-    def _complete(self, prompt: ChatPrompt, params: SamplingParams, abort: threading.Event) -> Generation:
+    def _complete(self, prompt: ChatPrompt, params: SamplingParams, abort: threading.Event, n: int = 1) -> list[Generation]:
+        """The choices of one request for ``n`` completions (a server may give fewer)."""
         start = time.perf_counter()
-        response = self._request("POST", "/chat/completions", self._body(prompt, params), abort)
+        response = self._request("POST", "/chat/completions", self._body(prompt, params, n), abort)
         try:
-            payload = response.json()
-            choice = payload["choices"][0]
-            text = (choice.get("message") or {}).get("content") or ""
-        except (ValueError, KeyError, IndexError, TypeError):
+            choices = sorted(response.json()["choices"], key=lambda c: c.get("index", 0))
+            texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+            if not choices:
+                raise IndexError
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise MemFactoryError(
                 f"{self.base_url}/chat/completions returned something that is not a chat completion: "
                 f"{self._redact(response.text[:300])!r}"
             ) from None
-        stop_reason = choice.get("stop_reason")
+        latency = time.perf_counter() - start
+        return [self._generation(text, c.get("finish_reason"), c.get("stop_reason"), params, latency)
+                for c, text in zip(choices, texts)]
+
+    @staticmethod
+    def _generation(text: str, finish_reason: Any, stop_reason: Any, params: SamplingParams, latency: float) -> Generation:
         if isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
             text += stop_reason  # MemFactory keeps the stop string, OpenAI's API drops it
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Generation(text=text, finish_reason=finish, latency_s=time.perf_counter() - start)
+        finish = "length" if finish_reason == "length" else "stop"
+        return Generation(text=text, finish_reason=finish, latency_s=latency)
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, abort: threading.Event) -> httpx.Response:
         url = self.base_url + path
@@ -308,7 +395,8 @@ class OpenAIBackend:
             hint = f" (gave up after {attempts} attempts)"
         else:
             hint = ""
-        return MemFactoryError(self._redact(f"{where} failed with HTTP {status}: {detail}{hint}"))
+        kind = _RefusedN if status in (400, 422) and _names_n(response) else MemFactoryError
+        return kind(self._redact(f"{where} failed with HTTP {status}: {detail}{hint}"))
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text

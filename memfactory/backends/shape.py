@@ -21,7 +21,7 @@ TEMPLATE_TOKENS = 256
 # A memory-bank agent's longest prompt (a conversation slice or retrieved memories + instructions).
 BANK_PROMPT_TOKENS = 2048
 # Hub ids of the shipped GPU presets -> the tiny:// shape of the same architecture, so that a plan
-# works offline (tests/test_planner.py checks these shapes against the real configs' numbers).
+# works offline (tests/planner/test_planner_costs.py checks these shapes against the real configs' numbers).
 KNOWN_HUB_SHAPES = {
     "qwen/qwen3-1.7b": "qwen3-1.7b-shape",
     "qwen/qwen3-4b-instruct-2507": "qwen3-4b-shape",
@@ -91,6 +91,15 @@ class ModelShape:
             per_layer += 2 * self.head_dim
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
         return embeddings + self.layers * per_layer + self.hidden
+
+    @property
+    def linear_parameters(self) -> int:
+        """Parameters held by ``nn.Linear`` modules: the projections (with biases) and an untied LM head.
+        The rest (embeddings, norms) is what a ``bf16_mixed`` reference keeps in fp32."""
+        per_layer = sum(a * b for a, b in self.linear_shapes().values())
+        if self.attention_bias:
+            per_layer += self.q_dim + 2 * self.kv_dim
+        return self.layers * per_layer + (0 if self.tied else self.vocab * self.hidden)
 
     def lora_parameters(self, r: int, targets: list[str]) -> int:
         """Adapter parameters: r x (in + out) for every targeted projection of every layer."""

@@ -258,12 +258,15 @@ def load_model_and_tokenizer(
     return model, prepare_tokenizer(tokenizer)
 
 
-def save_merged(cfg: ModelConfig, folder: Path) -> None:
+def save_merged(cfg: ModelConfig, folder: Path, dtype: str | None = None) -> None:
     """``cfg`` loaded (a peft adapter checkpoint folded in with ``merge_and_unload``) and saved as
-    an ordinary transformers folder with its tokenizer: what tools without peft load."""
+    an ordinary transformers folder with its tokenizer: what tools without peft load. ``dtype``: the
+    saved weights' dtype (the merge itself runs in ``cfg.dtype``); None keeps ``cfg.dtype``."""
     model, tokenizer = load_model_and_tokenizer(cfg)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if dtype is not None and dtype != "auto":
+        model = model.to(resolve_dtype(dtype))
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
 

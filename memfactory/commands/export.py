@@ -1,4 +1,4 @@
-"""``memfactory export RUN [--merge] [--out DIR] [--db PATH] [--force]``."""
+"""``memfactory export RUN [--merge] [--dtype DTYPE] [--out DIR] [--db PATH] [--force]``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", metavar="RUN", help="run id, run folder or checkpoint folder")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
-    parser.add_argument("--out", help="output folder (default: <run>/export/step-N-merged|adapter)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the written weights (default: the run's own)")
+    parser.add_argument("--out", help="output folder (default: <run>/export/step-N-merged|adapter[-DTYPE])")
     parser.add_argument("--db", help="runs database (default: logging.runs_db's default, runs/memfactory.db)")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     parser.set_defaults(func=run)
@@ -24,6 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from memfactory.export import export_checkpoint
 
-    out = export_checkpoint(args.run, args.out, merge=args.merge, db=args.db, force=args.force)
+    out = export_checkpoint(args.run, args.out, merge=args.merge, db=args.db, force=args.force, dtype=args.dtype)
     print(out)
     return 0

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memfactory.config import load_preset
-    from memfactory.planner import estimate_memory
+    from memfactory.planner.plan import estimate_memory
 
     if args.gpus < 1:
         raise MemFactoryError(f"--gpus {args.gpus}: the number of processes must be at least 1")

@@ -10,18 +10,21 @@ import sys
 from memfactory.errors import MemFactoryError
 from memfactory.exposure import is_loopback
 
-# memfactory.serve's defaults (kept equal by tests/test_serve_limits.py); not imported from there
+# memfactory.serve.protocol's defaults (kept equal by tests/test_serve_limits.py); not imported from there
 # so that every other command does not pay for importing fastapi.
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
+DEFAULT_MAX_N = 16
+DEFAULT_MAX_LOGPROBS = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve a local model or checkpoint over an OpenAI-compatible HTTP API",
-        description="Serve a local model over /v1/chat/completions and /v1/models, batching concurrent requests. "
+        description="Serve a local model over /v1/chat/completions, /v1/completions and /v1/models, batching "
+        "concurrent requests. "
         "Reach it with model.backend: openai, model.base_url: http://HOST:PORT/v1, model.path: NAME.",
     )
     parser.add_argument("--model", default="tiny://qwen3-mini",
@@ -52,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
                         help="each request's deadline; 504 after it, and a batch nobody waits for any more stops "
                         "at its next token (default: %(default)s)")
+    parser.add_argument("--max-n", type=int, default=DEFAULT_MAX_N, metavar="N",
+                        help="most choices per prompt (a request's n), sampled as one batch (default: %(default)s)")
+    parser.add_argument("--max-logprobs", type=int, default=DEFAULT_MAX_LOGPROBS, metavar="K",
+                        help="most alternatives per token (chat top_logprobs, completions logprobs) "
+                        "(default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -79,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         raise MemFactoryError(f"--max-body-bytes {args.max_body_bytes}: must be at least 1024")
     if args.max_queue < 1:
         raise MemFactoryError(f"--max-queue {args.max_queue}: must be at least 1")
+    if args.max_n < 1:
+        raise MemFactoryError(f"--max-n {args.max_n}: must be at least 1")
+    if args.max_logprobs < 0:
+        raise MemFactoryError(f"--max-logprobs {args.max_logprobs}: must be at least 0")
     if not (math.isfinite(args.request_timeout) and args.request_timeout > 0):
         raise MemFactoryError(f"--request-timeout {args.request_timeout}: must be a positive number of seconds")
     api_key = None
@@ -91,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
             raise MemFactoryError(refusal_message(args.host, args.port))
         print(f"WARNING: serving on {args.host} WITHOUT an API key (--insecure): anyone who can reach this port "
               "can use the model", file=sys.stderr, flush=True)
-    from memfactory.serve import serve  # after the checks: a refusal costs no fastapi import
+    from memfactory.serve.server import serve  # after the checks: a refusal costs no fastapi import
 
     serve(args.model, args.host, args.port, checkpoint=args.checkpoint, name=args.name,
           max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, api_key=api_key,
           context_length=args.max_context, max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
-          request_timeout_s=args.request_timeout, backend_name=args.backend)
+          request_timeout_s=args.request_timeout, backend_name=args.backend, max_n=args.max_n,
+          max_logprobs=args.max_logprobs)
     return 0

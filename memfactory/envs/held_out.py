@@ -77,8 +77,5 @@ class HeldOutEnv(Environment):
             return train if split == "train" else self._cap(test)
         return self._cap(self._eval_set(split))
 
-    def eval_names(self) -> list[str]:
-        return list(self.options.eval)
-
     def _cap(self, samples: list[Sample]) -> list[Sample]:
         return samples[: self.options.eval_size] if self.options.eval_size else list(samples)

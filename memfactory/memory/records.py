@@ -132,9 +132,15 @@ def new_row(
     }
 
 
+BANK_TABLES = ("memories", "history", "meta")
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+
+
 def has_schema(conn: sqlite3.Connection) -> bool:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
-    return {"memories", "history", "meta"} <= tables
+    return set(BANK_TABLES) <= table_names(conn)
 
 
 def create_schema(db: sqlite_utils.Database) -> None:

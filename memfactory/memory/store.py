@@ -36,6 +36,7 @@ from memfactory.memory.embed import Embedder, encode_unit, get_embedder
 from memfactory.memory.index import EmbeddingIndex, Matrix, top_k
 from memfactory.memory.ops import ApplyResult, Operation, apply_batch
 from memfactory.memory.records import (
+    BANK_TABLES,
     ITEM_COLUMNS,
     UNSET,
     HistoryEntry,
@@ -52,6 +53,7 @@ from memfactory.memory.records import (
     now,
     read_meta,
     record_embedder,
+    table_names,
 )
 from memfactory.sqlite import MEMORY, connect, immediate, sqlite_errors, switch_to_wal
 
@@ -80,6 +82,30 @@ class MemoryStore:
         except BaseException:
             self._conn.close()
             raise
+
+    @classmethod
+    def open_existing(cls, path: str | Path, embedder: Embedder | None = None, *, timeout: float = 10.0) -> MemoryStore:
+        """A bank file that must already be one. The constructor makes a bank of any SQLite file (it
+        adds its tables), so a file picked by a user is read first, read-only: a missing file, one that
+        is not SQLite, or a SQLite file without the bank's tables (a runs database, say) is refused with
+        the reason and left untouched."""
+        target = Path(path).expanduser()
+        if not target.is_file():
+            raise MemFactoryError(f"memory bank {target} does not exist (or is not a file)")
+        with sqlite_errors(f"memory bank {target}", "read its tables", path=target, timeout=timeout):
+            conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+            try:
+                tables = table_names(conn)
+            finally:
+                conn.close()
+        missing = [name for name in BANK_TABLES if name not in tables]
+        if missing:
+            found = ", ".join(sorted(tables)) or "none"
+            raise MemFactoryError(
+                f"{target} is a SQLite file but not a memory bank: it lacks the table(s) {', '.join(missing)} "
+                f"(its tables: {found}); nothing was changed"
+            )
+        return cls(target, embedder, timeout=timeout)
 
     # ------------------------------------------------------------------ connection and transactions
     def _connect(self) -> sqlite3.Connection:

@@ -234,6 +234,16 @@ def _chunk_logprobs(model: torch.nn.Module, chunk: TokenBatch, temperature: floa
     return _response_logprobs(logits, chunk, temperature)
 
 
+def grad_pass_shares_prompt(model: torch.nn.Module) -> bool:
+    """Whether the update's grad pass over ``model`` (as it is now, training or not) may run a
+    micro-batch's one prompt once. The update scores old and reference log-probs on the same path
+    as its grad pass: at identical weights they are then bit for bit the policy's (KL exactly 0
+    before the first update), where the two paths differ by rounding (up to 0.06 in a bf16 log-prob)."""
+    checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    with torch.enable_grad():
+        return _may_share_prompt(model, checkpointed)
+
+
 def _may_share_prompt(model: torch.nn.Module, checkpointed: list[torch.nn.Module]) -> bool:
     """Whether ``model`` may score a chunk as one prompt forward + one response forward.
 

@@ -2,8 +2,9 @@
 
 Layout of ``<run_dir>/checkpoints/step-000020/`` (names and listing: :mod:`memfactory.trainer.layout`)::
 
-    model/            save_pretrained output: safetensors weights + config
-                      (a peft model: only adapter_model.safetensors + adapter_config.json)
+    model/            save_pretrained output: safetensors weights + config, in the checkpoint's
+                      dtype (a peft model: only adapter_model.safetensors + adapter_config.json)
+    master.safetensors  the fp32 master weights, when model/ holds them rounded (bf16_mixed)
     optimizer.pt      optimizer.state_dict()
     scheduler.pt      scheduler.state_dict()
     rng.pt            python, numpy, torch (and CUDA) random states
@@ -96,9 +97,64 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # -- model weights ---------------------------------------------------------------------------
 
 
-def _save_model(model: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-    """``weights``: a full state dict gathered from a sharded model (else the model's own)."""
+MASTER_FILE = "master.safetensors"  # next to model/: the fp32 master weights model/ holds rounded
+
+
+def _in_dtype(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``weights`` with every float32 tensor cast to ``dtype`` (on the CPU, one tensor at a time), tied
+    copies (shared storage) dropped as save_pretrained drops them; and the names of the cast tensors."""
+    out: dict[str, torch.Tensor] = {}
+    cast: list[str] = []
+    seen: set[int] = set()
+    for name, tensor in weights.items():
+        if tensor.data_ptr() in seen and tensor.numel():
+            continue
+        seen.add(tensor.data_ptr())
+        if tensor.dtype == torch.float32 and dtype != torch.float32:
+            out[name] = tensor.detach().to("cpu").to(dtype)
+            cast.append(name)
+        else:
+            out[name] = tensor
+    return out, cast
+
+
+def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:
+    """save_pretrained writes the dtype of the model it was called on (fp32 masters): write the saved one."""
+    path = folder / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        name = str(dtype).removeprefix("torch.")
+        config.update({key: name for key in ("dtype", "torch_dtype") if key in config} or {"dtype": name})
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save_model(
+    model: Any, folder: Path, weights: dict[str, torch.Tensor] | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """``weights``: a full state dict gathered from a sharded model (else the model's own).
+
+    ``dtype``: the checkpoint's dtype (bf16 for a bf16 model trained with fp32 masters): full weights
+    are written in it, so serving, evaluation and export read what the model was loaded as, at half
+    the bytes; the fp32 masters go to :data:`MASTER_FILE` beside ``folder`` for an exact resume.
+    A peft model's adapters are written as they are trained (fp32, small).
+    """
     model = unwrap(model)
+    if dtype is not None and not is_peft(model):
+        source = weights if weights is not None else model.state_dict()
+        rounded, cast = _in_dtype(source, dtype)
+        if cast:
+            _write_weights(model, folder, rounded)
+            _set_config_dtype(folder, dtype)
+            del rounded  # the rounded copy goes before the fp32 one is built
+            from safetensors.torch import save_file
+
+            masters = {name: source[name].detach().to("cpu", copy=True).contiguous() for name in cast}
+            save_file(masters, str(folder.parent / MASTER_FILE))
+            return
+    _write_weights(model, folder, weights)
+
+
+def _write_weights(model: Any, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
     if hasattr(model, "save_pretrained"):
         # a PeftModel saves only its adapters here; a transformers model its full weights
         extra = {} if weights is None else {"state_dict": weights}
@@ -191,6 +247,23 @@ def _load_model(model: Any, folder: Path) -> None:
         raise MemFactoryError(f"checkpoint {folder} does not match the model: missing keys {untied[:5]}")
 
 
+def _load_masters(model: Any, checkpoint: Path) -> None:
+    """Overwrite the weights ``model/`` holds rounded with the checkpoint's fp32 masters, if it has them."""
+    path = checkpoint / MASTER_FILE
+    if not path.is_file():
+        return
+    model = unwrap(model)
+    from safetensors.torch import load_file
+
+    masters = load_file(str(path), device="cpu")
+    if is_sharded(model):
+        _, unexpected = load_model_state(model, masters)
+    else:
+        _, unexpected = model.load_state_dict(masters, strict=False)
+    if unexpected:
+        raise MemFactoryError(f"{path} does not match the model: unexpected keys {unexpected[:5]}")
+
+
 # -- save / load -----------------------------------------------------------------------------
 
 PAUSE_ENV = "MEMFACTORY_TEST_CHECKPOINT_PAUSE"
@@ -272,6 +345,7 @@ def save_checkpoint(
     keep: int | None = 3,
     tokenizer: Any | None = None,
     state: tuple[dict[str, torch.Tensor], dict[str, Any] | None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-{step:06d}/`` atomically and return its path.
 
@@ -280,6 +354,8 @@ def save_checkpoint(
     keeps all). Saving a step that already exists replaces it. With ``tokenizer``, its files go
     into ``model/`` too, so a full-model checkpoint loads with ``from_pretrained(path / "model")``.
     ``state``: the full (model, optimizer) state dicts of a sharded run, from ``gather_state``.
+    ``dtype``: the dtype full weights are written in (the checkpoint's; None: as held), the fp32
+    masters beside them in ``master.safetensors`` when that rounds them (see :func:`_save_model`).
     """
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -288,7 +364,7 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         weights, optim = state if state is not None else (None, None)
-        _save_model(model, tmp / "model", weights)
+        _save_model(model, tmp / "model", weights, dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "model"))
         _test_pause(step)
@@ -398,6 +474,7 @@ def load_checkpoint(
             f"({'FSDP' if by_name else 'single process or DDP'}), or load only its model weights"
         )
     _load_model(model, path / "model")
+    _load_masters(model, path)
     if optimizer is not None:
         optim = _torch_load(path / "optimizer.pt", trusted)
         if sharded:

@@ -67,6 +67,8 @@ LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo")
 
 # Rewards closer than this count as equal: such a group has no signal.
 EQUAL_TOL = 1e-8
+# With trainer.kl_clamp, the reference/policy log-ratio is clamped to +-this before exp (verl's low_var_kl).
+LOG_RATIO_CLAMP = 20.0
 # Statistics of grpo_loss that combine over micro-batches by max (the others by mean).
 MAX_STATS = frozenset({"is_weight/max"})
 
@@ -182,7 +184,9 @@ def grpo_loss(
     plain k3 term of the original GRPO paper. ``kl_clamp`` clamps each token's k3 value to
     ``[-kl_clamp, kl_clamp]`` before any ratio weighting, as verl's ``low_var_kl`` does with 10
     (MemAgent's recipe: ``kl_clamp=10, kl_bias_correction=False``); a clamped token passes no KL
-    gradient.
+    gradient. With ``kl_clamp`` the log-ratio ``ref - logps`` is first clamped to ``[-20, 20]``, as
+    current verl does, so ``exp`` cannot overflow into a NaN gradient (a finite loss with a NaN
+    gradient norm); without it the term is TRL's, unclamped.
 
     Normalisation (TRL's names; "batch" = all micro-batches of one optimizer step):
 
@@ -241,6 +245,10 @@ def grpo_loss(
     if beta != 0.0:
         assert ref_logps is not None
         delta = ref_logps - logps
+        if kl_clamp is not None:
+            # verl's low_var_kl clamps the log-ratio before exp: past ~88.7, exp overflows to inf, the
+            # value clamp's backward gives 0 and exp's 0 * inf = NaN, a NaN gradient under a finite loss.
+            delta = torch.clamp(delta, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
         per_token_kl = torch.exp(delta) - delta - 1
         if kl_clamp is not None:
             per_token_kl = torch.clamp(per_token_kl, min=-kl_clamp, max=kl_clamp)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
 import warnings
@@ -32,18 +31,15 @@ from memfactory.envs.build import build_env
 from memfactory.errors import MemFactoryError
 from memfactory.tracking import metric_keys as keys
 from memfactory.trainer import distributed as dist
-from memfactory.trainer import host_memory, precision, sharding
-from memfactory.trainer.batching import pack_calls, token_logprobs
-from memfactory.trainer.grpo import MAX_STATS, calls_with_advantages, group_advantages, grpo_loss
+from memfactory.trainer import host_memory, precision, sharding, update
+from memfactory.trainer.grpo import calls_with_advantages, group_advantages
 from memfactory.trainer.hardware import HardwareMonitor
+from memfactory.trainer.optimizer import build_adamw
 from memfactory.trainer.rollout_engine import RolloutEngine
+from memfactory.trainer.step_metrics import TrajectoryStats, step_metrics
 from memfactory.types import ModelCall, Sample, SamplingParams, Trajectory
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(MemFactoryError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -53,29 +49,6 @@ class StepResult:
     # This process's trajectories; metrics and group_rewards cover every process's.
     trajectories: list[Trajectory] = field(default_factory=list)
     group_rewards: list[list[float]] = field(default_factory=list)
-
-
-@dataclass
-class TrajectoryStats:
-    """What the step metrics need of one trajectory: small enough to gather from every rank."""
-
-    reward: float
-    rewards: dict[str, float]
-    counters: dict[str, float]
-    group: Any
-    response_lengths: list[int]
-    prompt_tokens: int
-
-    @classmethod
-    def of(cls, t: Trajectory, group: Any = None) -> TrajectoryStats:
-        return cls(
-            reward=t.reward,
-            rewards=dict(t.rewards),
-            counters=dict(t.counters),
-            group=t.group if group is None else group,
-            response_lengths=[c.num_response_tokens for c in t.calls],
-            prompt_tokens=sum(len(c.prompt_ids) for c in t.calls),
-        )
 
 
 def set_seed(seed: int) -> None:
@@ -139,7 +112,7 @@ class GRPOTrainer:
     """Owns the policy, optimizer, agent and environment for one run."""
 
     def __init__(self, preset: Preset, *, accelerator: Any | None = None):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
         from transformers import get_scheduler
 
         self.preset = preset
@@ -149,7 +122,14 @@ class GRPOTrainer:
         model_cfg = preset.model.model_copy(update={"dtype": precision.load_dtype(self.cfg.precision, preset.model.dtype)})
         model, self.tokenizer = load_model_and_tokenizer(model_cfg, quantization=quantization)
         self.precision = precision.resolve_precision(self.cfg.precision, precision.weights_dtype(model))
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        precision.convert_float16(model, self.precision)  # bf16_mixed on a float16 checkpoint: computes in bf16
+        # What checkpoints write full weights in: the loaded dtype (bf16), not the fp32 masters.
+        self.checkpoint_dtype = precision.weights_dtype(model)
+        # DDP: gradients as views into its all-reduce buckets, which it keeps for the whole run; accelerate's
+        # default copies them out (+4 bytes per trained parameter through every update).
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)])
         if self.accelerator.device.type == "cpu":  # host RAM is the device: keep freed activations out of the heap
             host_memory.fix_mmap_threshold()
         precision.require_hardware(self.precision, self.accelerator.device, self.accelerator.mixed_precision)
@@ -166,13 +146,17 @@ class GRPOTrainer:
             model = attach_lora(model, self.cfg.lora)
         self.reference = None
         if self.cfg.beta > 0 and self.cfg.lora is None:
-            # Full fine-tuning needs a frozen copy, on the accelerator and in the loaded dtype (bf16
-            # for a bf16 checkpoint: frozen weights need no fp32 master); with LoRA the reference is
-            # the base model with adapters disabled, so no second copy is held.
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False).to(self.accelerator.device)
+            # Full fine-tuning needs a frozen copy on the accelerator: Linear weights in the loaded dtype
+            # (frozen weights need no fp32 master), the rest in the master dtype so that it computes
+            # exactly as the policy does now (KL 0 before any update). With LoRA the reference is the
+            # base model with adapters disabled, so no second copy is held.
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            self.reference = precision.reference_dtypes(reference, self.precision).to(self.accelerator.device)
         precision.apply_master_dtype(model, self.precision)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Fused on CUDA (as transformers' Trainer): no step temporary the size of the trained weights.
+        optimizer = build_adamw(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                device=self.accelerator.device)
         # transformers' "constant" ignores num_warmup_steps: with a warm-up it is "constant_with_warmup"
         warm = self.cfg.lr_scheduler == "constant" and self.cfg.warmup_steps > 0
         self.scheduler = get_scheduler("constant_with_warmup" if warm else self.cfg.lr_scheduler, optimizer,
@@ -284,118 +268,8 @@ class GRPOTrainer:
         return calls, call_advantages, trajectories
 
     def policy_update(self, buffers: list[tuple[list[ModelCall], list[float]]]) -> dict[str, float]:
-        """``num_iterations`` passes over the buffered rollouts, one optimizer step each.
-
-        With several processes the normalisers are global and every rank runs the same number of
-        forward/backward passes (see :mod:`memfactory.trainer.distributed`).
-        """
-        cfg = self.cfg
-        acc = self.accelerator
-        world = dist.world(acc)
-        stats: dict[str, list[float]] = {}
-        self.model.train()
-        prepared = []
-        scoring = cfg.num_iterations > 1 or cfg.beta > 0
-        # Sharded weights are gathered once for all no-grad scoring (the same on every rank).
-        with self.full_weights() if scoring else nullcontext():
-            for calls, advantages in buffers:
-                if not calls:
-                    continue
-                # Everything that meets the model is on its device (one process: accelerate moves nothing).
-                batch = pack_calls(calls, pad_id=self.tokenizer.pad_token_id).to(acc.device)
-                adv = torch.tensor(advantages, dtype=torch.float32, device=acc.device)
-                old, ref = None, None
-                with torch.no_grad(), self.autocast():
-                    # No-grad scoring uses the unwrapped model: no collectives, any number of calls.
-                    if cfg.num_iterations > 1:
-                        old = token_logprobs(self.policy, batch, temperature=max(cfg.temperature, 1e-6),
-                                             micro_batch_size=cfg.micro_batch_size,
-                                             shared_prompt=cfg.shared_prompt_forward)
-                    if cfg.beta > 0:
-                        with self.reference_context():
-                            ref = token_logprobs(self.reference_model(), batch,
-                                                 temperature=max(cfg.temperature, 1e-6),
-                                                 micro_batch_size=cfg.micro_batch_size,
-                                                 shared_prompt=cfg.shared_prompt_forward)
-                prepared.append((batch, adv, old, ref))
-        micro = [
-            (batch, adv, old, ref, slice(start, start + cfg.micro_batch_size))
-            for batch, adv, old, ref in prepared
-            for start in range(0, batch.response_mask.shape[0], cfg.micro_batch_size)
-        ]
-        local_tokens = sum(float(b.response_mask.sum()) for b, *_ in prepared)
-        local_seqs = sum(b.response_mask.shape[0] for b, *_ in prepared)
-        total_tokens, total_seqs = dist.all_reduce(acc, [local_tokens, float(local_seqs)])
-        if total_seqs == 0:
-            return {}  # no rank has anything to train on: all skip the optimizer step together
-        total_seqs = int(total_seqs)
-        passes = int(dist.all_reduce(acc, [float(len(micro))], op="max")[0]) if world > 1 else len(micro)
-        scored: dict[str, int] = {}  # rows of the grad passes, and those scored with a shared prompt forward
-        for _ in range(cfg.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            for k in range(passes):
-                # Gradients are synchronised once, on the last pass of every rank.
-                sync = world == 1 or k == passes - 1
-                with nullcontext() if sync else acc.no_sync(self.model):
-                    if k >= len(micro):
-                        with self.autocast():
-                            idle = dist.idle_loss(self.model, self.tokenizer.pad_token_id, acc.device)
-                        acc.backward(idle)
-                        continue
-                    batch, adv, old, ref, index = micro[k]
-                    mb = batch.select(index)
-                    width = mb.response_width  # trimming only drops trailing padding columns
-                    with self.autocast():  # the forward in bf16 under bf16_mixed; backward outside it
-                        logps = token_logprobs(self.model, mb, temperature=max(cfg.temperature, 1e-6),
-                                               shared_prompt=cfg.shared_prompt_forward, stats=scored)
-                        old_logps = old[index, :width] if old is not None else logps.detach()
-                        loss, parts = grpo_loss(
-                            logps, old_logps, adv[index], mb.response_mask,
-                            loss_type=cfg.loss_type, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
-                            ref_logps=ref[index, :width] if ref is not None else None,
-                            max_completion_length=cfg.max_new_tokens,
-                            num_items_in_batch=total_tokens,
-                            num_sequences_in_batch=total_seqs,
-                            kl_bias_correction=cfg.kl_bias_correction,
-                            kl_clamp=cfg.kl_clamp,
-                            # The engine's own log-probs: a separate engine's tokens are reweighted to the policy's.
-                            sampling_logps=mb.old_logps if cfg.rollout.corrects_sampling else None,
-                            importance_sampling_cap=cfg.rollout.importance_sampling_cap,
-                        )
-                    # Normalised over the whole step's batch (all ranks), so micro-batch losses simply
-                    # add up; one process raises here, several find out from the synced grad norm.
-                    if not torch.isfinite(loss) and world == 1:
-                        raise TrainingDiverged(
-                            f"loss became {float(loss)} at step {self.step + 1}; stopping. "
-                            "The last good checkpoint is kept; try a lower trainer.lr or trainer.max_grad_norm."
-                        )
-                    # DDP averages gradients over ranks; the normalisers are global, so scale back up.
-                    acc.backward(loss * world if world > 1 else loss)
-                    stats.setdefault("loss", []).append(float(loss.detach()))
-                    for key, value in parts.items():
-                        stats.setdefault(key, []).append(float(value))
-            grad_norm = acc.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
-            )
-            if not math.isfinite(float(grad_norm)):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingDiverged(f"gradient norm became {float(grad_norm)} at step {self.step + 1}; stopping.")
-            self.optimizer.step()
-            stats.setdefault("grad_norm", []).append(float(grad_norm))
-        loss_sum = float(np.sum(stats.get("loss", [0.0])))
-        if world > 1:
-            # Means of the per-micro-batch statistics over all ranks; the loss is a global sum.
-            loss_sum = dist.all_reduce(acc, [loss_sum])[0]
-            merged: dict[str, list[float]] = {}
-            for rank_stats in dist.gather_objects(acc, {k: v for k, v in stats.items() if k != "grad_norm"}):
-                for key, values in rank_stats.items():
-                    merged.setdefault(key, []).extend(values)
-            stats = merged | {"grad_norm": stats["grad_norm"]}
-        out = {key: float(np.max(values) if key in MAX_STATS else np.mean(values)) for key, values in stats.items()}
-        out["loss"] = loss_sum / cfg.num_iterations
-        # This rank's share of update rows whose prompt ran once per micro-batch (step metric update/...).
-        out["shared_prompt_fraction"] = scored.get("shared_rows", 0) / max(scored.get("rows", 0), 1)
-        return out
+        """``num_iterations`` passes over the buffered rollouts, one optimizer step each (:mod:`.update`)."""
+        return update.policy_update(self, buffers)
 
     def train_step(self) -> StepResult:
         """Roll out, score and update once; returns the step's metrics."""
@@ -430,7 +304,7 @@ class GRPOTrainer:
             gathered = dist.gather_objects(self.accelerator, stats)
             stats = [TrajectoryStats(**{**vars(s), "group": (rank, s.group)})
                      for rank, part in enumerate(gathered) for s in part]
-        metrics = self.step_metrics(stats, update_stats)
+        metrics = step_metrics(stats, update_stats)
         metrics.update({
             keys.STEP_S: elapsed,
             keys.ROLLOUT_S: rollout_time,
@@ -444,40 +318,6 @@ class GRPOTrainer:
         for item in stats:
             groups.setdefault(item.group, []).append(item.reward)
         return StepResult(step, metrics, trajectories, list(groups.values()))
-
-    def step_metrics(
-        self, trajectories: list[TrajectoryStats] | list[Trajectory], update: dict[str, float]
-    ) -> dict[str, float]:
-        trajectories = [t if isinstance(t, TrajectoryStats) else TrajectoryStats.of(t) for t in trajectories]
-        rewards = np.array([t.reward for t in trajectories], dtype=np.float64)
-        lengths = [n for t in trajectories for n in t.response_lengths]
-        metrics: dict[str, float] = {
-            keys.REWARD_MEAN: float(rewards.mean()) if len(rewards) else 0.0,
-            keys.REWARD_STD: float(rewards.std()) if len(rewards) else 0.0,
-            keys.REWARD_MAX: float(rewards.max()) if len(rewards) else 0.0,
-            keys.REWARD_MIN: float(rewards.min()) if len(rewards) else 0.0,
-            keys.RESPONSE_LENGTH_MEAN: float(np.mean(lengths)) if lengths else 0.0,
-            keys.RESPONSE_LENGTH_MAX: float(np.max(lengths)) if lengths else 0.0,
-            keys.CALLS_PER_TRAJECTORY: len(lengths) / max(len(trajectories), 1),
-            keys.TOKENS_TOTAL: float(sum(lengths) + sum(t.prompt_tokens for t in trajectories)),
-            keys.LOSS: update.get("loss", 0.0),
-            keys.KL: update.get("kl", 0.0),
-            keys.CLIP_RATIO: update.get("clip_ratio/region_mean", update.get("clip_ratio", 0.0)),
-            keys.GRAD_NORM: update.get("grad_norm", 0.0),
-        }
-        for key, value in update.items():
-            metrics.setdefault(f"{keys.UPDATE_PREFIX}{key}", value)
-        parts = sorted({name for t in trajectories for name in t.rewards})
-        for name in parts:
-            metrics[keys.reward_part(name)] = float(np.mean([t.rewards.get(name, 0.0) for t in trajectories]))
-        counters = sorted({name for t in trajectories for name in t.counters})
-        for name in counters:
-            total = float(np.sum([t.counters.get(name, 0.0) for t in trajectories]))
-            if name == "skipped_group":
-                metrics[keys.SKIPPED_GROUP_FRACTION] = total / max(len(trajectories), 1)
-            else:
-                metrics[f"{keys.COUNT_PREFIX}{name}"] = total
-        return metrics
 
     def fit(self, on_step: Callable[[StepResult], None] | None = None) -> None:
         while self.step < self.cfg.steps:

@@ -247,6 +247,7 @@ class TrainingSession:
                 extra={"run_id": self.run_id},
                 keep=cfg.keep_checkpoints,
                 state=state,
+                dtype=trainer.checkpoint_dtype,
             )
             log.info("checkpoint %s", path)
         log.info(

@@ -68,3 +68,30 @@ def test_a_bank_folder_removes_its_banks_and_the_cache_keys_on_the_sampling(tmp_
     assert cache.prepare(object, SamplingParams(max_new_tokens=8, temperature=1.0), "hashing") is not first
     cache.clear()
     assert cache.folder is None and cache.episodes == {}
+
+
+def test_step_updates_extracts_one_step_and_asks_the_updater_with_related_memories(tmp_path, tiny_backend):
+    """The first half of a bank step, as build_banks and the Chat tab run it: facts, then update requests
+    carrying the memories related to them (the store is not changed yet)."""
+    from memfactory.agents.banks import Episode, Step, step_updates
+    from memfactory.memory.embed import get_embedder
+    from memfactory.memory.store import MemoryStore
+    from memfactory.modules.extractor import ExtractorConfig, NaiveExtractor
+    from memfactory.modules.memory_ops import Fact
+    from memfactory.modules.updater import NaiveUpdater
+    from memfactory.types import Trajectory
+
+    store = MemoryStore(tmp_path / "b.db", embedder=get_embedder("hashing"))
+    store.add("Ava lives in Paris")
+    extracted = Episode(Trajectory(Sample("e", "q", [])), store, [Step(1, "May 1", "Ava: I moved to Berlin")])
+    given = Episode(Trajectory(Sample("g", "q", [])), store, [Step(2, "", "", [Fact("Ava lives in Berlin")])])
+    extractor = NaiveExtractor(ExtractorConfig(max_tokens=8, fallback="lines"))
+    requests = step_updates([extracted, given], extractor, NaiveUpdater(), tiny_backend,
+                            SamplingParams(max_new_tokens=8, temperature=0.0), train=False)
+    assert extracted.trajectory.trace[0]["kind"] == "extract" and extracted.trajectory.calls  # one extraction call
+    assert given.trajectory.trace[0]["kind"] == "facts" and not given.trajectory.calls  # given facts: no call
+    mine = [r for r in requests if r.trajectory is given.trajectory]
+    assert len(mine) == 1 and [f.text for f in mine[0].facts] == ["Ava lives in Berlin"]
+    assert [m.text for m in mine[0].related] == ["Ava lives in Paris"] and mine[0].trace["session"] == 2
+    assert store.count() == 1  # nothing applied yet: that is the updater's half
+    store.close()

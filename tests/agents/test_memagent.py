@@ -9,7 +9,7 @@ from memfactory.backends.hf import HFBackend
 from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.errors import ConfigError, MemFactoryError
 from memfactory.modules.recurrent import RecurrentConfig, RecurrentMemoryModule
-from memfactory.serve import ServerThread
+from memfactory.serve.server import ServerThread
 from memfactory.text import TokenizerCodec
 from memfactory.types import Sample, SamplingParams
 

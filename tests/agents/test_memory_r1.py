@@ -151,3 +151,23 @@ def test_observation_facts_need_observations(tiny_backend):
     plain = Sample("p", "Where?", ["home"], context="A: I live at home")
     with pytest.raises(MemFactoryError, match="no LoCoMo observations"):
         _agent("manager", facts="observations").run([plain], tiny_backend, params=PARAMS, train=True)
+
+
+def test_respond_retrieves_with_scores_and_answers_from_a_given_bank(tmp_path, tiny_backend):
+    """The answer agent on its own (what the Chat tab calls after a turn's memory update)."""
+    from memfactory.memory.embed import get_embedder
+    from memfactory.memory.store import MemoryStore
+    from memfactory.types import Trajectory
+
+    store = MemoryStore(tmp_path / "b.db", embedder=get_embedder("hashing"))
+    store.add_many(["Ava lives in Berlin", "Ben keeps bees"])
+    trajectory = Trajectory(Sample("q", "Where does Ava live?", []))
+    _agent("manager").respond([trajectory.sample], [trajectory], [store], tiny_backend,
+                              SamplingParams(max_new_tokens=8, temperature=0.0), group_size=1, train=False)
+    retrieved = next(e for e in trajectory.trace if e["kind"] == "retrieved")
+    assert retrieved["query"] == "Where does Ava live?"
+    assert retrieved["memories"][0]["text"] == "Ava lives in Berlin"
+    assert retrieved["memories"][0]["score"] >= retrieved["memories"][1]["score"]
+    assert [c.module for c in trajectory.calls] == ["memory_r1.answer"] and trajectory.answer is not None
+    assert store.count() == 2  # answering never writes the bank
+    store.close()

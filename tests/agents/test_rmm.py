@@ -135,3 +135,34 @@ def test_text_citations_cite_the_memories_holding_the_answer(tmp_path, tiny_back
         cited = set(next(e for e in t.trace if e["kind"] == "answer")["cited"])
         selected = set(next(e for e in t.trace if e["kind"] == "rerank")["selected"])
         assert cited <= selected and t.counters["rerank_cited"] == len(cited)
+
+
+def test_turn_operations_are_one_add_per_turn():
+    from memfactory.agents.rmm import turn_operations
+
+    ops = turn_operations([{"date_time": "May 1", "turns": [{"speaker": "A", "text": "hi", "dia_id": "D1:1"},
+                                                            {"speaker": "B", "text": "there"}]}])
+    assert [(o.op, o.text, o.key, o.tags) for o in ops] == [("ADD", "A: hi", "D1:1", ["May 1"]),
+                                                             ("ADD", "B: there", None, ["May 1"])]
+
+
+def test_respond_answers_from_a_given_bank_and_traces_the_candidates_scores(tmp_path, tiny_backend):
+    """The per-question half of RMM on its own (what the Chat tab calls): retrieve, rerank, answer, cite."""
+    from memfactory.types import Sample, Trajectory
+
+    store = MemoryStore(tmp_path / "b.db", embedder=get_embedder("hashing"))
+    store.add_many(["Ben keeps bees", "Ava lives in Berlin", "Carl drives trucks"])
+    agent = _agent(citations="ids")
+    trajectory = Trajectory(Sample("q", "Where does Ava live?", []))
+    agent.respond([trajectory.sample], [trajectory], [store], tiny_backend,
+                  SamplingParams(max_new_tokens=8, temperature=0.0), group_size=1, train=False)
+    rerank = next(e for e in trajectory.trace if e["kind"] == "rerank")
+    assert {c["text"] for c in rerank["candidates"]} == {m.text for m in store.all()}
+    assert all(isinstance(c["score"], float) for c in rerank["candidates"])
+    scores = [c["score"] for c in rerank["candidates"]]
+    assert scores == sorted(scores, reverse=True) and rerank["candidates"][0]["text"] == "Ava lives in Berlin"
+    answer = trajectory.trace[-1]
+    assert answer["kind"] == "answer" and trajectory.answer is not None and "cited" in answer
+    assert [c.module for c in trajectory.calls] == ["reranker.rerank", "rmm.answer"]
+    assert not any(c.trainable for c in trajectory.calls)  # inference: nothing is marked for training
+    store.close()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import os
+import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from memfactory.backends.base import Backend
 from memfactory.backends.hf import GenerationBatch, HFBackend
+from memfactory.backends.logprobs import to_host
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
 from memfactory.types import ChatPrompt, SamplingParams
@@ -323,3 +328,84 @@ def test_shared_prefill_on_a_peft_policy_matches_a_forward_pass(fresh_tiny_backe
     for gen in gens:
         expected = _forward_logprobs(model, gen.prompt_ids, gen.response_ids, 1.0)
         assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+def test_generate_streaming_shows_the_text_as_it_grows_and_returns_generate_s_generation(tiny_backend):
+    prompt = chat("Remember 1987.", prefix="\\boxed{")
+    [whole] = tiny_backend.generate([prompt], GREEDY)
+    seen: list[str] = []
+    streamed = tiny_backend.generate_streaming(prompt, GREEDY, seen.append)
+    assert (streamed.text, streamed.response_ids, streamed.finish_reason) == (
+        whole.text, whole.response_ids, whole.finish_reason)
+    assert len(seen) > 3 and all(b.startswith(a) for a, b in itertools.pairwise(seen))  # it grows, piece by piece
+    assert seen[-1] == whole.text
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(text: str) -> None:
+        if len(text) > len(seen[1]):
+            raise Stop  # a chat's Stop: the generation ends at the next token
+    with pytest.raises(Stop):
+        tiny_backend.generate_streaming(prompt, GREEDY, stop_after_two)
+    assert tiny_backend.generate([prompt], GREEDY)[0].text == whole.text  # the backend is unharmed
+
+
+# --------------------------------------------------------------------------- host transfers
+
+
+def test_to_host_is_exact_for_token_ids_and_log_probs():
+    """One float64 copy carries all: ids up to a large vocabulary, float32 log-probs (-inf included), each in its shape."""
+    tokens = torch.tensor([[0, 151_935, 2**31 - 1], [7, 3, 1]])
+    logprobs = torch.tensor([[-1e-8, -123.456789, float("-inf")], [0.0, -3.4e38, -1.17e-38]])
+    top = torch.tensor([[[-0.5, -2.0]], [[-0.1, -9.0]]])  # [steps, B, k]
+    ids, lps, back = to_host(tokens, logprobs, top)
+    assert ids.dtype == torch.long and lps.dtype == torch.float32
+    assert torch.equal(ids, tokens) and torch.equal(lps, logprobs) and torch.equal(back, top)
+    assert to_host() == []
+
+
+class HostTransfers(TorchFunctionMode):
+    """Counts the tensor-to-host conversions that the backend's own code (``memfactory/backends/``:
+    hf.py, logprobs.py) makes on tensors of ``device_type`` (transformers' own, inside ``generate``,
+    are its business)."""
+
+    NAMES = {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__"}
+    OURS = os.path.join("memfactory", "backends", "")
+
+    def __init__(self, device_type: str = "cuda"):
+        super().__init__()
+        self.device_type = device_type
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensor = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        to_cpu = name == "to" and any(str(a).startswith("cpu") for a in [*args[1:], kwargs.get("device")] if a is not None)
+        if tensor is not None and tensor.device.type == self.device_type and (name in self.NAMES or to_cpu):
+            frame = sys._getframe(1)
+            while frame is not None and f"{os.sep}torch{os.sep}" in frame.f_code.co_filename:
+                frame = frame.f_back
+            if frame is not None and self.OURS in frame.f_code.co_filename:
+                self.calls.append(f"{name} at {os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("extra", "per_micro_batch"), [({}, 1), ({"top_logprobs": 3, "prompt_logprobs": True}, 2)])
+def test_each_micro_batch_comes_back_to_the_host_in_one_transfer(fresh_tiny_backend, extra, per_micro_batch):
+    """Training's generation: the sampled ids and log-probs in one copy per micro-batch (they were 2
+    copies and a device prompt ``tolist``). Serving's top lists ride along; prompt log-probs take one
+    more copy for all rows (they were one per row and position)."""
+    backend = fresh_tiny_backend
+    backend.model.to("cuda")
+    backend.micro_batch_size = 2
+    backend.decode = "eager"
+    prompts = [PROMPTS[1], PROMPTS[1], PROMPTS[3], PROMPTS[3]]  # shared prefill in both micro-batches
+    with HostTransfers() as seen:
+        batch = backend.generate_batch(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, seed=0, **extra))
+    assert len(batch) == 4 and batch.response_mask.sum() > 0
+    assert backend.prefill_stats["prefilled"] < backend.prefill_stats["rows"]
+    assert len(seen.calls) == 2 * per_micro_batch, seen.calls

@@ -19,7 +19,7 @@ from memfactory.backends.openai_api import OpenAIBackend, normalise_base_url
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
-from memfactory.serve import ServerThread
+from memfactory.serve.server import ServerThread
 from memfactory.types import ChatPrompt, SamplingParams
 
 SECRET = "sk-test-0123456789abcdef-SECRET"
@@ -90,7 +90,7 @@ def prompts(n: int) -> list[ChatPrompt]:
 def test_registered_with_its_options():
     entry = REGISTRY.get("backend", "openai")
     assert entry.target is OpenAIBackend
-    assert set(entry.config.model_fields) == {"timeout", "max_retries", "concurrency"}
+    assert set(entry.config.model_fields) == {"timeout", "max_retries", "concurrency", "use_n"}
 
 
 def test_generate_in_order_with_bounded_concurrency(server_factory):
@@ -124,6 +124,18 @@ def test_request_body_maps_sampling_params_and_prefix(server_factory):
     plain = server.app.state.bodies[-1]
     assert not {"continue_final_message", "add_generation_prompt", "top_k", "stop", "seed"} & set(plain)
     assert plain["temperature"] == 0
+
+
+def test_a_server_that_ignores_n_is_asked_for_the_rest(server_factory):
+    """This server answers one choice whatever ``n`` says: the backend asks again for each copy left,
+    and from then on sends one request per copy."""
+    server = server_factory(recording_app())
+    backend = OpenAIBackend(server.url, "m")
+    gens = backend.generate(prompts(1) * 3, SamplingParams(temperature=0))
+    assert [g.text for g in gens] == ["QUESTION 0"] * 3
+    assert [b["n"] for b in server.app.state.bodies] == [3, 1, 1] and backend.n_supported is False
+    backend.generate(prompts(1) * 2, SamplingParams(temperature=0))
+    assert [b["n"] for b in server.app.state.bodies[3:]] == [1, 1]
 
 
 def test_stop_string_is_put_back_from_stop_reason(server_factory):

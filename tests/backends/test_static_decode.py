@@ -84,7 +84,7 @@ def test_static_cache_holds_each_rows_shared_prefix(model_and_tokenizer):
     ids = torch.tensor([[0, 5, 6, 7], [9, 8, 7, 6], [0, 5, 6, 7]])
     mask = (ids != 0).long()
     with torch.no_grad():
-        prefix, owner = backend._shared_prefix_cache(ids, mask)
+        prefix, owner, _ = backend._shared_prefix_cache(ids, mask)
     assert owner.tolist() == [0, 1, 0] and prefix.get_seq_length() == 3
     length = static_decode.cache_length(4, 5)
     assert length == static_decode.CACHE_BUCKET

@@ -35,6 +35,13 @@ def open_app(page, url: str) -> None:
     page.wait_for_selector("#mf-tabs")
 
 
+def wait_text(page, selector: str, text: str) -> str:
+    """Wait until the element at ``selector`` shows ``text``; return its whole text."""
+    page.wait_for_function("([sel, text]) => (document.querySelector(sel)?.innerText || '').includes(text)",
+                           arg=[selector, text])
+    return page.locator(selector).inner_text()
+
+
 def screenshot_open_pages(test_name: str) -> list[str]:
     """Full-page PNGs of the open pages, for the report of a failed test: one line per page, its
     path, or why it could not be shot (a crashed page must not hide the test's own failure)."""

@@ -23,12 +23,6 @@ def _fill(page, elem_id: str, value: str) -> None:
     box.blur()
 
 
-def _wait_text(page, selector: str, text: str) -> str:
-    page.wait_for_function(
-        "([sel, text]) => document.querySelector(sel)?.innerText.includes(text)", arg=[selector, text])
-    return page.locator(selector).inner_text()
-
-
 def _wait_columns(page, count: int) -> None:
     """The side-by-side view is the run's last output: wait for one column per workflow."""
     page.wait_for_function("n => document.querySelectorAll('#mf-pg-sample-view .mf-pg-col').length === n",

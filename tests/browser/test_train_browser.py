@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from app_process import start_app, stop_app
 from pages import new_page, open_app
+
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -180,9 +181,7 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
     page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('finished')")
 
     db = RunsDB(app.workspace / "runs" / "memfactory.db")
-    deadline = time.monotonic() + 90
-    while not ((run := db.get(crash_id)) and run.status == "failed") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: (run := db.get(crash_id)) and run.status == "failed")
     page.locator("#mf-train-refresh").click()
     _choose(page, "#mf-train-run", f"{crash_id} · failed")
     _wait_status(page, "broken-model")

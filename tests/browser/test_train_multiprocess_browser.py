@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from pages import new_page, open_app
+from pages import new_page, open_app, wait_text
 
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -64,11 +64,6 @@ def _fill(page, box: str, value: str) -> None:
     field.press("Tab")  # commit the value (change event)
 
 
-def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function("([s, w]) => (document.querySelector(s)?.innerText || '').includes(w)",
-                           arg=[selector, text])
-
-
 def _command(page) -> str:
     return page.locator("#mf-train-command .cm-content").inner_text().strip()
 
@@ -102,20 +97,13 @@ def _launch(workspace: Path, run_id: str) -> dict:
 
 def _ranks_of(launcher: int) -> dict[int, int]:
     """The launcher and its two rank processes (torchrun starts each rank in a session of its own)."""
-    deadline = time.monotonic() + 30
-    tree = process.process_tree(launcher)
-    while len(tree) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        tree = process.process_tree(launcher)
-    return tree
+    return wait_until(lambda: len(tree := process.process_tree(launcher)) >= 3 and tree) or process.process_tree(launcher)
 
 
 def _abort_and_check_no_orphans(page, tree: dict[int, int]) -> None:
     page.locator("#mf-train-abort").click()
-    _wait_text(page, "#mf-train-status", "aborted")
-    deadline = time.monotonic() + 15
-    while not all(_gone(pid) for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_text(page, "#mf-train-status", "aborted")
+    wait_until(lambda: all(_gone(pid) for pid in tree))
     assert [pid for pid in tree if not _gone(pid)] == [], "processes of the aborted run survive"
 
 
@@ -133,11 +121,11 @@ REWARD_POINTS = """() => {
 def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     page = mp_page
     _choose(page, "#mf-train-preset", PRESET)
-    _wait_text(page, "#mf-train-hardware", "CPU")
+    wait_text(page, "#mf-train-hardware", "CPU")
 
     # a bad choice is explained before launch, and Start refuses it
     _choose(page, "#mf-train-strategy", "DDP")
-    _wait_text(page, "#mf-train-checks", "DDP with one process")
+    wait_text(page, "#mf-train-checks", "DDP with one process")
     page.locator("#mf-train-start").click()
     page.get_by_text("DDP with one process").nth(1).wait_for()  # the warning toast too
 
@@ -145,7 +133,7 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     _fill(page, "#mf-train-set-steps", "2000")
     _fill(page, "#mf-train-set-save_every", "2")
     _fill(page, "#mf-train-set-sample_every", "5")
-    _wait_text(page, "#mf-train-checks", "ready to launch")
+    wait_text(page, "#mf-train-checks", "ready to launch")
     page.wait_for_function("() => (document.querySelector('#mf-train-command .cm-content')?.innerText || '')"
                            ".includes('trainer.sample_every=5')")
     preview = _command(page)
@@ -154,7 +142,7 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     assert f"/{PRESET}.yaml " in preview  # the picked preset, not the default a late refresh could put back
 
     page.locator("#mf-train-start").click()
-    _wait_text(page, "#mf-train-status", "running")
+    wait_text(page, "#mf-train-status", "running")
     run_id = page.locator("#mf-train-status code").first.inner_text()
     run_dir = workspace / "runs" / run_id
     assert run_dir.joinpath("stdout.log").read_text().splitlines()[0] == f"$ {preview}"  # what ran is what was shown
@@ -170,7 +158,7 @@ def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
 
     # Resume repeats the two-process launch on the same run
     page.locator("#mf-train-resume").click()
-    _wait_text(page, "#mf-train-status", "running")
+    wait_text(page, "#mf-train-status", "running")
     launch = _launch(workspace, run_id)
     assert "--resume" in launch["argv"] and launch["argv"][launch["argv"].index("--num_processes") + 1] == "2"
     assert launch["spec"]["strategy"] == "ddp" and "--set" not in launch["argv"]  # overrides live in the copy

@@ -54,7 +54,6 @@ def test_eval_sets_from_data_dir_and_assets(tmp_path):
     record = {"context": "Document 1:\nA\nalpha", "input": "q?", "answers": ["a"], "num_docs": 1, "index": 0}
     (tmp_path / "eval_50.json").write_text(json.dumps([record] * 5), encoding="utf-8")
     env = make_env(data_dir=str(tmp_path), eval=["eval_50", "eval_docqa"], eval_size=3)
-    assert env.eval_names() == ["eval_50", "eval_docqa"]
     assert len(env.samples("eval_50")) == 3
     docqa = env.samples("eval_docqa")  # shipped in assets/data
     assert len(docqa) == 3 and docqa[0].id == "eval_docqa-0"

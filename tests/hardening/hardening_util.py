@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from memfactory.paths import presets_dir, project_root
 from memfactory.tracking.metrics import read_metrics
+from tests.waiting import wait_until
 
 PRESET = str(presets_dir() / "tiny_test.yaml")
 ENTRY = str(Path(__file__).with_name("train_entry.py"))
@@ -40,15 +40,10 @@ def spawn(cwd: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``predicate``; fail if ``proc`` exits first or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the trainer exited with {proc.returncode} before the awaited moment")
-        time.sleep(0.005)
-    raise AssertionError("timed out waiting")
+    """Poll ``predicate`` every 5 ms (the awaited moments are short); fail if ``proc`` exits first or the
+    timeout passes."""
+    if wait_until(predicate, timeout, every=0.005, proc=proc) is None:
+        raise AssertionError("timed out waiting")
 
 
 def jsonl_steps(path: Path) -> list[int]:

@@ -268,3 +268,30 @@ def test_search_many_matches_search(bank):
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
     assert batched[1][0].item.text == "I work as an accountant in Berlin"
     assert bank.search_many([], k=3) == []
+
+
+def test_open_existing_refuses_what_is_not_a_bank_and_leaves_it_untouched(tmp_path):
+    import sqlite3
+
+    from memfactory.errors import MemFactoryError
+    from memfactory.memory.embed import get_embedder
+
+    with pytest.raises(MemFactoryError, match="does not exist"):
+        MemoryStore.open_existing(tmp_path / "none.db")
+    text = tmp_path / "notes.db"
+    text.write_text("not a database at all, just some text " * 20)
+    with pytest.raises(MemFactoryError, match="not a readable SQLite file"):
+        MemoryStore.open_existing(text)
+    other = tmp_path / "runs.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE runs (id TEXT)")
+    before = other.read_bytes()
+    with pytest.raises(MemFactoryError, match=r"not a memory bank: it lacks the table\(s\) memories, history, meta "
+                                              r"\(its tables: runs\)"):
+        MemoryStore.open_existing(other)
+    assert other.read_bytes() == before  # no tables were added to someone else's database
+    bank = MemoryStore(tmp_path / "bank.db", embedder=get_embedder("hashing"))
+    bank.add("Ava lives in Berlin")
+    bank.close()
+    with MemoryStore.open_existing(tmp_path / "bank.db") as again:
+        assert [m.text for m in again.all()] == ["Ava lives in Berlin"]

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = "memfactory.tracking.metric_keys"
 # Where metric names are written; everything else in memfactory/ and webui/ is a reader.
 WRITERS = {"memfactory/tracking/metric_keys.py", "memfactory/tracking/metrics.py", "memfactory/trainer/loop.py",
+           "memfactory/trainer/update.py", "memfactory/trainer/step_metrics.py",
            "memfactory/trainer/hardware.py", "memfactory/trainer/rollout_engine.py"}
 # Bare words that are metric names but also ordinary keys elsewhere (a trajectory summary's "rewards",
 # a form's "lr"): not searched for as string literals.

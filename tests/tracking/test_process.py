@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from memfactory.tracking import process
+from tests.waiting import wait_until
 
 # A parent that starts a grandchild (as a trainer's data-loader workers would) and both sleep.
 FAMILY = """
@@ -19,15 +20,6 @@ open(sys.argv[1], "w").write(str(child.pid))
 print("started", flush=True)
 time.sleep(60)
 """
-
-
-def _wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_run_ids_sort_by_creation_time_and_carry_the_name():
@@ -48,7 +40,7 @@ def test_new_run_id_is_a_safe_name_in_one_format():
 
 def test_is_alive_treats_an_unreaped_child_as_dead():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    assert _wait(lambda: not process.is_alive(proc.pid))  # a zombie until wait()
+    assert wait_until(lambda: not process.is_alive(proc.pid))  # a zombie until wait()
     proc.wait()
     assert not process.is_alive(None) and not process.is_alive(0) and not process.is_alive(-5)
     assert process.is_alive(os.getpid())
@@ -75,16 +67,16 @@ def test_spawn_runs_in_own_group_and_abort_kills_the_group(tmp_path):
     pid = process.spawn([sys.executable, "-c", FAMILY, str(pid_file)], tmp_path / "run", header="$ family")
     try:
         assert os.getpgid(pid) == pid != os.getpgid(0)  # its own process group (new session)
-        assert _wait(lambda: pid_file.exists() and pid_file.read_text())
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text())
         grandchild = int(pid_file.read_text())
         assert process.is_alive(pid) and process.is_alive(grandchild)
         tree = process.process_tree(pid)
         assert set(tree) == {pid, grandchild} and tree[grandchild] == process.process_start(grandchild)
-        assert _wait(lambda: "started" in process.tail(tmp_path / "run" / "stdout.log", 5))
+        assert wait_until(lambda: "started" in process.tail(tmp_path / "run" / "stdout.log", 5))
         assert process.tail(tmp_path / "run" / "stdout.log", 5).splitlines()[0] == "$ family"
         assert process.abort(pid, grace=5.0) is True
         assert not process.is_alive(pid)
-        assert _wait(lambda: not process.is_alive(grandchild), 10)
+        assert wait_until(lambda: not process.is_alive(grandchild))
         assert process.still_running(tree) == {} and process.process_tree(pid) == {}
         assert process.abort(pid) is False  # already gone
         assert process.exit_code(pid) == -15
@@ -96,7 +88,7 @@ def test_spawn_runs_in_own_group_and_abort_kills_the_group(tmp_path):
 def test_abort_escalates_to_sigkill(tmp_path):
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     pid = process.spawn([sys.executable, "-c", stubborn], tmp_path)
-    assert _wait(lambda: "ready" in process.tail(tmp_path / "stdout.log", 1))
+    assert wait_until(lambda: "ready" in process.tail(tmp_path / "stdout.log", 1))
     start = time.monotonic()
     assert process.abort(pid, grace=0.5)
     assert not process.is_alive(pid)
@@ -143,7 +135,7 @@ def test_tail(tmp_path):
 
 def test_exit_message_names_the_code_the_log_and_the_first_failing_rank(tmp_path):
     pid = process.spawn([sys.executable, "-c", "import sys; print('weights missing'); sys.exit(3)"], tmp_path)
-    assert _wait(lambda: not process.is_alive(pid), 60)
+    assert wait_until(lambda: not process.is_alive(pid))
     log = process.tail(tmp_path / "stdout.log", 200)
     message = process.exit_message(pid, "before it recorded the run", log)
     assert message.startswith("the trainer exited with code 3 before it recorded the run")

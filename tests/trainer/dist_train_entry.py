@@ -79,10 +79,27 @@ def gradient_check(out: str) -> int:
                             loss_type=loss_type, epsilon=0.2, max_completion_length=6)  # fmt: skip
         grads = torch.autograd.grad(loss, [p for _, p in named])
         reference = {name: grad for (name, _), grad in zip(named, grads)}
-        trainer.policy_update([(calls[mine], advantages[mine])])  # steps the optimizer; the grads stay
+        # The update frees the gradients right after its optimizer step: read them just before it.
+        seen = {}
+
+        def before_step(_optimizer, _args, _kwargs, seen=seen):
+            grads = [p.grad for p in trainer.policy.parameters() if p.grad is not None]
+            # DDP keeps its all-reduce buckets for the whole run; with gradient_as_bucket_view the
+            # gradients are views into them (few storages), else copies (one storage each).
+            storages = {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads
+                        if not hasattr(g, "full_tensor")}
+            result["grad_storages"] = [len(storages), len(grads), sum(storages.values()),
+                                       sum(g.numel() * g.element_size() for g in grads)]
+            for name, param in trainer.policy.named_parameters():
+                grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad  # a collective
+                seen[name] = grad.detach().clone()
+
+        handle = trainer.optimizer.optimizer.register_step_pre_hook(before_step)
+        trainer.policy_update([(calls[mine], advantages[mine])])
+        handle.remove()
+        assert all(param.grad is None for param in trainer.policy.parameters())
         diff = 0.0
-        for name, param in trainer.policy.named_parameters():
-            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+        for name, grad in seen.items():
             diff = max(diff, float((grad - reference[name]).abs().max()))
         result[loss_type] = {"max_diff": diff, "max_grad": max(float(g.abs().max()) for g in reference.values())}
     with open(f"{out}/grad-{acc.process_index}.json", "w") as fh:

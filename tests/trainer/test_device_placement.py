@@ -79,14 +79,20 @@ def run_case(tmp_path, monkeypatch, overrides: list[str]) -> GRPOTrainer:
     if trainer.engine.separate:
         record_input_devices(trainer.backend.model, seen)
     before = {k: v.detach().clone() for k, v in trainer.policy.named_parameters() if v.requires_grad}
+    kls = []
     for _ in range(2):
         result = trainer.train_step()
         assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values()), result.metrics
+        kls.append(result.metrics["kl"])
     assert seen == {device}, f"tensors reached the models on {seen}; the models are on {device}"
     assert {canonical(p.device) for p in trainer.policy.parameters()} == {device}
     after = dict(trainer.policy.named_parameters())
     assert any(not torch.equal(before[k], after[k].detach()) for k in before)
-    assert result.metrics["kl"] > 0  # the reference scored on-device and the policy moved away from it
+    # The reference computes exactly as the policy did before any update (tests/trainer/test_reference_kl.py):
+    # KL is 0 until an optimizer step moves the policy, so KL > 0 afterwards is movement, not a floor.
+    if trainer.cfg.num_iterations == 1:
+        assert kls[0] == 0.0, kls
+    assert kls[-1] > 0, kls  # the reference scored on-device and the policy moved away from it
     return trainer
 
 

@@ -258,6 +258,11 @@ def test_gradient_is_the_single_process_gradient_of_the_whole_batch(tmp_path, co
     for rank in (0, 1):
         result = json.loads((tmp_path / f"grad-{rank}.json").read_text())
         assert result.pop("sharded") is (config == "fsdp_cpu")
+        storages, grads, storage_bytes, grad_bytes = result.pop("grad_storages")
+        if config == "ddp_cpu":
+            # The gradients are views into DDP's buckets (gradient_as_bucket_view): a few storages that
+            # hold exactly the gradients, not one copy each beside the buckets.
+            assert grads > 10 and storages < grads / 4 and storage_bytes == grad_bytes, result
         assert sorted(result) == ["dapo", "dr_grpo", "grpo"]
         for loss_type, r in result.items():
             assert r["max_grad"] > 1e-2, loss_type

@@ -142,6 +142,28 @@ def test_kl_clamp_caps_each_token_and_stops_its_gradient():
     assert wide.item() == pytest.approx(plain.item(), abs=1e-15)
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_clamped_kl_has_a_finite_gradient_where_exp_would_overflow(bias_correction):
+    """A token whose reference log-prob exceeds the policy's by 99.9 (> ~88.7, where exp overflows
+    in float32): the log-ratio is clamped to 20 before exp, as current verl's low_var_kl, so k3 is
+    e^20 - 21 before the value clamp (10) and the gradient stays finite: the clamped token passes no
+    KL gradient through its value, only its policy term (-A / 2 tokens) and, under the bias
+    correction, the clamped value's weight on the ratio (beta * 10 * r / 2 tokens, r = 1)."""
+    logps = torch.tensor([[-100.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[-0.1, -1.0]])
+    loss, stats = grpo_loss(logps, logps.detach(), torch.tensor([1.0]), torch.ones(1, 2), loss_type="grpo",
+                            epsilon=0.2, beta=0.1, ref_logps=ref, kl_clamp=10.0, kl_bias_correction=bias_correction)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logps.grad).all(), logps.grad
+    assert stats["kl"].item() == pytest.approx(10.0 / 2)  # (10 + 0) over 2 tokens
+    assert logps.grad[0].tolist() == pytest.approx([(-1 + 0.1 * 10.0 * bias_correction) / 2, -0.5], rel=1e-6)
+    # Inside the clamp nothing changes: |ref - logps| = 19 keeps the plain k3 value and gradient.
+    near = torch.tensor([[-19.1, -1.0]], requires_grad=True)
+    _, wide = grpo_loss(near, near.detach(), torch.tensor([0.0]), torch.ones(1, 2), loss_type="grpo", epsilon=0.2,
+                        beta=1.0, ref_logps=ref, kl_clamp=1e12, kl_bias_correction=False)
+    assert wide["kl"].item() == pytest.approx((math.exp(19.0) - 19.0 - 1) / 2, rel=1e-5)
+
+
 def test_no_kl_stat_without_beta_and_beta_needs_reference():
     _, _, stats = loss_of("grpo")
     assert "kl" not in stats

@@ -16,7 +16,8 @@ import logging
 import pytest
 import torch
 
-from memfactory.config import load_preset
+from memfactory.backends.sources import load_model_and_tokenizer
+from memfactory.config import ModelConfig, load_preset
 from memfactory.envs.base import Reward
 from memfactory.errors import MemFactoryError
 from memfactory.paths import presets_dir
@@ -83,8 +84,37 @@ def test_load_dtype_follows_the_precision():
 
 
 def test_float16_training_is_refused_with_what_to_set():
-    with pytest.raises(MemFactoryError, match=r"model\.dtype: float16.*bfloat16.*bf16_mixed"):
-        precision.resolve_precision("auto", torch.float16)
+    for requested in ("auto", "bf16_pure"):
+        with pytest.raises(MemFactoryError, match=r"model\.dtype: float16.*bfloat16.*bf16_mixed \(converts"):
+            precision.resolve_precision(requested, torch.float16)
+
+
+def test_bf16_mixed_converts_a_float16_checkpoint_to_bfloat16(tmp_path, monkeypatch, caplog):
+    """The stated rule: an explicit bf16_mixed computes in bf16, so float16 weights become bf16 as they
+    load; the masters are those bf16 values upcast exactly, the reference holds the same values, and
+    the first step's KL is exactly 0 (the run is a bf16 checkpoint's)."""
+    source, _ = load_model_and_tokenizer(ModelConfig(path="tiny://qwen3-mini", dtype="float16"))
+    fp16 = dict(source.named_parameters())
+    assert {v.dtype for v in fp16.values()} == {torch.float16}
+    with caplog.at_level(logging.INFO, logger="memfactory.trainer.precision"):
+        trainer = make_trainer(tmp_path / "mixed", monkeypatch, "model.dtype=float16",
+                               "trainer.precision=bf16_mixed", "trainer.beta=0.1")
+    assert "float16 checkpoint's" in caplog.text and "converted to bfloat16" in caplog.text
+    for name, master in trainer.policy.named_parameters():
+        assert master.dtype == torch.float32
+        assert torch.equal(master, fp16[name].to(torch.bfloat16).to(torch.float32)), name
+    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16, torch.float32}
+    assert not any(b.dtype == torch.float16 for b in trainer.policy.buffers())
+    assert trainer.train_step().metrics["kl"] == 0.0
+
+
+def test_bf16_mixed_lora_on_a_float16_checkpoint_keeps_no_float16_weight(tmp_path, monkeypatch):
+    """Under LoRA the frozen base would otherwise run embeddings and norms in float16."""
+    trainer = make_trainer(tmp_path, monkeypatch, "model.dtype=float16", "trainer.precision=bf16_mixed",
+                           "trainer.lora={r: 4, alpha: 8}")
+    assert trainer.precision_info["frozen_dtype"] == "bfloat16"
+    assert trainer.precision_info["trainable_dtype"] == "float32"
+    assert trainer.train_step().metrics["grad_norm"] > 0
 
 
 def test_an_accelerate_config_with_its_own_mixed_precision_is_refused():
@@ -108,10 +138,13 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_a_bf16_reference(tmp_path, mon
     trainer = make_trainer(tmp_path, monkeypatch, "model.dtype=bfloat16", "trainer.beta=0.1")
     assert trainer.precision.name == "bf16_mixed"  # auto, from the bf16 weights
     assert {p.dtype for p in trainer.policy.parameters()} == {torch.float32}
-    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16}
-    # The fp32 master is the bf16 checkpoint upcast exactly.
+    # The reference's Linear weights stay bf16; embeddings and norms compute in fp32 in the policy, so
+    # they are fp32 there too (tests/trainer/test_reference_kl.py: KL exactly 0 before an update).
+    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16, torch.float32}
+    # The fp32 master is the bf16 checkpoint upcast exactly; the reference holds the same values.
     for (name, master), (_, frozen) in zip(trainer.policy.named_parameters(), trainer.reference.named_parameters()):
-        assert torch.equal(master.to(torch.bfloat16), frozen), name
+        assert torch.equal(master.to(torch.bfloat16), frozen.to(torch.bfloat16)), name
+        assert torch.equal(master, frozen.to(torch.float32)), name
     assert trainer.precision_info["precision"] == "bf16_mixed"
     assert trainer.precision_info["trainable_dtype"] == "float32"
     assert trainer.precision_info["autocast"] == "bfloat16"

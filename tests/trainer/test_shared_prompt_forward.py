@@ -11,6 +11,7 @@ import torch
 
 from memfactory.config import LoraConfig, load_preset
 from memfactory.paths import presets_dir
+from memfactory.planner.costs import knobs
 from memfactory.trainer.batching import TokenBatch, pack_calls, token_logprobs
 from memfactory.trainer.loop import GRPOTrainer, attach_lora, enable_gradient_checkpointing
 from memfactory.types import ModelCall
@@ -124,11 +125,11 @@ def test_the_switch_off_forces_the_plain_path(model, pad_id):
 
 
 
-def step(shared: bool) -> dict[str, float]:
+def step(shared: bool, *overrides: str) -> dict[str, float]:
     preset = load_preset(
         presets_dir() / "tiny_test.yaml",
         ["trainer.micro_batch_size=4", "trainer.num_iterations=2", "trainer.beta=0.1",
-         f"trainer.shared_prompt_forward={str(shared).lower()}"],
+         f"trainer.shared_prompt_forward={str(shared).lower()}", *overrides],
     )
     trainer = GRPOTrainer(preset)
     trainer.env.rewards = {"r": VowelShare()}
@@ -144,6 +145,25 @@ def test_a_train_step_is_the_same_with_the_switch_on_and_off(tmp_path, monkeypat
     for key in ("loss", "grad_norm", "kl", "clip_ratio"):
         assert on[key] == pytest.approx(off[key], rel=1e-4, abs=1e-6), key
 
+
+
+GPU_PRESETS = ["memagent_qwen3_1.7b", "memagent_qwen3_4b", "memory_r1_qwen3", "rmm_qwen3"]
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_the_gpu_presets_never_take_the_shared_prompt_path_and_the_planner_says_so(name):
+    """Every GPU preset checkpoints: the grad pass then keeps the plain path, and the no-grad scoring
+    follows it (KL exactly 0), so the shared prompt forward never applies there, whatever the rows."""
+    preset = load_preset(presets_dir() / f"{name}.yaml")
+    assert preset.trainer.gradient_checkpointing and preset.trainer.shared_prompt_forward
+    assert knobs(preset, 1, "single", "cuda").shared_prompt is False
+
+
+def test_under_checkpointing_a_micro_batch_of_one_group_still_takes_the_plain_path(tmp_path, monkeypatch):
+    """What the GPU presets get: rows of one prompt per micro-batch, yet no row shared (grad pass and scoring)."""
+    monkeypatch.chdir(tmp_path)
+    metrics = step(True, "trainer.gradient_checkpointing=true", "model.dtype=bfloat16")
+    assert metrics["grad_norm"] > 0 and metrics["update/shared_prompt_fraction"] == 0.0
 
 
 def assert_close_in_bf16(shared, plain):

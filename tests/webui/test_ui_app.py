@@ -15,8 +15,8 @@ def test_build_app_has_assemble_and_runs_tabs():
     labels = [tab.label for tab in tabs]
     assert "Assemble" in labels and "Runs" in labels
     assert not any(label.startswith("⚠️") for label in labels), labels  # no tab failed to build
-    assert [name for name, _ in TABS] == ["assemble", "train", "playground", "runs"]  # Assemble lends to later tabs
-    assert labels[:4] == ["Assemble", "Train", "Playground", "Runs"]
+    assert [name for name, _ in TABS] == ["assemble", "train", "playground", "chat", "export", "runs"]
+    assert labels[:6] == ["Assemble", "Train", "Playground", "Chat", "Export", "Runs"]  # Assemble lends to later tabs
 
 
 def test_every_label_has_english_and_chinese():

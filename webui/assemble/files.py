@@ -13,7 +13,7 @@ import yaml
 
 from memfactory.config import load_preset, save_preset
 from memfactory.errors import ConfigError, MemFactoryError
-from memfactory.planner import plan_markdown
+from memfactory.planner.plan import plan_markdown
 from webui import workspace
 from webui.assemble.form import PresetForm, check, to_values
 

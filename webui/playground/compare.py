@@ -4,21 +4,19 @@ A *workflow* is a preset, optionally with a trained checkpoint, or an OpenAI-com
 (base URL + served model name + the name of the environment variable holding its key). Each one
 runs through :func:`memfactory.eval.workflow.evaluate_workflow`; a workflow that cannot be built or
 fails while running keeps its error message and the others still run. Backends are cached by
-what they load, so two workflows on the same model (say, "direct" and "memagent" on SmolLM2)
-share one loaded model. Showing the results is webui.playground.render's.
+what they load (``webui.models.BackendCache``, shared with the Chat tab's), so two workflows on the
+same model (say, "direct" and "memagent" on SmolLM2) share one loaded model. Showing the results is webui.playground.render's.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memfactory.backends.build import build_backend
 from memfactory.config import Preset, load_preset
 from memfactory.data import sources
 from memfactory.errors import MemFactoryError
@@ -30,6 +28,7 @@ from memfactory.tracking.runs import RunsDB
 from memfactory.trainer.layout import latest_checkpoint
 from memfactory.types import SamplingParams
 from webui import workspace
+from webui.models import BackendCache, backend_key
 
 log = logging.getLogger(__name__)
 
@@ -148,65 +147,6 @@ def sampling_params(preset: Any, settings: RunSettings) -> SamplingParams:
         top_p=trainer.top_p,
         stop=list(trainer.stop),
     )
-
-
-# --------------------------------------------------------------------------- backends, loaded once
-
-
-def backend_key(model: Any) -> tuple:
-    """What a loaded backend depends on: two workflows with the same key share one model."""
-    return (model.backend, model.path, model.checkpoint or None, model.base_url or None, model.dtype,
-            model.enable_thinking, model.seed)
-
-
-class BackendCache:
-    """Backends by :func:`backend_key`; the oldest is dropped past ``max_items`` (None = no limit)."""
-
-    def __init__(self, max_items: int | None = None, factory: Callable[[Any], Any] | None = None) -> None:
-        self.max_items = max_items
-        self._factory = factory
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self.loads = 0
-
-    def get(self, model: Any) -> Any:
-        key = backend_key(model)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        if model.backend == "vllm":  # vLLM runs one in-process engine at a time: free the other first
-            self.keep_only([k for k in self._items if k[0] != "vllm"])
-        if self._factory is not None:
-            backend = self._factory(model)
-        else:
-            backend = build_backend(model)
-        self.loads += 1
-        self._items[key] = backend
-        while self.max_items is not None and len(self._items) > self.max_items:
-            _, old = self._items.popitem(last=False)
-            _close(old)
-        return backend
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def keep_only(self, keys: Sequence[tuple]) -> None:
-        """Drop (and close) every backend whose key is not in ``keys``."""
-        wanted = set(keys)
-        for key in [k for k in self._items if k not in wanted]:
-            _close(self._items.pop(key))
-
-    def clear(self) -> None:
-        while self._items:
-            _close(self._items.popitem()[1])
-
-
-def _close(backend: Any) -> None:
-    close = getattr(backend, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:  # closing a client must not fail a run
-            log.debug("closing %r failed", backend, exc_info=True)
 
 
 # --------------------------------------------------------------------------- running

@@ -7,16 +7,13 @@ child. The process work is webui.train.launcher's (and memfactory.tracking.proce
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from memfactory.config import load_preset
 from memfactory.errors import ConfigError, MemFactoryError
+from memfactory.planner.plan import estimate_memory
 from memfactory.preflight import preflight_problems
 from memfactory.tracking import process
 from webui import workspace
@@ -98,29 +95,21 @@ def check_launch(preset_name: str | None, spec: LaunchSpec, hardware: Hardware) 
         check.problems.insert(0, str(exc))
         return check
     check.problems[:0] = [f"`{where}`: {message}" for where, message in preflight_problems(preset)]
-    plan = memory_plan(preset, spec, hardware)
-    if plan is not None:
-        check.wont_fit, check.advice = plan
+    check.wont_fit, check.advice = memory_plan(preset, spec, hardware)
     return check
 
 
-def memory_plan(preset, spec: LaunchSpec, hardware: Hardware) -> tuple[bool, list[str]] | None:
-    """(does not fit, advice) from ``memfactory.planner.estimate_memory``; None without a planner."""
-    if importlib.util.find_spec("memfactory.planner") is None:
-        return None
-    planner = importlib.import_module("memfactory.planner")
+def memory_plan(preset, spec: LaunchSpec, hardware: Hardware) -> tuple[bool, list[str]]:
+    """(does not fit, advice) from the memory planner's ``estimate_memory``."""
     chosen = [d for d in hardware.devices if not spec.devices or d.index in spec.devices]
-    kwargs: dict[str, Any] = {"gpus": max(spec.num_processes, 1),
-                              "gpu_mem_gib": min((d.total_gib for d in chosen), default=None)}
-    if "strategy" in inspect.signature(planner.estimate_memory).parameters:
-        kwargs["strategy"] = {"single": "single", "ddp": "ddp", "fsdp": "fsdp2"}.get(spec.strategy)
+    strategy = {"single": "single", "ddp": "ddp", "fsdp": "fsdp2"}.get(spec.strategy)
     try:
-        plan = planner.estimate_memory(preset, **kwargs)
+        plan = estimate_memory(preset, gpus=max(spec.num_processes, 1),
+                               gpu_mem_gib=min((d.total_gib for d in chosen), default=None), strategy=strategy)
     except Exception as exc:  # noqa: BLE001 - the planner is advice: its failure must not block a launch
         return False, [f"no memory estimate: {str(exc).strip() or type(exc).__name__}"]
-    advice = [str(a) for a in (getattr(plan, "advice", None) or [])]
-    advice += [n for n in getattr(plan, "notes", []) if str(n).startswith("vLLM engine")]  # its share of the plan
-    return getattr(plan, "fits", None) is False, advice
+    advice = [*plan.advice, *(n for n in plan.notes if n.startswith("vLLM engine"))]  # the engine's share of the plan
+    return plan.fits is False, advice
 
 
 def start(db, preset_name: str | None, attached: Attached, *, runs_dir: Path | None = None,

@@ -14,21 +14,6 @@ from webui.playground import compare, render
 TINY = "tiny://qwen3-mini"
 
 
-@pytest.fixture()
-def ws(tmp_path, monkeypatch):
-    """An empty workspace (presets/, runs/, data/) so nothing touches the checkout."""
-    monkeypatch.setenv("MEMFACTORY_WORKSPACE", str(tmp_path))
-    for sub in ("presets", "runs"):
-        (tmp_path / sub).mkdir()
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def cache():
-    """One tiny model for the whole module (the cache is what shares it)."""
-    return compare.BackendCache()
-
-
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -116,7 +101,8 @@ def test_greedy_by_default_and_repeatable(ws, cache):
 
 
 def test_endpoint_and_checkpoint_workflows(ws, cache):
-    from memfactory.serve import ServerThread, create_app
+    from memfactory.serve.app import create_app
+    from memfactory.serve.server import ServerThread
     from memfactory.tracking.runs import RunsDB
     from memfactory.trainer.checkpoint import save_checkpoint
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from memfactory.paths import presets_dir
+from tests.waiting import wait_until
 
 
 @pytest.fixture()
@@ -41,15 +41,5 @@ def tiny_preset(ws) -> Callable[..., str]:
 
 @pytest.fixture()
 def wait_for() -> Callable[..., Any]:
-    """``wait_for(predicate, timeout=60)``: the predicate's first truthy value, None after the timeout."""
-
-    def wait(predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(every)
-        return None
-
-    return wait
+    """tests.waiting.wait_until: the predicate's first truthy value, None after the hang bound."""
+    return wait_until

@@ -61,7 +61,6 @@ def test_start_refuses_bad_launch_choices_before_any_run_exists(ws):
 
 
 def test_memory_planner_verdict_can_be_forced(ws):
-    pytest.importorskip("memfactory.planner")
     small_gpu = Hardware((Device(0, "small", 0.01, 0.01),), 4)
     check = actions.check_launch("tiny", LaunchSpec(cuda=True), small_gpu)
     assert check.wont_fit and not check.problems, check.markdown()

@@ -4,23 +4,13 @@ The process work it uses (spawn, abort, liveness, tails) is tested in tests/trac
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from memfactory.paths import presets_dir
 from memfactory.tracking import process
 from memfactory.tracking.metrics import read_records
+from tests.waiting import wait_until
 from webui.train import launcher
-
-
-def _wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_start_run_launches_memfactory_train(tmp_path):
@@ -31,7 +21,7 @@ def test_start_run_launches_memfactory_train(tmp_path):
     run_id, pid = launcher.start_run(preset, runs_dir=runs)
     assert run_id.endswith(tuple("0123456789abcdef")) and "broken" in run_id
     assert run_id[16:-5] == process.slugify("broken")  # the one run-id format (the CLI's as well)
-    assert _wait(lambda: not process.is_alive(pid), 120)
+    assert wait_until(lambda: not process.is_alive(pid))
     assert process.exit_code(pid) == 2
     log = (runs / run_id / "stdout.log").read_text()
     assert "invalid preset" in log and "agent" in log
@@ -46,7 +36,7 @@ def test_start_run_trains_the_tiny_preset(tmp_path):
     preset = presets_dir() / "tiny_test.yaml"
     runs = tmp_path / "runs"
     run_id, pid = launcher.start_run(preset, runs_dir=runs, extra_args=["--set", "trainer.steps=2"])
-    assert _wait(lambda: not process.is_alive(pid), 240)
+    assert wait_until(lambda: not process.is_alive(pid))
     log = process.tail(runs / run_id / "stdout.log", 40)
     assert process.exit_code(pid) == 0, log
     records = read_records(runs / run_id / "metrics.jsonl")

@@ -7,7 +7,8 @@ import pytest
 from memfactory.backends.shape import model_shape
 from memfactory.config import load_preset
 from memfactory.paths import presets_dir
-from memfactory.planner import GIB, estimate_memory
+from memfactory.planner.costs import GIB
+from memfactory.planner.plan import estimate_memory
 
 
 def demo(*overrides: str):
