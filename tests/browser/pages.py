@@ -35,6 +35,13 @@ def open_app(page, url: str) -> None:
     page.wait_for_selector("#mf-tabs")
 
 
+def choose(page, dropdown: str, option: str, *, exact: bool = False) -> None:
+    """Open the Gradio dropdown at ``dropdown`` and click ``option`` in its own list: another dropdown's
+    list that is still closing may hold the same option (a page-wide lookup would find both)."""
+    page.locator(f"{dropdown} input").click()
+    page.locator(dropdown).get_by_role("option", name=option, exact=exact).click()
+
+
 def wait_text(page, selector: str, text: str) -> str:
     """Wait until the element at ``selector`` shows ``text``; return its whole text."""
     page.wait_for_function("([sel, text]) => (document.querySelector(sel)?.innerText || '').includes(text)",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from pages import wait_text
+from pages import choose, wait_text
 
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import ModelConfig
@@ -46,11 +46,6 @@ def _send(page, message: str, turn: int, outcome: str = "✅") -> None:
     _fill(page, "mf-chat-msg", message)
     page.locator("#mf-chat-send").click()
     wait_text(page, "#mf-chat-status", f"turn {turn}: {outcome}")
-
-
-def _pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, workspace):
@@ -113,7 +108,7 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
 def test_memagent_reads_a_pasted_document_one_memory_per_chunk(page):
     page.get_by_role("tab", name="Chat").click()
     page.wait_for_selector("#mf-chat-send")
-    _pick(page, "mf-chat-preset", "memagent_tiny_test")
+    choose(page, "#mf-chat-preset", "memagent_tiny_test", exact=True)
     page.wait_for_selector("#mf-chat-doc textarea")
     document = " ".join(f"Box {i} is red." for i in range(10))
     _fill(page, "mf-chat-doc", document)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pages import STATE_WAIT_MS, wait_text
+from pages import STATE_WAIT_MS, choose, wait_text
 
 pytestmark = pytest.mark.browser
 
@@ -33,12 +33,10 @@ def lora_run(workspace) -> Path:
 def test_export_a_run_merged_and_load_it(page, lora_run):
     page.get_by_role("tab", name="Export").click()
     page.locator("#mf-ex-refresh").click()
-    page.locator("#mf-ex-run input").click()
-    page.get_by_role("option", name=RUN_ID).click()
+    choose(page, "#mf-ex-run", RUN_ID)
     wait_text(page, "#mf-ex-command", f"-m memfactory export {RUN_ID} ")
     page.locator("#mf-ex-mode").get_by_text("merged model").click()
-    page.locator("#mf-ex-dtype input").click()
-    page.get_by_role("option", name="bfloat16").click()
+    choose(page, "#mf-ex-dtype", "bfloat16")
     command = wait_text(page, "#mf-ex-command", "--merge --dtype bfloat16")
     assert "--db " + str(lora_run.parent / "memfactory.db") in command
 

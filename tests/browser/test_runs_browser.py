@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pages import STATE_WAIT_MS
+from pages import STATE_WAIT_MS, choose
 
 pytestmark = pytest.mark.browser
 
@@ -32,15 +32,13 @@ def test_runs_table_and_overlay(page, workspace, tmp_path):
     assert "finished" in table.inner_text() and "4/4" in table.inner_text()
     assert "peak GiB" in table.inner_text() and "6.25" in table.inner_text()  # the run's largest hw/peak_gib
 
-    page.locator("#mf-runs-select input").click()
-    page.get_by_role("option", name=run_id).click()
+    choose(page, "#mf-runs-select", run_id)
     page.wait_for_selector("#mf-runs-overlay .js-plotly-plot .scatterlayer .trace")
     page.keyboard.press("Escape")
 
     # One run in detail: its own figures (reward with std band, ...).
     page.get_by_text("One run in detail").first.click()
-    page.locator("#mf-run-detail input").click()
-    page.get_by_role("option", name=run_id).click()
+    choose(page, "#mf-run-detail", run_id)
     page.wait_for_selector("#mf-run-plot-reward .js-plotly-plot .scatterlayer .trace")
 
 
@@ -66,8 +64,7 @@ def trained_run(workspace):
 
 
 def _pick_run(page, run_id):
-    page.locator("#mf-run-manage input").click()
-    page.get_by_role("option", name=run_id).click()
+    choose(page, "#mf-run-manage", run_id)
 
 
 def test_open_in_assemble_and_delete(page, workspace, trained_run, tmp_path):

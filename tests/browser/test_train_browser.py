@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from app_process import start_app, stop_app
-from pages import new_page, open_app
+from pages import choose, new_page, open_app
 
 from tests.waiting import wait_until
 
@@ -105,11 +105,6 @@ def _open(page, url: str) -> None:
     page.wait_for_selector("#mf-train-status")
 
 
-def _choose(page, dropdown: str, option: str) -> None:
-    page.locator(f"{dropdown} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
 def _status(page) -> str:
     return page.locator("#mf-train-status").inner_text()
 
@@ -139,7 +134,7 @@ REWARD_POINTS = """() => {
 
 def test_start_watch_and_abort(train_page, tmp_path):
     page = train_page
-    _choose(page, "#mf-train-preset", "tiny_long")
+    choose(page, "#mf-train-preset", "tiny_long", exact=True)
     page.locator("#mf-train-start").click()
     _wait_status(page, "running")
     first = _wait_step(page, 2)
@@ -164,11 +159,11 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
     page = train_page
     # a run started outside this tab (as from the CLI) that crashes: it can be picked and shows its error
     crash_id, _ = launcher.start_run(app.workspace / "presets" / "tiny_crash.yaml", runs_dir=app.workspace / "runs")
-    _choose(page, "#mf-train-preset", "tiny_broken")
+    choose(page, "#mf-train-preset", "tiny_broken", exact=True)
     page.locator("#mf-train-start").click()
     page.get_by_text("trainer.steps").first.wait_for()  # the ConfigError in a warning toast
 
-    _choose(page, "#mf-train-preset", "tiny_short")
+    choose(page, "#mf-train-preset", "tiny_short", exact=True)
     page.locator("#mf-train-start").click()
     _wait_status(page, "finished")
     assert "tiny_short" in _status(page)
@@ -176,14 +171,14 @@ def test_invalid_preset_refused_then_short_run_finishes(train_page, app, tmp_pat
     page.wait_for_function(f"({REWARD_POINTS})() == 3")
     sample = page.locator("#mf-train-sample").inner_text()
     assert "Question" in sample and "Reward" in sample and "sub_em" in sample
-    _choose(page, "#mf-train-sample-step", "step 1")
+    choose(page, "#mf-train-sample-step", "step 1", exact=True)
     page.wait_for_function("() => document.querySelector('#mf-train-sample')?.innerText.includes('Step 1 ')")
     page.wait_for_function("() => document.querySelector('#mf-train-log textarea')?.value.includes('finished')")
 
     db = RunsDB(app.workspace / "runs" / "memfactory.db")
     wait_until(lambda: (run := db.get(crash_id)) and run.status == "failed")
     page.locator("#mf-train-refresh").click()
-    _choose(page, "#mf-train-run", f"{crash_id} · failed")
+    choose(page, "#mf-train-run", f"{crash_id} · failed", exact=True)
     _wait_status(page, "broken-model")
     assert "failed" in _status(page)
 
@@ -192,7 +187,7 @@ def test_restarted_ui_reattaches_to_a_running_job(browser, app, tmp_path):
     page = new_page(browser)
     try:
         _open(page, app.url)
-        _choose(page, "#mf-train-preset", "tiny_long")
+        choose(page, "#mf-train-preset", "tiny_long", exact=True)
         page.locator("#mf-train-start").click()
         _wait_status(page, "running")
         _wait_step(page, 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pages import new_page, open_app, wait_text
+from pages import choose, new_page, open_app, wait_text
 
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
@@ -51,11 +51,6 @@ def _kill_leftovers(workspace: Path) -> None:
                     os.kill(member, 9)
                 except ProcessLookupError:
                     pass
-
-
-def _choose(page, dropdown: str, option: str) -> None:
-    page.locator(f"{dropdown} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def _fill(page, box: str, value: str) -> None:
@@ -120,11 +115,11 @@ REWARD_POINTS = """() => {
 
 def test_two_process_cpu_run_from_the_train_tab(mp_page, workspace, tmp_path):
     page = mp_page
-    _choose(page, "#mf-train-preset", PRESET)
+    choose(page, "#mf-train-preset", PRESET, exact=True)
     wait_text(page, "#mf-train-hardware", "CPU")
 
     # a bad choice is explained before launch, and Start refuses it
-    _choose(page, "#mf-train-strategy", "DDP")
+    choose(page, "#mf-train-strategy", "DDP", exact=True)
     wait_text(page, "#mf-train-checks", "DDP with one process")
     page.locator("#mf-train-start").click()
     page.get_by_text("DDP with one process").nth(1).wait_for()  # the warning toast too
