@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memfactory.commands.demo import fifths  # noqa: E402 - the demo's own learning criterion
-from tests.vowel_reward import VowelShare  # noqa: E402 - the suite's learnable reward, one owner
+from memfactory.commands.demo import fifths
+from tests.vowel_reward import VowelShare
 
 # The GPU presets' training path, on a task the tiny model learns in a few dozen steps.
 LEARN_OVERRIDES = [

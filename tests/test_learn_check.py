@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import learn_check  # noqa: E402
+import learn_check
 
 
 def test_the_learning_check_passes_on_the_cpu_under_bf16_mixed_with_checkpointing(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memfactory.config import TrainerConfig
 from memfactory.backends.model_api import eval_mode
+from memfactory.config import TrainerConfig
 from memfactory.errors import MemFactoryError
 from memfactory.trainer import distributed as dist
 from memfactory.trainer.batching import grad_pass_shares_prompt, pack_calls, token_logprobs

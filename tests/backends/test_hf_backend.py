@@ -370,7 +370,7 @@ class HostTransfers(TorchFunctionMode):
     hf.py, logprobs.py) makes on tensors of ``device_type`` (transformers' own, inside ``generate``,
     are its business)."""
 
-    NAMES = {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__"}
+    NAMES = frozenset({"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__"})
     OURS = os.path.join("memfactory", "backends", "")
 
     def __init__(self, device_type: str = "cuda"):
