@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from memfactory.paths import presets_dir
-from tests.waiting import wait_until
 
 
 @pytest.fixture()
@@ -37,9 +36,3 @@ def tiny_preset(ws) -> Callable[..., str]:
         return name
 
     return make
-
-
-@pytest.fixture()
-def wait_for() -> Callable[..., Any]:
-    """tests.waiting.wait_until: the predicate's first truthy value, None after the hang bound."""
-    return wait_until

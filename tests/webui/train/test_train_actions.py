@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 import yaml
@@ -14,6 +13,7 @@ from memfactory.paths import presets_dir
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
 from memfactory.trainer.checkpoint import latest_checkpoint
+from tests.waiting import wait_until
 from webui.train import actions, command, launcher
 from webui.train import view as train_view
 from webui.train.command import Command, Device, Hardware, LaunchSpec, build_command
@@ -86,10 +86,8 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
     spec = LaunchSpec(strategy="ddp", num_processes=2, overrides={"steps": 2000, "save_every": 1000})
     run_id, launch_pid = launcher.start_run(ws / "presets" / "tiny.yaml", runs_dir=ws / "runs", spec=spec)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ((run := db.get(run_id)) and run.pid and (run.step or 0) >= 1):
-            time.sleep(0.5)
-        assert run is not None and run.status == "running", run
+        run = wait_until(lambda: (r := db.get(run_id)) and r.pid and (r.step or 0) >= 1 and r, timeout=120, every=0.5)
+        assert run is not None and run.status == "running", db.get(run_id)
         tree = process.process_tree(launch_pid)
         assert len(tree) == 3 and run.pid in tree and run.pid != launch_pid  # launcher + 2 ranks; the row has rank 0
         assert actions.launcher_pid(ws / "runs", run_id, run.pid) == launch_pid
@@ -109,7 +107,7 @@ def test_abort_from_a_restarted_ui_stops_the_launcher_and_both_ranks(ws):
             os.kill(pid, 9)
 
 
-def test_start_abort_resume_a_real_tiny_run(ws, tiny_preset, wait_for):
+def test_start_abort_resume_a_real_tiny_run(ws, tiny_preset):
     """Start tiny_test (300 steps), abort it, resume it from its checkpoint, abort again."""
     name = tiny_preset("tiny_long", steps=300, save_every=2, sample_every=2)
     db = RunsDB(ws / "runs" / "memfactory.db")
@@ -119,7 +117,7 @@ def test_start_abort_resume_a_real_tiny_run(ws, tiny_preset, wait_for):
         assert train_view.poll(db, attached).status in ("created", "running")
         with pytest.raises(MemFactoryError, match="still running"):
             actions.start(db, name, attached)
-        view = wait_for(lambda: (v := train_view.poll(db, attached)).step >= 3 and v, timeout=120)
+        view = wait_until(lambda: (v := train_view.poll(db, attached)).step >= 3 and v, timeout=120)
         assert view, process.tail(ws / "runs" / attached.run_id / "stdout.log", 20)
         assert view.status == "running" and view.total == 300 and view.eta_s is not None and view.eta_s > 0
         record = db.get(attached.run_id)  # the ETA is the trainer's: written to the run's row each step
@@ -137,7 +135,7 @@ def test_start_abort_resume_a_real_tiny_run(ws, tiny_preset, wait_for):
         resumed = actions.resume(db, attached.run_id, attached)
         assert resumed.run_id == attached.run_id and resumed.pid != attached.pid
         assert train_view.poll(db, resumed).status in ("created", "running")  # not the old "aborted"
-        view = wait_for(lambda: (v := train_view.poll(db, resumed)).status == "running" and v.step > stopped_at and v,
+        view = wait_until(lambda: (v := train_view.poll(db, resumed)).status == "running" and v.step > stopped_at and v,
                      timeout=120)
         assert view, process.tail(ws / "runs" / resumed.run_id / "stdout.log", 30)
         assert "resumed from" in process.tail(ws / "runs" / resumed.run_id / "stdout.log", 400)

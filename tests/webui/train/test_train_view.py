@@ -7,6 +7,7 @@ import time
 
 from memfactory.tracking import process
 from memfactory.tracking.runs import RunsDB
+from tests.waiting import wait_until
 from webui.train import launcher
 from webui.train import view as train_view
 from webui.train.command import LaunchSpec
@@ -34,12 +35,12 @@ def test_status_and_progress_text():
     assert "**created**" in train_view.status_markdown(created) and "ETA -" in train_view.progress_html(created)
 
 
-def test_process_that_dies_before_recording_the_run_shows_its_exit_and_log(ws, wait_for):
+def test_process_that_dies_before_recording_the_run_shows_its_exit_and_log(ws):
     db = RunsDB(ws / "runs" / "memfactory.db")
     script = "import sys; print('loading the model'); print('Traceback: OSError: weights missing'); sys.exit(3)"
     pid = process.spawn([sys.executable, "-c", script], ws / "runs" / "r-early")
     attached = Attached(run_id="r-early", pid=pid, launched_at=time.time())
-    view = wait_for(lambda: (v := train_view.poll(db, attached)).status != "created" and v)
+    view = wait_until(lambda: (v := train_view.poll(db, attached)).status != "created" and v)
     assert view.status == "failed" and not view.active
     assert "code 3" in view.error and "weights missing" in view.error and "weights missing" in view.log
     assert "weights missing" in train_view.status_markdown(view)
@@ -57,11 +58,11 @@ def test_running_record_with_a_dead_trainer_becomes_failed(ws):
     assert db.get("r-dead").status == "failed"
 
 
-def test_row_without_pid_and_a_dead_launcher_is_marked_failed(ws, wait_for):
+def test_row_without_pid_and_a_dead_launcher_is_marked_failed(ws):
     db = RunsDB(ws / "runs" / "memfactory.db")
     pid = process.spawn([sys.executable, "-c", "print('killed while importing torch')"], ws / "runs" / "r-nopid")
     db.create_run("p", ws / "runs" / "r-nopid", run_id="r-nopid", total_steps=5)  # created, no pid yet
-    assert wait_for(lambda: not process.is_alive(pid))
+    assert wait_until(lambda: not process.is_alive(pid))
     assert train_view.poll(db, Attached(run_id="r-nopid")).status == "created"  # nothing known of its launch
     view = train_view.poll(db, Attached(run_id="r-nopid", pid=pid, launched_at=time.time() - 1))
     assert view.status == "failed" and "killed while importing torch" in view.error
@@ -92,12 +93,8 @@ def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws
     run_id, pid = launcher.start_run(ws / "presets" / "tiny.yaml", runs_dir=ws / "runs", spec=spec,
                                    extra_args=["--no-such-option"])
     attached = Attached(run_id=run_id, pid=pid, launched_at=time.time())
-    deadline = time.monotonic() + 120
-    view = train_view.poll(db, attached)
-    while view.active and time.monotonic() < deadline:
-        time.sleep(0.5)
-        view = train_view.poll(db, attached)
-    assert view.status == "failed", view
+    view = wait_until(lambda: not (v := train_view.poll(db, attached)).active and v, timeout=120, every=0.5)
+    assert view is not None and view.status == "failed", train_view.poll(db, attached)
     assert "exited with code 1 before it recorded the run" in view.error
     assert "--no-such-option" in view.error  # argparse's complaint, from the log's last lines
     status = train_view.status_markdown(view)
