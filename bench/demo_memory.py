@@ -4,10 +4,12 @@ Variants of ``presets/tiny_cpu_demo.yaml`` (SmolLM2-135M + LoRA): ``before`` = a
 checkpointing existed (micro-batch 16, no checkpointing), ``checkpointed`` = the same with
 checkpointing, ``checkpointed_mb4`` = checkpointing at micro-batch 4 (shipped until the shared
 prompt forward existed), ``unshared_mb8`` = micro-batch 8 without checkpointing and with
-``trainer.shared_prompt_forward`` off, ``shipped`` = the preset now (micro-batch 8 = one group,
-no checkpointing, the group's prompt run once per micro-batch); ``t07`` / ``t10`` = rollouts at
-temperature 0.7 / 1.0, ``t07_warm4`` / ``t07_warm2`` = T 0.7 with 4 / 2 warm-up steps (issue 27: does a collapse fix
-cost step time?). Each trains for
+``trainer.shared_prompt_forward`` off, ``shipped`` = the preset now. Issue 27's candidates for a
+demo that learns on every seed, each from ``t07`` = the demo as shipped until then (16 training
+questions seen five times each, 4 groups a step, answers capped at 16 new tokens, rollouts at T
+0.7): ``t10`` (T 1.0), ``t07_warm4`` / ``t07_warm2`` (4 / 2 warm-up steps), ``t07_n80`` (80
+questions, each seen once), ``t07_warm4_n80``, ``t07_n80_cap8`` (answers capped at 8 tokens),
+``t07_n60_b3_cap8`` (60 questions, 3 groups a step, the cap: shipped since). Each trains for
 ``--steps`` GRPO steps in its own child process, so each peak RSS (``VmHWM``) is that run's
 alone. Printed per variant: peak RSS, seconds per step (rollout / update), the child's own CPU
 seconds per step (one thread: comparable whatever else loads the machine; ``--parallel`` runs the
@@ -16,7 +18,7 @@ every step: with the same seed the curves must agree (checkpointing recomputes t
 activations and the loss is normalised over the whole step: memory changes, not maths).
 
     OMP_NUM_THREADS=2 python bench/demo_memory.py --steps 3
-    OMP_NUM_THREADS=1 python bench/demo_memory.py --steps 6 --variants t07 t10 --parallel
+    OMP_NUM_THREADS=1 python bench/demo_memory.py --steps 20 --variants t07 shipped --parallel
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+OLD_SHAPE = ["trainer.temperature=0.7", "trainer.warmup_steps=0", "trainer.batch_size=4", "trainer.max_new_tokens=16"]
 VARIANTS = {
     "before": ["trainer.gradient_checkpointing=false", "trainer.micro_batch_size=16"],
     "checkpointed": ["trainer.gradient_checkpointing=true", "trainer.micro_batch_size=16"],
@@ -44,11 +47,16 @@ VARIANTS = {
         "trainer.shared_prompt_forward=false",
     ],
     "shipped": [],
-    # issue 27: the rollout temperature (the collapse fix), each spelt out whatever the preset ships
-    "t07": ["trainer.temperature=0.7"],
-    "t10": ["trainer.temperature=1.0"],
-    "t07_warm4": ["trainer.temperature=0.7", "trainer.warmup_steps=4"],
-    "t07_warm2": ["trainer.temperature=0.7", "trainer.warmup_steps=2"],
+    # issue 27, each spelt out whatever the preset ships: ``t07`` = the demo as shipped until then (16
+    # questions seen five times each, 4 groups a step, 16 new tokens, rollouts at T 0.7), then one change
+    "t07": [*OLD_SHAPE, "env.train_size=16"],
+    "t10": [*OLD_SHAPE, "env.train_size=16", "trainer.temperature=1.0"],
+    "t07_warm4": [*OLD_SHAPE, "env.train_size=16", "trainer.warmup_steps=4"],
+    "t07_warm2": [*OLD_SHAPE, "env.train_size=16", "trainer.warmup_steps=2"],
+    "t07_n80": [*OLD_SHAPE, "env.train_size=80"],
+    "t07_warm4_n80": [*OLD_SHAPE, "env.train_size=80", "trainer.warmup_steps=4"],
+    "t07_n80_cap8": [*OLD_SHAPE, "env.train_size=80", "trainer.max_new_tokens=8"],
+    "t07_n60_b3_cap8": [*OLD_SHAPE, "env.train_size=60", "trainer.batch_size=3", "trainer.max_new_tokens=8"],
 }
 
 

@@ -3,7 +3,8 @@
 Slow by nature (a few minutes on 2 cores): it trains presets/tiny_cpu_demo.yaml exactly as
 `make demo` does, with its fixed seed, and compares the first and last fifth of the reward curve.
 It also fails on a collapse: when most of the last fifth's groups answer all alike and wrong, GRPO
-has no signal left (the demo's seed 1 did that before the preset's fix; bench/RESULTS.md).
+has no signal left (the demo's seed 1 did that while it trained on 16 questions seen five times
+each; bench/RESULTS.md, "Making the demo learn on every seed").
 """
 
 from __future__ import annotations
