@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 
 import httpx
 from common import RESULTS, write_section
+
+from memfactory.tracking.process import free_port
 
 HEADING = "## Serving under hostile load"
 
@@ -280,12 +281,6 @@ def run_load(base_url: str, model: str, *, server_pid: int, clients: int = 100, 
 
 
 # --------------------------------------------------------------------------- the benchmark
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_serving(base: str, proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.3) -> None:

@@ -22,6 +22,7 @@ from memfactory.serve.app import create_app
 from memfactory.serve.batcher import Batcher
 from memfactory.serve.protocol import apply_stop
 from memfactory.serve.server import ServerThread
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 NAME = "tiny-test"
@@ -290,7 +291,7 @@ def test_cli_serves_a_checkpoint_in_a_subprocess(hf_backend, tmp_path):
     prompts = chat_prompts(2)
     expected = [g.text for g in HFBackend(trained, hf_backend.tokenizer).generate(prompts, GREEDY)]
     assert expected != [g.text for g in hf_backend.generate(prompts, GREEDY)]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "memfactory", "serve", "--checkpoint", str(ckpt), "--port", str(port)],
@@ -312,14 +313,6 @@ def test_cli_serves_a_checkpoint_in_a_subprocess(hf_backend, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"serving 'step-3' at http://127.0.0.1:{port}/v1" in out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_cli_serve_reports_a_busy_port(capsys):

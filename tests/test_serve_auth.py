@@ -5,7 +5,6 @@ unless ``--insecure``. Real uvicorn on 127.0.0.1 (in-process and as a ``memfacto
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from memfactory.cli import main as cli_main
 from memfactory.serve.app import create_app
 from memfactory.serve.server import ServerThread
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 KEY = "sk-mf-4f1c9a7e2b6d8035-SECRET"
@@ -107,15 +107,9 @@ def test_cli_names_an_unset_key_variable(capsys, monkeypatch):
     assert "MF_TEST_UNSET_KEY: that environment variable is not set" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``memfactory serve --host 0.0.0.0 --port <free> ARGS`` on the tiny model; its loopback URL once /health answers."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "memfactory", "serve", "--host", "0.0.0.0", "--port", str(port),
                              "--name", NAME, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

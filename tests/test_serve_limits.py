@@ -18,6 +18,7 @@ import pytest
 
 from memfactory.serve.app import create_app
 from memfactory.serve.server import ServerThread
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -315,7 +316,7 @@ def test_server_thread_stop_does_not_wait_for_a_generation(tiny_backend):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_signal_stops_memfactory_serve_within_seconds_while_it_generates(sig):
-    port = serve_load.free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "memfactory", "serve", "--port", str(port), "--name", "t"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -26,7 +26,6 @@ import gc
 import importlib.util
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from memfactory.backends.sources import merged_model_dir, resolve_model_path
 from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import register
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, Generation, SamplingParams
 
 NOT_INSTALLED = (
@@ -98,9 +98,7 @@ def _single_process_rendezvous() -> None:
     """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 

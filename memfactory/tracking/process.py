@@ -198,8 +198,42 @@ def abort(pid: int, grace: float = 5.0) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (for a multi-process run's rendezvous)."""
+# Linux's default ephemeral range, used where /proc does not say
+DEFAULT_EPHEMERAL = (32768, 60999)
+LOWEST_PORT = 10000  # clear of the well-known and the commonly configured service ports
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports and port-0 binds (inclusive)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL
+    return low, high
+
+
+def free_port(tries: int = 64) -> int:
+    """A TCP port nobody listens on now, for a server or a multi-process run's rendezvous.
+
+    Chosen at random *outside* the kernel's ephemeral range: the caller binds it seconds later
+    (after its child has imported torch), and an ephemeral port can meanwhile go to any outgoing
+    connection or port-0 bind on the machine (a two-process test once failed EADDRINUSE that way);
+    a port outside the range is taken only by someone who names it. Falls back to a port-0 bind
+    when no such port is free (or the range leaves none).
+    """
+    low, high = ephemeral_ports()
+    outside = [(LOWEST_PORT, low - 1)] if low > LOWEST_PORT else []
+    outside += [(high + 1, 65535)] if high < 65535 else []
+    outside = [(a, b) for a, b in outside if b >= a]
+    for _ in range(tries if outside else 0):
+        a, b = secrets.choice(outside)
+        port = a + secrets.randbelow(b - a + 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -8,7 +8,6 @@ and key redaction are observed over real sockets.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from memfactory.config import ModelConfig
 from memfactory.errors import MemFactoryError
 from memfactory.registry import REGISTRY
 from memfactory.serve.server import ServerThread
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, SamplingParams
 
 SECRET = "sk-test-0123456789abcdef-SECRET"
@@ -75,12 +75,6 @@ def server_factory():
     yield start
     for server in started:
         server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prompts(n: int) -> list[ChatPrompt]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,10 @@ from pathlib import Path
 import pytest
 from pages import STATE_WAIT_MS
 
+from memfactory.tracking.process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = STATE_WAIT_MS / 1000  # a bound for a hung start, not a guess of how long one takes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_app(workspace: Path, log_path: Path, args: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:

@@ -8,9 +8,10 @@ endpoint fails. The per-sample table's rendered column widths are measured after
 from __future__ import annotations
 
 import csv
-import socket
 
 import pytest
+
+from memfactory.tracking.process import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -64,12 +65,6 @@ def _assert_readable_columns(page, rows: int) -> None:
     assert layout["overflow"] <= 1, layout  # no sideways scrolling at 1400 px
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_playground_compares_two_workflows(page, tmp_path):
     page.get_by_role("tab", name="Playground").click()
     page.wait_for_selector("#mf-pg-run")
@@ -113,7 +108,7 @@ def test_playground_compares_two_workflows(page, tmp_path):
     page.locator("#mf-pg-on-2 input").check()
     _fill(page, "mf-pg-label-2", "dead api")
     page.locator("#mf-pg-slot-2").get_by_text("OpenAI-compatible endpoint").click()
-    _fill(page, "mf-pg-url-2", f"http://127.0.0.1:{_closed_port()}/v1")
+    _fill(page, "mf-pg-url-2", f"http://127.0.0.1:{free_port()}/v1")
     _fill(page, "mf-pg-served-2", "nothing")
     page.locator("#mf-pg-on-3 input").check()
     _fill(page, "mf-pg-preset-3", "tiny_test")

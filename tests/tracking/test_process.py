@@ -152,9 +152,19 @@ def test_exit_message_names_the_code_the_log_and_the_first_failing_rank(tmp_path
     assert process.launcher_noise(["plain"]) == (["plain"], None)
 
 
-def test_free_port_can_be_bound():
+def test_free_port_can_be_bound_and_lies_outside_the_ephemeral_range(monkeypatch):
+    """Outside the range the kernel hands to outgoing connections, so nothing takes it by chance
+    before the caller binds it; with no room outside, a port-0 bind's port is the fallback."""
     import socket
 
+    low, high = process.ephemeral_ports()
+    for _ in range(20):
+        port = process.free_port()
+        assert not low <= port <= high and port >= process.LOWEST_PORT
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    monkeypatch.setattr(process, "ephemeral_ports", lambda: (1024, 65535))
     port = process.free_port()
+    assert 1024 <= port <= 65535
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))

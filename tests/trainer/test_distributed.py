@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,23 +34,12 @@ from typing import Any, NamedTuple
 import pytest
 
 from memfactory.paths import presets_dir, project_root
+from memfactory.tracking.process import free_port
 from memfactory.tracking.runs import RunsDB
 
 ENTRY = Path(__file__).with_name("dist_train_entry.py")
 STEPS = 4
 BATCH = 3  # 2 prompts on rank 0, 1 on rank 1: uneven micro-batch counts too
-
-
-def free_port() -> int:
-    for _ in range(20):
-        port = random.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 ADAPTERS = [

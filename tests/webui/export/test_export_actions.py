@@ -4,7 +4,6 @@ the call made, the files and sizes, load and test, and each bad choice refused w
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from memfactory.backends.openai_api import OpenAIBackend
 from memfactory.cli import build_parser, main
 from memfactory.errors import MemFactoryError
 from memfactory.paths import presets_dir
+from memfactory.tracking.process import free_port
 from memfactory.types import ChatPrompt, SamplingParams
 from webui.export import actions
 from webui.export.actions import ExportRequest
@@ -89,9 +89,7 @@ def test_a_merged_export_is_a_model_memfactory_eval_and_serve_accept(ws, capsys)
                  "--keep-chunk-cap", "--out", str(out), "--no-progress"]) == 0
     assert str(written) in (out / "table.csv").read_text() and "eval_docqa" in capsys.readouterr().out
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "memfactory", "serve", "--model", str(written), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import socket
 
 import pytest
 
 from memfactory.config import ModelConfig
 from memfactory.paths import presets_dir
+from memfactory.tracking.process import free_port
 from webui.playground import compare, render
 
 TINY = "tiny://qwen3-mini"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on exit: nothing listens there
 
 
 def test_backend_cache_shares_one_model(cache):
@@ -56,7 +50,7 @@ def test_default_workflows_are_smollm2_presets(ws):
 def test_failing_workflows_do_not_stop_the_others(ws, cache):
     (ws / "presets" / "broken.yaml").write_text("name: broken\nagent: no_such_agent\nenv: {type: long_context}\n")
     specs = [
-        compare.WorkflowSpec(label="dead endpoint", base_url=f"http://127.0.0.1:{closed_port()}/v1", model="m"),
+        compare.WorkflowSpec(label="dead endpoint", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m"),
         compare.WorkflowSpec(label="direct", preset="tiny_test"),
         compare.WorkflowSpec(label="missing ckpt", preset="tiny_test", checkpoint="no-such-run"),
         compare.WorkflowSpec(label="invalid", preset="broken"),
