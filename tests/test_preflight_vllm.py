@@ -31,8 +31,13 @@ def test_vllm_asked_for_where_it_is_missing(tmp_path, monkeypatch):
     assert "run `make vllm`" in problems["trainer.rollout.engine"]
 
 
+# the demo's longest call: max_context_tokens 512 + the 256-token template allowance, plus its answer cap
+DEMO_LONGEST = 512 + 256 + load_preset(presets_dir() / "tiny_cpu_demo.yaml").trainer.max_new_tokens
+
+
 @pytest.mark.parametrize("field,setting,words", [
-    ("trainer.rollout.options.max_model_len", "{max_model_len: 256}", ["shorter than the preset's longest", "784"]),
+    ("trainer.rollout.options.max_model_len", "{max_model_len: 256}",
+     ["shorter than the preset's longest", f"at least {DEMO_LONGEST}"]),
     ("trainer.rollout.options.kv_cache_gib", "{kv_cache_gib: 0.01}", ["KV pool", "raise trainer.rollout.options.kv_cache_gib"]),
 ])
 @pytest.mark.vllm
