@@ -36,7 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-OLD_SHAPE = ["trainer.temperature=0.7", "trainer.warmup_steps=0", "trainer.batch_size=4", "trainer.max_new_tokens=16"]
+# the demo as shipped until issue 27's fix; a variant's later override of the same key wins
+OLD_SHAPE = [
+    "trainer.temperature=0.7", "trainer.warmup_steps=0", "trainer.batch_size=4", "trainer.max_new_tokens=16",
+    "env.train_size=16",
+]  # fmt: skip
 VARIANTS = {
     "before": ["trainer.gradient_checkpointing=false", "trainer.micro_batch_size=16"],
     "checkpointed": ["trainer.gradient_checkpointing=true", "trainer.micro_batch_size=16"],
@@ -49,10 +53,10 @@ VARIANTS = {
     "shipped": [],
     # issue 27, each spelt out whatever the preset ships: ``t07`` = the demo as shipped until then (16
     # questions seen five times each, 4 groups a step, 16 new tokens, rollouts at T 0.7), then one change
-    "t07": [*OLD_SHAPE, "env.train_size=16"],
-    "t10": [*OLD_SHAPE, "env.train_size=16", "trainer.temperature=1.0"],
-    "t07_warm4": [*OLD_SHAPE, "env.train_size=16", "trainer.warmup_steps=4"],
-    "t07_warm2": [*OLD_SHAPE, "env.train_size=16", "trainer.warmup_steps=2"],
+    "t07": OLD_SHAPE,
+    "t10": [*OLD_SHAPE, "trainer.temperature=1.0"],
+    "t07_warm4": [*OLD_SHAPE, "trainer.warmup_steps=4"],
+    "t07_warm2": [*OLD_SHAPE, "trainer.warmup_steps=2"],
     "t07_n80": [*OLD_SHAPE, "env.train_size=80"],
     "t07_warm4_n80": [*OLD_SHAPE, "env.train_size=80", "trainer.warmup_steps=4"],
     "t07_n80_cap8": [*OLD_SHAPE, "env.train_size=80", "trainer.max_new_tokens=8"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from memfactory.backends.shape import TEMPLATE_TOKENS
 from memfactory.backends.vllm_engine import vllm_available
 from memfactory.config import load_preset
 from memfactory.errors import ConfigError
@@ -31,8 +32,9 @@ def test_vllm_asked_for_where_it_is_missing(tmp_path, monkeypatch):
     assert "run `make vllm`" in problems["trainer.rollout.engine"]
 
 
-# the demo's longest call: max_context_tokens 512 + the 256-token template allowance, plus its answer cap
-DEMO_LONGEST = 512 + 256 + load_preset(presets_dir() / "tiny_cpu_demo.yaml").trainer.max_new_tokens
+# the demo's longest call: its context window plus the template allowance, plus its answer cap
+DEMO = load_preset(presets_dir() / "tiny_cpu_demo.yaml")
+DEMO_LONGEST = int(DEMO.agent_options["max_context_tokens"]) + TEMPLATE_TOKENS + DEMO.trainer.max_new_tokens
 
 
 @pytest.mark.parametrize("field,setting,words", [
