@@ -3,7 +3,8 @@
 The run is a separate process group (webui.train.launcher), so closing the browser or restarting
 the UI does not stop it; on load the tab follows the newest running run from the runs database. A
 ``gr.Timer`` polls the run (webui.train.view.poll) and redraws the curves only when metrics.jsonl
-or samples.jsonl changed (read through memfactory.tracking.metrics.read_records). The logic lives
+or samples.jsonl changed (read through memfactory.tracking.metrics.read_records), and drops a poll
+whose run the session has left meanwhile (webui.train.view.FollowedRuns). The logic lives
 in webui.train's other modules; this file draws, wires, and keys every update by its component.
 """
 
@@ -113,12 +114,21 @@ def build(ctx: UIContext) -> None:
     pending = gr.State({})  # the run id and rendezvous port the preview shows, used by the next Start
     seen = gr.State({})  # what the figures last showed: run id and the metrics/samples file signatures
     lang = ctx.lang if ctx.lang is not None else gr.State("en")
+    followed = view.FollowedRuns()  # what each session follows now, to drop a poll made for a run it left
+
+    def follow(request: gr.Request | None, att: Attached) -> dict[str, Any]:
+        followed.follow(getattr(request, "session_hash", None), att.run_id)
+        return att.to_dict()
+
     plot_list = [figures[name] for row in PLOTS for name in row]
 
     # ---------------------------------------------------------------- refresh (timer, load, actions)
 
-    def refresh(data: dict[Any, Any]) -> Updates:
+    def refresh(data: dict[Any, Any], request: gr.Request) -> Updates:
         att, last = Attached.of(data[attached]), data[seen] or {}
+        session = getattr(request, "session_hash", None)
+        if not followed.is_current(session, att.run_id):
+            return gr.skip()
         step_choice, index = data[sample_step], data[sample_index]
         try:
             db = workspace.open_runs_db()
@@ -152,13 +162,15 @@ def build(ctx: UIContext) -> None:
         if signature["runs"] != last.get("runs") or signature["run"] != last.get("run"):
             updates[run_pick] = gr.update(choices=choices, value=shown.run_id)
         updates[seen] = signature
+        if not followed.is_current(session, att.run_id):  # the user picked another run while this poll ran
+            return gr.skip()
         return updates
 
     refresh_inputs = {attached, lang, sample_step, sample_index, seen}
     refresh_outputs = [status, progress, *plot_list, sample_md, sample_step, log_box, run_pick, seen]
     timer.tick(refresh, refresh_inputs, refresh_outputs, show_progress="hidden", concurrency_limit=None)
 
-    def on_load(state: dict) -> Updates:
+    def on_load(state: dict, request: gr.Request) -> Updates:
         att = Attached.of(state)
         if not att.run_id:
             try:
@@ -166,7 +178,7 @@ def build(ctx: UIContext) -> None:
             except MemFactoryError as exc:
                 gr.Warning(_message(exc).splitlines()[0])
         enable = gr.update(interactive=True)
-        return {attached: att.to_dict(), seen: {}, preset: gr.update(choices=workspace.list_presets()),
+        return {attached: follow(request, att), seen: {}, preset: gr.update(choices=workspace.list_presets()),
                 start_btn: enable, abort_btn: enable, resume_btn: enable}
 
     ctx.demo.load(on_load, attached, [attached, seen, preset, start_btn, abort_btn, resume_btn],
@@ -205,7 +217,7 @@ def build(ctx: UIContext) -> None:
     ctx.demo.load(lambda: command.hardware_markdown(command.detect_hardware()), None, hw_md,
                   show_progress="hidden").then(preview, preview_inputs, preview_outputs, show_progress="hidden")
 
-    def on_start(data: dict[Any, Any]) -> Updates:
+    def on_start(data: dict[Any, Any], request: gr.Request) -> Updates:
         name, (spec, errors) = data[preset], spec_of(data)
         if errors:
             gr.Warning("; ".join(errors))
@@ -222,18 +234,18 @@ def build(ctx: UIContext) -> None:
             gr.Warning(f"could not start the trainer: {exc}")
             return gr.skip()
         gr.Info(f"started {att.run_id}")
-        return {attached: att.to_dict(), seen: {}, pending: fresh_pending(name, spec)}
+        return {attached: follow(request, att), seen: {}, pending: fresh_pending(name, spec)}
 
-    def on_abort(state: dict) -> Updates:
+    def on_abort(state: dict, request: gr.Request) -> Updates:
         try:
             att, what = actions.abort(workspace.open_runs_db(), Attached.of(state))
         except (MemFactoryError, OSError) as exc:
             gr.Warning(_message(exc))
             return gr.skip()
         gr.Info(f"{att.run_id}: {what}")
-        return {attached: att.to_dict(), seen: {}}
+        return {attached: follow(request, att), seen: {}}
 
-    def on_resume(run_id: str | None, state: dict) -> Updates:
+    def on_resume(run_id: str | None, state: dict, request: gr.Request) -> Updates:
         try:
             att = actions.resume(workspace.open_runs_db(), run_id, Attached.of(state))
         except MemFactoryError as exc:
@@ -243,10 +255,10 @@ def build(ctx: UIContext) -> None:
             gr.Warning(f"could not resume: {exc}")
             return gr.skip()
         gr.Info(f"resuming {att.run_id}")
-        return {attached: att.to_dict(), seen: {}}
+        return {attached: follow(request, att), seen: {}}
 
-    def on_pick(run_id: str | None) -> Updates:
-        return {attached: Attached(run_id=run_id or None).to_dict(), seen: {}}
+    def on_pick(run_id: str | None, request: gr.Request) -> Updates:
+        return {attached: follow(request, Attached(run_id=run_id or None)), seen: {}}
 
     start_btn.click(on_start, {*launch_inputs, force, pending, attached}, [attached, seen, pending],
                     concurrency_limit=1).then(

@@ -12,6 +12,8 @@ memfactory.tracking's: this module never writes a run's status itself.
 from __future__ import annotations
 
 import html
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,36 @@ class RunView:
         if not self.total:
             return None
         return max(0.0, min(1.0, self.step / self.total))
+
+
+class FollowedRuns:
+    """The run each browser session follows, kept on the server, so a stale poll can be dropped.
+
+    A timer poll works on the ``Attached`` value it was handed when it started. When the user picks
+    another run while a poll is still running, the old poll would finish last and redraw the run the
+    user just left over the new pick. The tab records every change of run here (load, start, abort,
+    resume, pick) and drops a poll whose run is no longer its session's. A session this registry does
+    not know (a UI restarted under an open page, a call without a session) is never dropped.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._runs: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def follow(self, session: str | None, run_id: str | None) -> None:
+        if not session:
+            return
+        with self._lock:
+            self._runs[session] = run_id
+            self._runs.move_to_end(session)
+            while len(self._runs) > self._limit:  # the oldest sessions' pages are long closed
+                self._runs.popitem(last=False)
+
+    def is_current(self, session: str | None, run_id: str | None) -> bool:
+        """False only when ``session`` has since moved to another run."""
+        with self._lock:
+            return not session or session not in self._runs or self._runs[session] == run_id
 
 
 # --------------------------------------------------------------------------- presets and choices

@@ -105,3 +105,18 @@ def test_a_launch_that_dies_at_start_up_shows_its_error_and_leaves_no_run_row(ws
     first = (ws / "runs" / run_id / "stdout.log").read_text().splitlines()[0]
     assert first.startswith("$ OMP_NUM_THREADS=1 ") and "--num_processes 2" in first  # the command heads the log
     assert db.list_runs() == [] and not process.process_tree(pid)
+
+
+def test_followed_runs_say_when_a_session_has_left_a_run():
+    followed = train_view.FollowedRuns(limit=2)
+    assert followed.is_current("s1", "r-a")  # a session it does not know (a restarted UI) is never dropped
+    followed.follow("s1", "r-a")
+    assert followed.is_current("s1", "r-a") and not followed.is_current("s1", "r-b")
+    followed.follow("s1", "r-b")  # the user picked another run
+    assert not followed.is_current("s1", "r-a") and followed.is_current("s1", "r-b")
+    followed.follow("s2", None)  # a session with no run yet
+    assert followed.is_current("s2", None) and not followed.is_current("s2", "r-a")
+    followed.follow(None, "r-c")  # a call without a session records nothing and is never dropped
+    assert followed.is_current(None, "r-a")
+    followed.follow("s3", "r-c")  # over the limit: the least recently changed session is forgotten
+    assert followed.is_current("s1", "r-a") and not followed.is_current("s3", "r-a")
