@@ -84,6 +84,7 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
         _fill(page, "mf-chat-msg", "Where do I live now?")
         page.locator("#mf-chat-send").click()
         wait_text(page, "#mf-chat-chatbot", "{Ber ▌")  # the first piece, shown while the answer is written
+        assert page.locator("#mf-chat-send").is_disabled()  # off while the send runs: a click is not lost unseen
         page.locator("#mf-chat-stop").click()
         wait_text(page, "#mf-chat-status", "Stopped mid-answer. The bank is unchanged")
     finally:
@@ -91,7 +92,7 @@ def test_memory_r1_remembers_a_correction_and_answers_from_it(page, scripted, wo
         scripted.app.state.hold_stream.pop("answer", None)
     wait_text(page, "#mf-chat-chatbot", "⏹ Stopped mid-answer.")
     assert "{Ber …" in _text(page, "mf-chat-chatbot")
-    _send(page, "Where do I live?", 5)
+    _send(page, "Where do I live?", 5)  # the click waits for Send to come back on once the stopped send ends
 
     # Reset needs its confirmation; then the bank is empty, and a new session keeps on with it
     page.locator("#mf-chat-reset").click()

@@ -6,8 +6,9 @@ closed with the tab); the models are shared through one cache, and the Send even
 sessions at once, so one chat's generation does not wait for another's. The answer streams into the
 chat token by token. Stop tells the session, and the Send event ends by itself: the answer being
 written ends at its next token, any other call in flight is waited for, nothing starts after it, and a
-message whose model was still loading is not sent. (Not Gradio's ``cancels=``: a cancelled event can
-mark every output of Send with "Error" after Stop's own update, hiding what the turn wrote.)
+message whose model was still loading is not sent; Send is off until that event has ended. (Not
+Gradio's ``cancels=``: a cancelled event can mark every output of Send with "Error" after Stop's own
+update, hiding what the turn wrote.)
 """
 
 from __future__ import annotations
@@ -223,12 +224,17 @@ def build(ctx: UIContext) -> None:
         gr.Warning(text.splitlines()[0][:300])
         return shown.show(session, f"❌ {text}")
 
+    # Send is off while a send runs, and back on when it has ended (``enable_send``, chained): a click
+    # on it before then would be dropped without a word (Gradio runs one event of a trigger at a time),
+    # e.g. right after Stop, while the stopped answer still waits for its next token.
+    busy = {send: gr.update(interactive=False)}
+
     def on_send(data: dict[Any, Any]) -> Iterator[Updates]:
         session = session_of(data)
         stops_seen = session.stops
         try:
             if session.loaded is None or session.loaded.target != fields.read(data):
-                yield {**shown.show(session, "⏳ loading the model…"), message: gr.update()}
+                yield {**shown.show(session, "⏳ loading the model…"), message: gr.update(), **busy}
             session.use(fields.read(data))
             if session.loaded is not None and session.loaded.kind != "bank":
                 session.set_document(data[document])
@@ -239,7 +245,7 @@ def build(ctx: UIContext) -> None:
         except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback; the message stays typed
             yield {**failed(session, exc), message: gr.update()}
             return
-        yield {**shown.show(session), message: ""}
+        yield {**shown.show(session), message: "", **busy}
         step = turn.step
         for _ in session.steps(turn):
             if turn.status == "running" and turn.step == step and turn.partial:  # a token: only the chat changes
@@ -251,10 +257,14 @@ def build(ctx: UIContext) -> None:
             gr.Warning(turn.note[:300])
 
     send_inputs = {state, message, document, *fields.components}
-    send_outputs = [*shown.components, message]
-    send.click(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat")
-    message.submit(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY,
-                   concurrency_id="chat")
+    send_outputs = [*shown.components, message, send]
+
+    def enable_send() -> Updates:
+        return {send: gr.update(interactive=True)}
+
+    for trigger in (send.click, message.submit):
+        trigger(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat").then(
+            enable_send, None, send, show_progress="hidden", concurrency_limit=None)
 
     def on_stop(session: ChatSession | None) -> Updates:
         if session is None:

@@ -34,6 +34,12 @@ def test_send_runs_chats_side_by_side_and_stop_is_never_queued_behind_it(app):
     assert send.concurrency_limit == submit.concurrency_limit == 4 and send.concurrency_id == submit.concurrency_id
     (stop,) = _fns(demo, by_elem["mf-chat-stop"])  # tells the session; no Gradio cancel (it can mark Send's outputs "Error")
     assert not stop.is_cancel_function and stop.concurrency_limit is None  # never queued behind a send
+    # Send is off while a send runs (a click then would be dropped unseen) and on again after it, whatever the end
+    send_button = by_elem["mf-chat-send"]
+    for fn in (send, submit):
+        (after,) = [f for f in demo.fns.values() if f.trigger_after == fn._id]
+        assert send_button in after.outputs and not after.trigger_only_on_success and after.concurrency_limit is None
+        assert after.fn() == {send_button: {"__type__": "update", "interactive": True}}
 
 
 def test_a_conversation_through_the_tab_handlers(app, scripted):
@@ -47,6 +53,8 @@ def test_a_conversation_through_the_tab_handlers(app, scripted):
         data[next(b for b in send.inputs if type(b).__name__ == "State")] = session
         sent = list(send.fn(data))
         assert [u[by_elem["mf-chat-msg"]] for u in sent].count("") == 1  # emptied once the turn starts
+        started = next(u for u in sent if u[by_elem["mf-chat-msg"]] == "")
+        assert started[by_elem["mf-chat-send"]]["interactive"] is False  # off until the send has ended
         for updates in sent:
             shown.update(updates)
         session = next(v for k, v in shown.items() if type(k).__name__ == "State")
