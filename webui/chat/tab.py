@@ -226,7 +226,8 @@ def build(ctx: UIContext) -> None:
 
     # Send is off while a send runs, and back on when it has ended (``enable_send``, chained): a click
     # on it before then would be dropped without a word (Gradio runs one event of a trigger at a time),
-    # e.g. right after Stop, while the stopped answer still waits for its next token.
+    # e.g. right after Stop, while the stopped answer still waits for its next token, or right after a
+    # refusal. Every update that ends or starts a turn carries it, so no status line shows with Send on.
     busy = {send: gr.update(interactive=False)}
 
     def on_send(data: dict[Any, Any]) -> Iterator[Updates]:
@@ -240,10 +241,11 @@ def build(ctx: UIContext) -> None:
                 session.set_document(data[document])
             turn = session.begin(data[message], stops_seen=stops_seen)
         except ChatStopped:
-            yield {**shown.show(session, "⏹ Stopped before sending: the message was not sent."), message: gr.update()}
+            yield {**shown.show(session, "⏹ Stopped before sending: the message was not sent."), message: gr.update(),
+                   **busy}
             return
         except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback; the message stays typed
-            yield {**failed(session, exc), message: gr.update()}
+            yield {**failed(session, exc), message: gr.update(), **busy}
             return
         yield {**shown.show(session), message: "", **busy}
         step = turn.step

@@ -76,6 +76,7 @@ def test_empty_message_and_bad_document_upload_say_why(app, scripted, tmp_path):
                                            "mf-chat-preset": "memory_r1_tiny_cpu", "mf-chat-msg": "  "})
     *_, last = list(send.fn(data))
     assert last[by_elem["mf-chat-status"]].startswith("❌ type a message first")
+    assert last[by_elem["mf-chat-send"]]["interactive"] is False  # on again only once the event has ended
     assert scripted.app.state.calls == {}
     (upload,) = _fns(demo, by_elem["mf-chat-doc-upload"])
     binary = tmp_path / "image.txt"
