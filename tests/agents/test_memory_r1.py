@@ -43,10 +43,12 @@ def _banks_dirs() -> set[str]:
     ("mode", "manager_trains", "answer_trains"),
     [("manager", True, False), ("answer", False, True), ("both", True, True)],
 )
-def test_train_modes_mark_the_right_calls(tiny_backend, samples, mode, manager_trains, answer_trains):
-    before = _banks_dirs()
+def test_train_modes_mark_the_right_calls(tiny_backend, samples, mode, manager_trains, answer_trains, tmp_path,
+                                         monkeypatch):
+    # a temp folder of this test's own: other test workers make and remove their banks in the shared one
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     trajectories = _agent(mode).run(samples, tiny_backend, params=PARAMS, group_size=2, train=True)
-    assert _banks_dirs() == before  # temporary banks are removed
+    assert _banks_dirs() == set()  # temporary banks are removed
     assert [t.group for t in trajectories] == [0, 0, 1, 1]
     steps = len(episode_steps(samples[0], 8))
     for t in trajectories:

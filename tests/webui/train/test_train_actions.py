@@ -120,7 +120,9 @@ def test_start_abort_resume_a_real_tiny_run(ws, tiny_preset):
         view = wait_until(lambda: (v := train_view.poll(db, attached)).step >= 3 and v, timeout=120)
         assert view, process.tail(ws / "runs" / attached.run_id / "stdout.log", 20)
         assert view.status == "running" and view.total == 300 and view.eta_s is not None and view.eta_s > 0
-        record = db.get(attached.run_id)  # the ETA is the trainer's: written to the run's row each step
+        # the ETA is the trainer's: written to the run's row each step (read both at one step: it trains on)
+        view, record = wait_until(lambda: (v := train_view.poll(db, attached), r := db.get(attached.run_id))
+                                  and v.step == r.step and (v, r))
         assert record.seconds_per_step > 0 and view.eta_s == record.eta_s
         assert latest_checkpoint(view.run_dir) is not None
 
