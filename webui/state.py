@@ -31,6 +31,20 @@ def refreshed_choices(choices: Sequence[str], current: Any, fallback: Any = None
     return gr.update(choices=list(choices), value=fallback if fallback in choices else None)
 
 
+def button_on(on: bool) -> Any:
+    """A button's update to on or off (``interactive``)."""
+    return gr.update(interactive=on)
+
+
+def click_while_off(button: gr.Button, fn: Callable[..., Any], inputs: Any, outputs: Any, **kwargs: Any) -> Any:
+    """``button.click`` running ``fn`` with the button off meanwhile and on again whatever the end.
+    Gradio drops a click on a trigger whose previous event is still pending, without a word; an off
+    button says so. Returns the last step, for more ``.then``."""
+    return button.click(lambda: button_on(False), None, button, show_progress="hidden", concurrency_limit=None).then(
+        fn, inputs, outputs, **kwargs).then(
+        lambda: button_on(True), None, button, show_progress="hidden", concurrency_limit=None)
+
+
 @dataclass(frozen=True)
 class OpenInAssemble:
     """The Assemble tab's form, lent to other tabs: show a preset file there (Runs: "open in Assemble")."""

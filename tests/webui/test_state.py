@@ -1,8 +1,11 @@
-"""webui.state.refreshed_choices: a refreshed dropdown never sends back a value the user may have changed meanwhile."""
+"""webui.state: a refreshed dropdown never sends back a value the user may have changed meanwhile, and a
+button whose click would be dropped while its work runs is off meanwhile."""
 
 from __future__ import annotations
 
-from webui.state import refreshed_choices
+import gradio as gr
+
+from webui.state import click_while_off, refreshed_choices
 
 
 def test_a_value_still_offered_is_not_sent_back():
@@ -22,3 +25,34 @@ def test_a_multiselect_keeps_what_is_still_offered():
     assert "value" not in refreshed_choices(["a", "b", "c"], ["a", "c"])
     assert refreshed_choices(["a", "b"], ["a", "gone"])["value"] == ["a"]
     assert "value" not in refreshed_choices(["a"], [])
+
+
+def _click_chain(demo, button) -> list:
+    """The functions a click on ``button`` runs, in order (its event, then each ``.then``)."""
+    chain = [next(fn for fn in demo.fns.values() if (button._id, "click") in map(tuple, fn.targets))]
+    while after := [fn for fn in demo.fns.values() if fn.trigger_after == chain[-1]._id]:
+        chain.append(after[0])
+    return chain
+
+
+def test_click_while_off_turns_the_button_off_then_on_whatever_the_end():
+    with gr.Blocks() as demo:
+        button, out = gr.Button(), gr.Textbox()
+        last = click_while_off(button, lambda: "done", None, out, concurrency_limit=1)
+    off, work, on = _click_chain(demo, button)
+    assert off.outputs == [button] and off.fn() == {"__type__": "update", "interactive": False}
+    assert off.concurrency_limit is None  # never queued behind another session's work
+    assert work.outputs == [out] and work.fn() == "done" and work.concurrency_limit == 1
+    assert on.outputs == [button] and on.fn() == {"__type__": "update", "interactive": True}
+    assert not on.trigger_only_on_success  # a failed run turns it back on too
+    assert last is not None  # more steps may follow
+
+
+def test_the_app_runs_start_and_run_with_their_button_off(ws):
+    from webui.app import build_app
+
+    demo = build_app()
+    by_elem = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    for elem_id, handler in (("mf-train-start", "on_start"), ("mf-pg-run", "on_run")):
+        off, work, on = _click_chain(demo, by_elem[elem_id])[:3]
+        assert work.fn.__name__ == handler and off.fn()["interactive"] is False and on.fn()["interactive"] is True

@@ -28,7 +28,7 @@ from webui.chat.target import DEFAULT_PRESET, ChatTarget, preset_kind
 from webui.i18n import t
 from webui.models import BackendCache
 from webui.playground.compare import checkpoint_choices, describe_error
-from webui.state import UIContext, Updates, refreshed_choices
+from webui.state import UIContext, Updates, button_on, refreshed_choices
 
 _CACHE = BackendCache(max_items=2)  # the chats' models (the Playground keeps its own)
 SEND_CONCURRENCY = 4  # chats generating at once, across browser tabs
@@ -228,7 +228,7 @@ def build(ctx: UIContext) -> None:
     # on it before then would be dropped without a word (Gradio runs one event of a trigger at a time),
     # e.g. right after Stop, while the stopped answer still waits for its next token, or right after a
     # refusal. Every update that ends or starts a turn carries it, so no status line shows with Send on.
-    busy = {send: gr.update(interactive=False)}
+    busy = {send: button_on(False)}
 
     def on_send(data: dict[Any, Any]) -> Iterator[Updates]:
         session = session_of(data)
@@ -262,7 +262,7 @@ def build(ctx: UIContext) -> None:
     send_outputs = [*shown.components, message, send]
 
     def enable_send() -> Updates:
-        return {send: gr.update(interactive=True)}
+        return {send: button_on(True)}
 
     for trigger in (send.click, message.submit):
         trigger(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat").then(

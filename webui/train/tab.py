@@ -20,7 +20,7 @@ from memfactory.tracking import process, runs
 from memfactory.tracking.metrics import RunDir, read_records
 from webui import plots, workspace
 from webui.i18n import t
-from webui.state import UIContext, Updates, refreshed_choices
+from webui.state import UIContext, Updates, click_while_off, refreshed_choices
 from webui.train import actions, command, samples, view
 from webui.train.view import Attached
 
@@ -260,12 +260,8 @@ def build(ctx: UIContext) -> None:
     def on_pick(run_id: str | None, request: gr.Request) -> Updates:
         return {attached: follow(request, Attached(run_id=run_id or None)), seen: {}}
 
-    # Start is off while a start is checked and launched, then on again whatever the outcome: a click
-    # meanwhile would be dropped without a word (Gradio runs one event of a trigger at a time)
-    start_btn.click(lambda: gr.update(interactive=False), None, start_btn, show_progress="hidden",
-                    concurrency_limit=None).then(
-        on_start, {*launch_inputs, force, pending, attached}, [attached, seen, pending], concurrency_limit=1).then(
-        lambda: gr.update(interactive=True), None, start_btn, show_progress="hidden", concurrency_limit=None).then(
+    click_while_off(start_btn, on_start, {*launch_inputs, force, pending, attached}, [attached, seen, pending],
+                    concurrency_limit=1).then(
         refresh, refresh_inputs, refresh_outputs, show_progress="hidden").then(
         preview, preview_inputs, preview_outputs, show_progress="hidden")
     abort_btn.click(on_abort, attached, [attached, seen], concurrency_limit=1).then(

@@ -83,18 +83,3 @@ def test_a_poll_for_a_run_the_user_has_left_is_dropped(ws, monkeypatch):
     assert tick.fn(poll_data("r-new"), me) == gr.skip()  # finished after the pick: dropped too
     monkeypatch.setattr(train_view, "poll", real_poll)
     assert "r-old" in tick.fn(poll_data("r-old"), me)[status]
-
-
-def test_start_is_off_while_a_start_runs_and_on_again_whatever_the_outcome(ws):
-    """A click on Start while the previous start is still checked and launched would be dropped without
-    a word (Gradio runs one event of a trigger at a time); the button says so by being off."""
-    demo = build_app()
-    start = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "mf-train-start")
-    chain = [next(fn for fn in demo.fns.values() if (start._id, "click") in map(tuple, fn.targets))]
-    while (after := [fn for fn in demo.fns.values() if fn.trigger_after == chain[-1]._id]):
-        chain.append(after[0])
-    off, launch, on = chain[:3]
-    assert off.outputs == [start] and off.fn() == {"__type__": "update", "interactive": False}
-    assert launch.fn.__name__ == "on_start" and launch.concurrency_limit == 1
-    assert on.outputs == [start] and on.fn() == {"__type__": "update", "interactive": True}
-    assert not on.trigger_only_on_success  # a refused or failed start turns it back on too
