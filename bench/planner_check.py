@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu_check as gc
 
+from memfactory.tracking.process import free_port
+
 
 @dataclass(frozen=True)
 class Case:
@@ -199,7 +201,7 @@ def _measure_rollout(trainer, prompt: int, new_tokens: int) -> dict:
 def _two_processes(name: str, dry: bool) -> dict:
     """Two processes (torch.distributed.run, gloo) on this one device, each measuring its own peak."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(Path(__file__)), "--ddp-child", name, "--out", out, *(["--shape", "qwen3-mini"] if dry else [])]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(FSDP_ENV if CASES[name].phase == "fsdp2" else {})}
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False, env=env)

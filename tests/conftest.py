@@ -14,10 +14,16 @@ All run on CPU in float32 with sdpa attention, greedy-deterministic.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from memfactory.backends.hf import HFBackend
 from memfactory.backends.sources import load_model_and_tokenizer
 from memfactory.config import ModelConfig
+
+# Property tests on a loaded CI machine: no per-example deadline (a worker descheduled for 250 ms failed
+# an example with DeadlineExceeded or "Unreliable test timings"), and slow data generation is no error
+settings.register_profile("memfactory", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("memfactory")
 
 TINY = ModelConfig(path="tiny://qwen3-mini", dtype="float32", attn="sdpa")
 SMOLLM2 = ModelConfig(path="smollm2-135m-instruct", dtype="float32", attn="sdpa")

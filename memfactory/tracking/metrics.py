@@ -143,7 +143,9 @@ def read_metrics(path: str | Path, since_line: int = 0) -> MetricsChunk:
 
 
 class RecordsCache:
-    """Incremental readers of growing JSON-lines files (re-read from the start when one shrinks).
+    """Incremental readers of growing JSON-lines files (re-read from the start when one shrinks or is
+    replaced: a resume's ``truncate_after`` writes a new file, which may outgrow the old one before the
+    next read).
 
     A UI polls the same few files every second or two: each call reads only the lines appended
     since the last one. At most ``limit`` files are remembered (least recently read dropped).
@@ -151,24 +153,25 @@ class RecordsCache:
 
     def __init__(self, limit: int = 32) -> None:
         self._lock = threading.Lock()
-        self._files: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
+        self._files: dict[str, tuple[tuple[int, int], int, int, list[dict[str, Any]]]] = {}
         self.limit = limit
 
     def read(self, path: str | Path) -> list[dict[str, Any]]:
         key = str(path)
         try:
-            size = Path(path).stat().st_size
+            stat = Path(path).stat()
         except OSError:
             return []
+        size, file_id = stat.st_size, (stat.st_dev, stat.st_ino)
         with self._lock:
-            next_line, seen, records = self._files.get(key, (0, 0, []))
-            if size < seen:  # truncated (a resume rewrote it): start over
-                next_line, records = 0, []
+            seen_id, next_line, seen, records = self._files.get(key, (file_id, 0, 0, []))
+            if size < seen or file_id != seen_id:  # truncated or replaced (a resume rewrote it): start over
+                next_line, seen, records = 0, -1, []
             if size != seen or not records:
                 chunk = read_metrics(path, next_line)
                 records = records + chunk.records
                 self._files.pop(key, None)
-                self._files[key] = (chunk.next_line, size, records)
+                self._files[key] = (file_id, chunk.next_line, size, records)
                 while len(self._files) > self.limit:
                     self._files.pop(next(iter(self._files)))
             return list(records)

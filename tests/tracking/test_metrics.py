@@ -136,6 +136,21 @@ def test_cached_reader_reads_only_what_was_appended_and_restarts_after_a_truncat
     assert [r["step"] for r in read_records(path)] == [1]
 
 
+def test_cached_reader_restarts_when_a_resume_replaced_the_file_and_it_outgrew_the_old_one(tmp_path):
+    run = RunDir(tmp_path / "r")
+    writer = MetricsWriter(run)
+    for step in range(1, 9):
+        writer.write(step, {"loss": float(step)})
+    assert [r["step"] for r in read_records(run.metrics_path)] == list(range(1, 9))
+    writer.truncate_after(4)  # resumed from step 4: a new file; before the next read it has grown past the old one
+    for step in range(5, 13):
+        writer.write(step, {"loss": 100.0 + step})
+    writer.close()
+    records = read_records(run.metrics_path)
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert [r["loss"] for r in records[4:]] == [100.0 + s for s in range(5, 13)]  # the resumed run's values
+
+
 def test_cached_reader_remembers_a_bounded_number_of_files(tmp_path):
     cache = RecordsCache(limit=2)
     paths = [tmp_path / f"{i}.jsonl" for i in range(3)]
