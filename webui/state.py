@@ -36,11 +36,13 @@ def button_on(on: bool) -> Any:
     return gr.update(interactive=on)
 
 
-def click_while_off(button: gr.Button, fn: Callable[..., Any], inputs: Any, outputs: Any, **kwargs: Any) -> Any:
-    """``button.click`` running ``fn`` with the button off meanwhile and on again whatever the end.
-    Gradio drops a click on a trigger whose previous event is still pending, without a word; an off
-    button says so. Returns the last step, for more ``.then``."""
-    return button.click(lambda: button_on(False), None, button, show_progress="hidden", concurrency_limit=None).then(
+def run_while_off(trigger: Callable[..., Any], button: gr.Button, fn: Callable[..., Any], inputs: Any, outputs: Any,
+                  **kwargs: Any) -> Any:
+    """``trigger`` (``button.click``, or another event that does the button's work, such as a textbox's
+    ``submit``) runs ``fn`` with ``button`` off meanwhile and on again whatever the end. Gradio drops a
+    click on a trigger whose previous event is still pending, without a word; an off button says so.
+    Returns the last step, for more ``.then``."""
+    return trigger(lambda: button_on(False), None, button, show_progress="hidden", concurrency_limit=None).then(
         fn, inputs, outputs, **kwargs).then(
         lambda: button_on(True), None, button, show_progress="hidden", concurrency_limit=None)
 

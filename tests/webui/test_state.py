@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from webui.state import click_while_off, refreshed_choices
+from tests.webui.events import event_chain, handlers
+from webui.state import refreshed_choices, run_while_off
 
 
 def test_a_value_still_offered_is_not_sent_back():
@@ -27,32 +28,29 @@ def test_a_multiselect_keeps_what_is_still_offered():
     assert "value" not in refreshed_choices(["a"], [])
 
 
-def _click_chain(demo, button) -> list:
-    """The functions a click on ``button`` runs, in order (its event, then each ``.then``)."""
-    chain = [next(fn for fn in demo.fns.values() if (button._id, "click") in map(tuple, fn.targets))]
-    while after := [fn for fn in demo.fns.values() if fn.trigger_after == chain[-1]._id]:
-        chain.append(after[0])
-    return chain
-
-
-def test_click_while_off_turns_the_button_off_then_on_whatever_the_end():
+def test_run_while_off_turns_the_button_off_then_on_whatever_the_end():
     with gr.Blocks() as demo:
         button, out = gr.Button(), gr.Textbox()
-        last = click_while_off(button, lambda: "done", None, out, concurrency_limit=1)
-    off, work, on = _click_chain(demo, button)
+        last = run_while_off(button.click, button, lambda: "done", None, out, concurrency_limit=1)
+    off, work, on = event_chain(demo, *[fn for fn in demo.fns.values() if fn.targets[0][0] == button._id])
     assert off.outputs == [button] and off.fn() == {"__type__": "update", "interactive": False}
     assert off.concurrency_limit is None  # never queued behind another session's work
     assert work.outputs == [out] and work.fn() == "done" and work.concurrency_limit == 1
     assert on.outputs == [button] and on.fn() == {"__type__": "update", "interactive": True}
     assert not on.trigger_only_on_success  # a failed run turns it back on too
     assert last is not None  # more steps may follow
+    assert handlers(demo, button) == [work]
 
 
-def test_the_app_runs_start_and_run_with_their_button_off(ws):
+def test_the_app_runs_start_run_and_send_with_their_button_off(ws):
     from webui.app import build_app
 
     demo = build_app()
     by_elem = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
-    for elem_id, handler in (("mf-train-start", "on_start"), ("mf-pg-run", "on_run")):
-        off, work, on = _click_chain(demo, by_elem[elem_id])[:3]
-        assert work.fn.__name__ == handler and off.fn()["interactive"] is False and on.fn()["interactive"] is True
+    cases = [("mf-train-start", "click", "mf-train-start", "on_start"), ("mf-pg-run", "click", "mf-pg-run", "on_run"),
+             ("mf-chat-send", "click", "mf-chat-send", "on_send"), ("mf-chat-msg", "submit", "mf-chat-send", "on_send")]
+    for trigger, event, button, handler in cases:
+        (first,) = [fn for fn in demo.fns.values() if (by_elem[trigger]._id, event) in map(tuple, fn.targets)]
+        off, work, on = event_chain(demo, first)[:3]
+        assert off.outputs == on.outputs == [by_elem[button]] and work.fn.__name__ == handler
+        assert off.fn()["interactive"] is False and on.fn()["interactive"] is True and not on.trigger_only_on_success

@@ -28,7 +28,7 @@ from webui.chat.target import DEFAULT_PRESET, ChatTarget, preset_kind
 from webui.i18n import t
 from webui.models import BackendCache
 from webui.playground.compare import checkpoint_choices, describe_error
-from webui.state import UIContext, Updates, button_on, refreshed_choices
+from webui.state import UIContext, Updates, refreshed_choices, run_while_off
 
 _CACHE = BackendCache(max_items=2)  # the chats' models (the Playground keeps its own)
 SEND_CONCURRENCY = 4  # chats generating at once, across browser tabs
@@ -224,30 +224,23 @@ def build(ctx: UIContext) -> None:
         gr.Warning(text.splitlines()[0][:300])
         return shown.show(session, f"❌ {text}")
 
-    # Send is off while a send runs, and back on when it has ended (``enable_send``, chained): a click
-    # on it before then would be dropped without a word (Gradio runs one event of a trigger at a time),
-    # e.g. right after Stop, while the stopped answer still waits for its next token, or right after a
-    # refusal. Every update that ends or starts a turn carries it, so no status line shows with Send on.
-    busy = {send: button_on(False)}
-
     def on_send(data: dict[Any, Any]) -> Iterator[Updates]:
         session = session_of(data)
         stops_seen = session.stops
         try:
             if session.loaded is None or session.loaded.target != fields.read(data):
-                yield {**shown.show(session, "⏳ loading the model…"), message: gr.update(), **busy}
+                yield {**shown.show(session, "⏳ loading the model…"), message: gr.update()}
             session.use(fields.read(data))
             if session.loaded is not None and session.loaded.kind != "bank":
                 session.set_document(data[document])
             turn = session.begin(data[message], stops_seen=stops_seen)
         except ChatStopped:
-            yield {**shown.show(session, "⏹ Stopped before sending: the message was not sent."), message: gr.update(),
-                   **busy}
+            yield {**shown.show(session, "⏹ Stopped before sending: the message was not sent."), message: gr.update()}
             return
         except Exception as exc:  # noqa: BLE001 - a readable line, never a traceback; the message stays typed
-            yield {**failed(session, exc), message: gr.update(), **busy}
+            yield {**failed(session, exc), message: gr.update()}
             return
-        yield {**shown.show(session), message: "", **busy}
+        yield {**shown.show(session), message: ""}
         step = turn.step
         for _ in session.steps(turn):
             if turn.status == "running" and turn.step == step and turn.partial:  # a token: only the chat changes
@@ -259,14 +252,13 @@ def build(ctx: UIContext) -> None:
             gr.Warning(turn.note[:300])
 
     send_inputs = {state, message, document, *fields.components}
-    send_outputs = [*shown.components, message, send]
-
-    def enable_send() -> Updates:
-        return {send: button_on(True)}
-
+    send_outputs = [*shown.components, message]
+    # Send is off from the click (or Enter) until the send has ended, however it ends: a click on it before
+    # then would be dropped without a word, e.g. right after Stop, while the stopped answer still waits for
+    # its next token, or right after a refusal
     for trigger in (send.click, message.submit):
-        trigger(on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY, concurrency_id="chat").then(
-            enable_send, None, send, show_progress="hidden", concurrency_limit=None)
+        run_while_off(trigger, send, on_send, send_inputs, send_outputs, concurrency_limit=SEND_CONCURRENCY,
+                      concurrency_id="chat")
 
     def on_stop(session: ChatSession | None) -> Updates:
         if session is None:

@@ -21,7 +21,7 @@ from webui import workspace
 from webui.i18n import t
 from webui.playground import compare, render
 from webui.playground.compare import RunSettings, WorkflowResult, WorkflowSpec
-from webui.state import UIContext, Updates, click_while_off
+from webui.state import UIContext, Updates, run_while_off
 
 _CACHE = compare.BackendCache(max_items=compare.MAX_WORKFLOWS)
 _LOCK = threading.Lock()  # one comparison at a time: they share the cache and the CPU
@@ -208,7 +208,7 @@ def build(ctx: UIContext) -> None:
         return view.show(results, files=files)
 
     run_inputs = {eval_set, n, temperature, max_tokens, model, *[w for slot in slots for w in slot.components]}
-    click_while_off(run_btn, on_run, run_inputs, view.components, concurrency_limit=1)
+    run_while_off(run_btn.click, run_btn, on_run, run_inputs, view.components, concurrency_limit=1)
     sample.change(lambda results, sid: render.sample_html(results or [], sid), [state, sample], sample_view,
                   show_progress="hidden")
 

@@ -20,7 +20,7 @@ from memfactory.tracking import process, runs
 from memfactory.tracking.metrics import RunDir, read_records
 from webui import plots, workspace
 from webui.i18n import t
-from webui.state import UIContext, Updates, click_while_off, refreshed_choices
+from webui.state import UIContext, Updates, button_on, refreshed_choices, run_while_off
 from webui.train import actions, command, samples, view
 from webui.train.view import Attached
 
@@ -177,7 +177,7 @@ def build(ctx: UIContext) -> None:
                 att = Attached(run_id=view.pick_run(workspace.open_runs_db()))
             except MemFactoryError as exc:
                 gr.Warning(_message(exc).splitlines()[0])
-        enable = gr.update(interactive=True)
+        enable = button_on(True)
         return {attached: follow(request, att), seen: {}, preset: gr.update(choices=workspace.list_presets()),
                 start_btn: enable, abort_btn: enable, resume_btn: enable}
 
@@ -260,8 +260,8 @@ def build(ctx: UIContext) -> None:
     def on_pick(run_id: str | None, request: gr.Request) -> Updates:
         return {attached: follow(request, Attached(run_id=run_id or None)), seen: {}}
 
-    click_while_off(start_btn, on_start, {*launch_inputs, force, pending, attached}, [attached, seen, pending],
-                    concurrency_limit=1).then(
+    run_while_off(start_btn.click, start_btn, on_start, {*launch_inputs, force, pending, attached},
+                  [attached, seen, pending], concurrency_limit=1).then(
         refresh, refresh_inputs, refresh_outputs, show_progress="hidden").then(
         preview, preview_inputs, preview_outputs, show_progress="hidden")
     abort_btn.click(on_abort, attached, [attached, seen], concurrency_limit=1).then(

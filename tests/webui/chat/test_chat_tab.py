@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.webui.events import event_chain, handlers, turns_a_button_off
 from webui.app import build_app
 
 
@@ -13,10 +14,6 @@ def app(ws):
     demo = build_app()
     by_elem = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     return demo, by_elem
-
-
-def _fns(demo, trigger):
-    return [fn for fn in demo.fns.values() if any(t[0] == trigger._id for t in fn.targets)]
 
 
 def _values(demo, fn, by_elem, **values):
@@ -29,22 +26,24 @@ def _values(demo, fn, by_elem, **values):
 
 def test_send_runs_chats_side_by_side_and_stop_is_never_queued_behind_it(app):
     demo, by_elem = app
-    (send,) = _fns(demo, by_elem["mf-chat-send"])
-    (submit,) = _fns(demo, by_elem["mf-chat-msg"])
+    (send,) = handlers(demo, by_elem["mf-chat-send"])
+    (submit,) = handlers(demo, by_elem["mf-chat-msg"])
     assert send.concurrency_limit == submit.concurrency_limit == 4 and send.concurrency_id == submit.concurrency_id
-    (stop,) = _fns(demo, by_elem["mf-chat-stop"])  # tells the session; no Gradio cancel (it can mark Send's outputs "Error")
+    (stop,) = handlers(demo, by_elem["mf-chat-stop"])  # tells the session; no Gradio cancel (it can mark Send's outputs "Error")
     assert not stop.is_cancel_function and stop.concurrency_limit is None  # never queued behind a send
     # Send is off while a send runs (a click then would be dropped unseen) and on again after it, whatever the end
     send_button = by_elem["mf-chat-send"]
-    for fn in (send, submit):
-        (after,) = [f for f in demo.fns.values() if f.trigger_after == fn._id]
-        assert send_button in after.outputs and not after.trigger_only_on_success and after.concurrency_limit is None
-        assert after.fn() == {send_button: {"__type__": "update", "interactive": True}}
+    for trigger in (send_button, by_elem["mf-chat-msg"]):
+        (first,) = [fn for fn in demo.fns.values() if fn.targets[0][0] == trigger._id]
+        off, work, on = event_chain(demo, first)
+        assert turns_a_button_off(off) and off.outputs == [send_button] and work in (send, submit)
+        assert on.outputs == [send_button] and on.fn() == {"__type__": "update", "interactive": True}
+        assert not on.trigger_only_on_success and on.concurrency_limit is None
 
 
 def test_a_conversation_through_the_tab_handlers(app, scripted):
     demo, by_elem = app
-    (send,) = _fns(demo, by_elem["mf-chat-send"])
+    (send,) = handlers(demo, by_elem["mf-chat-send"])
     fields = {"mf-chat-url": scripted.url, "mf-chat-served": "scripted", "mf-chat-preset": "memory_r1_tiny_cpu"}
     session = None
     shown = {}
@@ -53,8 +52,6 @@ def test_a_conversation_through_the_tab_handlers(app, scripted):
         data[next(b for b in send.inputs if type(b).__name__ == "State")] = session
         sent = list(send.fn(data))
         assert [u[by_elem["mf-chat-msg"]] for u in sent].count("") == 1  # emptied once the turn starts
-        started = next(u for u in sent if u[by_elem["mf-chat-msg"]] == "")
-        assert started[by_elem["mf-chat-send"]]["interactive"] is False  # off until the send has ended
         for updates in sent:
             shown.update(updates)
         session = next(v for k, v in shown.items() if type(k).__name__ == "State")
@@ -71,14 +68,13 @@ def test_a_conversation_through_the_tab_handlers(app, scripted):
 
 def test_empty_message_and_bad_document_upload_say_why(app, scripted, tmp_path):
     demo, by_elem = app
-    (send,) = _fns(demo, by_elem["mf-chat-send"])
+    (send,) = handlers(demo, by_elem["mf-chat-send"])
     data = _values(demo, send, by_elem, **{"mf-chat-url": scripted.url, "mf-chat-served": "scripted",
                                            "mf-chat-preset": "memory_r1_tiny_cpu", "mf-chat-msg": "  "})
     *_, last = list(send.fn(data))
     assert last[by_elem["mf-chat-status"]].startswith("❌ type a message first")
-    assert last[by_elem["mf-chat-send"]]["interactive"] is False  # on again only once the event has ended
     assert scripted.app.state.calls == {}
-    (upload,) = _fns(demo, by_elem["mf-chat-doc-upload"])
+    (upload,) = handlers(demo, by_elem["mf-chat-doc-upload"])
     binary = tmp_path / "image.txt"
     binary.write_bytes(bytes(range(256)))
     assert upload.fn(str(binary)) == {"__type__": "update"}  # the document box is left as it was
@@ -89,7 +85,7 @@ def test_empty_message_and_bad_document_upload_say_why(app, scripted, tmp_path):
 
 def _status(demo, by_elem, trigger: str, session=None, **values) -> tuple[str, object]:
     """Run ``trigger``'s handler to its end; the status line it left and the session."""
-    (fn,) = [f for f in _fns(demo, by_elem[trigger]) if not f.is_cancel_function]
+    (fn,) = [f for f in handlers(demo, by_elem[trigger]) if not f.is_cancel_function]
     data = _values(demo, fn, by_elem, **values)
     data[next(b for b in fn.inputs if type(b).__name__ == "State")] = session
     result = fn.fn(data)
